@@ -1,0 +1,6 @@
+//! MNIST in IDX format (being written).
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("placeholder")]
+    Placeholder,
+}

@@ -1,0 +1,1 @@
+//! GPU plumbing (being written).

@@ -1,0 +1,3 @@
+fn main() {
+    eprintln!("wgrad: CLI being written");
+}

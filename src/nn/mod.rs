@@ -1,0 +1,6 @@
+//! Nets: their description ([`NetSpec`]), the flat parameter layout, and the GPU model.
+
+pub mod model;
+pub mod spec;
+
+pub use spec::{init_params, Activation, Init, NetSpec, ParamLayout, TensorInfo};

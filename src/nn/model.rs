@@ -1,0 +1,1 @@
+//! GPU model (being written).

@@ -1,0 +1,195 @@
+//! Optimizers, with the update rules and defaults of PyTorch's `torch.optim` (so runs compare
+//! one to one), executed on the GPU by `shaders/optim.wgsl` over the whole parameter arena.
+//!
+//! Where the book ("Deep Learning from Scratch") differs:
+//! - Momentum: the book keeps v ← μv − lr·g, θ ← θ + v; PyTorch keeps b ← μb + g, θ ← θ − lr·b.
+//!   With a constant learning rate the two are the same trajectory.
+//! - Nesterov: the book uses a reformulated update; we use PyTorch's (g + μb).
+//! - Adam: the book adds ε to the *uncorrected* √v (and uses ε = 1e-7); PyTorch, and wgrad, add ε
+//!   to the bias-corrected √v̂ with ε = 1e-8.
+//! - AdaGrad: the book's ε is 1e-7, PyTorch's (and ours) 1e-10.
+
+use serde::Serialize;
+
+use crate::error::Error;
+
+/// An optimizer and every hyperparameter it takes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "name", rename_all = "lowercase")]
+pub enum Optimizer {
+    /// Plain, momentum or Nesterov SGD (`torch.optim.SGD`).
+    Sgd { lr: f64, momentum: f64, dampening: f64, nesterov: bool, weight_decay: f64 },
+    /// `torch.optim.Adagrad`.
+    Adagrad { lr: f64, lr_decay: f64, eps: f64, initial_accumulator: f64, weight_decay: f64 },
+    /// `torch.optim.RMSprop`.
+    Rmsprop { lr: f64, alpha: f64, eps: f64, momentum: f64, centered: bool, weight_decay: f64 },
+    /// `torch.optim.Adam` (L2 weight decay added to the gradient).
+    Adam { lr: f64, beta1: f64, beta2: f64, eps: f64, amsgrad: bool, weight_decay: f64 },
+    /// `torch.optim.AdamW` (decoupled weight decay: θ ← θ·(1 − lr·wd) before the Adam step).
+    Adamw { lr: f64, beta1: f64, beta2: f64, eps: f64, amsgrad: bool, weight_decay: f64 },
+}
+
+/// The optimizer names the CLI accepts.
+pub const OPTIMIZER_NAMES: &[&str] =
+    &["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"];
+
+impl Optimizer {
+    /// PyTorch's defaults for `name`; `lr` overrides the default learning rate when given.
+    /// "momentum" is SGD with momentum 0.9, "nesterov" SGD with Nesterov momentum 0.9.
+    pub fn from_name(name: &str, lr: Option<f64>) -> Result<Self, Error> {
+        let pick = |default: f64| lr.unwrap_or(default);
+        let opt = match name.to_ascii_lowercase().as_str() {
+            "sgd" => Optimizer::Sgd {
+                lr: pick(0.01),
+                momentum: 0.0,
+                dampening: 0.0,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
+            "momentum" => Optimizer::Sgd {
+                lr: pick(0.01),
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
+            "nesterov" => Optimizer::Sgd {
+                lr: pick(0.01),
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: true,
+                weight_decay: 0.0,
+            },
+            "adagrad" => Optimizer::Adagrad {
+                lr: pick(0.01),
+                lr_decay: 0.0,
+                eps: 1e-10,
+                initial_accumulator: 0.0,
+                weight_decay: 0.0,
+            },
+            "rmsprop" => Optimizer::Rmsprop {
+                lr: pick(0.01),
+                alpha: 0.99,
+                eps: 1e-8,
+                momentum: 0.0,
+                centered: false,
+                weight_decay: 0.0,
+            },
+            "adam" => Optimizer::Adam {
+                lr: pick(1e-3),
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                amsgrad: false,
+                weight_decay: 0.0,
+            },
+            "adamw" => Optimizer::Adamw {
+                lr: pick(1e-3),
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                amsgrad: false,
+                weight_decay: 1e-2,
+            },
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown optimizer '{other}': use one of {}",
+                    OPTIMIZER_NAMES.join(", ")
+                )))
+            }
+        };
+        opt.validate()?;
+        Ok(opt)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Optimizer::Sgd { nesterov: true, .. } => "nesterov",
+            Optimizer::Sgd { momentum, .. } if *momentum != 0.0 => "momentum",
+            Optimizer::Sgd { .. } => "sgd",
+            Optimizer::Adagrad { .. } => "adagrad",
+            Optimizer::Rmsprop { .. } => "rmsprop",
+            Optimizer::Adam { .. } => "adam",
+            Optimizer::Adamw { .. } => "adamw",
+        }
+    }
+
+    pub fn lr(&self) -> f64 {
+        match *self {
+            Optimizer::Sgd { lr, .. }
+            | Optimizer::Adagrad { lr, .. }
+            | Optimizer::Rmsprop { lr, .. }
+            | Optimizer::Adam { lr, .. }
+            | Optimizer::Adamw { lr, .. } => lr,
+        }
+    }
+
+    /// How many per-parameter state slots (each the size of the arena) the update needs.
+    pub fn state_slots(&self) -> usize {
+        match self {
+            Optimizer::Sgd { momentum, .. } => usize::from(*momentum != 0.0),
+            Optimizer::Adagrad { .. } => 1,
+            Optimizer::Rmsprop { momentum, centered, .. } => {
+                1 + usize::from(*momentum != 0.0) + usize::from(*centered)
+            }
+            Optimizer::Adam { amsgrad, .. } | Optimizer::Adamw { amsgrad, .. } => {
+                2 + usize::from(*amsgrad)
+            }
+        }
+    }
+
+    /// Rejects the values PyTorch rejects, with the flag to change.
+    pub fn validate(&self) -> Result<(), Error> {
+        let lr = self.lr();
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "learning rate must be a finite number > 0, got {lr} (--lr)"
+            )));
+        }
+        let check = |name: &str, v: f64, lo: f64, hi: f64, hi_open: bool| {
+            let ok = v.is_finite() && v >= lo && if hi_open { v < hi } else { v <= hi };
+            if ok {
+                Ok(())
+            } else {
+                let close = if hi_open { ")" } else { "]" };
+                Err(Error::InvalidArgument(format!(
+                    "{name} must lie in [{lo}, {hi}{close}, got {v} (--{})",
+                    name.replace('_', "-")
+                )))
+            }
+        };
+        let wd = |v: f64| check("weight_decay", v, 0.0, f64::MAX, false);
+        match *self {
+            Optimizer::Sgd { momentum, dampening, nesterov, weight_decay, .. } => {
+                check("momentum", momentum, 0.0, 1.0, true)?;
+                check("dampening", dampening, 0.0, 1.0, false)?;
+                wd(weight_decay)?;
+                if nesterov && (momentum <= 0.0 || dampening != 0.0) {
+                    return Err(Error::InvalidArgument(
+                        "Nesterov momentum needs momentum > 0 and dampening 0".into(),
+                    ));
+                }
+            }
+            Optimizer::Adagrad { lr_decay, eps, initial_accumulator, weight_decay, .. } => {
+                check("lr_decay", lr_decay, 0.0, f64::MAX, false)?;
+                check("eps", eps, 0.0, f64::MAX, false)?;
+                check("initial_accumulator", initial_accumulator, 0.0, f64::MAX, false)?;
+                wd(weight_decay)?;
+            }
+            Optimizer::Rmsprop { alpha, eps, momentum, weight_decay, .. } => {
+                check("alpha", alpha, 0.0, 1.0, false)?;
+                check("eps", eps, 0.0, f64::MAX, false)?;
+                check("momentum", momentum, 0.0, 1.0, true)?;
+                wd(weight_decay)?;
+            }
+            Optimizer::Adam { beta1, beta2, eps, weight_decay, .. }
+            | Optimizer::Adamw { beta1, beta2, eps, weight_decay, .. } => {
+                check("beta1", beta1, 0.0, 1.0, true)?;
+                check("beta2", beta2, 0.0, 1.0, true)?;
+                check("eps", eps, 0.0, f64::MAX, false)?;
+                wd(weight_decay)?;
+            }
+        }
+        Ok(())
+    }
+}
