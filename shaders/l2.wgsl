@@ -1,0 +1,48 @@
+// The book's weight decay as an L2 term of the loss, forward and backward side by side:
+//
+//   penalty = Σ_i (λ_i / 2)·θ_i²       dθ_i += λ_i·θ_i
+//
+// λ_i = λ for weight-matrix elements and 0 for biases; `half_decay` holds λ_i / 2.
+
+struct Params {
+    numel: u32,
+    row_width: u32,
+    _pad0: u32, _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> params: array<real>;
+@group(0) @binding(2) var<storage, read> half_decay: array<real>;
+@group(0) @binding(3) var<storage, read_write> grads: array<real>;
+@group(0) @binding(4) var<storage, read_write> stats: array<real>;
+
+const WG: u32 = 64u;
+var<workgroup> part: array<real, 64>;
+
+// stats[3] = penalty (one workgroup; fixed summation order).
+@compute @workgroup_size(64)
+fn l2_penalty(@builtin(local_invocation_index) lid: u32) {
+    var l = real(0.0);
+    for (var i = lid; i < P.numel; i += WG) {
+        l += half_decay[i] * params[i] * params[i];
+    }
+    part[lid] = l;
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if (lid < stride) {
+            part[lid] += part[lid + stride];
+        }
+    }
+    if (lid == 0u) {
+        stats[3] = part[0];
+    }
+}
+
+@compute @workgroup_size(64)
+fn l2_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.y * P.row_width + gid.x;
+    if (i >= P.numel) {
+        return;
+    }
+    grads[i] += real(2.0) * half_decay[i] * params[i];
+}

@@ -1,0 +1,112 @@
+// Losses, accuracy counts and step bookkeeping, all on the GPU so a training loop never reads
+// back between steps. Sums run in a fixed order (strided partial sums, then a fixed tree), so
+// results are deterministic.
+//
+// state (u32):  [0] completed steps t   [1] batch number in the epoch   [2] first non-finite
+//               step + 1 (0: none)      [3] evaluation batch number
+// stats (real): [0] Σ step losses   [1] last step loss   [2] Σ correct (training)
+//               [3] L2 penalty of this step   [4] Σ eval loss   [5] Σ eval correct
+//               [6] eval rows
+
+struct Params {
+    rows: u32,       // rows to reduce (N), or copies for copy_loss
+    n: u32,          // rows per copy (copy_loss)
+    _pad: u32,
+    row_width: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> row_loss: array<real>;
+@group(0) @binding(2) var<storage, read> row_correct: array<u32>;
+@group(0) @binding(3) var<storage, read_write> stats: array<real>;
+@group(0) @binding(4) var<storage, read_write> state: array<u32>;
+@group(0) @binding(5) var<storage, read> labels: array<u32>;
+
+const INVALID: u32 = 0xffffffffu;
+const WG: u32 = 64u;
+
+var<workgroup> part_loss: array<real, 64>;
+var<workgroup> part_count: array<real, 64>;
+
+fn tree_sum(lid: u32) {
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if (lid < stride) {
+            part_loss[lid] += part_loss[lid + stride];
+            part_count[lid] += part_count[lid + stride];
+        }
+    }
+    workgroupBarrier();
+}
+
+// One training step's loss (mean over the batch, plus the L2 penalty) and correct count; records
+// the first step whose loss is not finite.
+@compute @workgroup_size(64)
+fn train_metrics(@builtin(local_invocation_index) lid: u32) {
+    var l = real(0.0);
+    var c = real(0.0);
+    for (var r = lid; r < P.rows; r += WG) {
+        l += row_loss[r];
+        c += real(row_correct[r]);
+    }
+    part_loss[lid] = l;
+    part_count[lid] = c;
+    tree_sum(lid);
+    if (lid == 0u) {
+        let loss = part_loss[0] / real(P.rows) + stats[3];
+        stats[0] += loss;
+        stats[1] = loss;
+        stats[2] += part_count[0];
+        if (!is_finite_r(loss) && state[2] == 0u) {
+            state[2] = state[0] + 1u;
+        }
+    }
+}
+
+// Accumulates one evaluation batch (padding rows excluded) and moves the eval cursor on.
+@compute @workgroup_size(64)
+fn eval_metrics(@builtin(local_invocation_index) lid: u32) {
+    var l = real(0.0);
+    var c = real(0.0);
+    var valid = 0u;
+    for (var r = lid; r < P.rows; r += WG) {
+        if (labels[r] != INVALID) {
+            l += row_loss[r];
+            c += real(row_correct[r]);
+        }
+    }
+    part_loss[lid] = l;
+    part_count[lid] = c;
+    tree_sum(lid);
+    if (lid == 0u) {
+        for (var r = 0u; r < P.rows; r++) {
+            valid += select(0u, 1u, labels[r] != INVALID);
+        }
+        stats[4] += part_loss[0];
+        stats[5] += part_count[0];
+        stats[6] += real(valid);
+        state[3] += 1u;
+    }
+}
+
+// Mean data loss of each parameter copy (perturbed-loss engine): out = stats[p].
+// One invocation per copy, summing its rows in order.
+@compute @workgroup_size(64)
+fn copy_loss(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let p = gid.y * P.row_width + gid.x;
+    if (p >= P.rows) {
+        return;
+    }
+    var l = real(0.0);
+    for (var r = 0u; r < P.n; r++) {
+        l += row_loss[p * P.n + r];
+    }
+    stats[p] = l / real(P.n);
+}
+
+// End of a training step: t += 1, next batch.
+@compute @workgroup_size(1)
+fn advance() {
+    state[0] += 1u;
+    state[1] += 1u;
+}

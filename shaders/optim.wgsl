@@ -1,0 +1,133 @@
+// Optimizer updates over the whole flat parameter arena, one invocation per parameter, with
+// PyTorch's torch.optim formulas (single-tensor path). Hyperparameters arrive in `hyper` in the
+// working precision; the step count t comes from the GPU step counter, so many steps can be
+// recorded into one submit.
+
+struct Params {
+    numel: u32,
+    flags: u32,
+    row_width: u32,
+    _pad: u32,
+}
+
+const NESTEROV: u32 = 1u;
+const AMSGRAD: u32 = 2u;
+const CENTERED: u32 = 4u;
+const DECOUPLED: u32 = 8u;   // AdamW
+
+// hyper: [0] lr  [1] momentum  [2] dampening  [3] weight_decay  [4] beta1  [5] beta2  [6] eps
+//        [7] alpha (RMSprop)  [8] lr_decay (AdaGrad)
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> hyper: array<real>;
+@group(0) @binding(2) var<storage, read_write> theta: array<real>;
+@group(0) @binding(3) var<storage, read> grad: array<real>;
+@group(0) @binding(4) var<storage, read_write> s1: array<real>;
+@group(0) @binding(5) var<storage, read_write> s2: array<real>;
+@group(0) @binding(6) var<storage, read_write> s3: array<real>;
+// [0] β1^t  [1] β2^t, advanced by `prepare` (f64 has no pow in Vulkan, and this is exact).
+@group(0) @binding(7) var<storage, read_write> powers: array<real>;
+@group(0) @binding(8) var<storage, read> state: array<u32>;
+
+fn index(gid: vec3<u32>) -> u32 {
+    return gid.y * P.row_width + gid.x;
+}
+
+@compute @workgroup_size(1)
+fn prepare() {
+    powers[0] = powers[0] * hyper[4];
+    powers[1] = powers[1] * hyper[5];
+}
+
+// SGD, with momentum, dampening and Nesterov.
+@compute @workgroup_size(64)
+fn sgd(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i >= P.numel) {
+        return;
+    }
+    let mu = hyper[1];
+    var g = grad[i] + hyper[3] * theta[i];
+    if (mu != real(0.0)) {
+        var b = g;
+        if (state[0] > 0u) {
+            b = mu * s1[i] + (real(1.0) - hyper[2]) * g;
+        }
+        s1[i] = b;
+        g = select(b, g + mu * b, (P.flags & NESTEROV) != 0u);
+    }
+    theta[i] -= hyper[0] * g;
+}
+
+// AdaGrad: sum += g², θ −= clr·g / (√sum + ε), clr = lr / (1 + (t − 1)·lr_decay).
+@compute @workgroup_size(64)
+fn adagrad(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i >= P.numel) {
+        return;
+    }
+    let clr = hyper[0] / (real(1.0) + real(state[0]) * hyper[8]);
+    let g = grad[i] + hyper[3] * theta[i];
+    let sum = s1[i] + g * g;
+    s1[i] = sum;
+    theta[i] -= clr * g / (sqrt(sum) + hyper[6]);
+}
+
+// RMSprop: v = αv + (1 − α)g²; optional centring (s3) and momentum (s2).
+@compute @workgroup_size(64)
+fn rmsprop(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i >= P.numel) {
+        return;
+    }
+    let alpha = hyper[7];
+    let g = grad[i] + hyper[3] * theta[i];
+    let v = alpha * s1[i] + (real(1.0) - alpha) * g * g;
+    s1[i] = v;
+    var avg: real;
+    if ((P.flags & CENTERED) != 0u) {
+        let ga = alpha * s3[i] + (real(1.0) - alpha) * g;
+        s3[i] = ga;
+        avg = sqrt(v - ga * ga) + hyper[6];
+    } else {
+        avg = sqrt(v) + hyper[6];
+    }
+    if (hyper[1] > real(0.0)) {
+        let b = hyper[1] * s2[i] + g / avg;
+        s2[i] = b;
+        theta[i] -= hyper[0] * b;
+    } else {
+        theta[i] -= hyper[0] * g / avg;
+    }
+}
+
+// Adam and AdamW (DECOUPLED: θ ← θ·(1 − lr·wd) first, and no L2 term in g).
+@compute @workgroup_size(64)
+fn adam(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i >= P.numel) {
+        return;
+    }
+    let lr = hyper[0];
+    var th = theta[i];
+    var g = grad[i];
+    if ((P.flags & DECOUPLED) != 0u) {
+        th = th * (real(1.0) - lr * hyper[3]);
+    } else {
+        g = g + hyper[3] * th;
+    }
+    let b1 = hyper[4];
+    let b2 = hyper[5];
+    let m = b1 * s1[i] + (real(1.0) - b1) * g;
+    let v = b2 * s2[i] + (real(1.0) - b2) * g * g;
+    s1[i] = m;
+    s2[i] = v;
+    var v_used = v;
+    if ((P.flags & AMSGRAD) != 0u) {
+        v_used = max(s3[i], v);
+        s3[i] = v_used;
+    }
+    let bc1 = real(1.0) - powers[0];
+    let bc2 = real(1.0) - powers[1];
+    let denom = sqrt(v_used) / sqrt(bc2) + hyper[6];
+    theta[i] = th - (lr / bc1) * m / denom;
+}

@@ -1,0 +1,223 @@
+//! Compute kernels: WGSL sources embedded in the binary, built over a precision prelude that
+//! defines `real`, and turned into pipelines with explicit bind-group layouts.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::{GpuContext, Precision};
+
+/// One WGSL file of shaders/, embedded so the binary runs from anywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+macro_rules! shader {
+    ($const:ident, $file:literal) => {
+        pub const $const: Shader =
+            Shader { name: $file, source: include_str!(concat!("../../shaders/", $file)) };
+    };
+}
+
+/// The shader files.
+pub mod shaders {
+    use super::Shader;
+    shader!(MATMUL, "matmul.wgsl");
+    shader!(ACTIVATION, "activation.wgsl");
+    shader!(SOFTMAX_CE, "softmax_ce.wgsl");
+    shader!(METRICS, "metrics.wgsl");
+    shader!(L2, "l2.wgsl");
+    shader!(GATHER, "gather.wgsl");
+    shader!(OPTIM, "optim.wgsl");
+}
+
+const PRELUDE_F32: &str = include_str!("../../shaders/precision_f32.wgsl");
+const PRELUDE_F64: &str = include_str!("../../shaders/precision_f64.wgsl");
+
+/// Full WGSL text of `shader` built for `precision`.
+pub fn source_for(shader: Shader, precision: Precision) -> String {
+    let prelude = match precision {
+        Precision::F32 => PRELUDE_F32,
+        Precision::F64 => PRELUDE_F64,
+    };
+    format!("{prelude}\n{}", shader.source)
+}
+
+/// Shader modules compiled so far, per file and precision: a net builds dozens of pipelines
+/// from a handful of files.
+#[derive(Default)]
+pub struct ModuleCache {
+    modules: Mutex<HashMap<(&'static str, Precision), wgpu::ShaderModule>>,
+}
+
+impl ModuleCache {
+    fn get(&self, ctx: &GpuContext, shader: Shader, precision: Precision) -> wgpu::ShaderModule {
+        let mut modules = self.modules.lock().expect("module cache poisoned");
+        modules
+            .entry((shader.name, precision))
+            .or_insert_with(|| {
+                ctx.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(shader.name),
+                    source: wgpu::ShaderSource::Wgsl(source_for(shader, precision).into()),
+                })
+            })
+            .clone()
+    }
+}
+
+/// How a kernel sees one binding (all in group 0, numbered in order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// A compute pipeline and the layout its bind groups must follow.
+#[derive(Clone)]
+pub struct Kernel {
+    pub name: String,
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    bindings: Vec<Binding>,
+}
+
+impl Kernel {
+    /// Builds `entry` of `shader` for `precision`, with override constants.
+    pub fn new(
+        ctx: &GpuContext,
+        shader: Shader,
+        entry: &str,
+        precision: Precision,
+        bindings: &[Binding],
+        constants: &[(&str, f64)],
+    ) -> Kernel {
+        let module = ctx.modules.get(ctx, shader, precision);
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match b {
+                        Binding::Uniform => wgpu::BufferBindingType::Uniform,
+                        Binding::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Binding::ReadWrite => {
+                            wgpu::BufferBindingType::Storage { read_only: false }
+                        }
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let label = format!("{}::{entry}/{precision}", shader.name);
+        let layout = ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(&label),
+            entries: &entries,
+        });
+        let pipeline_layout = ctx.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(&label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = ctx.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        Kernel { name: label, pipeline, layout, bindings: bindings.to_vec() }
+    }
+
+    /// A ready-to-record dispatch of this kernel over `buffers` (one per binding, in order).
+    pub fn dispatch(
+        &self,
+        ctx: &GpuContext,
+        buffers: &[&wgpu::Buffer],
+        workgroups: [u32; 3],
+    ) -> Dispatch {
+        assert_eq!(buffers.len(), self.bindings.len(), "kernel {} binding count", self.name);
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .collect();
+        let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&self.name),
+            layout: &self.layout,
+            entries: &entries,
+        });
+        Dispatch { pipeline: self.pipeline.clone(), bind_group, workgroups }
+    }
+}
+
+/// One recorded kernel launch: pipeline, bind group and grid, all built ahead of time.
+#[derive(Clone)]
+pub struct Dispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: [u32; 3],
+}
+
+impl Dispatch {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        if self.workgroups.contains(&0) {
+            return;
+        }
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// Records `dispatches` in order into one compute pass (wgpu inserts the barriers between them).
+pub fn record_all(pass: &mut wgpu::ComputePass<'_>, dispatches: &[Dispatch]) {
+    for d in dispatches {
+        d.record(pass);
+    }
+}
+
+/// Runs `dispatches` as one submit and waits for them.
+pub fn run(ctx: &GpuContext, dispatches: &[Dispatch]) -> crate::Result<()> {
+    submit(ctx, dispatches, 1);
+    ctx.wait()
+}
+
+/// Records `dispatches` `repeat` times in one command buffer and submits it without waiting.
+pub fn submit(ctx: &GpuContext, dispatches: &[Dispatch], repeat: usize) {
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        for _ in 0..repeat {
+            record_all(&mut pass, dispatches);
+        }
+    }
+    ctx.queue.submit([encoder.finish()]);
+}
+
+/// Workgroups needed to cover `n` items with `per_group` items each.
+pub fn groups(n: usize, per_group: usize) -> u32 {
+    n.div_ceil(per_group) as u32
+}
+
+/// Elementwise kernels use 64 invocations a workgroup.
+pub const ELEMENTWISE_GROUP: usize = 64;
+
+/// A grid covering `n` elementwise invocations, folded into 2-D past the 65,535-workgroup
+/// limit, and the row width (invocations per grid row) the shader needs to unfold it.
+pub fn grid(n: usize) -> ([u32; 3], u32) {
+    let g = n.div_ceil(ELEMENTWISE_GROUP).max(1);
+    let x = g.min(65_535);
+    let y = g.div_ceil(x);
+    ([x as u32, y as u32, 1], (x * ELEMENTWISE_GROUP) as u32)
+}
