@@ -16,7 +16,11 @@ pub enum Error {
     NoAdapter(String),
 
     #[error("adapter '{adapter}' lacks {feature}: {hint}")]
-    MissingFeature { adapter: String, feature: &'static str, hint: String },
+    MissingFeature {
+        adapter: String,
+        feature: &'static str,
+        hint: String,
+    },
 
     #[error("GPU error: {0}")]
     Gpu(String),
@@ -39,7 +43,10 @@ pub enum Error {
 
 impl Error {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

@@ -18,20 +18,54 @@ use crate::error::Error;
 #[serde(tag = "name", rename_all = "lowercase")]
 pub enum Optimizer {
     /// Plain, momentum or Nesterov SGD (`torch.optim.SGD`).
-    Sgd { lr: f64, momentum: f64, dampening: f64, nesterov: bool, weight_decay: f64 },
+    Sgd {
+        lr: f64,
+        momentum: f64,
+        dampening: f64,
+        nesterov: bool,
+        weight_decay: f64,
+    },
     /// `torch.optim.Adagrad`.
-    Adagrad { lr: f64, lr_decay: f64, eps: f64, initial_accumulator: f64, weight_decay: f64 },
+    Adagrad {
+        lr: f64,
+        lr_decay: f64,
+        eps: f64,
+        initial_accumulator: f64,
+        weight_decay: f64,
+    },
     /// `torch.optim.RMSprop`.
-    Rmsprop { lr: f64, alpha: f64, eps: f64, momentum: f64, centered: bool, weight_decay: f64 },
+    Rmsprop {
+        lr: f64,
+        alpha: f64,
+        eps: f64,
+        momentum: f64,
+        centered: bool,
+        weight_decay: f64,
+    },
     /// `torch.optim.Adam` (L2 weight decay added to the gradient).
-    Adam { lr: f64, beta1: f64, beta2: f64, eps: f64, amsgrad: bool, weight_decay: f64 },
+    Adam {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        amsgrad: bool,
+        weight_decay: f64,
+    },
     /// `torch.optim.AdamW` (decoupled weight decay: θ ← θ·(1 − lr·wd) before the Adam step).
-    Adamw { lr: f64, beta1: f64, beta2: f64, eps: f64, amsgrad: bool, weight_decay: f64 },
+    Adamw {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        amsgrad: bool,
+        weight_decay: f64,
+    },
 }
 
 /// The optimizer names the CLI accepts.
-pub const OPTIMIZER_NAMES: &[&str] =
-    &["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"];
+pub const OPTIMIZER_NAMES: &[&str] = &[
+    "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw",
+];
 
 impl Optimizer {
     /// PyTorch's defaults for `name`; `lr` overrides the default learning rate when given.
@@ -129,9 +163,9 @@ impl Optimizer {
         match self {
             Optimizer::Sgd { momentum, .. } => usize::from(*momentum != 0.0),
             Optimizer::Adagrad { .. } => 1,
-            Optimizer::Rmsprop { momentum, centered, .. } => {
-                1 + usize::from(*momentum != 0.0) + usize::from(*centered)
-            }
+            Optimizer::Rmsprop {
+                momentum, centered, ..
+            } => 1 + usize::from(*momentum != 0.0) + usize::from(*centered),
             Optimizer::Adam { amsgrad, .. } | Optimizer::Adamw { amsgrad, .. } => {
                 2 + usize::from(*amsgrad)
             }
@@ -160,7 +194,13 @@ impl Optimizer {
         };
         let wd = |v: f64| check("weight_decay", v, 0.0, f64::MAX, false);
         match *self {
-            Optimizer::Sgd { momentum, dampening, nesterov, weight_decay, .. } => {
+            Optimizer::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay,
+                ..
+            } => {
                 check("momentum", momentum, 0.0, 1.0, true)?;
                 check("dampening", dampening, 0.0, 1.0, false)?;
                 wd(weight_decay)?;
@@ -170,20 +210,50 @@ impl Optimizer {
                     ));
                 }
             }
-            Optimizer::Adagrad { lr_decay, eps, initial_accumulator, weight_decay, .. } => {
+            Optimizer::Adagrad {
+                lr_decay,
+                eps,
+                initial_accumulator,
+                weight_decay,
+                ..
+            } => {
                 check("lr_decay", lr_decay, 0.0, f64::MAX, false)?;
                 check("eps", eps, 0.0, f64::MAX, false)?;
-                check("initial_accumulator", initial_accumulator, 0.0, f64::MAX, false)?;
+                check(
+                    "initial_accumulator",
+                    initial_accumulator,
+                    0.0,
+                    f64::MAX,
+                    false,
+                )?;
                 wd(weight_decay)?;
             }
-            Optimizer::Rmsprop { alpha, eps, momentum, weight_decay, .. } => {
+            Optimizer::Rmsprop {
+                alpha,
+                eps,
+                momentum,
+                weight_decay,
+                ..
+            } => {
                 check("alpha", alpha, 0.0, 1.0, false)?;
                 check("eps", eps, 0.0, f64::MAX, false)?;
                 check("momentum", momentum, 0.0, 1.0, true)?;
                 wd(weight_decay)?;
             }
-            Optimizer::Adam { beta1, beta2, eps, weight_decay, .. }
-            | Optimizer::Adamw { beta1, beta2, eps, weight_decay, .. } => {
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            }
+            | Optimizer::Adamw {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            } => {
                 check("beta1", beta1, 0.0, 1.0, true)?;
                 check("beta2", beta2, 0.0, 1.0, true)?;
                 check("eps", eps, 0.0, f64::MAX, false)?;
@@ -191,5 +261,162 @@ impl Optimizer {
             }
         }
         Ok(())
+    }
+}
+
+/// An optimizer's state on the GPU (up to three arena-sized slots, the bias-correction powers)
+/// and its update dispatches over a model's arena.
+pub struct GpuOptimizer {
+    pub optimizer: Optimizer,
+    dispatches: Vec<crate::gpu::Dispatch>,
+    slots: Vec<crate::gpu::GpuBuffer>,
+    powers: crate::gpu::GpuBuffer,
+}
+
+impl GpuOptimizer {
+    /// `state` is the GPU step counter (its word 0 is t, the steps completed).
+    pub fn new(
+        ctx: &crate::gpu::GpuContext,
+        model: &crate::nn::Model,
+        optimizer: &Optimizer,
+        state: &crate::gpu::GpuBuffer,
+    ) -> crate::Result<Self> {
+        use crate::gpu::kernel::{grid, shaders, Binding::*};
+        use crate::gpu::{buffers::uniform, GpuBuffer, Kernel};
+        optimizer.validate()?;
+        let precision = model.precision;
+        let numel = model.layout.total;
+        // hyper: lr, momentum, dampening, weight_decay, beta1, beta2, eps, alpha, lr_decay
+        let (entry, flags, hyper, initial) = match *optimizer {
+            Optimizer::Sgd {
+                lr,
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay,
+            } => (
+                "sgd",
+                u32::from(nesterov),
+                [
+                    lr,
+                    momentum,
+                    dampening,
+                    weight_decay,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                ],
+                0.0,
+            ),
+            Optimizer::Adagrad {
+                lr,
+                lr_decay,
+                eps,
+                initial_accumulator,
+                weight_decay,
+            } => (
+                "adagrad",
+                0,
+                [lr, 0.0, 0.0, weight_decay, 0.0, 0.0, eps, 0.0, lr_decay],
+                initial_accumulator,
+            ),
+            Optimizer::Rmsprop {
+                lr,
+                alpha,
+                eps,
+                momentum,
+                centered,
+                weight_decay,
+            } => (
+                "rmsprop",
+                if centered { 4 } else { 0 },
+                [lr, momentum, 0.0, weight_decay, 0.0, 0.0, eps, alpha, 0.0],
+                0.0,
+            ),
+            Optimizer::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                amsgrad,
+                weight_decay,
+            } => (
+                "adam",
+                if amsgrad { 2 } else { 0 },
+                [lr, 0.0, 0.0, weight_decay, beta1, beta2, eps, 0.0, 0.0],
+                0.0,
+            ),
+            Optimizer::Adamw {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                amsgrad,
+                weight_decay,
+            } => (
+                "adam",
+                8 | if amsgrad { 2 } else { 0 },
+                [lr, 0.0, 0.0, weight_decay, beta1, beta2, eps, 0.0, 0.0],
+                0.0,
+            ),
+        };
+        let bindings = [
+            Uniform, Read, ReadWrite, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite, Read,
+        ];
+        let update = Kernel::new(ctx, shaders::OPTIM, entry, precision, &bindings, &[]);
+        let prepare = Kernel::new(ctx, shaders::OPTIM, "prepare", precision, &bindings, &[]);
+        let hyper_buf = GpuBuffer::from_real(ctx, "hyper", &hyper, precision);
+        let slots: Vec<GpuBuffer> = (0..3)
+            .map(|i| {
+                let fill = if i == 0 { initial } else { 0.0 };
+                GpuBuffer::from_real(
+                    ctx,
+                    &format!("optim_state{i}"),
+                    &vec![fill; numel],
+                    precision,
+                )
+            })
+            .collect();
+        let powers = GpuBuffer::from_real(ctx, "powers", &[1.0, 1.0], precision);
+        let (g, width) = grid(numel);
+        let u = uniform(ctx, "optim", &[numel as u32, flags, width, 0]);
+        let buffers = [
+            &u,
+            &hyper_buf.buffer,
+            &model.params.buffer,
+            &model.grads.buffer,
+            &slots[0].buffer,
+            &slots[1].buffer,
+            &slots[2].buffer,
+            &powers.buffer,
+            &state.buffer,
+        ];
+        let mut dispatches = Vec::new();
+        if entry == "adam" {
+            dispatches.push(prepare.dispatch(ctx, &buffers, [1, 1, 1]));
+        }
+        dispatches.push(update.dispatch(ctx, &buffers, g));
+        Ok(GpuOptimizer {
+            optimizer: optimizer.clone(),
+            dispatches,
+            slots,
+            powers,
+        })
+    }
+
+    /// The update, to record after the backward pass of each step.
+    pub fn dispatches(&self) -> &[crate::gpu::Dispatch] {
+        &self.dispatches
+    }
+
+    /// Number of state slots allocated (for memory reporting).
+    pub fn state_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| s.len * s.elem_bytes)
+            .sum::<usize>()
+            + self.powers.elem_bytes * 2
     }
 }

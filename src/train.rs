@@ -1,1 +1,363 @@
-//! Trainer (being written).
+//! The trainer: uploads the data set once, records whole steps (gather, forward, backward,
+//! update, metrics) into few submits, and reads back only at the end of a submit chunk (to see
+//! divergence and move the progress bar) and after each epoch's evaluation.
+
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use rand::SeedableRng;
+use serde::Serialize;
+
+use crate::data::{Dataset, Mnist};
+use crate::error::{Error, Result};
+use crate::gpu::{kernel, Dispatch, GpuBuffer, GpuContext, Precision};
+use crate::nn::{
+    init_params, Copies, GpuDataset, Init, Kernels, Model, NetSpec, Recorder, Workspace,
+};
+use crate::optim::{GpuOptimizer, Optimizer};
+
+/// Everything a training run needs besides the data and the device.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub spec: NetSpec,
+    pub init: Init,
+    pub optimizer: Optimizer,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub precision: Precision,
+    /// Start from these parameters (e.g. a checkpoint) instead of drawing them from `init`.
+    pub initial_params: Option<Vec<f64>>,
+    /// Rows per evaluation batch.
+    pub eval_batch: usize,
+    /// Training steps recorded per submit; the host looks at the GPU only between submits.
+    pub steps_per_submit: usize,
+    /// Show a progress bar on stderr (only drawn when stderr is a terminal) and epoch lines.
+    pub verbose: bool,
+}
+
+impl Default for TrainConfig {
+    /// The bare `wgrad train`: 784-100-100-10 ReLU (He init), SGD with momentum 0.9 and lr 0.1,
+    /// batch 100, 20 epochs (PyTorch reaches 0.958 test accuracy with this on the bundled set).
+    fn default() -> Self {
+        TrainConfig {
+            spec: NetSpec::mlp(784, &[100, 100], 10, crate::nn::Activation::Relu),
+            init: Init::He,
+            optimizer: Optimizer::from_name("momentum", Some(0.1)).expect("valid defaults"),
+            epochs: 20,
+            batch_size: 100,
+            seed: 42,
+            precision: Precision::F32,
+            initial_params: None,
+            eval_batch: 1000,
+            steps_per_submit: 40,
+            verbose: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self, train: &Dataset) -> Result<()> {
+        self.spec.validate()?;
+        self.optimizer.validate()?;
+        if self.batch_size == 0 {
+            return Err(Error::InvalidArgument(
+                "batch size must be at least 1 (--batch-size)".into(),
+            ));
+        }
+        if self.epochs == 0 {
+            return Err(Error::InvalidArgument(
+                "epochs must be at least 1 (--epochs)".into(),
+            ));
+        }
+        if self.eval_batch == 0 || self.steps_per_submit == 0 {
+            return Err(Error::InvalidArgument(
+                "eval batch and steps per submit must be positive".into(),
+            ));
+        }
+        if train.image_size() != self.spec.input {
+            return Err(Error::InvalidArgument(format!(
+                "the images have {}×{} = {} pixels but the net's input size is {}: use data of the net's size, or a net whose first layer takes {} inputs",
+                train.rows,
+                train.cols,
+                train.image_size(),
+                self.spec.input,
+                train.image_size()
+            )));
+        }
+        if self.spec.output < 10 {
+            return Err(Error::InvalidArgument(format!(
+                "the net has {} outputs but MNIST labels run 0–9: use 10 outputs",
+                self.spec.output
+            )));
+        }
+        if self.batch_size > train.len() {
+            return Err(Error::InvalidArgument(format!(
+                "batch size {} is larger than the training set ({} images): use --batch-size {} or less",
+                self.batch_size,
+                train.len(),
+                train.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One epoch's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    /// Mean training loss over the epoch's steps (with the L2 term).
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    pub seconds: f64,
+}
+
+/// What a run produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainReport {
+    pub test_accuracy: f64,
+    pub train_accuracy: f64,
+    /// Mean training loss of the last epoch.
+    pub final_loss: f64,
+    pub test_loss: f64,
+    pub epochs: usize,
+    pub steps: u64,
+    pub seconds: f64,
+    /// Seconds spent in training steps (evaluation excluded).
+    pub train_seconds: f64,
+    pub samples_per_second: f64,
+    pub history: Vec<EpochReport>,
+    #[serde(skip)]
+    pub params: Vec<f64>,
+}
+
+/// Accuracy and mean loss of `params` on a data set.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub accuracy: f64,
+}
+
+const STATE_WORDS: usize = 4;
+const STATS_WORDS: usize = 8;
+
+/// Forward passes over a whole data set in batches, summing loss and correct counts on the GPU.
+pub struct Evaluator {
+    ws: Workspace,
+    state: GpuBuffer,
+    stats: GpuBuffer,
+    precision: Precision,
+}
+
+impl Evaluator {
+    pub fn new(ctx: &GpuContext, model: &Model, rows: usize) -> Evaluator {
+        Evaluator {
+            ws: Workspace::new(ctx, model, rows, 1, false),
+            state: GpuBuffer::zeroed(ctx, "eval_state", STATE_WORDS, 4),
+            stats: GpuBuffer::real(ctx, "eval_stats", STATS_WORDS, model.precision),
+            precision: model.precision,
+        }
+    }
+
+    /// The dispatches of one evaluation batch of `data` (gather at the eval cursor, forward,
+    /// metrics), recorded once per data set and replayed.
+    pub fn batch_dispatches(
+        &self,
+        ctx: &GpuContext,
+        rec: &Recorder,
+        data: &GpuDataset,
+    ) -> Vec<Dispatch> {
+        let mut d = vec![data.gather(ctx, rec.kernels, &self.ws, &self.state, 3)];
+        d.extend(rec.forward(&self.ws, &Copies::Single));
+        d.push(rec.eval_metrics(&self.ws, &self.stats, &self.state));
+        d
+    }
+
+    pub fn run(
+        &self,
+        ctx: &GpuContext,
+        dispatches: &[Dispatch],
+        data: &GpuDataset,
+    ) -> Result<Evaluation> {
+        self.state.write_u32(ctx, 0, &[0; STATE_WORDS]);
+        self.stats
+            .write_real(ctx, 0, &[0.0; STATS_WORDS], self.precision);
+        kernel::submit(ctx, dispatches, data.len.div_ceil(self.ws.rows));
+        let stats = self.stats.read_real(ctx, self.precision)?;
+        let rows = stats[6].max(1.0);
+        Ok(Evaluation {
+            loss: stats[4] / rows,
+            accuracy: stats[5] / rows,
+        })
+    }
+}
+
+/// Fisher–Yates from our own seeded stream, so the order is fixed by this code alone.
+fn shuffle(rng: &mut rand_chacha::ChaCha8Rng, order: &mut [u32]) {
+    use rand::RngExt;
+    for i in (1..order.len()).rev() {
+        let j = rng.random_range(0..=i);
+        order.swap(i, j);
+    }
+}
+
+/// Trains a net on `data.train`, evaluating on both sets after every epoch. `on_epoch` sees each
+/// epoch's figures as they come.
+pub fn train(
+    ctx: &GpuContext,
+    data: &Mnist,
+    config: &TrainConfig,
+    mut on_epoch: Option<&mut dyn FnMut(&EpochReport)>,
+) -> Result<TrainReport> {
+    config.validate(&data.train)?;
+    let start = Instant::now();
+    let precision = config.precision;
+    let params = match &config.initial_params {
+        Some(p) => p.clone(),
+        None => init_params(&config.spec, config.init, config.seed),
+    };
+    let kernels = Kernels::new(ctx, precision)?;
+    let model = Model::new(ctx, &config.spec, &params, precision)?;
+    let rec = Recorder {
+        ctx,
+        kernels: &kernels,
+        model: &model,
+    };
+    let train_set = GpuDataset::new(ctx, &data.train);
+    let test_set = GpuDataset::new(ctx, &data.test);
+
+    let ws = Workspace::new(ctx, &model, config.batch_size, 1, true);
+    let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
+    let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
+    let optimizer = GpuOptimizer::new(ctx, &model, &config.optimizer, &state)?;
+
+    let mut step = vec![train_set.gather(ctx, &kernels, &ws, &state, 1)];
+    step.extend(rec.l2_penalty(&stats));
+    step.extend(rec.forward(&ws, &Copies::Single));
+    step.extend(rec.backward(&ws));
+    step.push(rec.train_metrics(&ws, &stats, &state));
+    step.extend(optimizer.dispatches().iter().cloned());
+    step.push(rec.advance(&ws, &stats, &state));
+
+    let evaluator = Evaluator::new(
+        ctx,
+        &model,
+        config.eval_batch.min(data.train.len().max(data.test.len())),
+    );
+    let eval_train = evaluator.batch_dispatches(ctx, &rec, &train_set);
+    let eval_test = evaluator.batch_dispatches(ctx, &rec, &test_set);
+
+    // drop_last: every step sees a full batch; reshuffling each epoch covers the rest.
+    let steps_per_epoch = data.train.len() / config.batch_size;
+    let total_steps = (steps_per_epoch * config.epochs) as u64;
+    let bar = progress_bar(config.verbose, total_steps);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_0f_da7a);
+    let mut order: Vec<u32> = (0..data.train.len() as u32).collect();
+    let mut history = Vec::with_capacity(config.epochs);
+    let mut train_seconds = 0.0;
+    ctx.wait()?;
+
+    for epoch in 1..=config.epochs {
+        let epoch_start = Instant::now();
+        shuffle(&mut rng, &mut order);
+        train_set.index.write_u32(ctx, 0, &order);
+        state.write_u32(ctx, 1, &[0]);
+        stats.write_real(ctx, 0, &[0.0; 3], precision);
+        let mut done = 0;
+        while done < steps_per_epoch {
+            let chunk = config.steps_per_submit.min(steps_per_epoch - done);
+            kernel::submit(ctx, &step, chunk);
+            done += chunk;
+            let words = state.read_u32(ctx)?;
+            if words[2] != 0 {
+                bar.finish_and_clear();
+                let value = stats.read_real(ctx, precision)?[1];
+                return Err(Error::Diverged {
+                    step: u64::from(words[2]),
+                    value: format!("{value}"),
+                });
+            }
+            bar.set_position(u64::from(words[0]));
+        }
+        train_seconds += epoch_start.elapsed().as_secs_f64();
+        let epoch_stats = stats.read_real(ctx, precision)?;
+        let train_eval = evaluator.run(ctx, &eval_train, &train_set)?;
+        let test_eval = evaluator.run(ctx, &eval_test, &test_set)?;
+        let report = EpochReport {
+            epoch,
+            train_loss: epoch_stats[0] / steps_per_epoch as f64,
+            train_accuracy: train_eval.accuracy,
+            test_loss: test_eval.loss,
+            test_accuracy: test_eval.accuracy,
+            seconds: epoch_start.elapsed().as_secs_f64(),
+        };
+        if config.verbose {
+            bar.suspend(|| {
+                eprintln!(
+                    "epoch {epoch:>3}/{}  loss {:.4}  train acc {:.4}  test acc {:.4}  ({:.2} s)",
+                    config.epochs,
+                    report.train_loss,
+                    report.train_accuracy,
+                    report.test_accuracy,
+                    report.seconds
+                )
+            });
+        }
+        if let Some(f) = on_epoch.as_deref_mut() {
+            f(&report);
+        }
+        history.push(report);
+    }
+    bar.finish_and_clear();
+    let params = model.read_params(ctx)?;
+    let last = history.last().expect("at least one epoch");
+    Ok(TrainReport {
+        test_accuracy: last.test_accuracy,
+        train_accuracy: last.train_accuracy,
+        final_loss: last.train_loss,
+        test_loss: last.test_loss,
+        epochs: config.epochs,
+        steps: total_steps,
+        seconds: start.elapsed().as_secs_f64(),
+        train_seconds,
+        samples_per_second: (total_steps as f64 * config.batch_size as f64) / train_seconds,
+        history,
+        params,
+    })
+}
+
+/// Evaluates `params` on a data set.
+pub fn evaluate(
+    ctx: &GpuContext,
+    spec: &NetSpec,
+    params: &[f64],
+    data: &Dataset,
+    precision: Precision,
+) -> Result<Evaluation> {
+    let kernels = Kernels::new(ctx, precision)?;
+    let model = Model::new(ctx, spec, params, precision)?;
+    let rec = Recorder {
+        ctx,
+        kernels: &kernels,
+        model: &model,
+    };
+    let set = GpuDataset::new(ctx, data);
+    let evaluator = Evaluator::new(ctx, &model, 1000.min(data.len().max(1)));
+    let dispatches = evaluator.batch_dispatches(ctx, &rec, &set);
+    evaluator.run(ctx, &dispatches, &set)
+}
+
+fn progress_bar(verbose: bool, steps: u64) -> indicatif::ProgressBar {
+    if !verbose || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(steps);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}")
+            .expect("valid template"),
+    );
+    bar
+}

@@ -101,7 +101,11 @@ impl GpuBuffer {
             usage: STORAGE,
             mapped_at_creation: false,
         });
-        GpuBuffer { buffer, len, elem_bytes }
+        GpuBuffer {
+            buffer,
+            len,
+            elem_bytes,
+        }
     }
 
     pub fn real(ctx: &GpuContext, label: &str, len: usize, precision: Precision) -> Self {
@@ -111,12 +115,18 @@ impl GpuBuffer {
     pub fn from_bytes(ctx: &GpuContext, label: &str, bytes: &[u8], elem_bytes: usize) -> Self {
         let mut contents = bytes.to_vec();
         contents.resize(bytes.len().max(elem_bytes).next_multiple_of(4), 0);
-        let buffer = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: &contents,
-            usage: STORAGE,
-        });
-        GpuBuffer { buffer, len: bytes.len() / elem_bytes, elem_bytes }
+        let buffer = ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: &contents,
+                usage: STORAGE,
+            });
+        GpuBuffer {
+            buffer,
+            len: bytes.len() / elem_bytes,
+            elem_bytes,
+        }
     }
 
     pub fn from_real(ctx: &GpuContext, label: &str, values: &[f64], precision: Precision) -> Self {
@@ -127,7 +137,13 @@ impl GpuBuffer {
         Self::from_bytes(ctx, label, bytemuck::cast_slice(values), 4)
     }
 
-    pub fn write_real(&self, ctx: &GpuContext, offset: usize, values: &[f64], precision: Precision) {
+    pub fn write_real(
+        &self,
+        ctx: &GpuContext,
+        offset: usize,
+        values: &[f64],
+        precision: Precision,
+    ) {
         ctx.queue.write_buffer(
             &self.buffer,
             (offset * precision.bytes()) as u64,
@@ -136,7 +152,11 @@ impl GpuBuffer {
     }
 
     pub fn write_u32(&self, ctx: &GpuContext, offset: usize, values: &[u32]) {
-        ctx.queue.write_buffer(&self.buffer, (offset * 4) as u64, bytemuck::cast_slice(values));
+        ctx.queue.write_buffer(
+            &self.buffer,
+            (offset * 4) as u64,
+            bytemuck::cast_slice(values),
+        );
     }
 
     /// Copies elements `range` back to the host (waits for the GPU).
@@ -188,15 +208,18 @@ impl GpuBuffer {
     }
 
     pub fn read_u32(&self, ctx: &GpuContext) -> Result<Vec<u32>> {
-        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(ctx, 0..self.len)?))
+        Ok(bytemuck::pod_collect_to_vec(
+            &self.read_bytes(ctx, 0..self.len)?,
+        ))
     }
 }
 
 /// A uniform buffer holding one `#[repr(C)]` parameter block, written once.
 pub fn uniform<T: bytemuck::Pod>(ctx: &GpuContext, label: &str, value: &T) -> wgpu::Buffer {
-    ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some(label),
-        contents: bytemuck::bytes_of(value),
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-    })
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::bytes_of(value),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
 }

@@ -69,7 +69,11 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
     let instance = instance();
     let mut adapters = enumerate(&instance);
     adapters.sort_by_key(rank);
-    adapters.iter().enumerate().map(|(i, a)| AdapterSummary::of(i, a)).collect()
+    adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| AdapterSummary::of(i, a))
+        .collect()
 }
 
 /// Lower is better: a real GPU before a software one, Vulkan/Metal/DX12 before GL, f64 first.
@@ -107,10 +111,14 @@ impl GpuContext {
         let instance = instance();
         let mut adapters = enumerate(&instance);
         if adapters.is_empty() {
-            return Err(Error::NoAdapter(format!("wgpu found no adapter at all; {INSTALL_HINT}")));
+            return Err(Error::NoAdapter(format!(
+                "wgpu found no adapter at all; {INSTALL_HINT}"
+            )));
         }
-        let wanted =
-            options.name.clone().or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok());
+        let wanted = options
+            .name
+            .clone()
+            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok());
         if let Some(wanted) = wanted.as_deref().filter(|w| !w.is_empty()) {
             let needle = wanted.to_lowercase();
             let names: Vec<String> = adapters
@@ -146,7 +154,14 @@ impl GpuContext {
             ..Default::default()
         }))
         .map_err(|e| Error::Gpu(format!("could not open a device on '{}': {e}", info.name)))?;
-        Ok(GpuContext { device, queue, info, limits, features, modules: Default::default() })
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            modules: Default::default(),
+        })
     }
 
     pub fn supports(&self, precision: Precision) -> bool {
@@ -173,7 +188,10 @@ impl GpuContext {
 
     /// "NAME (Backend, DeviceType)".
     pub fn describe(&self) -> String {
-        format!("{} ({:?}, {:?})", self.info.name, self.info.backend, self.info.device_type)
+        format!(
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.backend, self.info.device_type
+        )
     }
 
     /// The adapter as JSON: name, backend, device_type.
@@ -196,7 +214,8 @@ impl GpuContext {
 
     /// Largest element count one storage binding may hold for a given element size.
     pub fn max_binding_elems(&self, elem_bytes: usize) -> usize {
-        (self.limits.max_storage_buffer_binding_size as usize).min(self.limits.max_buffer_size as usize)
+        (self.limits.max_storage_buffer_binding_size as usize)
+            .min(self.limits.max_buffer_size as usize)
             / elem_bytes
     }
 }

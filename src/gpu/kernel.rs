@@ -15,8 +15,10 @@ pub struct Shader {
 
 macro_rules! shader {
     ($const:ident, $file:literal) => {
-        pub const $const: Shader =
-            Shader { name: $file, source: include_str!(concat!("../../shaders/", $file)) };
+        pub const $const: Shader = Shader {
+            name: $file,
+            source: include_str!(concat!("../../shaders/", $file)),
+        };
     };
 }
 
@@ -57,10 +59,11 @@ impl ModuleCache {
         modules
             .entry((shader.name, precision))
             .or_insert_with(|| {
-                ctx.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(shader.name),
-                    source: wgpu::ShaderSource::Wgsl(source_for(shader, precision).into()),
-                })
+                ctx.device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(shader.name),
+                        source: wgpu::ShaderSource::Wgsl(source_for(shader, precision).into()),
+                    })
             })
             .clone()
     }
@@ -104,9 +107,7 @@ impl Kernel {
                     ty: match b {
                         Binding::Uniform => wgpu::BufferBindingType::Uniform,
                         Binding::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                        Binding::ReadWrite => {
-                            wgpu::BufferBindingType::Storage { read_only: false }
-                        }
+                        Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                     },
                     has_dynamic_offset: false,
                     min_binding_size: None,
@@ -115,27 +116,38 @@ impl Kernel {
             })
             .collect();
         let label = format!("{}::{entry}/{precision}", shader.name);
-        let layout = ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(&label),
-            entries: &entries,
-        });
-        let pipeline_layout = ctx.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(&label),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
-        let pipeline = ctx.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&label),
-            layout: Some(&pipeline_layout),
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
-        Kernel { name: label, pipeline, layout, bindings: bindings.to_vec() }
+        let layout = ctx
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(&label),
+                entries: &entries,
+            });
+        let pipeline_layout = ctx
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(&label),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipeline = ctx
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        Kernel {
+            name: label,
+            pipeline,
+            layout,
+            bindings: bindings.to_vec(),
+        }
     }
 
     /// A ready-to-record dispatch of this kernel over `buffers` (one per binding, in order).
@@ -145,18 +157,30 @@ impl Kernel {
         buffers: &[&wgpu::Buffer],
         workgroups: [u32; 3],
     ) -> Dispatch {
-        assert_eq!(buffers.len(), self.bindings.len(), "kernel {} binding count", self.name);
+        assert_eq!(
+            buffers.len(),
+            self.bindings.len(),
+            "kernel {} binding count",
+            self.name
+        );
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
             .collect();
         let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(&self.name),
             layout: &self.layout,
             entries: &entries,
         });
-        Dispatch { pipeline: self.pipeline.clone(), bind_group, workgroups }
+        Dispatch {
+            pipeline: self.pipeline.clone(),
+            bind_group,
+            workgroups,
+        }
     }
 }
 

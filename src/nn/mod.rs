@@ -3,4 +3,5 @@
 pub mod model;
 pub mod spec;
 
+pub use model::{Copies, GpuDataset, Kernels, Model, Recorder, Workspace};
 pub use spec::{init_params, Activation, Init, NetSpec, ParamLayout, TensorInfo};

@@ -100,12 +100,20 @@ pub struct NetSpec {
 
 impl NetSpec {
     pub fn mlp(input: usize, hidden: &[usize], output: usize, activation: Activation) -> Self {
-        NetSpec { input, hidden: hidden.to_vec(), output, activation, weight_decay: 0.0 }
+        NetSpec {
+            input,
+            hidden: hidden.to_vec(),
+            output,
+            activation,
+            weight_decay: 0.0,
+        }
     }
 
     pub fn validate(&self) -> Result<(), Error> {
         if self.input == 0 || self.output == 0 {
-            return Err(Error::InvalidArgument("input and output sizes must be positive".into()));
+            return Err(Error::InvalidArgument(
+                "input and output sizes must be positive".into(),
+            ));
         }
         if let Some(pos) = self.hidden.iter().position(|&h| h == 0) {
             return Err(Error::InvalidArgument(format!(
@@ -146,11 +154,19 @@ impl NetSpec {
                 (format!("b{}", l + 1), vec![fan_out]),
             ] {
                 let numel: usize = shape.iter().product();
-                tensors.push(TensorInfo { name, shape, offset, numel });
+                tensors.push(TensorInfo {
+                    name,
+                    shape,
+                    offset,
+                    numel,
+                });
                 offset += numel;
             }
         }
-        ParamLayout { tensors, total: offset }
+        ParamLayout {
+            tensors,
+            total: offset,
+        }
     }
 }
 
