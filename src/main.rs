@@ -8,8 +8,9 @@ use clap::{Args, Parser, Subcommand};
 
 use wgrad::gpu::{list_adapters, AdapterOptions, GpuContext, Precision};
 use wgrad::nn::{Activation, Init, NetSpec};
+use wgrad::numgrad::{self, Strategy};
 use wgrad::optim::Optimizer;
-use wgrad::{checkpoint, data, train, Result};
+use wgrad::{checkpoint, data, gradcheck, train, Result};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Train a net on MNIST (the bundled 10k subset unless --data is given).
     Train(TrainArgs),
+    /// Check backprop against batched numerical gradients, per tensor.
+    Gradcheck(GradcheckArgs),
     /// List the GPU adapters wgpu can see.
     Devices {
         /// Print JSON instead of a table.
@@ -37,15 +40,17 @@ enum Command {
 /// The flags that describe a net.
 #[derive(Args, Clone)]
 struct NetArgs {
-    /// Hidden layer sizes, comma-separated (e.g. 100,100; 50 is the book's TwoLayerNet).
-    #[arg(long, value_delimiter = ',', default_value = "100,100")]
-    hidden: Vec<usize>,
+    /// Hidden layer sizes, comma-separated (50 is the book's TwoLayerNet) [default: train
+    /// 100,100; gradcheck and bench 50].
+    #[arg(long, value_delimiter = ',')]
+    hidden: Option<Vec<usize>>,
     /// Hidden nonlinearity: relu or sigmoid.
     #[arg(long, default_value = "relu")]
     activation: String,
-    /// Weight init: he, xavier, or a standard deviation such as 0.01.
-    #[arg(long, default_value = "he")]
-    init: String,
+    /// Weight init: he, xavier, or a standard deviation such as 0.01 [default: train he;
+    /// gradcheck and bench 0.01, as the book's TwoLayerNet].
+    #[arg(long)]
+    init: Option<String>,
     /// L2 weight decay λ (the loss gains λ/2·Σ‖W‖², as in the book).
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
@@ -125,10 +130,47 @@ struct TrainArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct GradcheckArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    /// Check on the first N training images (the book uses 3).
+    #[arg(long, default_value_t = 3)]
+    batch: usize,
+    /// f64 (default where the adapter has SHADER_F64) or f32.
+    #[arg(long)]
+    precision: Option<String>,
+    /// Central-difference step [default: 1e-5 in f64, 5e-3 in f32, near ∛ε].
+    #[arg(long)]
+    h: Option<f64>,
+    /// incremental (default) or full.
+    #[arg(long, default_value = "incremental")]
+    strategy: String,
+    /// Only these tensors, comma-separated (e.g. W1,b2).
+    #[arg(long, value_delimiter = ',')]
+    params: Vec<String>,
+    /// Train this many steps (momentum SGD, lr 0.1, batch 100) before checking.
+    #[arg(long, default_value_t = 0)]
+    after_steps: usize,
+    /// Also check K random directions (directional derivatives).
+    #[arg(long, default_value_t = 0)]
+    directions: usize,
+    /// Perturbed losses per GPU chunk [default: from the device limits].
+    #[arg(long)]
+    chunk: Option<usize>,
+    /// Write both gradients here as safetensors (analytic.W1, numeric.W1, …).
+    #[arg(long)]
+    save_grads: Option<PathBuf>,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => run_train(args),
+        Command::Gradcheck(args) => run_gradcheck(args),
         Command::Devices { json } => run_devices(json),
     };
     match result {
@@ -173,10 +215,30 @@ fn run_devices(json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Per-command defaults of the net flags.
+struct NetDefaults {
+    hidden: &'static [usize],
+    init: &'static str,
+}
+
+const TRAIN_NET: NetDefaults = NetDefaults {
+    hidden: &[100, 100],
+    init: "he",
+};
+const CHECK_NET: NetDefaults = NetDefaults {
+    hidden: &[50],
+    init: "0.01",
+};
+
 impl NetArgs {
-    fn spec(&self, input: usize) -> Result<NetSpec> {
+    fn init(&self, defaults: &NetDefaults) -> Result<Init> {
+        self.init.as_deref().unwrap_or(defaults.init).parse()
+    }
+
+    fn spec(&self, input: usize, defaults: &NetDefaults) -> Result<NetSpec> {
         let activation: Activation = self.activation.parse()?;
-        let mut spec = NetSpec::mlp(input, &self.hidden, 10, activation);
+        let hidden = self.hidden.as_deref().unwrap_or(defaults.hidden);
+        let mut spec = NetSpec::mlp(input, hidden, 10, activation);
         spec.weight_decay = self.weight_decay;
         spec.validate()?;
         Ok(spec)
@@ -285,13 +347,13 @@ impl TrainArgs {
 fn run_train(args: TrainArgs) -> Result<ExitCode> {
     // Every argument is checked before the data is read or the GPU is touched.
     let optimizer = args.optimizer()?;
-    let init: Init = args.net.init.parse()?;
+    let init = args.net.init(&TRAIN_NET)?;
     let precision: Precision = args.precision.parse()?;
     if let Some(path) = &args.save {
         checkpoint::ensure_writable(path)?;
     }
     let mnist = args.net.load_data()?;
-    let spec = args.net.spec(mnist.train.image_size())?;
+    let spec = args.net.spec(mnist.train.image_size(), &TRAIN_NET)?;
     let initial_params = args.net.initial_params(&spec)?;
     let config = train::TrainConfig {
         spec: spec.clone(),
@@ -337,4 +399,156 @@ fn run_train(args: TrainArgs) -> Result<ExitCode> {
         println!("{value}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parameters for a check: a checkpoint, or the init; then `after_steps` of training.
+fn check_params(
+    net: &NetArgs,
+    ctx: &GpuContext,
+    spec: &NetSpec,
+    mnist: &data::Mnist,
+    after_steps: usize,
+) -> Result<Vec<f64>> {
+    let params = match net.initial_params(spec)? {
+        Some(p) => p,
+        None => wgrad::nn::init_params(spec, net.init(&CHECK_NET)?, net.seed),
+    };
+    if after_steps == 0 {
+        return Ok(params);
+    }
+    let config = train::TrainConfig {
+        spec: spec.clone(),
+        optimizer: Optimizer::from_name("momentum", Some(0.1))?,
+        epochs: usize::MAX / 2,
+        max_steps: Some(after_steps),
+        seed: net.seed,
+        initial_params: Some(params),
+        ..Default::default()
+    };
+    Ok(train::train(ctx, mnist, &config, None)?.params)
+}
+
+fn run_gradcheck(args: GradcheckArgs) -> Result<ExitCode> {
+    let strategy: Strategy = args.strategy.parse()?;
+    if let Some(path) = &args.save_grads {
+        checkpoint::ensure_writable(path)?;
+    }
+    let mnist = args.net.load_data()?;
+    let spec = args.net.spec(mnist.train.image_size(), &CHECK_NET)?;
+    let (x, labels) = gradcheck::first_batch(&mnist.train, args.batch)?;
+    let ctx = args.net.context()?;
+    let precision = match &args.precision {
+        Some(p) => p.parse()?,
+        None if ctx.supports(Precision::F64) => Precision::F64,
+        None => {
+            eprintln!("wgrad: adapter has no f64 (SHADER_F64): checking in f32, where per-element central differences are unreliable");
+            Precision::F32
+        }
+    };
+    let params = check_params(&args.net, &ctx, &spec, &mnist, args.after_steps)?;
+    let config = gradcheck::GradcheckConfig {
+        precision,
+        h: args.h.unwrap_or_else(|| numgrad::default_h(precision)),
+        strategy,
+        tensors: args.params.clone(),
+        directions: args.directions,
+        seed: args.net.seed,
+        chunk: args.chunk,
+        analytic_fault: None,
+    };
+    let report = gradcheck::check(&ctx, &spec, &params, &x, &labels, &config)?;
+    if let Some(path) = &args.save_grads {
+        save_grads(path, &spec, &report)?;
+    }
+    if args.json {
+        let mut value = serde_json::to_value(&report).expect("serialisable");
+        value["adapter"] = ctx.adapter_json();
+        println!("{value}");
+    } else {
+        print_gradcheck(&report);
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_gradcheck(r: &gradcheck::GradcheckReport) {
+    println!(
+        "gradcheck: {} batch {}, {} strategy, h = {:e}, loss {:.6}",
+        r.precision, r.batch, r.strategy, r.h, r.loss
+    );
+    println!(
+        "{:<6} {:>8} {:>13} {:>13} {:<14} {:>13} {:>6} {}",
+        "tensor", "numel", "mean |a-n|", "max rel err", "at", "norm rel err", "kinks", "verdict"
+    );
+    for t in &r.tensors {
+        println!(
+            "{:<6} {:>8} {:>13.3e} {:>13.3e} {:<14} {:>13.3e} {:>6} {}",
+            t.name,
+            t.numel,
+            t.mean_abs_diff,
+            t.max_rel_err,
+            format!("{:?}", t.max_rel_err_at),
+            t.norm_rel_err,
+            t.kink_crossings,
+            if t.passed { "pass" } else { "FAIL" }
+        );
+    }
+    for (i, d) in r.directions.iter().enumerate() {
+        println!(
+            "direction {i}: analytic {:.10e} numeric {:.10e} rel err {:.2e} {}",
+            d.analytic,
+            d.numeric,
+            d.rel_err,
+            if d.passed { "pass" } else { "FAIL" }
+        );
+    }
+    let kinks: usize = r.tensors.iter().map(|t| t.kink_crossings).sum();
+    println!(
+        "{} perturbed losses in {:.3} s (setup {:.3} s), analytic gradient {:.4} s; {} kink crossings excluded; tolerance: ‖a-n‖ ≤ {:e}·‖a‖ + {:e}·√numel{}",
+        r.perturbed_losses,
+        r.seconds_numeric,
+        r.seconds_numeric_setup,
+        r.seconds_analytic,
+        kinks,
+        r.tolerance.norm_tol,
+        r.tolerance.norm_atol,
+        if r.tolerance.per_element {
+            format!(", |a-n| ≤ {:e} + {:e}·max(|a|,|n|)", r.tolerance.atol, r.tolerance.rtol)
+        } else {
+            String::new()
+        }
+    );
+    println!("{}", if r.passed { "PASSED" } else { "FAILED" });
+}
+
+fn save_grads(
+    path: &std::path::Path,
+    spec: &NetSpec,
+    r: &gradcheck::GradcheckReport,
+) -> Result<()> {
+    use checkpoint::TensorData;
+    let layout = spec.layout();
+    let mut tensors = Vec::new();
+    for t in layout
+        .tensors
+        .iter()
+        .filter(|t| r.tensors.iter().any(|c| c.name == t.name))
+    {
+        for (prefix, values) in [("analytic", &r.analytic), ("numeric", &r.numeric)] {
+            let v = values[t.offset..t.offset + t.numel].to_vec();
+            let data = match r.precision {
+                Precision::F64 => TensorData::F64(v),
+                Precision::F32 => TensorData::F32(v.iter().map(|&a| a as f32).collect()),
+            };
+            tensors.push((format!("{prefix}.{}", t.name), t.shape.clone(), data));
+        }
+    }
+    let mut meta = BTreeMap::new();
+    meta.insert("precision".into(), r.precision.to_string());
+    meta.insert("strategy".into(), r.strategy.to_string());
+    meta.insert("h".into(), format!("{:e}", r.h));
+    checkpoint::save_tensors(path, &tensors, &meta)
 }

@@ -32,6 +32,8 @@ pub struct TrainConfig {
     pub eval_batch: usize,
     /// Training steps recorded per submit; the host looks at the GPU only between submits.
     pub steps_per_submit: usize,
+    /// Stop after this many steps (the last epoch may be cut short).
+    pub max_steps: Option<usize>,
     /// Show a progress bar on stderr (only drawn when stderr is a terminal) and epoch lines.
     pub verbose: bool,
 }
@@ -51,6 +53,7 @@ impl Default for TrainConfig {
             initial_params: None,
             eval_batch: 1000,
             steps_per_submit: 40,
+            max_steps: None,
             verbose: false,
         }
     }
@@ -252,7 +255,8 @@ pub fn train(
 
     // drop_last: every step sees a full batch; reshuffling each epoch covers the rest.
     let steps_per_epoch = data.train.len() / config.batch_size;
-    let total_steps = (steps_per_epoch * config.epochs) as u64;
+    let total_steps =
+        (steps_per_epoch * config.epochs).min(config.max_steps.unwrap_or(usize::MAX)) as u64;
     let bar = progress_bar(config.verbose, total_steps);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_0f_da7a);
     let mut order: Vec<u32> = (0..data.train.len() as u32).collect();
@@ -266,9 +270,11 @@ pub fn train(
         train_set.index.write_u32(ctx, 0, &order);
         state.write_u32(ctx, 1, &[0]);
         stats.write_real(ctx, 0, &[0.0; 3], precision);
+        let steps_before = (epoch - 1) * steps_per_epoch;
+        let this_epoch = steps_per_epoch.min(total_steps as usize - steps_before);
         let mut done = 0;
-        while done < steps_per_epoch {
-            let chunk = config.steps_per_submit.min(steps_per_epoch - done);
+        while done < this_epoch {
+            let chunk = config.steps_per_submit.min(this_epoch - done);
             kernel::submit(ctx, &step, chunk);
             done += chunk;
             let words = state.read_u32(ctx)?;
@@ -288,7 +294,7 @@ pub fn train(
         let test_eval = evaluator.run(ctx, &eval_test, &test_set)?;
         let report = EpochReport {
             epoch,
-            train_loss: epoch_stats[0] / steps_per_epoch as f64,
+            train_loss: epoch_stats[0] / this_epoch as f64,
             train_accuracy: train_eval.accuracy,
             test_loss: test_eval.loss,
             test_accuracy: test_eval.accuracy,
@@ -310,6 +316,9 @@ pub fn train(
             f(&report);
         }
         history.push(report);
+        if steps_before + this_epoch >= total_steps as usize {
+            break;
+        }
     }
     bar.finish_and_clear();
     let params = model.read_params(ctx)?;
@@ -319,7 +328,7 @@ pub fn train(
         train_accuracy: last.train_accuracy,
         final_loss: last.train_loss,
         test_loss: last.test_loss,
-        epochs: config.epochs,
+        epochs: history.len(),
         steps: total_steps,
         seconds: start.elapsed().as_secs_f64(),
         train_seconds,

@@ -32,6 +32,7 @@ pub mod shaders {
     shader!(L2, "l2.wgsl");
     shader!(GATHER, "gather.wgsl");
     shader!(OPTIM, "optim.wgsl");
+    shader!(PERTURBED_MLP, "perturbed_mlp.wgsl");
 }
 
 const PRELUDE_F32: &str = include_str!("../../shaders/precision_f32.wgsl");

@@ -1,0 +1,173 @@
+// Incremental perturbed losses for an MLP: one invocation per perturbation (flat parameter
+// index, sign), each evaluating the real loss L(θ ± h·e_i) over the batch.
+//
+// Perturbing W_l[i, j] (or b_l[j]) changes only unit j of layer l's affine output, by ±h times
+// its input (or ±h). So, per sample n:
+//   - if that input is 0, nothing changes: the sample's loss is the unperturbed one;
+//   - else unit j's new pre-activation is a = pre_l[n, j] ± h·in[n, i], its activation is
+//     recomputed, and every layer above is recomputed for that sample from the changed unit
+//     (the layer right above by a rank-one update of its unperturbed pre-activation).
+// Everything unperturbed (inputs, activations, per-sample losses, parameters) is read-only and
+// shared; each invocation writes only its own loss, kink count and scratch rows, so no
+// evaluation can see another's change.
+//
+// layers[l]: in, out, W offset, b offset, pre offset, act offset (into `base`), 6 words a layer.
+
+struct Params {
+    perturbations: u32,   // invocations in this dispatch
+    depth: u32,           // affine layers
+    n: u32,               // batch rows
+    classes: u32,
+    scratch_stride: u32,  // reals of scratch per invocation (two rows of the widest layer)
+    relu: u32,            // 1: ReLU hidden layers, 0: sigmoid
+    row_width: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> layers: array<u32>;
+@group(0) @binding(2) var<storage, read> theta: array<real>;
+@group(0) @binding(3) var<storage, read> x: array<real>;         // [N, D]
+@group(0) @binding(4) var<storage, read> labels: array<u32>;     // [N]
+@group(0) @binding(5) var<storage, read> base: array<real>;      // pre and act of every layer
+@group(0) @binding(6) var<storage, read> base_loss: array<real>; // [N] per-sample loss
+@group(0) @binding(7) var<storage, read> pert: array<u32>;       // (flat index, sign) pairs
+@group(0) @binding(8) var<storage, read> hstep: array<real>;
+@group(0) @binding(9) var<storage, read_write> out_loss: array<real>;
+@group(0) @binding(10) var<storage, read_write> out_flips: array<u32>;
+@group(0) @binding(11) var<storage, read_write> scratch: array<real>;
+
+fn layer(l: u32, field: u32) -> u32 {
+    return layers[6u * l + field];
+}
+
+fn activate(a: real) -> real {
+    if (P.relu == 1u) {
+        return max(a, real(0.0));
+    }
+    return real(1.0) / (real(1.0) + exp_r(-a));
+}
+
+// Softmax-CE of the row held in scratch[row_at .. row_at + classes].
+fn row_loss(row_at: u32, t: u32) -> real {
+    var m = scratch[row_at];
+    for (var c = 1u; c < P.classes; c++) {
+        m = max(m, scratch[row_at + c]);
+    }
+    var s = real(0.0);
+    for (var c = 0u; c < P.classes; c++) {
+        s += exp_r(scratch[row_at + c] - m);
+    }
+    return m + log_r(s) - scratch[row_at + t];
+}
+
+@compute @workgroup_size(64)
+fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let q = gid.y * P.row_width + gid.x;
+    if (q >= P.perturbations) {
+        return;
+    }
+    let flat = pert[2u * q];
+    let delta = select(hstep[0], -hstep[0], pert[2u * q + 1u] == 1u);
+
+    // Which layer, and which (input i, unit j) of it; i = NONE for a bias.
+    let NONE = 0xffffffffu;
+    var l = 0u;
+    var i = NONE;
+    var j = 0u;
+    for (var k = 0u; k < P.depth; k++) {
+        let w_off = layer(k, 2u);
+        let b_off = layer(k, 3u);
+        let outs = layer(k, 1u);
+        if (flat >= w_off && flat < w_off + layer(k, 0u) * outs) {
+            l = k;
+            i = (flat - w_off) / outs;
+            j = (flat - w_off) % outs;
+        } else if (flat >= b_off && flat < b_off + outs) {
+            l = k;
+            j = flat - b_off;
+        }
+    }
+
+    let ins = layer(l, 0u);
+    let outs = layer(l, 1u);
+    let last = P.depth - 1u;
+    let row_a = q * P.scratch_stride;
+    let row_b = row_a + P.scratch_stride / 2u;
+    var total = real(0.0);
+    var flips = 0u;
+    for (var n = 0u; n < P.n; n++) {
+        var input = real(1.0);
+        if (i != NONE) {
+            if (l == 0u) {
+                input = x[n * ins + i];
+            } else {
+                input = base[layer(l - 1u, 5u) + n * ins + i];
+            }
+        }
+        if (input == real(0.0)) {
+            total += base_loss[n];
+            continue;
+        }
+        let base_a = base[layer(l, 4u) + n * outs + j];
+        let a = base_a + delta * input;
+        if (l == last) {
+            // The perturbed unit is a logit: copy the row, change one entry.
+            for (var c = 0u; c < outs; c++) {
+                scratch[row_a + c] = base[layer(l, 4u) + n * outs + c];
+            }
+            scratch[row_a + j] = a;
+            total += row_loss(row_a, labels[n]);
+            continue;
+        }
+        if (P.relu == 1u && ((a > real(0.0)) != (base_a > real(0.0)))) {
+            flips += 1u;
+        }
+        let dz = activate(a) - base[layer(l, 5u) + n * outs + j];
+        // Layer l+1: its unperturbed pre-activation plus dz times row j of its W.
+        let up = l + 1u;
+        let up_out = layer(up, 1u);
+        let w_row = layer(up, 2u) + j * up_out;
+        for (var c = 0u; c < up_out; c++) {
+            let base_up = base[layer(up, 4u) + n * up_out + c];
+            let v = base_up + dz * theta[w_row + c];
+            scratch[row_a + c] = v;
+            if (up < last) {
+                if (P.relu == 1u && ((v > real(0.0)) != (base_up > real(0.0)))) {
+                    flips += 1u;
+                }
+                scratch[row_a + c] = activate(v);
+            }
+        }
+        // Layers above that: dense, per sample, ping-ponging between two scratch rows (which hold
+        // activations, or logits for the last layer).
+        var src = row_a;
+        var dst = row_b;
+        for (var k = up + 1u; k <= last; k++) {
+            let k_in = layer(k, 0u);
+            let k_out = layer(k, 1u);
+            let w_off = layer(k, 2u);
+            let b_off = layer(k, 3u);
+            for (var c = 0u; c < k_out; c++) {
+                var s = theta[b_off + c];
+                for (var r = 0u; r < k_in; r++) {
+                    s += scratch[src + r] * theta[w_off + r * k_out + c];
+                }
+                scratch[dst + c] = s;
+                if (k < last) {
+                    let base_k = base[layer(k, 4u) + n * k_out + c];
+                    if (P.relu == 1u && ((s > real(0.0)) != (base_k > real(0.0)))) {
+                        flips += 1u;
+                    }
+                    scratch[dst + c] = activate(s);
+                }
+            }
+            let t = src;
+            src = dst;
+            dst = t;
+        }
+        total += row_loss(src, labels[n]);
+    }
+    out_loss[q] = total / real(P.n);
+    out_flips[q] = flips;
+}
