@@ -127,17 +127,31 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
         // Layer l+1: its unperturbed pre-activation plus dz times row j of its W.
         let up = l + 1u;
         let up_out = layer(up, 1u);
+        let up_pre = layer(up, 4u) + n * up_out;
         let w_row = layer(up, 2u) + j * up_out;
+        if (up == last) {
+            // The common case (the last hidden layer perturbed): the changed logits are formed
+            // on the fly, twice (max, then sum), instead of through scratch memory.
+            var m = base[up_pre] + dz * theta[w_row];
+            for (var c = 1u; c < up_out; c++) {
+                m = max(m, base[up_pre + c] + dz * theta[w_row + c]);
+            }
+            var s = real(0.0);
+            for (var c = 0u; c < up_out; c++) {
+                s += exp_r(base[up_pre + c] + dz * theta[w_row + c] - m);
+            }
+            let t = labels[n];
+            total += m + log_r(s) - (base[up_pre + t] + dz * theta[w_row + t]);
+            continue;
+        }
         for (var c = 0u; c < up_out; c++) {
-            let base_up = base[layer(up, 4u) + n * up_out + c];
+            let base_up = base[up_pre + c];
             let v = base_up + dz * theta[w_row + c];
             scratch[row_a + c] = v;
-            if (up < last) {
-                if (P.relu == 1u && ((v > real(0.0)) != (base_up > real(0.0)))) {
-                    flips += 1u;
-                }
-                scratch[row_a + c] = activate(v);
+            if (P.relu == 1u && ((v > real(0.0)) != (base_up > real(0.0)))) {
+                flips += 1u;
             }
+            scratch[row_a + c] = activate(v);
         }
         // Layers above that: dense, per sample, ping-ponging between two scratch rows (which hold
         // activations, or logits for the last layer).

@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod error;

@@ -10,7 +10,7 @@ use wgrad::gpu::{list_adapters, AdapterOptions, GpuContext, Precision};
 use wgrad::nn::{Activation, Init, NetSpec};
 use wgrad::numgrad::{self, Strategy};
 use wgrad::optim::Optimizer;
-use wgrad::{checkpoint, data, gradcheck, train, Result};
+use wgrad::{bench, checkpoint, data, gradcheck, train, Result};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +29,8 @@ enum Command {
     Train(TrainArgs),
     /// Check backprop against batched numerical gradients, per tensor.
     Gradcheck(GradcheckArgs),
+    /// Time analytic and numerical gradients (each strategy and precision, and the book's loop).
+    Bench(BenchArgs),
     /// List the GPU adapters wgpu can see.
     Devices {
         /// Print JSON instead of a table.
@@ -166,11 +168,40 @@ struct GradcheckArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    /// Batch: the first N training images.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Precisions to time, comma-separated [default: f64 (where the adapter has it) and f32].
+    #[arg(long, value_delimiter = ',')]
+    precision: Vec<String>,
+    /// Variants: incremental, full, sequential (the book's loop: one pair per submit).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "incremental,full,sequential"
+    )]
+    variants: Vec<String>,
+    /// Variants predicted to exceed this many seconds are timed on a prefix and extrapolated.
+    #[arg(long, default_value_t = 20.0)]
+    budget: f64,
+    /// Best of this many runs.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => run_train(args),
         Command::Gradcheck(args) => run_gradcheck(args),
+        Command::Bench(args) => run_bench(args),
         Command::Devices { json } => run_devices(json),
     };
     match result {
@@ -551,4 +582,99 @@ fn save_grads(
     meta.insert("strategy".into(), r.strategy.to_string());
     meta.insert("h".into(), format!("{:e}", r.h));
     checkpoint::save_tensors(path, &tensors, &meta)
+}
+
+fn run_bench(args: BenchArgs) -> Result<ExitCode> {
+    for v in &args.variants {
+        if !["incremental", "full", "sequential"].contains(&v.as_str()) {
+            return Err(wgrad::Error::InvalidArgument(format!(
+                "unknown variant '{v}': use incremental, full or sequential"
+            )));
+        }
+    }
+    let mnist = args.net.load_data()?;
+    let spec = args.net.spec(mnist.train.image_size(), &CHECK_NET)?;
+    let (x, labels) = gradcheck::first_batch(&mnist.train, args.batch)?;
+    let ctx = args.net.context()?;
+    let precisions: Vec<Precision> = if args.precision.is_empty() {
+        [Precision::F64, Precision::F32]
+            .into_iter()
+            .filter(|p| ctx.supports(*p))
+            .collect()
+    } else {
+        args.precision
+            .iter()
+            .map(|p| p.parse())
+            .collect::<Result<_>>()?
+    };
+    let params = check_params(&args.net, &ctx, &spec, &mnist, 0)?;
+    let config = bench::BenchConfig {
+        precisions,
+        variants: args.variants.clone(),
+        budget_seconds: args.budget,
+        repeats: args.repeats,
+    };
+    let report = bench::run(&ctx, &spec, &params, &x, &labels, &config)?;
+    if args.json {
+        let mut value = serde_json::to_value(&report).expect("serialisable");
+        value["adapter"] = ctx.adapter_json();
+        println!("{value}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "bench: {} parameters, batch {}, adapter {}",
+        report.parameters,
+        report.batch,
+        ctx.describe()
+    );
+    for (p, s) in &report.analytic {
+        println!("analytic gradient ({p}): {:.3} ms", s * 1e3);
+    }
+    println!(
+        "{:<12} {:<5} {:>10} {:>10} {:>14} {:>12} {:>8}",
+        "variant", "prec", "seconds", "losses", "losses/s", "vs analytic", "note"
+    );
+    for n in &report.numeric {
+        let analytic = report
+            .analytic
+            .iter()
+            .find(|a| a.0 == n.precision)
+            .map(|a| a.1)
+            .unwrap_or(f64::NAN);
+        println!(
+            "{:<12} {:<5} {:>10.3} {:>10} {:>14.0} {:>11.0}x {:>8}",
+            n.strategy,
+            n.precision.to_string(),
+            n.seconds,
+            n.perturbed_losses,
+            n.perturbed_losses_per_second,
+            n.seconds / analytic,
+            if n.extrapolated {
+                format!("extrapolated from {}", n.measured_losses)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let seconds_of = |variant: &str, p: Precision| {
+        report
+            .numeric
+            .iter()
+            .find(|n| n.strategy == variant && n.precision == p)
+            .map(|n| n.seconds)
+    };
+    for p in &config.precisions {
+        if let (Some(inc), Some(seq)) =
+            (seconds_of("incremental", *p), seconds_of("sequential", *p))
+        {
+            println!(
+                "{p}: incremental is {:.0}x faster than the book's loop on the same GPU",
+                seq / inc
+            );
+        }
+        if let (Some(inc), Some(full)) = (seconds_of("incremental", *p), seconds_of("full", *p)) {
+            println!("{p}: incremental is {:.1}x faster than full", full / inc);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

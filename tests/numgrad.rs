@@ -1,0 +1,342 @@
+//! Batched numerical gradients against backprop, and the properties that make them trustworthy:
+//! parameters untouched, results independent of chunking and order, strategies in agreement, and
+//! a check that fails when the backward pass is wrong.
+
+use wgrad::data;
+use wgrad::gpu::{AdapterOptions, GpuContext, Precision};
+use wgrad::gradcheck::{self, GradcheckConfig};
+use wgrad::nn::{init_params, Activation, Init, Kernels, Model, NetSpec};
+use wgrad::numgrad::{default_h, Perturbation, PerturbedLossEngine, Strategy};
+use wgrad::reference::RefMlp;
+
+fn ctx() -> GpuContext {
+    GpuContext::new(&AdapterOptions::default()).expect("a GPU adapter (lavapipe in CI)")
+}
+
+fn batch(n: usize) -> (Vec<f64>, Vec<u32>) {
+    let mnist = data::bundled().unwrap();
+    gradcheck::first_batch(&mnist.train, n).unwrap()
+}
+
+fn config(precision: Precision, strategy: Strategy) -> GradcheckConfig {
+    GradcheckConfig {
+        precision,
+        h: default_h(precision),
+        strategy,
+        tensors: Vec::new(),
+        directions: 0,
+        seed: 1,
+        chunk: None,
+        analytic_fault: None,
+    }
+}
+
+fn spec(hidden: &[usize], activation: Activation, weight_decay: f64) -> NetSpec {
+    let mut s = NetSpec::mlp(784, hidden, 10, activation);
+    s.weight_decay = weight_decay;
+    s
+}
+
+#[test]
+fn sigmoid_nets_pass_in_f64_at_several_sizes() {
+    let ctx = ctx();
+    for (hidden, n, wd) in [
+        (vec![7], 1, 0.0),
+        (vec![33], 3, 0.1),
+        (vec![16, 9], 5, 0.0),
+        (vec![5, 6, 7], 2, 0.01),
+    ] {
+        let s = spec(&hidden, Activation::Sigmoid, wd);
+        let params = init_params(&s, Init::Xavier, 3);
+        let (x, t) = batch(n);
+        let mut cfg = config(Precision::F64, Strategy::Incremental);
+        cfg.directions = 2;
+        let r = gradcheck::check(&ctx, &s, &params, &x, &t, &cfg).unwrap();
+        for tc in &r.tensors {
+            assert!(tc.passed, "{hidden:?} {}: {tc:?}", tc.name);
+            assert!(
+                tc.norm_rel_err < 1e-6,
+                "{hidden:?} {}: {}",
+                tc.name,
+                tc.norm_rel_err
+            );
+            assert_eq!(tc.kink_crossings, 0, "sigmoid has no kinks");
+        }
+        assert!(
+            r.passed && r.directions.iter().all(|d| d.rel_err < 1e-6),
+            "{:?}",
+            r.directions
+        );
+        // The numerical gradient also matches the f64 CPU reference's own central differences.
+        let cpu = RefMlp::new(s.clone()).numerical_gradient(&params, &x, &t, 1e-5);
+        let err = r
+            .numeric
+            .iter()
+            .zip(&cpu)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            err < 1e-8,
+            "{hidden:?}: GPU vs CPU numerical gradient differ by {err}"
+        );
+    }
+}
+
+#[test]
+fn relu_twolayernet_passes_with_kinks_excluded() {
+    let ctx = ctx();
+    let s = spec(&[50], Activation::Relu, 0.0);
+    let params = init_params(&s, Init::Std(0.01), 0);
+    let (x, t) = batch(30);
+    // A large step makes the central difference straddle ReLU's kink for some units.
+    let mut cfg = config(Precision::F64, Strategy::Incremental);
+    cfg.h = 1e-3;
+    let r = gradcheck::check(&ctx, &s, &params, &x, &t, &cfg).unwrap();
+    let kinks: usize = r.tensors.iter().map(|t| t.kink_crossings).sum();
+    assert!(kinks > 0, "h = 1e-3 should cross kinks: {:?}", r.tensors);
+    // With the kinks excluded the rest is a clean pass at the default step.
+    let r = gradcheck::check(
+        &ctx,
+        &s,
+        &params,
+        &x,
+        &t,
+        &config(Precision::F64, Strategy::Incremental),
+    )
+    .unwrap();
+    assert!(r.passed, "{:?}", r.tensors);
+    for tc in &r.tensors {
+        assert!(tc.norm_rel_err < 1e-7, "{}: {}", tc.name, tc.norm_rel_err);
+    }
+}
+
+#[test]
+fn kinks_flag_exactly_the_pairs_whose_relu_state_differs() {
+    // On a kink, the two sides of the difference see different ReLU patterns; elsewhere they
+    // agree with the unperturbed pass. Check the flags against the CPU reference.
+    let ctx = ctx();
+    let s = spec(&[20], Activation::Relu, 0.0);
+    let params = init_params(&s, Init::Std(0.01), 5);
+    let (x, t) = batch(4);
+    let h = 2e-3;
+    let kernels = Kernels::new(&ctx, Precision::F64).unwrap();
+    let model = Model::new(&ctx, &s, &params, Precision::F64).unwrap();
+    let engine = PerturbedLossEngine::new(
+        &ctx,
+        &kernels,
+        &model,
+        &x,
+        &t,
+        Strategy::Incremental,
+        h,
+        None,
+    )
+    .unwrap();
+    let indices: Vec<usize> = (0..s.layout().total).collect();
+    let g = engine.gradient(&indices).unwrap();
+    let reference = RefMlp::new(s.clone());
+    let pattern = |p: &[f64]| -> Vec<bool> {
+        reference.forward(p, &x, 4).pre[0]
+            .iter()
+            .map(|&a| a > 0.0)
+            .collect()
+    };
+    let base = pattern(&params);
+    let mut flagged = 0;
+    for &i in &indices {
+        let mut plus = params.clone();
+        plus[i] += h;
+        let mut minus = params.clone();
+        minus[i] -= h;
+        let crosses = pattern(&plus) != base || pattern(&minus) != base;
+        assert_eq!(g.kinks[i], crosses, "parameter {i}");
+        flagged += usize::from(crosses);
+    }
+    assert!(flagged > 0, "this step should straddle some kinks");
+}
+
+#[test]
+fn parameters_are_bit_identical_after_a_numerical_gradient() {
+    let ctx = ctx();
+    let s = spec(&[12], Activation::Relu, 0.05);
+    let params = init_params(&s, Init::He, 9);
+    let (x, t) = batch(3);
+    for precision in [Precision::F64, Precision::F32] {
+        let kernels = Kernels::new(&ctx, precision).unwrap();
+        let model = Model::new(&ctx, &s, &params, precision).unwrap();
+        let before = model.read_params(&ctx).unwrap();
+        for strategy in [Strategy::Incremental, Strategy::Full] {
+            let engine =
+                PerturbedLossEngine::new(&ctx, &kernels, &model, &x, &t, strategy, 1e-3, Some(37))
+                    .unwrap();
+            engine
+                .gradient(&(0..s.layout().total).collect::<Vec<_>>())
+                .unwrap();
+        }
+        let after = model.read_params(&ctx).unwrap();
+        assert!(
+            before
+                .iter()
+                .zip(&after)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{precision}"
+        );
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_chunk_size_or_order() {
+    let ctx = ctx();
+    let s = spec(&[10, 8], Activation::Relu, 0.0);
+    let params = init_params(&s, Init::He, 4);
+    let (x, t) = batch(5);
+    let kernels = Kernels::new(&ctx, Precision::F64).unwrap();
+    let model = Model::new(&ctx, &s, &params, Precision::F64).unwrap();
+    let numel = s.layout().total;
+    let perts: Vec<Perturbation> = (0..numel)
+        .flat_map(|index| {
+            [
+                Perturbation {
+                    index,
+                    minus: false,
+                },
+                Perturbation { index, minus: true },
+            ]
+        })
+        .collect();
+    for strategy in [Strategy::Incremental, Strategy::Full] {
+        let run = |chunk: Option<usize>, order: &[Perturbation]| {
+            let engine =
+                PerturbedLossEngine::new(&ctx, &kernels, &model, &x, &t, strategy, 1e-5, chunk)
+                    .unwrap();
+            engine.losses(order).unwrap()
+        };
+        let reference = run(None, &perts);
+        for chunk in [1, 7, 64, 1000] {
+            let got = run(Some(chunk), &perts);
+            assert!(
+                reference
+                    .iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.loss.to_bits() == b.loss.to_bits()
+                        && a.kink_flips == b.kink_flips),
+                "{strategy} chunk {chunk}"
+            );
+        }
+        let mut reversed = perts.clone();
+        reversed.reverse();
+        let got = run(Some(13), &reversed);
+        for (a, b) in reference.iter().zip(got.iter().rev()) {
+            assert_eq!(
+                a.loss.to_bits(),
+                b.loss.to_bits(),
+                "{strategy} reversed order"
+            );
+        }
+    }
+}
+
+#[test]
+fn full_and_incremental_agree_to_rounding() {
+    let ctx = ctx();
+    for (hidden, activation) in [
+        (vec![16], Activation::Relu),
+        (vec![9, 7], Activation::Sigmoid),
+        (vec![8, 6, 5], Activation::Relu),
+    ] {
+        let s = spec(&hidden, activation, 0.02);
+        let params = init_params(&s, Init::He, 8);
+        let (x, t) = batch(4);
+        let full = gradcheck::check(
+            &ctx,
+            &s,
+            &params,
+            &x,
+            &t,
+            &config(Precision::F64, Strategy::Full),
+        )
+        .unwrap();
+        let inc = gradcheck::check(
+            &ctx,
+            &s,
+            &params,
+            &x,
+            &t,
+            &config(Precision::F64, Strategy::Incremental),
+        )
+        .unwrap();
+        assert_eq!(full.passed, inc.passed);
+        let diff = full
+            .numeric
+            .iter()
+            .zip(&inc.numeric)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        // Two evaluations of the same loss differ by rounding (~1e-16 of the loss); divided by 2h.
+        assert!(diff < 1e-9, "{hidden:?}: strategies differ by {diff}");
+        let kinks = |r: &gradcheck::GradcheckReport| {
+            r.tensors
+                .iter()
+                .map(|t| t.kink_crossings)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kinks(&full), kinks(&inc), "{hidden:?}");
+    }
+}
+
+#[test]
+fn a_wrong_backward_pass_fails_the_check() {
+    let ctx = ctx();
+    let s = spec(&[10], Activation::Sigmoid, 0.0);
+    let params = init_params(&s, Init::Xavier, 2);
+    let (x, t) = batch(3);
+    let good = gradcheck::check(
+        &ctx,
+        &s,
+        &params,
+        &x,
+        &t,
+        &config(Precision::F64, Strategy::Incremental),
+    )
+    .unwrap();
+    assert!(good.passed);
+    for (tensor, factor) in [("W1", 1.001), ("b2", 0.5), ("W2", -1.0)] {
+        let mut cfg = config(Precision::F64, Strategy::Incremental);
+        cfg.analytic_fault = Some((tensor.to_string(), factor));
+        cfg.directions = 1;
+        let r = gradcheck::check(&ctx, &s, &params, &x, &t, &cfg).unwrap();
+        assert!(
+            !r.passed,
+            "a gradient of {tensor} off by ×{factor} must fail"
+        );
+        for tc in &r.tensors {
+            assert_eq!(tc.passed, tc.name != tensor, "{tensor} ×{factor}: {tc:?}");
+        }
+    }
+}
+
+#[test]
+fn f32_check_passes_norm_wise() {
+    let ctx = ctx();
+    let s = spec(&[20], Activation::Sigmoid, 0.0);
+    let params = init_params(&s, Init::Xavier, 6);
+    let (x, t) = batch(3);
+    let mut cfg = config(Precision::F32, Strategy::Incremental);
+    cfg.directions = 2;
+    let r = gradcheck::check(&ctx, &s, &params, &x, &t, &cfg).unwrap();
+    assert!(r.passed, "{:?} {:?}", r.tensors, r.directions);
+}
+
+#[test]
+fn unknown_tensor_names_are_rejected() {
+    let ctx = ctx();
+    let s = spec(&[4], Activation::Relu, 0.0);
+    let params = init_params(&s, Init::He, 6);
+    let (x, t) = batch(1);
+    let mut cfg = config(Precision::F64, Strategy::Incremental);
+    cfg.tensors = vec!["W9".into()];
+    let e = gradcheck::check(&ctx, &s, &params, &x, &t, &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("W9") && e.contains("W1, b1, W2, b2"), "{e}");
+}
