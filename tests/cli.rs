@@ -1,0 +1,712 @@
+//! The `wgrad` binary as a user meets it: one test per bad input, each checking the exit status,
+//! that stderr names the problem and the fix, that stdout stays empty (no half report for a
+//! script to parse), and that no checkpoint is left where `--save` asked for one; then the
+//! success paths (`devices --json`, `train --json --save`, `--init-from`, determinism).
+//!
+//! Synthetic MNIST folders are written into temp dirs with tiny images, so every run takes well
+//! under a second on lavapipe.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use serde_json::Value;
+use tempfile::TempDir;
+use wgrad::data::{TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS};
+
+const IMAGES_MAGIC: u32 = 2051;
+const LABELS_MAGIC: u32 = 2049;
+/// `main` exits with this on every reported error; clap uses it for usage errors too.
+const ERROR_EXIT: i32 = 2;
+
+// ---------------------------------------------------------------------------------------------
+// Running the binary
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn wgrad(args: &[&str]) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(env!("CARGO_BIN_EXE_wgrad"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the wgrad binary runs");
+    Run {
+        code: status.code(),
+        stdout: String::from_utf8(stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8(stderr).expect("stderr is UTF-8"),
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+fn assert_mentions(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "stderr lacks {part:?}:\n{text}");
+    }
+}
+
+/// Runs `wgrad train ARGS --json --save OUT/model.safetensors` in a fresh output folder and
+/// checks that it fails with `ERROR_EXIT`, prints nothing on stdout, names every one of
+/// `expected` on stderr, and leaves the output folder empty (no checkpoint, no probe or temp
+/// file). Returns stderr.
+fn train_fails(args: &[&str], expected: &[&str]) -> String {
+    let out = TempDir::new().unwrap();
+    let save = out.path().join("model.safetensors");
+    let mut all = vec!["train"];
+    all.extend_from_slice(args);
+    all.extend(["--json", "--save", path_str(&save)]);
+    let run = wgrad(&all);
+    assert_eq!(
+        run.code,
+        Some(ERROR_EXIT),
+        "wgrad {all:?} should fail with exit status {ERROR_EXIT}; stderr:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.trim().is_empty(),
+        "a failed run printed on stdout:\n{}",
+        run.stdout
+    );
+    assert_mentions(&run.stderr, expected);
+    assert_eq!(
+        entries(out.path()),
+        Vec::<String>::new(),
+        "a failed run left files where --save pointed; stderr:\n{}",
+        run.stderr
+    );
+    run.stderr
+}
+
+/// Like [`train_fails`], and also checks that the error came before the GPU was opened (the CLI
+/// says which adapter it uses as soon as it opens one): bad arguments cost no device time.
+fn train_fails_before_gpu(args: &[&str], expected: &[&str]) -> String {
+    let stderr = train_fails(args, expected);
+    assert!(
+        !stderr.contains("wgrad: adapter"),
+        "the GPU was opened before the bad input was noticed:\n{stderr}"
+    );
+    stderr
+}
+
+fn train_json(args: &[&str]) -> Value {
+    let mut all = vec!["train"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let run = wgrad(&all);
+    assert_eq!(run.code, Some(0), "wgrad {all:?} failed:\n{}", run.stderr);
+    assert_eq!(
+        run.stdout.trim().lines().count(),
+        1,
+        "--json should print exactly one line:\n{}",
+        run.stdout
+    );
+    let value: Value = serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", run.stdout));
+    assert!(value.is_object(), "{value}");
+    value
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn number(value: &Value, key: &str) -> f64 {
+    value[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {value}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synthetic IDX folders
+
+fn idx(magic: u32, dims: &[u32], body: &[u8]) -> Vec<u8> {
+    let mut bytes = magic.to_be_bytes().to_vec();
+    for d in dims {
+        bytes.extend(d.to_be_bytes());
+    }
+    bytes.extend(body);
+    bytes
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn labels_for(count: u32) -> Vec<u8> {
+    (0..count).map(|i| (i % 10) as u8).collect()
+}
+
+/// `count` side×side images in which digit d lights pixel d (and a faint background that
+/// varies), so that a net can learn them; labels cycle through 0–9.
+fn images_idx(count: u32, side: u32) -> Vec<u8> {
+    let size = (side * side) as usize;
+    let mut pixels = Vec::with_capacity(count as usize * size);
+    for (i, label) in labels_for(count).into_iter().enumerate() {
+        for p in 0..size {
+            let lit = p % 10 == usize::from(label);
+            pixels.push(if lit { 255 } else { ((i + p) % 7) as u8 * 8 });
+        }
+    }
+    idx(IMAGES_MAGIC, &[count, side, side], &pixels)
+}
+
+fn labels_idx(count: u32) -> Vec<u8> {
+    idx(LABELS_MAGIC, &[count], &labels_for(count))
+}
+
+const TRAIN_COUNT: u32 = 200;
+const TEST_COUNT: u32 = 50;
+const SIDE: u32 = 5;
+
+/// A valid folder of 5×5 images, 200 train and 50 test: training images gzip-compressed, the
+/// rest raw, as MNIST mirrors mix them. Each data test breaks exactly one thing in it.
+fn valid_folder() -> TempDir {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        &format!("{TRAIN_IMAGES}.gz"),
+        &gzip(&images_idx(TRAIN_COUNT, SIDE)),
+    );
+    write(d, TRAIN_LABELS, &labels_idx(TRAIN_COUNT));
+    write(d, TEST_IMAGES, &images_idx(TEST_COUNT, SIDE));
+    write(d, TEST_LABELS, &labels_idx(TEST_COUNT));
+    dir
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// A checkpoint written by `wgrad train` itself (1 epoch on the bundled set).
+fn trained_checkpoint(dir: &Path, hidden: &str) -> PathBuf {
+    let path = dir.join(format!("hidden-{hidden}.safetensors"));
+    let run = wgrad(&[
+        "train",
+        "--hidden",
+        hidden,
+        "--epochs",
+        "1",
+        "--save",
+        path_str(&path),
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(path.is_file());
+    path
+}
+
+// ---------------------------------------------------------------------------------------------
+// The baseline the data tests break
+
+#[test]
+fn valid_synthetic_folder_trains() {
+    let data = valid_folder();
+    let report = train_json(&[
+        "--data",
+        path_str(data.path()),
+        "--hidden",
+        "8",
+        "--batch-size",
+        "20",
+        "--epochs",
+        "2",
+    ]);
+    assert_eq!(report["spec"]["input"], 25, "{report}");
+    assert_eq!(report["steps"], 20, "{report}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data
+
+#[test]
+fn data_folder_that_does_not_exist() {
+    let parent = TempDir::new().unwrap();
+    let missing = parent.path().join("no-such-mnist");
+    train_fails_before_gpu(
+        &["--data", path_str(&missing)],
+        &[
+            path_str(&missing),
+            "does not exist",
+            "the folder must hold the four standard MNIST files",
+        ],
+    );
+}
+
+#[test]
+fn data_folder_missing_one_file_names_it() {
+    let data = valid_folder();
+    fs::remove_file(data.path().join(TEST_LABELS)).unwrap();
+    train_fails_before_gpu(
+        &["--data", path_str(data.path())],
+        &[
+            &format!("{TEST_LABELS} not found in {}", data.path().display()),
+            &format!("tried {TEST_LABELS}.gz and {TEST_LABELS}"),
+            "the folder must hold the four standard MNIST files",
+        ],
+    );
+}
+
+#[test]
+fn data_corrupt_gzip() {
+    let data = valid_folder();
+    let file = data.path().join(format!("{TRAIN_IMAGES}.gz"));
+    let mut bytes = fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle..].iter_mut().for_each(|b| *b ^= 0x5a);
+    fs::write(&file, bytes).unwrap();
+    train_fails_before_gpu(
+        &["--data", path_str(data.path())],
+        &[
+            path_str(&file),
+            "corrupt gzip data",
+            "download the file again",
+        ],
+    );
+}
+
+#[test]
+fn data_wrong_magic_from_swapped_files() {
+    let data = valid_folder();
+    // The test images file holds labels: what a swapped or renamed download looks like.
+    let file = write(data.path(), TEST_IMAGES, &labels_idx(TEST_COUNT));
+    train_fails_before_gpu(
+        &["--data", path_str(data.path())],
+        &[
+            path_str(&file),
+            "magic number 2049",
+            "IDX labels",
+            "expected 2051",
+            "not swapped or renamed",
+        ],
+    );
+}
+
+#[test]
+fn data_truncated_file() {
+    let data = valid_folder();
+    let mut bytes = images_idx(TEST_COUNT, SIDE);
+    let full = bytes.len();
+    bytes.truncate(full - 10);
+    let file = write(data.path(), TEST_IMAGES, &bytes);
+    train_fails_before_gpu(
+        &["--data", path_str(data.path())],
+        &[
+            &format!("{} is truncated", file.display()),
+            &format!("calls for {full} bytes"),
+            &format!("it holds {}", full - 10),
+            "download the file again",
+        ],
+    );
+}
+
+#[test]
+fn data_image_and_label_counts_differ() {
+    let data = valid_folder();
+    write(data.path(), TRAIN_LABELS, &labels_idx(TRAIN_COUNT - 1));
+    train_fails_before_gpu(
+        &["--data", path_str(data.path())],
+        &[
+            &format!("holds {TRAIN_COUNT} images"),
+            &format!("{TRAIN_LABELS} holds {} labels", TRAIN_COUNT - 1),
+            "each images file needs the labels file of the same set",
+        ],
+    );
+}
+
+#[test]
+fn data_label_above_nine() {
+    let data = valid_folder();
+    let mut labels = labels_for(TEST_COUNT);
+    labels[3] = 10;
+    let file = write(
+        data.path(),
+        TEST_LABELS,
+        &idx(LABELS_MAGIC, &[TEST_COUNT], &labels),
+    );
+    train_fails_before_gpu(
+        &["--data", path_str(data.path())],
+        &[
+            path_str(&file),
+            "label 10 at index 3 is not a digit 0-9",
+            "download the file again",
+        ],
+    );
+}
+
+/// The CLI sizes the net's input from the data, so 25-pixel images can only meet a 784-input
+/// net through a checkpoint made for 784 inputs. The folder itself is valid (it trains without
+/// the checkpoint): the error is about the fit, and must name the tensor and both shapes.
+#[test]
+fn data_images_do_not_fit_the_checkpoint_net() {
+    let data = valid_folder();
+    let ckpt_dir = TempDir::new().unwrap();
+    let ckpt = trained_checkpoint(ckpt_dir.path(), "16");
+    train_json(&[
+        "--data",
+        path_str(data.path()),
+        "--hidden",
+        "16",
+        "--batch-size",
+        "20",
+        "--epochs",
+        "1",
+    ]);
+    train_fails_before_gpu(
+        &[
+            "--data",
+            path_str(data.path()),
+            "--hidden",
+            "16",
+            "--init-from",
+            path_str(&ckpt),
+        ],
+        &[
+            path_str(&ckpt),
+            "tensor W1 has shape [784, 16] in the file but the net needs [25, 16]",
+            "other layer sizes",
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Arguments
+
+#[test]
+fn batch_size_zero() {
+    train_fails_before_gpu(
+        &["--batch-size", "0"],
+        &["batch size must be at least 1", "--batch-size"],
+    );
+}
+
+#[test]
+fn epochs_zero() {
+    train_fails_before_gpu(
+        &["--epochs", "0"],
+        &["epochs must be at least 1", "--epochs"],
+    );
+}
+
+#[test]
+fn lr_zero() {
+    train_fails_before_gpu(
+        &["--lr", "0"],
+        &["learning rate must be a finite number > 0, got 0", "(--lr)"],
+    );
+}
+
+/// `--lr -1` as a user types it. clap treats "-1" as an unknown flag unless `--lr` allows
+/// negative numbers, which would hide the real problem behind "unexpected argument '-1'".
+#[test]
+fn lr_negative() {
+    train_fails_before_gpu(
+        &["--lr", "-1"],
+        &[
+            "learning rate must be a finite number > 0, got -1",
+            "(--lr)",
+        ],
+    );
+}
+
+#[test]
+fn lr_negative_with_equals_sign() {
+    train_fails_before_gpu(
+        &["--lr=-1"],
+        &[
+            "learning rate must be a finite number > 0, got -1",
+            "(--lr)",
+        ],
+    );
+}
+
+#[test]
+fn lr_nan() {
+    train_fails_before_gpu(
+        &["--lr", "NaN"],
+        &[
+            "learning rate must be a finite number > 0, got NaN",
+            "(--lr)",
+        ],
+    );
+}
+
+#[test]
+fn unknown_optimizer() {
+    train_fails_before_gpu(
+        &["--optimizer", "lbfgs"],
+        &[
+            "unknown optimizer 'lbfgs'",
+            "sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw",
+        ],
+    );
+}
+
+#[test]
+fn unknown_activation() {
+    train_fails_before_gpu(
+        &["--activation", "tanh"],
+        &["unknown activation 'tanh'", "use 'relu' or 'sigmoid'"],
+    );
+}
+
+#[test]
+fn hidden_layer_of_size_zero() {
+    train_fails_before_gpu(
+        &["--hidden", "100,0"],
+        &[
+            "hidden layer 2 has size 0",
+            "every hidden size must be at least 1",
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints
+
+#[test]
+fn init_from_a_file_that_is_not_safetensors() {
+    let dir = TempDir::new().unwrap();
+    let bogus = write(
+        dir.path(),
+        "notes.safetensors",
+        b"these are notes, not tensors\n",
+    );
+    train_fails_before_gpu(
+        &["--init-from", path_str(&bogus)],
+        &[
+            path_str(&bogus),
+            "not a safetensors file",
+            "expected a file written by wgrad or by safetensors' save_file",
+        ],
+    );
+}
+
+#[test]
+fn init_from_a_checkpoint_of_other_layer_sizes() {
+    let dir = TempDir::new().unwrap();
+    let ckpt = trained_checkpoint(dir.path(), "20");
+    train_fails_before_gpu(
+        &["--hidden", "30", "--init-from", path_str(&ckpt)],
+        &[
+            path_str(&ckpt),
+            "tensor W1 has shape [784, 20] in the file but the net needs [784, 30]",
+            "the checkpoint was saved for a net with other layer sizes",
+        ],
+    );
+}
+
+#[test]
+fn save_into_a_missing_folder_fails_before_training() {
+    let parent = TempDir::new().unwrap();
+    let missing = parent.path().join("no-such-dir");
+    let target = missing.join("model.safetensors");
+    let run = wgrad(&["train", "--save", path_str(&target), "--json"]);
+    assert_eq!(run.code, Some(ERROR_EXIT), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert_mentions(
+        &run.stderr,
+        &[
+            &format!("folder {} does not exist", missing.display()),
+            &format!("mkdir -p {}", missing.display()),
+        ],
+    );
+    // Before training: no adapter opened, no epoch run; and nothing created on the way.
+    assert!(!run.stderr.contains("wgrad: adapter"), "{}", run.stderr);
+    assert!(!run.stderr.contains("epoch"), "{}", run.stderr);
+    assert_eq!(entries(parent.path()), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Divergence
+
+/// The step number of "… at step N; …" in a divergence message.
+fn diverged_step(stderr: &str) -> u64 {
+    let after = stderr
+        .split("at step ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no step number:\n{stderr}"));
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no step number:\n{stderr}"))
+}
+
+/// The loss value of "the loss became V at step …".
+fn diverged_value(stderr: &str) -> String {
+    let after = stderr
+        .split("the loss became ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no loss value:\n{stderr}"));
+    after.split(' ').next().unwrap().to_string()
+}
+
+#[test]
+fn divergence_exits_non_zero_and_saves_nothing() {
+    // Plain SGD with an absurd rate blows the f32 weights up within the first steps.
+    let stderr = train_fails(
+        &[
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e20",
+            "--hidden",
+            "16",
+            "--epochs",
+            "1",
+        ],
+        &[
+            "training diverged",
+            "at step ",
+            "lower the learning rate (--lr)",
+        ],
+    );
+    let step = diverged_step(&stderr);
+    // 8004 bundled images / batch 100 = 80 steps in the epoch.
+    assert!((1..=80).contains(&step), "step {step}:\n{stderr}");
+    assert!(!stderr.contains("saved"), "{stderr}");
+}
+
+/// The loss named in the message must be the one that was not finite, whatever the number of
+/// steps per submit. (At lr 1e10 the loss goes infinite at one step and finite again after it,
+/// so reading back "the last step's loss" at the end of a submit reports a finite number.)
+#[test]
+fn divergence_reports_the_loss_of_the_step_that_diverged() {
+    let args = |steps_per_submit: &'static str| {
+        [
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e10",
+            "--hidden",
+            "16",
+            "--epochs",
+            "1",
+            "--steps-per-submit",
+            steps_per_submit,
+        ]
+    };
+    let expected = ["training diverged", "lower the learning rate (--lr)"];
+    let one = train_fails(&args("1"), &expected);
+    let forty = train_fails(&args("40"), &expected);
+    assert_eq!(diverged_step(&one), diverged_step(&forty), "{one}\n{forty}");
+    for stderr in [&one, &forty] {
+        let value = diverged_value(stderr);
+        let parsed: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("loss {value:?} is not a number:\n{stderr}"));
+        assert!(
+            !parsed.is_finite(),
+            "the message names a finite loss {value} as the divergence:\n{stderr}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Success paths
+
+#[test]
+fn devices_json_lists_an_adapter() {
+    let run = wgrad(&["devices", "--json"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let adapters: Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", run.stdout));
+    let list = adapters.as_array().expect("a JSON array of adapters");
+    assert!(
+        !list.is_empty(),
+        "no adapter: install mesa-vulkan-drivers libvulkan1"
+    );
+    for a in list {
+        for key in ["name", "backend", "device_type"] {
+            assert!(
+                a[key].as_str().is_some_and(|s| !s.is_empty()),
+                "{key} in {a}"
+            );
+        }
+        assert!(a["f64"].is_boolean(), "f64 in {a}");
+    }
+}
+
+#[test]
+fn train_json_saves_a_checkpoint_that_init_from_resumes() {
+    let dir = TempDir::new().unwrap();
+    let ckpt = dir.path().join("model.safetensors");
+    let report = train_json(&["--hidden", "16", "--epochs", "1", "--save", path_str(&ckpt)]);
+    for key in [
+        "test_accuracy",
+        "train_accuracy",
+        "final_loss",
+        "seconds",
+        "samples_per_second",
+    ] {
+        let v = number(&report, key);
+        assert!(v.is_finite() && v > 0.0, "{key} = {v} in {report}");
+    }
+    for key in ["test_accuracy", "train_accuracy"] {
+        assert!(number(&report, key) <= 1.0, "{key} in {report}");
+    }
+    // One epoch of a 784-16-10 net on 8k real digits is far better than chance.
+    assert!(number(&report, "test_accuracy") > 0.5, "{report}");
+    assert_eq!(report["epochs"], 1, "{report}");
+    for key in ["name", "backend", "device_type"] {
+        assert!(
+            report["adapter"][key]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
+            "adapter.{key} in {report}"
+        );
+    }
+    // The checkpoint is there, whole, and holds exactly the net's tensors.
+    assert_eq!(entries(dir.path()), ["model.safetensors"]);
+    let spec = wgrad::nn::NetSpec::mlp(784, &[16], 10, wgrad::nn::Activation::Relu);
+    let loaded = wgrad::checkpoint::load(&ckpt, &spec.layout()).unwrap();
+    assert_eq!(loaded.metadata["format"], "wgrad-mlp");
+    assert!(loaded.params.iter().any(|&v| v != 0.0));
+
+    // Resuming starts from the trained weights: the first epoch's loss is already lower.
+    let resumed = train_json(&[
+        "--hidden",
+        "16",
+        "--epochs",
+        "1",
+        "--init-from",
+        path_str(&ckpt),
+    ]);
+    assert!(
+        number(&resumed, "final_loss") < number(&report, "final_loss"),
+        "resumed {resumed}\nfirst {report}"
+    );
+}
+
+#[test]
+fn same_seed_gives_identical_results() {
+    let args = ["--hidden", "16", "--epochs", "1", "--seed", "7"];
+    let first = train_json(&args);
+    let second = train_json(&args);
+    for key in ["test_accuracy", "train_accuracy", "final_loss"] {
+        assert_eq!(first[key], second[key], "{key}: {first}\n{second}");
+    }
+    let other = train_json(&["--hidden", "16", "--epochs", "1", "--seed", "8"]);
+    assert_ne!(first["final_loss"], other["final_loss"], "the seed is used");
+}
