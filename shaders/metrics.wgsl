@@ -6,7 +6,7 @@
 //               step + 1 (0: none)      [3] evaluation batch number
 // stats (real): [0] Σ step losses   [1] last step loss   [2] Σ correct (training)
 //               [3] L2 penalty of this step   [4] Σ eval loss   [5] Σ eval correct
-//               [6] eval rows
+//               [6] eval rows   [7] loss of the first non-finite step
 
 struct Params {
     rows: u32,       // rows to reduce (N), or copies for copy_loss
@@ -59,6 +59,7 @@ fn train_metrics(@builtin(local_invocation_index) lid: u32) {
         stats[2] += part_count[0];
         if (!is_finite_r(loss) && state[2] == 0u) {
             state[2] = state[0] + 1u;
+            stats[7] = loss;
         }
     }
 }

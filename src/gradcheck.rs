@@ -11,6 +11,7 @@
 //! - f32 (h = 5e-3): per-element f32 central differences are unreliable (rounding ε·|L|/h ≈ 6e-5,
 //!   against gradients of 1e-4 and below), so only the norm-wise error counts (norm_tol 2e-2,
 //!   norm_atol 1e-4), and elements are reported without a verdict.
+//!
 //! Directional checks use JAX check_grads' tolerances: |a − n| ≤ t + t·|a|, t = 1e-5 (f64) or
 //! 2e-3 (f32).
 
@@ -276,7 +277,8 @@ pub fn tensor_check(
             max_rel = rel;
             max_at = i;
         }
-        if !(d <= tol.atol + tol.rtol * scale) {
+        // NaN counts as a failure.
+        if d.is_nan() || d > tol.atol + tol.rtol * scale {
             failed += 1;
         }
     }

@@ -54,7 +54,7 @@ struct NetArgs {
     #[arg(long)]
     init: Option<String>,
     /// L2 weight decay λ (the loss gains λ/2·Σ‖W‖², as in the book).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     weight_decay: f64,
     /// Seed for initialisation and shuffling.
     #[arg(long, default_value_t = 42)]
@@ -78,31 +78,31 @@ struct TrainArgs {
     #[arg(long, default_value = "momentum")]
     optimizer: String,
     /// Learning rate (default: 0.1 for the bare run's momentum SGD, else PyTorch's default).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     lr: Option<f64>,
     /// Momentum (sgd, momentum, nesterov, rmsprop).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     momentum: Option<f64>,
     /// Dampening (sgd/momentum).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     dampening: Option<f64>,
     /// Adam/AdamW β1.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     beta1: Option<f64>,
     /// Adam/AdamW β2.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     beta2: Option<f64>,
     /// ε of AdaGrad, RMSprop, Adam, AdamW.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     eps: Option<f64>,
     /// RMSprop smoothing constant α.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     alpha: Option<f64>,
     /// AdaGrad learning-rate decay.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     lr_decay: Option<f64>,
     /// AdaGrad initial accumulator value.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     initial_accumulator: Option<f64>,
     /// Use AMSGrad (Adam/AdamW).
     #[arg(long)]
@@ -112,7 +112,7 @@ struct TrainArgs {
     centered: bool,
     /// The optimizer's own weight decay (PyTorch's weight_decay: L2 added to the gradient; for
     /// AdamW the decoupled decay, default 0.01).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     optim_weight_decay: Option<f64>,
     #[arg(long, default_value_t = 20)]
     epochs: usize,
@@ -143,7 +143,7 @@ struct GradcheckArgs {
     #[arg(long)]
     precision: Option<String>,
     /// Central-difference step [default: 1e-5 in f64, 5e-3 in f32, near ∛ε].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     h: Option<f64>,
     /// incremental (default) or full.
     #[arg(long, default_value = "incremental")]
@@ -511,7 +511,7 @@ fn print_gradcheck(r: &gradcheck::GradcheckReport) {
         r.precision, r.batch, r.strategy, r.h, r.loss
     );
     println!(
-        "{:<6} {:>8} {:>13} {:>13} {:<14} {:>13} {:>6} {}",
+        "{:<6} {:>8} {:>13} {:>13} {:<14} {:>13} {:>6} {:<7}",
         "tensor", "numel", "mean |a-n|", "max rel err", "at", "norm rel err", "kinks", "verdict"
     );
     for t in &r.tensors {

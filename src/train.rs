@@ -258,7 +258,7 @@ pub fn train(
     let total_steps =
         (steps_per_epoch * config.epochs).min(config.max_steps.unwrap_or(usize::MAX)) as u64;
     let bar = progress_bar(config.verbose, total_steps);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_0f_da7a);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_0fda_7a00);
     let mut order: Vec<u32> = (0..data.train.len() as u32).collect();
     let mut history = Vec::with_capacity(config.epochs);
     let mut train_seconds = 0.0;
@@ -280,7 +280,7 @@ pub fn train(
             let words = state.read_u32(ctx)?;
             if words[2] != 0 {
                 bar.finish_and_clear();
-                let value = stats.read_real(ctx, precision)?[1];
+                let value = stats.read_real(ctx, precision)?[7];
                 return Err(Error::Diverged {
                     step: u64::from(words[2]),
                     value: format!("{value}"),

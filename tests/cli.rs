@@ -598,7 +598,7 @@ fn divergence_reports_the_loss_of_the_step_that_diverged() {
             "--optimizer",
             "sgd",
             "--lr",
-            "1e10",
+            "1e20",
             "--hidden",
             "16",
             "--epochs",

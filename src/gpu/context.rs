@@ -48,7 +48,7 @@ impl AdapterSummary {
             f64: features.contains(wgpu::Features::SHADER_F64),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
-            max_storage_binding_mib: adapter.limits().max_storage_buffer_binding_size as u64 >> 20,
+            max_storage_binding_mib: adapter.limits().max_storage_buffer_binding_size >> 20,
         }
     }
 }

@@ -528,6 +528,7 @@ impl Recorder<'_> {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn metrics(
         &self,
         kernel: &Kernel,
