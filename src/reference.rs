@@ -11,6 +11,10 @@
 // which index is which, and that is the one thing a reader of an oracle must be able to check.
 #![allow(clippy::needless_range_loop)]
 
+
+pub mod conv;
+pub mod norm;
+
 use crate::nn::{Activation, NetSpec};
 use crate::optim::Optimizer;
 

@@ -33,6 +33,10 @@ pub mod shaders {
     shader!(GATHER, "gather.wgsl");
     shader!(OPTIM, "optim.wgsl");
     shader!(PERTURBED_MLP, "perturbed_mlp.wgsl");
+    shader!(CONV, "conv.wgsl");
+    shader!(POOL, "pool.wgsl");
+    shader!(BATCHNORM, "batchnorm.wgsl");
+    shader!(DROPOUT, "dropout.wgsl");
 }
 
 const PRELUDE_F32: &str = include_str!("../../shaders/precision_f32.wgsl");

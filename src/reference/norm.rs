@@ -1,0 +1,1 @@
+//! BatchNorm and Dropout references (being written).
