@@ -197,6 +197,7 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
+    quiet_mesa_runtime_dir();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => run_train(args),
@@ -209,6 +210,28 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("wgrad: error: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Mesa prints "XDG_RUNTIME_DIR is invalid or not set" on every start without it; the warning
+/// is harmless, but noise on every run. Point it at a private folder when it is unset (before
+/// any thread exists, so setting the variable is sound).
+fn quiet_mesa_runtime_dir() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("wgrad-runtime-{uid}"));
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+        let private = std::fs::metadata(&dir)
+            .map(|m| m.is_dir() && m.uid() == uid && m.permissions().mode() & 0o077 == 0)
+            .unwrap_or(false);
+        if private {
+            std::env::set_var("XDG_RUNTIME_DIR", &dir);
         }
     }
 }
