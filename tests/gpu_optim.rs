@@ -1,0 +1,474 @@
+//! Every optimizer on the GPU against the reference (PyTorch's update rules, in f64): five steps
+//! on a small net with a fixed batch, the gradient recomputed on the GPU at every step, each step
+//! built as train.rs builds it (forward, backward, update, advance of the GPU step counter).
+//! The reference replays the same five steps with `RefMlp::loss_and_grad` + `RefOptimizer::step`.
+//!
+//! What is compared after each step is the displacement θ_t − θ_0 (norm-wise relative error):
+//! stricter than comparing θ_t itself, whose norm is dominated by the starting point. Tolerances:
+//! 1e-10 in f64, 1e-4 in f32.
+//!
+//! A comparison only means something if the feature under test changes the trajectory, so every
+//! case also names "ablations" (the same optimizer without momentum, without weight decay,
+//! without centring, …) whose reference trajectory must differ from the case's by far more than
+//! the tolerance.
+
+mod common;
+
+use common::*;
+use wgrad::gpu::{kernel, GpuBuffer, Precision};
+use wgrad::nn::{Activation, Copies, Model, NetSpec, Recorder, Workspace};
+use wgrad::optim::{GpuOptimizer, Optimizer};
+use wgrad::reference::RefOptimizer;
+
+const STEPS: usize = 5;
+
+fn tol(precision: Precision) -> f64 {
+    match precision {
+        Precision::F32 => 1e-4,
+        Precision::F64 => 1e-10,
+    }
+}
+
+/// A smooth (Sigmoid) net, so that f32 and f64 never disagree about a ReLU unit's state as the
+/// parameters move: 16-[12, 8]-10, 398 parameters, a fixed batch of 24 rows.
+fn problem(model_weight_decay: f64) -> Problem {
+    let mut spec = NetSpec::mlp(16, &[12, 8], 10, Activation::Sigmoid);
+    spec.weight_decay = model_weight_decay;
+    Problem::random(&spec, 24, 2024)
+}
+
+/// θ after each of `steps` GPU steps (forward, backward, update, advance), one submit per step.
+fn gpu_trajectory(
+    opt: &Optimizer,
+    precision: Precision,
+    prob: &Problem,
+    steps: usize,
+) -> Vec<Vec<f64>> {
+    let ctx = ctx();
+    let model = Model::new(ctx, &prob.spec, &prob.params, precision).unwrap();
+    let ws = Workspace::new(ctx, &model, prob.n(), 1, true);
+    ws.upload(ctx, &prob.x, &prob.labels, precision);
+    let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
+    let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
+    let optimizer = GpuOptimizer::new(ctx, &model, opt, &state).unwrap();
+    let step = train_step(precision, &model, &ws, &optimizer, &state, &stats);
+    let trajectory = (0..steps)
+        .map(|_| {
+            kernel::run(ctx, &step).unwrap();
+            model.read_params(ctx).unwrap()
+        })
+        .collect();
+    let words = state.read_u32(ctx).unwrap();
+    assert_eq!(words[0] as usize, steps, "GPU step counter t");
+    trajectory
+}
+
+/// One training step's dispatches, in train.rs's order (minus the gather: the batch is fixed).
+fn train_step(
+    precision: Precision,
+    model: &Model,
+    ws: &Workspace,
+    optimizer: &GpuOptimizer,
+    state: &GpuBuffer,
+    stats: &GpuBuffer,
+) -> Vec<wgrad::gpu::Dispatch> {
+    let rec = Recorder {
+        ctx: ctx(),
+        kernels: kernels(precision),
+        model,
+    };
+    let mut step = Vec::new();
+    step.extend(rec.l2_penalty(stats));
+    step.extend(rec.forward(ws, &Copies::Single));
+    step.extend(rec.backward(ws));
+    step.push(rec.train_metrics(ws, stats, state));
+    step.extend(optimizer.dispatches().iter().cloned());
+    step.push(rec.advance(ws, stats, state));
+    step
+}
+
+/// The same steps on the CPU: exact gradients, PyTorch's update, all in f64.
+fn ref_trajectory(opt: &Optimizer, prob: &Problem, steps: usize) -> Vec<Vec<f64>> {
+    let mlp = prob.reference();
+    let mut theta = prob.params.clone();
+    let mut ropt = RefOptimizer::new(opt, theta.len());
+    (0..steps)
+        .map(|_| {
+            let (_, g) = mlp.loss_and_grad(&theta, &prob.x, &prob.labels);
+            ropt.step(&mut theta, &g);
+            theta.clone()
+        })
+        .collect()
+}
+
+fn displacement(theta: &[f64], theta0: &[f64]) -> Vec<f64> {
+    theta.iter().zip(theta0).map(|(t, t0)| t - t0).collect()
+}
+
+/// An optimizer to test, and variants lacking one of its features.
+struct Case {
+    name: String,
+    opt: Optimizer,
+    ablations: Vec<(&'static str, Optimizer)>,
+}
+
+/// Each base case as given, and again with the optimizer's own weight decay (the version without
+/// it being that copy's ablation).
+fn with_and_without_decay(base: Vec<Case>, decay: f64) -> Vec<Case> {
+    let mut out = Vec::new();
+    for case in base {
+        let mut decayed = case.opt.clone();
+        set_weight_decay(&mut decayed, decay);
+        let mut ablations: Vec<(&'static str, Optimizer)> = case
+            .ablations
+            .iter()
+            .map(|(what, o)| {
+                let mut o = o.clone();
+                set_weight_decay(&mut o, decay);
+                (*what, o)
+            })
+            .collect();
+        ablations.push(("weight decay", case.opt.clone()));
+        out.push(Case {
+            name: format!("{} wd={decay}", case.name),
+            opt: decayed,
+            ablations,
+        });
+        out.push(case);
+    }
+    out
+}
+
+fn set_weight_decay(opt: &mut Optimizer, value: f64) {
+    match opt {
+        Optimizer::Sgd { weight_decay, .. }
+        | Optimizer::Adagrad { weight_decay, .. }
+        | Optimizer::Rmsprop { weight_decay, .. }
+        | Optimizer::Adam { weight_decay, .. }
+        | Optimizer::Adamw { weight_decay, .. } => *weight_decay = value,
+    }
+}
+
+fn run_cases(cases: &[Case], prob: &Problem) {
+    for case in cases {
+        case.opt.validate().unwrap();
+        // The features under test must show in the trajectory.
+        let want64 = ref_trajectory(&case.opt, prob, STEPS);
+        let last = displacement(&want64[STEPS - 1], &prob.params);
+        assert!(
+            last.iter().any(|&d| d != 0.0),
+            "{}: the parameters do not move",
+            case.name
+        );
+        for (what, other) in &case.ablations {
+            let theirs = ref_trajectory(other, prob, STEPS);
+            let diff = rel_err(&displacement(&theirs[STEPS - 1], &prob.params), &last);
+            if std::env::var_os("WGRAD_TEST_ERRORS").is_some() {
+                eprintln!("ablation {diff:10.3e}  {}: without {what}", case.name);
+            }
+            assert!(
+                diff > 1e-3,
+                "{}: without {what} the trajectory moves by only {diff:.1e}; the test would not see that feature",
+                case.name
+            );
+        }
+        for precision in precisions() {
+            let prob = prob.at(precision);
+            let want = ref_trajectory(&case.opt, &prob, STEPS);
+            let got = gpu_trajectory(&case.opt, precision, &prob, STEPS);
+            for (t, (g, w)) in got.iter().zip(&want).enumerate() {
+                check(
+                    &format!("{precision} {} step {}: θ − θ0", case.name, t + 1),
+                    rel_err(
+                        &displacement(g, &prob.params),
+                        &displacement(w, &prob.params),
+                    ),
+                    tol(precision),
+                );
+                check(
+                    &format!("{precision} {} step {}: θ", case.name, t + 1),
+                    rel_err(g, w),
+                    tol(precision),
+                );
+            }
+        }
+    }
+}
+
+fn sgd(momentum: f64, dampening: f64, nesterov: bool) -> Optimizer {
+    Optimizer::Sgd {
+        lr: 0.1,
+        momentum,
+        dampening,
+        nesterov,
+        weight_decay: 0.0,
+    }
+}
+
+#[test]
+fn sgd_momentum_nesterov_dampening_match_reference() {
+    let cases = vec![
+        Case {
+            name: "sgd".into(),
+            opt: sgd(0.0, 0.0, false),
+            ablations: vec![],
+        },
+        Case {
+            name: "momentum 0.9".into(),
+            opt: sgd(0.9, 0.0, false),
+            ablations: vec![("momentum", sgd(0.0, 0.0, false))],
+        },
+        Case {
+            name: "nesterov 0.9".into(),
+            opt: sgd(0.9, 0.0, true),
+            ablations: vec![("Nesterov", sgd(0.9, 0.0, false))],
+        },
+        Case {
+            name: "momentum 0.9 dampening 0.3".into(),
+            opt: sgd(0.9, 0.3, false),
+            ablations: vec![("dampening", sgd(0.9, 0.0, false))],
+        },
+    ];
+    run_cases(&with_and_without_decay(cases, 0.05), &problem(0.0));
+}
+
+#[test]
+fn momentum_with_l2_in_the_loss_matches_reference() {
+    // The net's own weight decay (λ·W added by l2_grad before the update) and the optimizer's.
+    let mut opt = sgd(0.9, 0.0, false);
+    set_weight_decay(&mut opt, 0.05);
+    let cases = vec![Case {
+        name: "momentum, λ=0.1 in the loss, wd=0.05".into(),
+        opt,
+        ablations: vec![],
+    }];
+    run_cases(&cases, &problem(0.1));
+}
+
+#[test]
+fn adagrad_with_lr_decay_and_initial_accumulator_matches_reference() {
+    let adagrad = |lr_decay, initial_accumulator| Optimizer::Adagrad {
+        lr: 0.1,
+        lr_decay,
+        eps: 1e-10,
+        initial_accumulator,
+        weight_decay: 0.0,
+    };
+    let cases = vec![
+        Case {
+            name: "adagrad".into(),
+            opt: adagrad(0.0, 0.0),
+            ablations: vec![],
+        },
+        Case {
+            name: "adagrad lr_decay 0.2, initial accumulator 0.5".into(),
+            opt: adagrad(0.2, 0.5),
+            ablations: vec![
+                ("lr_decay", adagrad(0.0, 0.5)),
+                ("initial accumulator", adagrad(0.2, 0.0)),
+            ],
+        },
+    ];
+    run_cases(&with_and_without_decay(cases, 0.05), &problem(0.0));
+}
+
+#[test]
+fn rmsprop_plain_centered_momentum_match_reference() {
+    let rmsprop = |momentum, centered| Optimizer::Rmsprop {
+        lr: 0.01,
+        alpha: 0.9,
+        eps: 1e-8,
+        momentum,
+        centered,
+        weight_decay: 0.0,
+    };
+    let cases = vec![
+        Case {
+            name: "rmsprop".into(),
+            opt: rmsprop(0.0, false),
+            ablations: vec![],
+        },
+        Case {
+            name: "rmsprop centered".into(),
+            opt: rmsprop(0.0, true),
+            ablations: vec![("centring", rmsprop(0.0, false))],
+        },
+        Case {
+            name: "rmsprop momentum 0.5".into(),
+            opt: rmsprop(0.5, false),
+            ablations: vec![("momentum", rmsprop(0.0, false))],
+        },
+        Case {
+            name: "rmsprop centered momentum 0.5".into(),
+            opt: rmsprop(0.5, true),
+            ablations: vec![
+                ("momentum", rmsprop(0.0, true)),
+                ("centring", rmsprop(0.5, false)),
+            ],
+        },
+    ];
+    run_cases(&with_and_without_decay(cases, 0.05), &problem(0.0));
+}
+
+fn adam(amsgrad: bool, weight_decay: f64) -> Optimizer {
+    // β2 = 0.9 rather than 0.999 so that v shrinks within five steps for many elements, which is
+    // where AMSGrad departs from Adam.
+    Optimizer::Adam {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.9,
+        eps: 1e-8,
+        amsgrad,
+        weight_decay,
+    }
+}
+
+fn adamw(amsgrad: bool, weight_decay: f64) -> Optimizer {
+    Optimizer::Adamw {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.9,
+        eps: 1e-8,
+        amsgrad,
+        weight_decay,
+    }
+}
+
+#[test]
+fn adam_and_amsgrad_match_reference() {
+    let cases = vec![
+        Case {
+            name: "adam".into(),
+            opt: adam(false, 0.0),
+            ablations: vec![],
+        },
+        Case {
+            name: "adam amsgrad".into(),
+            opt: adam(true, 0.0),
+            ablations: vec![("AMSGrad", adam(false, 0.0))],
+        },
+    ];
+    run_cases(&with_and_without_decay(cases, 0.05), &problem(0.0));
+}
+
+#[test]
+fn adamw_decoupled_decay_matches_reference() {
+    let cases = vec![
+        Case {
+            name: "adamw wd=0".into(),
+            opt: adamw(false, 0.0),
+            ablations: vec![],
+        },
+        Case {
+            name: "adamw wd=0.5".into(),
+            opt: adamw(false, 0.5),
+            ablations: vec![
+                ("weight decay", adamw(false, 0.0)),
+                // Decoupled, not L2: the same λ added to the gradient gives another trajectory.
+                ("decoupling", adam(false, 0.5)),
+            ],
+        },
+        Case {
+            name: "adamw amsgrad wd=0.5".into(),
+            opt: adamw(true, 0.5),
+            ablations: vec![("AMSGrad", adamw(false, 0.5))],
+        },
+    ];
+    run_cases(&cases, &problem(0.0));
+}
+
+#[test]
+fn steps_recorded_into_one_submit_match_one_submit_per_step() {
+    // train.rs records many steps into one submit: the step count that SGD's first-step momentum,
+    // AdaGrad's lr decay and Adam's bias correction read must come from the GPU counter, so the
+    // result must be bit-identical to submitting step by step.
+    let prob = problem(0.01);
+    for precision in precisions() {
+        let prob = prob.at(precision);
+        for opt in [
+            sgd(0.9, 0.3, false),
+            Optimizer::Adagrad {
+                lr: 0.1,
+                lr_decay: 0.2,
+                eps: 1e-10,
+                initial_accumulator: 0.5,
+                weight_decay: 0.0,
+            },
+            adam(true, 0.01),
+        ] {
+            let one_by_one = gpu_trajectory(&opt, precision, &prob, STEPS);
+            let ctx = ctx();
+            let model = Model::new(ctx, &prob.spec, &prob.params, precision).unwrap();
+            let ws = Workspace::new(ctx, &model, prob.n(), 1, true);
+            ws.upload(ctx, &prob.x, &prob.labels, precision);
+            let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
+            let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
+            let optimizer = GpuOptimizer::new(ctx, &model, &opt, &state).unwrap();
+            let step = train_step(precision, &model, &ws, &optimizer, &state, &stats);
+            kernel::submit(ctx, &step, STEPS);
+            ctx.wait().unwrap();
+            let batched = model.read_params(ctx).unwrap();
+            assert!(
+                bits(&batched) == bits(&one_by_one[STEPS - 1]),
+                "{precision} {}: {STEPS} steps in one submit differ from one submit per step",
+                opt.name()
+            );
+            assert_eq!(state.read_u32(ctx).unwrap()[0] as usize, STEPS);
+        }
+    }
+}
+
+#[test]
+fn optimizer_update_folds_its_grid_past_65535_workgroups() {
+    // 4,255,912 parameters: the update runs on a 65,535 × 2 grid. The gradients are written
+    // straight into the model's gradient buffer (no forward or backward), two steps of
+    // AMSGrad with weight decay, which touches all three state slots and the bias-correction
+    // powers.
+    let spec = NetSpec::mlp(800, &[5300], 2, Activation::Relu);
+    let numel = spec.layout().total;
+    assert!(numel > 65_535 * 64);
+    let precision = Precision::F32;
+    let opt = adam(true, 0.01);
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(77);
+    let theta0 = round_to(precision, &normals(&mut rng, numel, 0.05));
+    let grads: Vec<Vec<f64>> = (0..2)
+        .map(|_| round_to(precision, &normals(&mut rng, numel, 1.0)))
+        .collect();
+
+    let ctx = ctx();
+    let model = Model::new(ctx, &spec, &theta0, precision).unwrap();
+    let ws = Workspace::new(ctx, &model, 1, 1, false);
+    let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
+    let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
+    let optimizer = GpuOptimizer::new(ctx, &model, &opt, &state).unwrap();
+    let rec = Recorder {
+        ctx,
+        kernels: kernels(precision),
+        model: &model,
+    };
+    let mut step = optimizer.dispatches().to_vec();
+    step.push(rec.advance(&ws, &stats, &state));
+
+    let mut theta = theta0.clone();
+    let mut ropt = RefOptimizer::new(&opt, numel);
+    for (t, g) in grads.iter().enumerate() {
+        model.grads.write_real(ctx, 0, g, precision);
+        kernel::run(ctx, &step).unwrap();
+        ropt.step(&mut theta, g);
+        let got = model.read_params(ctx).unwrap();
+        let fold = 65_535 * 64;
+        check(
+            &format!("folded adam step {}: θ − θ0 past the fold", t + 1),
+            rel_err(
+                &displacement(&got[fold..], &theta0[fold..]),
+                &displacement(&theta[fold..], &theta0[fold..]),
+            ),
+            tol(precision),
+        );
+        check(
+            &format!("folded adam step {}: θ − θ0", t + 1),
+            rel_err(&displacement(&got, &theta0), &displacement(&theta, &theta0)),
+            tol(precision),
+        );
+    }
+}
