@@ -19,23 +19,50 @@ struct Params {
 const WG: u32 = 64u;
 var<workgroup> part: array<real, 64>;
 
-// stats[3] = penalty (one workgroup; fixed summation order).
+// Two passes with a fixed summation order. lavapipe stops an invocation after 65,535 loop
+// iterations in all, so no invocation may loop over the whole arena.
+// Pass 1: workgroup g sums elements [g·BLOCK, (g+1)·BLOCK) into partials[g] (each invocation
+// at most BLOCK/64 = 1,024 strided elements).
+const BLOCK: u32 = 65536u;
+
 @compute @workgroup_size(64)
-fn l2_penalty(@builtin(local_invocation_index) lid: u32) {
+fn l2_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let begin = wg.x * BLOCK;
+    let end = min(begin + BLOCK, P.numel);
     var l = real(0.0);
-    for (var i = lid; i < P.numel; i += WG) {
+    for (var i = begin + lid; i < end; i += WG) {
         l += half_decay[i] * params[i] * params[i];
     }
-    part[lid] = l;
+    reduce(lid, l);
+    if (lid == 0u) {
+        grads[wg.x] = part[0];
+    }
+}
+
+// Pass 2: stats[3] = Σ partials (`grads` is bound to the partials buffer in both passes; P.numel
+// is the arena size, so there are ceil(numel / BLOCK) partials).
+@compute @workgroup_size(64)
+fn l2_penalty(@builtin(local_invocation_index) lid: u32) {
+    let count = (P.numel + BLOCK - 1u) / BLOCK;
+    var l = real(0.0);
+    for (var i = lid; i < count; i += WG) {
+        l += grads[i];
+    }
+    reduce(lid, l);
+    if (lid == 0u) {
+        stats[3] = part[0];
+    }
+}
+
+fn reduce(lid: u32, value: real) {
+    part[lid] = value;
     for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
         workgroupBarrier();
         if (lid < stride) {
             part[lid] += part[lid + stride];
         }
     }
-    if (lid == 0u) {
-        stats[3] = part[0];
-    }
+    workgroupBarrier();
 }
 
 @compute @workgroup_size(64)

@@ -21,7 +21,13 @@ struct Params {
     scratch_stride: u32,  // reals of scratch per invocation (two rows of the widest layer)
     relu: u32,            // 1: ReLU hidden layers, 0: sigmoid
     row_width: u32,
-    _pad: u32,
+    // This dispatch's slice of the batch: lavapipe stops an invocation after 65,535 loop
+    // iterations, so long batches of deep nets go in several dispatches that accumulate.
+    n_begin: u32,
+    n_end: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -58,7 +64,7 @@ fn row_loss(row_at: u32, t: u32) -> real {
     for (var c = 0u; c < P.classes; c++) {
         s += exp_r(scratch[row_at + c] - m);
     }
-    return m + log_r(s) - scratch[row_at + t];
+    return (m - scratch[row_at + t]) + log_r(s);
 }
 
 @compute @workgroup_size(64)
@@ -96,7 +102,7 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row_b = row_a + P.scratch_stride / 2u;
     var total = real(0.0);
     var flips = 0u;
-    for (var n = 0u; n < P.n; n++) {
+    for (var n = P.n_begin; n < P.n_end; n++) {
         var input = real(1.0);
         if (i != NONE) {
             if (l == 0u) {
@@ -141,7 +147,7 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
                 s += exp_r(base[up_pre + c] + dz * theta[w_row + c] - m);
             }
             let t = labels[n];
-            total += m + log_r(s) - (base[up_pre + t] + dz * theta[w_row + t]);
+            total += (m - (base[up_pre + t] + dz * theta[w_row + t])) + log_r(s);
             continue;
         }
         for (var c = 0u; c < up_out; c++) {
@@ -182,6 +188,13 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
         total += row_loss(src, labels[n]);
     }
-    out_loss[q] = total / real(P.n);
+    if (P.n_begin > 0u) {
+        total += out_loss[q];
+        flips += out_flips[q];
+    }
+    if (P.n_end == P.n) {
+        total = total / real(P.n);
+    }
+    out_loss[q] = total;
     out_flips[q] = flips;
 }

@@ -50,7 +50,8 @@ fn softmax_ce(@builtin(global_invocation_id) gid: vec3<u32>) {
         row_loss[r] = real(0.0);
         row_correct[r] = 0u;
     } else {
-        row_loss[r] = m + log_r(s) - logits[base + t];
+        // (m − z_t) first: both are large, their difference is small and exact-ish.
+        row_loss[r] = (m - logits[base + t]) + log_r(s);
         row_correct[r] = select(0u, 1u, arg == t);
     }
     if (WRITE_GRAD) {

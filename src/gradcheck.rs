@@ -374,10 +374,11 @@ fn directional(
 
 /// The first `n` training images and labels, as the book's gradient check takes them.
 pub fn first_batch(data: &Dataset, n: usize) -> Result<(Vec<f64>, Vec<u32>)> {
-    if n == 0 || n > data.len() {
+    let max = data.len().min(crate::nn::model::MAX_ROWS);
+    if n == 0 || n > max {
         return Err(Error::InvalidArgument(format!(
-            "batch must be between 1 and {} (the training set's size), got {n} (--batch)",
-            data.len()
+            "batch must be between 1 and {max} (the training set's size, at most {}), got {n} (--batch)",
+            crate::nn::model::MAX_ROWS
         )));
     }
     Ok((

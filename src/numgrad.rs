@@ -214,17 +214,6 @@ impl<'a> PerturbedLossEngine<'a> {
                 let table = GpuBuffer::from_u32(ctx, "layer_table", &table);
                 let scratch = GpuBuffer::real(ctx, "scratch", chunk * 2 * max_width, precision);
                 let (g, width) = grid(chunk);
-                let params = [
-                    chunk as u32,
-                    model.spec.depth() as u32,
-                    n as u32,
-                    model.spec.output as u32,
-                    (2 * max_width) as u32,
-                    u32::from(model.spec.activation == Activation::Relu),
-                    width,
-                    0,
-                ];
-                let u = uniform(ctx, "perturbed_mlp", &params);
                 use Binding::*;
                 let k = Kernel::new(
                     ctx,
@@ -237,26 +226,51 @@ impl<'a> PerturbedLossEngine<'a> {
                     ],
                     &[],
                 );
-                let d = k.dispatch(
-                    ctx,
-                    &[
-                        &u,
-                        &table.buffer,
-                        &model.params.buffer,
-                        &base.x.buffer,
-                        &base.labels.buffer,
-                        &concat.buffer,
-                        &base.row_loss.buffer,
-                        &pert.buffer,
-                        &h_buf.buffer,
-                        &out_loss.buffer,
-                        &out_flips.buffer,
-                        &scratch.buffer,
-                    ],
-                    g,
-                );
+                let slice = samples_per_dispatch(&widths).ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "this net's layers are too wide for the incremental kernel (one sample's update exceeds the 65,535 loop iterations lavapipe allows an invocation): use --strategy full".into(),
+                    )
+                })?;
+                let d: Vec<Dispatch> = (0..n)
+                    .step_by(slice)
+                    .map(|begin| {
+                        let params = [
+                            chunk as u32,
+                            model.spec.depth() as u32,
+                            n as u32,
+                            model.spec.output as u32,
+                            (2 * max_width) as u32,
+                            u32::from(model.spec.activation == Activation::Relu),
+                            width,
+                            begin as u32,
+                            (begin + slice).min(n) as u32,
+                            0,
+                            0,
+                            0,
+                        ];
+                        let u = uniform(ctx, "perturbed_mlp", &params);
+                        k.dispatch(
+                            ctx,
+                            &[
+                                &u,
+                                &table.buffer,
+                                &model.params.buffer,
+                                &base.x.buffer,
+                                &base.labels.buffer,
+                                &concat.buffer,
+                                &base.row_loss.buffer,
+                                &pert.buffer,
+                                &h_buf.buffer,
+                                &out_loss.buffer,
+                                &out_flips.buffer,
+                                &scratch.buffer,
+                            ],
+                            g,
+                        )
+                    })
+                    .collect();
                 work.extend([concat, table, scratch]);
-                vec![d]
+                d
             }
         };
         work.push(h_buf);
@@ -371,6 +385,16 @@ impl<'a> PerturbedLossEngine<'a> {
     }
 }
 
+/// Samples one incremental dispatch may take: lavapipe stops a shader invocation after 65,535
+/// loop iterations in all, and each sample costs up to the rank-one update of the layer above
+/// the perturbed one, the dense layers above that, and three passes over the classes.
+fn samples_per_dispatch(widths: &[usize]) -> Option<usize> {
+    let dense: usize = widths.windows(2).skip(2).map(|w| w[0] * w[1] + w[1]).sum();
+    let per_sample =
+        widths[1..].iter().max().copied().unwrap_or(1) + dense + 3 * widths[widths.len() - 1] + 8;
+    (per_sample <= 60_000).then(|| (30_000 / per_sample).max(1))
+}
+
 fn penalty(model: &Model, params: &[f64]) -> f64 {
     let lambda = model.spec.weight_decay;
     model
@@ -414,7 +438,7 @@ pub fn analytic_gradient(
     ws.upload(ctx, x, labels, model.precision);
     let stats = GpuBuffer::real(ctx, "stats", 8, model.precision);
     let state = GpuBuffer::zeroed(ctx, "state", 4, 4);
-    let mut d: Vec<Dispatch> = rec.l2_penalty(&stats).into_iter().collect();
+    let mut d: Vec<Dispatch> = rec.l2_penalty(&stats);
     d.extend(rec.forward(&ws, &Copies::Single));
     d.extend(rec.backward(&ws));
     d.push(rec.train_metrics(&ws, &stats, &state));

@@ -11,7 +11,6 @@
 // which index is which, and that is the one thing a reader of an oracle must be able to check.
 #![allow(clippy::needless_range_loop)]
 
-
 pub mod conv;
 pub mod norm;
 

@@ -499,27 +499,29 @@ fn l2_grad_folds_its_grid_past_65535_workgroups() {
 fn l2_penalty_sums_more_than_64x65535_parameters() {
     // l2_penalty is one workgroup of 64 invocations, each summing every 64th parameter: past
     // 64·65,535 = 4,194,240 parameters each invocation loops more than 65,535 times. A 2-[H]-1
-    // net keeps this cheap (4H + 1 parameters, 3H of them weights); all parameters 1 and λ = 2
-    // make the penalty the exact count of weights (partial sums stay integers below 2^24, exact
-    // in f32), and one class makes the data loss 0. H = 1,000,000 stays under the mark.
+    // net keeps this cheap ((D + 2)·H + 1 parameters, (D + 1)·H of them weights; layers are
+    // capped at 65,535 units, so D = 80 inputs carry it past the mark); all parameters 1 and
+    // λ = 2 make the penalty the exact count of weights (partial sums stay integers below 2^24,
+    // exact in f32), and one class makes the data loss 0. D = 2 stays far under the mark.
     //
     // Mesa's llvmpipe (lavapipe) cuts every shader invocation off after 65,535 loop iterations in
     // total, over all its loops (gallivm's loop limiter), and says nothing: the strided sum stops
     // early and the tree reduction after it runs one round only. Found by this test: with
     // H = 1,400,000 stats[3] reads 87,500 instead of 4,200,000.
     for precision in precisions() {
-        for h in [1_000_000, 1_400_000] {
-            let mut spec = NetSpec::mlp(2, &[h], 1, Activation::Relu);
+        let h = 65_535;
+        for d in [2, 80] {
+            let mut spec = NetSpec::mlp(d, &[h], 1, Activation::Relu);
             spec.weight_decay = 2.0;
             let numel = spec.layout().total;
             let prob = Problem {
                 params: vec![1.0; numel],
-                x: vec![0.5, 0.5],
+                x: vec![0.5; d],
                 labels: vec![0],
                 spec,
             };
             let got = run_gpu(precision, &prob, false);
-            let weights = 3.0 * h as f64;
+            let weights = ((d + 1) * h) as f64;
             let what = format!("{precision} L2 penalty over {numel} parameters");
             assert_eq!(got.penalty, weights, "{what}: stats[3]");
             assert_eq!(got.step_loss, weights, "{what}: stats[1]");

@@ -340,3 +340,49 @@ fn unknown_tensor_names_are_rejected() {
         .to_string();
     assert!(e.contains("W9") && e.contains("W1, b1, W2, b2"), "{e}");
 }
+
+#[test]
+fn long_batches_split_across_dispatches_agree_with_full() {
+    // 784-30-30-10 at batch 150 makes the incremental kernel split the batch over several
+    // dispatches (lavapipe's loop limit); the result must not change.
+    let ctx = ctx();
+    let s = spec(&[30, 30], Activation::Relu, 0.0);
+    let params = init_params(&s, Init::He, 12);
+    let (x, t) = batch(150);
+    let kernels = Kernels::new(&ctx, Precision::F64).unwrap();
+    let model = Model::new(&ctx, &s, &params, Precision::F64).unwrap();
+    let layout = s.layout();
+    let mut indices: Vec<usize> = ["b1", "b2", "W3", "b3"]
+        .iter()
+        .flat_map(|n| {
+            let t = layout.get(n).unwrap();
+            t.offset..t.offset + t.numel
+        })
+        .collect();
+    indices.extend((0..layout.get("W1").unwrap().numel).step_by(997));
+    let grad = |strategy| {
+        let engine =
+            PerturbedLossEngine::new(&ctx, &kernels, &model, &x, &t, strategy, 1e-5, None).unwrap();
+        engine.gradient(&indices).unwrap()
+    };
+    let (inc, full) = (grad(Strategy::Incremental), grad(Strategy::Full));
+    let diff = inc
+        .grad
+        .iter()
+        .zip(&full.grad)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-9, "split incremental and full differ by {diff}");
+    assert_eq!(inc.kinks, full.kinks);
+    let reference = RefMlp::new(s.clone()).loss_and_grad(&params, &x, &t).1;
+    for (k, &i) in indices.iter().enumerate() {
+        if !inc.kinks[k] {
+            assert!(
+                (inc.grad[k] - reference[i]).abs() < 1e-8,
+                "parameter {i}: {} vs {}",
+                inc.grad[k],
+                reference[i]
+            );
+        }
+    }
+}

@@ -64,6 +64,7 @@ pub struct Kernels {
     eval_metrics: Kernel,
     copy_loss: Kernel,
     advance: Kernel,
+    l2_partial: Kernel,
     l2_penalty: Kernel,
     l2_grad: Kernel,
 }
@@ -112,6 +113,7 @@ impl Kernels {
             eval_metrics: k(shaders::METRICS, "eval_metrics", &metrics_b, &[]),
             copy_loss: k(shaders::METRICS, "copy_loss", &metrics_b, &[]),
             advance: k(shaders::METRICS, "advance", &metrics_b, &[]),
+            l2_partial: k(shaders::L2, "l2_partial", &l2_b, &[]),
             l2_penalty: k(shaders::L2, "l2_penalty", &l2_b, &[]),
             l2_grad: k(shaders::L2, "l2_grad", &l2_b, &[]),
         };
@@ -136,7 +138,21 @@ pub struct Model {
     /// Bound where a kernel's binding goes unused, since every binding needs a buffer.
     dummy_real: GpuBuffer,
     dummy_u32: GpuBuffer,
+    /// Per-block sums of the L2 penalty (first pass of its reduction).
+    l2_partials: GpuBuffer,
 }
+
+/// Elements per workgroup in the first pass of the L2 reduction (shaders/l2.wgsl BLOCK).
+const L2_BLOCK: usize = 65536;
+
+/// Widest layer the kernels accept: the matmul loops over a layer's inputs, and lavapipe stops
+/// a shader invocation after 65,535 loop iterations (the grid limit, 65,535 workgroups of 32
+/// columns, is far above this).
+pub const MAX_WIDTH: usize = 65_535;
+
+/// Most rows per batch: lavapipe stops a shader invocation after 65,535 loop iterations, and
+/// the backward matmul and column sums loop over the rows.
+pub const MAX_ROWS: usize = 32_768;
 
 impl Model {
     pub fn new(
@@ -166,6 +182,12 @@ impl Model {
             half_decay: GpuBuffer::from_real(ctx, "half_decay", &half_decay, precision),
             dummy_real: GpuBuffer::real(ctx, "dummy", 1, precision),
             dummy_u32: GpuBuffer::zeroed(ctx, "dummy_u32", 4, 4),
+            l2_partials: GpuBuffer::real(
+                ctx,
+                "l2_partials",
+                layout.total.div_ceil(L2_BLOCK),
+                precision,
+            ),
             layout,
         })
     }
@@ -510,22 +532,28 @@ impl Recorder<'_> {
     }
 
     /// stats[3] = the L2 penalty at the current parameters (0 without weight decay).
-    pub fn l2_penalty(&self, stats: &GpuBuffer) -> Option<Dispatch> {
+    pub fn l2_penalty(&self, stats: &GpuBuffer) -> Vec<Dispatch> {
         let m = self.model;
-        m.has_decay().then(|| {
-            let u = uniform(self.ctx, "l2", &Quad([m.layout.total as u32, 0, 0, 0]));
-            self.kernels.l2_penalty.dispatch(
-                self.ctx,
-                &[
-                    &u,
-                    &m.params.buffer,
-                    &m.half_decay.buffer,
-                    &m.grads.buffer,
-                    &stats.buffer,
-                ],
-                [1, 1, 1],
-            )
-        })
+        if !m.has_decay() {
+            return Vec::new();
+        }
+        let u = uniform(self.ctx, "l2", &Quad([m.layout.total as u32, 0, 0, 0]));
+        let buffers = [
+            &u,
+            &m.params.buffer,
+            &m.half_decay.buffer,
+            &m.l2_partials.buffer,
+            &stats.buffer,
+        ];
+        let blocks = kernel::groups(m.layout.total, L2_BLOCK);
+        vec![
+            self.kernels
+                .l2_partial
+                .dispatch(self.ctx, &buffers, [blocks, 1, 1]),
+            self.kernels
+                .l2_penalty
+                .dispatch(self.ctx, &buffers, [1, 1, 1]),
+        ]
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -121,6 +121,12 @@ impl NetSpec {
                 pos + 1
             )));
         }
+        let max = crate::nn::model::MAX_WIDTH;
+        if let Some(w) = self.widths().into_iter().find(|&w| w > max) {
+            return Err(Error::InvalidArgument(format!(
+                "a layer of {w} units is wider than the {max} that wgrad supports: use narrower layers"
+            )));
+        }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(Error::InvalidArgument(format!(
                 "weight decay must be a finite number ≥ 0, got {}",
