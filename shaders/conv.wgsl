@@ -1,1 +1,189 @@
-// conv kernels (being written).
+// Direct 2-D convolution with stride and zero padding, NCHW, forward and backward:
+//
+//   y[p, n, f, oy, ox] = b[f] + Σ_{c, ky, kx} x[p, n, c, oy·s − pad + ky, ox·s − pad + kx] · W[f, c, ky, kx]
+//
+// Direct rather than im2col: an im2col matrix is KH·KW times the input, and the perturbed-loss
+// engine runs one forward per parameter copy, so it would be that much larger again; the nets
+// here are MNIST-sized, where the loops below are fast enough.
+//
+// W: [F, C, KH, KW] and b: [F] are read from the flat parameter arena theta at w_off and b_off,
+// so that, as in matmul.wgsl, copy p can read them as the shared base plus its own one-element
+// change and no copy ever writes what another reads. Every entry point runs one invocation per
+// element it writes and gathers its sum in a fixed order: no atomics, so results are
+// deterministic.
+
+struct Params {
+    n: u32, c: u32, h: u32, w: u32,
+    f: u32, kh: u32, kw: u32, stride: u32,
+    pad: u32, oh: u32, ow: u32, copies: u32,
+    x_copy_stride: u32, // elements between the inputs of two copies; 0 when all share one input
+    w_off: u32, b_off: u32,
+    row_width: u32,     // invocations per grid row (x workgroups · 64)
+}
+
+// Set when built for the perturbed-loss engine: pert[2p] is copy p's flat parameter index,
+// pert[2p+1] its sign (0: +h, 1: −h), and hstep[0] is h.
+override PERTURBED: bool = false;
+
+// Each entry point binds only some of these; the ones sharing a number are never used by the
+// same entry point.
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<real>;          // conv_forward
+@group(0) @binding(1) var<storage, read> dy: array<real>;         // backward
+@group(0) @binding(2) var<storage, read> theta: array<real>;      // conv_forward, conv_backward_input
+@group(0) @binding(2) var<storage, read> x_saved: array<real>;    // conv_backward_params
+@group(0) @binding(3) var<storage, read_write> y: array<real>;    // conv_forward
+@group(0) @binding(3) var<storage, read_write> dx: array<real>;   // conv_backward_input
+@group(0) @binding(3) var<storage, read_write> grads: array<real>; // conv_backward_params
+@group(0) @binding(4) var<storage, read> pert: array<u32>;
+@group(0) @binding(5) var<storage, read> hstep: array<real>;
+
+fn index(gid: vec3<u32>) -> u32 {
+    return gid.y * P.row_width + gid.x;
+}
+
+// y = b + W ∗ x     x: [copies|1, N, C, H, W], W: [F, C, KH, KW], b: [F] -> y: [copies, N, F, OH, OW]
+@compute @workgroup_size(64)
+fn conv_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    let per_copy = P.n * P.f * P.oh * P.ow;
+    if (i >= P.copies * per_copy) {
+        return;
+    }
+    let p = i / per_copy;
+    let ox = i % P.ow;
+    let oy = (i / P.ow) % P.oh;
+    let fo = (i / (P.ow * P.oh)) % P.f;
+    let n = (i % per_copy) / (P.ow * P.oh * P.f);
+
+    // Copy p's perturbation, as an index into this layer's W (0xffffffff when it lies
+    // elsewhere) or as a change of b[fo].
+    var pw = 0xffffffffu;
+    var delta = real(0.0);
+    var bias = theta[P.b_off + fo];
+    if (PERTURBED) {
+        let flat = pert[2u * p];
+        delta = select(hstep[0], -hstep[0], pert[2u * p + 1u] == 1u);
+        if (flat >= P.w_off && flat < P.w_off + P.f * P.c * P.kh * P.kw) {
+            pw = flat - P.w_off;
+        }
+        if (flat == P.b_off + fo) {
+            bias = bias + delta;
+        }
+    }
+
+    var acc = bias;
+    let x_base = p * P.x_copy_stride + n * P.c * P.h * P.w;
+    let w_base = fo * P.c * P.kh * P.kw;
+    for (var c = 0u; c < P.c; c++) {
+        for (var ky = 0u; ky < P.kh; ky++) {
+            // u32 wraps below zero, so this one compare rejects the padding on both sides.
+            let iy = oy * P.stride + ky - P.pad;
+            if (iy >= P.h) {
+                continue;
+            }
+            for (var kx = 0u; kx < P.kw; kx++) {
+                let ix = ox * P.stride + kx - P.pad;
+                if (ix >= P.w) {
+                    continue;
+                }
+                let wi = w_base + (c * P.kh + ky) * P.kw + kx;
+                var wv = theta[P.w_off + wi];
+                if (PERTURBED && wi == pw) {
+                    wv = wv + delta;
+                }
+                acc += x[x_base + (c * P.h + iy) * P.w + ix] * wv;
+            }
+        }
+    }
+    y[i] = acc;
+}
+
+// dx[n, c, iy, ix] = Σ_{f, ky, kx} dy[n, f, oy, ox] · W[f, c, ky, kx]  over oy·s − pad + ky = iy,
+// ox·s − pad + kx = ix        dy: [N, F, OH, OW], W: [F, C, KH, KW] -> dx: [N, C, H, W]
+@compute @workgroup_size(64)
+fn conv_backward_input(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i >= P.n * P.c * P.h * P.w) {
+        return;
+    }
+    let ix = i % P.w;
+    let iy = (i / P.w) % P.h;
+    let c = (i / (P.w * P.h)) % P.c;
+    let n = i / (P.w * P.h * P.c);
+
+    // Only the taps ky ≡ iy + pad (mod s) come from a whole output row; starting there and
+    // stepping by s visits exactly those, so no tap is tested for divisibility.
+    let ty = iy + P.pad;
+    let tx = ix + P.pad;
+    var acc = real(0.0);
+    for (var f = 0u; f < P.f; f++) {
+        let dy_base = (n * P.f + f) * P.oh * P.ow;
+        let w_base = P.w_off + (f * P.c + c) * P.kh * P.kw;
+        for (var ky = ty % P.stride; ky < P.kh && ky <= ty; ky += P.stride) {
+            let oy = (ty - ky) / P.stride;
+            if (oy >= P.oh) {
+                continue;
+            }
+            for (var kx = tx % P.stride; kx < P.kw && kx <= tx; kx += P.stride) {
+                let ox = (tx - kx) / P.stride;
+                if (ox >= P.ow) {
+                    continue;
+                }
+                acc += dy[dy_base + oy * P.ow + ox] * theta[w_base + ky * P.kw + kx];
+            }
+        }
+    }
+    dx[i] = acc;
+}
+
+// dW[f, c, ky, kx] = Σ_{n, oy, ox} dy[n, f, oy, ox] · x[n, c, oy·s − pad + ky, ox·s − pad + kx]
+// db[f]            = Σ_{n, oy, ox} dy[n, f, oy, ox]
+//   dy: [N, F, OH, OW], x: [N, C, H, W] -> grads[w_off..]: [F, C, KH, KW], grads[b_off..]: [F]
+// Invocations 0 .. F·C·KH·KW own one weight each, the F after them one bias each. Written with
+// =, so the arena needs no clearing first.
+@compute @workgroup_size(64)
+fn conv_backward_params(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    let w_size = P.f * P.c * P.kh * P.kw;
+    if (i >= w_size + P.f) {
+        return;
+    }
+    let plane = P.oh * P.ow;
+    if (i >= w_size) {
+        let f = i - w_size;
+        var s = real(0.0);
+        for (var n = 0u; n < P.n; n++) {
+            let base = (n * P.f + f) * plane;
+            for (var j = 0u; j < plane; j++) {
+                s += dy[base + j];
+            }
+        }
+        grads[P.b_off + f] = s;
+        return;
+    }
+    let kx = i % P.kw;
+    let ky = (i / P.kw) % P.kh;
+    let c = (i / (P.kw * P.kh)) % P.c;
+    let f = i / (P.kw * P.kh * P.c);
+
+    var acc = real(0.0);
+    for (var n = 0u; n < P.n; n++) {
+        let dy_base = (n * P.f + f) * plane;
+        let x_base = (n * P.c + c) * P.h * P.w;
+        for (var oy = 0u; oy < P.oh; oy++) {
+            let iy = oy * P.stride + ky - P.pad; // wraps below zero, as in conv_forward
+            if (iy >= P.h) {
+                continue;
+            }
+            for (var ox = 0u; ox < P.ow; ox++) {
+                let ix = ox * P.stride + kx - P.pad;
+                if (ix >= P.w) {
+                    continue;
+                }
+                acc += dy[dy_base + oy * P.ow + ox] * x_saved[x_base + iy * P.w + ix];
+            }
+        }
+    }
+    grads[P.w_off + i] = acc;
+}

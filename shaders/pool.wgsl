@@ -1,1 +1,156 @@
-// pool kernels (being written).
+// Max and average pooling over size×size windows, stride s, no padding, NCHW:
+//
+//   max: y[p, i, oy, ox] = max_{ky, kx < size} x[p, i, oy·s + ky, ox·s + kx]      (i: one N·C plane)
+//   avg: y[p, i, oy, ox] = Σ_{ky, kx < size} x[p, i, oy·s + ky, ox·s + kx] / size²
+//
+// Backward gathers: one invocation per input element sums over the windows that cover it, so
+// overlapping windows (size > stride) need no atomics and the order of the sum is fixed. Rows
+// and columns past the last window get a zero gradient.
+
+struct Params {
+    nc: u32,        // N·C planes per copy
+    h: u32, w: u32,
+    size: u32, stride: u32,
+    oh: u32, ow: u32,
+    copies: u32,
+    count: u32,     // invocations: output elements (forward) or input elements (backward), all copies
+    per_copy: u32,  // N·C·OH·OW
+    row_width: u32, // invocations per grid row (x workgroups · 64)
+    _pad: u32,
+}
+
+// Built into the perturbed-loss engine: count, per copy, the outputs whose arg-max differs from
+// the unperturbed pass (base_argmax). Max-pooling is linear in x until the arg-max switches, so
+// a central difference whose two sides pick different elements straddles a kink.
+override COUNT_KINKS: bool = false;
+
+// Forward and backward bind different types at 2 and 3; no entry point uses both of a pair.
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<real>;                // forward
+@group(0) @binding(1) var<storage, read> dy: array<real>;               // backward
+@group(0) @binding(2) var<storage, read_write> y: array<real>;          // forward
+@group(0) @binding(2) var<storage, read> argmax_in: array<u32>;         // max_backward
+@group(0) @binding(3) var<storage, read_write> argmax: array<u32>;      // max_forward
+@group(0) @binding(3) var<storage, read_write> dx: array<real>;         // backward
+@group(0) @binding(4) var<storage, read> base_argmax: array<u32>;       // [N, C, OH, OW]
+@group(0) @binding(5) var<storage, read_write> flips: array<atomic<u32>>; // [copies]
+
+fn index(gid: vec3<u32>) -> u32 {
+    return gid.y * P.row_width + gid.x;
+}
+
+// First output row (or column) whose window covers input row i: the least o with o·s + size > i.
+fn first_window(i: u32) -> u32 {
+    if (i < P.size) {
+        return 0u;
+    }
+    return (i - P.size + P.stride) / P.stride;
+}
+
+// y = max over the window; argmax = flat index of that element within the copy's input, the first
+// in row-major order on ties (strict >, so an exact tie never counts as a switch).
+//   x: [copies, N, C, H, W] -> y, argmax: [copies, N, C, OH, OW]
+@compute @workgroup_size(64)
+fn max_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i >= P.count) {
+        return;
+    }
+    let copy = i / P.per_copy;
+    let j = i % P.per_copy;
+    let ox = j % P.ow;
+    let oy = (j / P.ow) % P.oh;
+    let plane = j / (P.ow * P.oh);
+    let x_base = copy * P.nc * P.h * P.w;
+    let start = (plane * P.h + oy * P.stride) * P.w + ox * P.stride;
+
+    var best = start;
+    var m = x[x_base + start];
+    for (var ky = 0u; ky < P.size; ky++) {
+        for (var kx = 0u; kx < P.size; kx++) {
+            let at = start + ky * P.w + kx;
+            let v = x[x_base + at];
+            if (v > m) {
+                m = v;
+                best = at;
+            }
+        }
+    }
+    y[i] = m;
+    argmax[i] = best;
+    if (COUNT_KINKS && best != base_argmax[j]) {
+        atomicAdd(&flips[copy], 1u);
+    }
+}
+
+// dx[e] = Σ dy[o] over the windows o covering e whose argmax is e
+//   dy, argmax: [copies, N, C, OH, OW] -> dx: [copies, N, C, H, W]
+@compute @workgroup_size(64)
+fn max_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i >= P.count) {
+        return;
+    }
+    let in_copy = P.nc * P.h * P.w;
+    let e = i % in_copy;
+    let ix = e % P.w;
+    let iy = (e / P.w) % P.h;
+    let out_base = (i / in_copy) * P.per_copy + (e / (P.w * P.h)) * P.oh * P.ow;
+
+    var acc = real(0.0);
+    for (var oy = first_window(iy); oy <= iy / P.stride && oy < P.oh; oy++) {
+        for (var ox = first_window(ix); ox <= ix / P.stride && ox < P.ow; ox++) {
+            let o = out_base + oy * P.ow + ox;
+            if (argmax_in[o] == e) {
+                acc += dy[o];
+            }
+        }
+    }
+    dx[i] = acc;
+}
+
+// y = mean over the window      x: [copies, N, C, H, W] -> y: [copies, N, C, OH, OW]
+@compute @workgroup_size(64)
+fn avg_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i >= P.count) {
+        return;
+    }
+    let copy = i / P.per_copy;
+    let j = i % P.per_copy;
+    let ox = j % P.ow;
+    let oy = (j / P.ow) % P.oh;
+    let plane = j / (P.ow * P.oh);
+    let start = copy * P.nc * P.h * P.w + (plane * P.h + oy * P.stride) * P.w + ox * P.stride;
+
+    var s = real(0.0);
+    for (var ky = 0u; ky < P.size; ky++) {
+        for (var kx = 0u; kx < P.size; kx++) {
+            s += x[start + ky * P.w + kx];
+        }
+    }
+    y[i] = s / real(P.size * P.size);
+}
+
+// dx[e] = Σ dy[o] / size² over the windows o covering e
+//   dy: [copies, N, C, OH, OW] -> dx: [copies, N, C, H, W]
+@compute @workgroup_size(64)
+fn avg_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i >= P.count) {
+        return;
+    }
+    let in_copy = P.nc * P.h * P.w;
+    let e = i % in_copy;
+    let ix = e % P.w;
+    let iy = (e / P.w) % P.h;
+    let out_base = (i / in_copy) * P.per_copy + (e / (P.w * P.h)) * P.oh * P.ow;
+
+    var acc = real(0.0);
+    for (var oy = first_window(iy); oy <= iy / P.stride && oy < P.oh; oy++) {
+        for (var ox = first_window(ix); ox <= ix / P.stride && ox < P.ow; ox++) {
+            acc += dy[out_base + oy * P.ow + ox];
+        }
+    }
+    dx[i] = acc / real(P.size * P.size);
+}
