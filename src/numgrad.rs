@@ -179,9 +179,9 @@ impl<'a> PerturbedLossEngine<'a> {
                     let b = &model.layout.tensors[2 * l + 1];
                     let pre_off = offset;
                     offset += n * widths[l + 1];
-                    sources.push((&base.pre[l], pre_off));
+                    sources.push((base.pre()[l], pre_off));
                     let act_off = if l + 1 < model.spec.depth() {
-                        sources.push((&base.act[l], offset));
+                        sources.push((base.act()[l], offset));
                         offset += n * widths[l + 1];
                         offset - n * widths[l + 1]
                     } else {

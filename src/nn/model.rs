@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::gpu::buffers::uniform;
 use crate::gpu::kernel::{self, grid, shaders, Binding};
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Kernel, Precision};
-use crate::nn::{Activation, NetSpec, ParamLayout};
+use crate::nn::{Activation, Layer, NetSpec, ParamLayout};
 
 use Binding::{Read, ReadWrite, Uniform};
 
@@ -67,6 +67,24 @@ pub struct Kernels {
     l2_partial: Kernel,
     l2_penalty: Kernel,
     l2_grad: Kernel,
+    conv_forward: Kernel,
+    conv_forward_perturbed: Kernel,
+    conv_backward_input: Kernel,
+    conv_backward_params: Kernel,
+    max_forward: Kernel,
+    max_forward_kinks: Kernel,
+    max_backward: Kernel,
+    avg_forward: Kernel,
+    avg_backward: Kernel,
+    bn_stats: Kernel,
+    bn_forward_train: Kernel,
+    bn_forward_perturbed: Kernel,
+    bn_backward_params: Kernel,
+    bn_backward_input: Kernel,
+    bn_update_running: Kernel,
+    bn_forward_eval: Kernel,
+    dropout_forward: Kernel,
+    dropout_backward: Kernel,
 }
 
 impl Kernels {
@@ -81,6 +99,15 @@ impl Kernels {
         let sm_b = [Uniform, Read, Read, ReadWrite, ReadWrite, ReadWrite];
         let metrics_b = [Uniform, Read, Read, ReadWrite, ReadWrite, Read];
         let l2_b = [Uniform, Read, Read, ReadWrite, ReadWrite];
+        let conv_fwd_b = [Uniform, Read, Read, ReadWrite, Read, Read];
+        let conv_bwd_b = [Uniform, Read, Read, ReadWrite];
+        let pool_fwd_b = [Uniform, Read, ReadWrite, ReadWrite, Read, ReadWrite];
+        let pool_bwd_b = [Uniform, Read, Read, ReadWrite];
+        let bn_b = [
+            Uniform, Read, Read, ReadWrite, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite, Read,
+            Read,
+        ];
+        let drop_b = [Uniform, Read, Read, ReadWrite, ReadWrite, Read];
         let kernels = Kernels {
             precision,
             matmul: k(shaders::MATMUL, "matmul", &matmul_b, &[]),
@@ -116,6 +143,39 @@ impl Kernels {
             l2_partial: k(shaders::L2, "l2_partial", &l2_b, &[]),
             l2_penalty: k(shaders::L2, "l2_penalty", &l2_b, &[]),
             l2_grad: k(shaders::L2, "l2_grad", &l2_b, &[]),
+            conv_forward: k(shaders::CONV, "conv_forward", &conv_fwd_b, &[]),
+            conv_forward_perturbed: k(
+                shaders::CONV,
+                "conv_forward",
+                &conv_fwd_b,
+                &[("PERTURBED", 1.0)],
+            ),
+            conv_backward_input: k(shaders::CONV, "conv_backward_input", &conv_bwd_b, &[]),
+            conv_backward_params: k(shaders::CONV, "conv_backward_params", &conv_bwd_b, &[]),
+            max_forward: k(shaders::POOL, "max_forward", &pool_fwd_b, &[]),
+            max_forward_kinks: k(
+                shaders::POOL,
+                "max_forward",
+                &pool_fwd_b,
+                &[("COUNT_KINKS", 1.0)],
+            ),
+            max_backward: k(shaders::POOL, "max_backward", &pool_bwd_b, &[]),
+            avg_forward: k(shaders::POOL, "avg_forward", &pool_fwd_b, &[]),
+            avg_backward: k(shaders::POOL, "avg_backward", &pool_bwd_b, &[]),
+            bn_stats: k(shaders::BATCHNORM, "bn_stats", &bn_b, &[]),
+            bn_forward_train: k(shaders::BATCHNORM, "bn_forward_train", &bn_b, &[]),
+            bn_forward_perturbed: k(
+                shaders::BATCHNORM,
+                "bn_forward_train",
+                &bn_b,
+                &[("PERTURBED", 1.0)],
+            ),
+            bn_backward_params: k(shaders::BATCHNORM, "bn_backward_params", &bn_b, &[]),
+            bn_backward_input: k(shaders::BATCHNORM, "bn_backward_input", &bn_b, &[]),
+            bn_update_running: k(shaders::BATCHNORM, "bn_update_running", &bn_b, &[]),
+            bn_forward_eval: k(shaders::BATCHNORM, "bn_forward_eval", &bn_b, &[]),
+            dropout_forward: k(shaders::DROPOUT, "dropout_forward", &drop_b, &[]),
+            dropout_backward: k(shaders::DROPOUT, "dropout_backward", &drop_b, &[]),
         };
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!(
@@ -126,20 +186,35 @@ impl Kernels {
     }
 }
 
-/// Parameters, gradients and the per-element L2 factors of one net on the GPU.
+/// Parameters, gradients and the per-element L2 factors of one net on the GPU, with the
+/// state some layers keep (BatchNorm's running statistics).
 pub struct Model {
     pub spec: NetSpec,
     pub layout: ParamLayout,
+    pub layers: Vec<Layer>,
+    /// Output elements per sample of each layer.
+    pub sizes: Vec<usize>,
     pub precision: Precision,
     pub params: GpuBuffer,
     pub grads: GpuBuffer,
+    /// Seed of the dropout masks (set before recording a training step).
+    pub dropout_seed: u32,
     /// λ/2 for weight elements, 0 for biases.
     half_decay: GpuBuffer,
     /// Bound where a kernel's binding goes unused, since every binding needs a buffer.
     dummy_real: GpuBuffer,
+    dummy_real_rw: GpuBuffer,
     dummy_u32: GpuBuffer,
+    dummy_u32_rw: GpuBuffer,
     /// Per-block sums of the L2 penalty (first pass of its reduction).
     l2_partials: GpuBuffer,
+    /// Per BatchNorm layer: running (mean, var) per channel, [C, 2].
+    pub running: Vec<GpuBuffer>,
+    /// Per BatchNorm layer [eps, momentum]; per dropout layer [1/(1 − p)].
+    bn_consts: GpuBuffer,
+    dropout_consts: Vec<GpuBuffer>,
+    /// [1]: dropout's scale in evaluation, where it is the identity.
+    one: GpuBuffer,
 }
 
 /// Elements per workgroup in the first pass of the L2 reduction (shaders/l2.wgsl BLOCK).
@@ -154,6 +229,10 @@ pub const MAX_WIDTH: usize = 65_535;
 /// the backward matmul and column sums loop over the rows.
 pub const MAX_ROWS: usize = 32_768;
 
+/// PyTorch's BatchNorm defaults.
+pub const BATCHNORM_EPS: f64 = 1e-5;
+pub const BATCHNORM_MOMENTUM: f64 = 0.1;
+
 impl Model {
     pub fn new(
         ctx: &GpuContext,
@@ -162,7 +241,7 @@ impl Model {
         precision: Precision,
     ) -> Result<Model> {
         spec.validate()?;
-        let layout = spec.layout();
+        let (layers, layout) = spec.resolve()?;
         if params.len() != layout.total {
             return Err(Error::InvalidArgument(format!(
                 "{} parameter values given, the net has {}",
@@ -174,20 +253,53 @@ impl Model {
         for t in layout.tensors.iter().filter(|t| t.is_weight()) {
             half_decay[t.offset..t.offset + t.numel].fill(0.5 * spec.weight_decay);
         }
+        let mut running = Vec::new();
+        let mut dropout_consts = Vec::new();
+        for layer in &layers {
+            match *layer {
+                Layer::BatchNorm { c, .. } => {
+                    let init: Vec<f64> = (0..c).flat_map(|_| [0.0, 1.0]).collect();
+                    running.push(GpuBuffer::from_real(ctx, "running_stats", &init, precision));
+                }
+                Layer::Dropout { p, .. } => {
+                    dropout_consts.push(GpuBuffer::from_real(
+                        ctx,
+                        "dropout_scale",
+                        &[1.0 / (1.0 - p)],
+                        precision,
+                    ));
+                }
+                _ => {}
+            }
+        }
         Ok(Model {
             spec: spec.clone(),
+            sizes: super::layers::output_sizes(&layers),
+            layers,
             precision,
             params: GpuBuffer::from_real(ctx, "params", params, precision),
             grads: GpuBuffer::real(ctx, "grads", layout.total, precision),
+            dropout_seed: 0,
             half_decay: GpuBuffer::from_real(ctx, "half_decay", &half_decay, precision),
             dummy_real: GpuBuffer::real(ctx, "dummy", 1, precision),
+            dummy_real_rw: GpuBuffer::real(ctx, "dummy_rw", 1, precision),
             dummy_u32: GpuBuffer::zeroed(ctx, "dummy_u32", 4, 4),
+            dummy_u32_rw: GpuBuffer::zeroed(ctx, "dummy_u32_rw", 4, 4),
             l2_partials: GpuBuffer::real(
                 ctx,
                 "l2_partials",
                 layout.total.div_ceil(L2_BLOCK),
                 precision,
             ),
+            running,
+            bn_consts: GpuBuffer::from_real(
+                ctx,
+                "bn_consts",
+                &[BATCHNORM_EPS, BATCHNORM_MOMENTUM],
+                precision,
+            ),
+            dropout_consts,
+            one: GpuBuffer::from_real(ctx, "one", &[1.0], precision),
             layout,
         })
     }
@@ -207,6 +319,32 @@ impl Model {
     fn has_decay(&self) -> bool {
         self.spec.weight_decay != 0.0
     }
+
+    /// Index of the first layer whose parameters include flat index `i` (None: no layer).
+    pub fn layer_of_param(&self, i: usize) -> Option<usize> {
+        let (t, _) = self.layout.locate(i)?;
+        let tensor = self.layout.tensors.iter().position(|x| x.name == t.name)?;
+        self.layers.iter().position(|l| match *l {
+            Layer::Affine { w, b, .. } => tensor == w || tensor == b,
+            Layer::Conv { wt, b, .. } => tensor == wt || tensor == b,
+            Layer::BatchNorm { gamma, beta, .. } => tensor == gamma || tensor == beta,
+            _ => false,
+        })
+    }
+}
+
+/// Saved tensors a layer's backward pass (or kink counting) needs.
+enum Aux {
+    None,
+    /// Max pooling: the arg-max of each output, [P, N, C, OH, OW] (u32).
+    Argmax(GpuBuffer),
+    /// BatchNorm: per (copy, channel) mean, 1/std, var; and x̂ [P, N, C, S].
+    Norm {
+        stats: GpuBuffer,
+        xhat: GpuBuffer,
+    },
+    /// Dropout: the mask of one copy, 0 or 1/(1 − p).
+    Mask(GpuBuffer),
 }
 
 /// A batch's activations and their gradients, for N rows × P parameter copies.
@@ -217,16 +355,16 @@ pub struct Workspace {
     pub x: GpuBuffer,
     /// Labels [N] (u32; 0xffffffff marks padding).
     pub labels: GpuBuffer,
-    /// Affine outputs (pre-activations) per layer, [P, N, widths[l+1]]; the last is the logits.
-    pub pre: Vec<GpuBuffer>,
-    /// Hidden activations per hidden layer, [P, N, widths[l+1]].
-    pub act: Vec<GpuBuffer>,
-    /// Gradients of `pre` and `act` (training workspaces only).
-    d_pre: Vec<GpuBuffer>,
-    d_act: Vec<GpuBuffer>,
+    /// Each layer's output, [P, N, size]; the last is the logits.
+    pub out: Vec<GpuBuffer>,
+    /// Gradients of each layer's output (training workspaces only).
+    d_out: Vec<GpuBuffer>,
+    aux: Vec<Aux>,
     /// Per-row loss and correctness, [P, N].
     pub row_loss: GpuBuffer,
     pub row_correct: GpuBuffer,
+    affine: Vec<usize>,
+    activations: Vec<usize>,
 }
 
 impl Workspace {
@@ -238,39 +376,82 @@ impl Workspace {
         with_grads: bool,
     ) -> Workspace {
         let p = model.precision;
-        let widths = model.spec.widths();
-        let per = |w: usize| rows * copies * w;
-        let layer_bufs = |name: &str, count: usize| -> Vec<GpuBuffer> {
-            (0..count)
-                .map(|l| GpuBuffer::real(ctx, &format!("{name}{}", l + 1), per(widths[l + 1]), p))
+        let per = |size: usize| rows * copies * size;
+        let out = model
+            .sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| GpuBuffer::real(ctx, &format!("out{i}"), per(size), p))
+            .collect();
+        let d_out = if with_grads {
+            model
+                .sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &size)| GpuBuffer::real(ctx, &format!("d_out{i}"), rows * size, p))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let aux = model
+            .layers
+            .iter()
+            .zip(&model.sizes)
+            .map(|(layer, &size)| match *layer {
+                Layer::Pool { max: true, .. } => {
+                    Aux::Argmax(GpuBuffer::zeroed(ctx, "argmax", per(size), 4))
+                }
+                Layer::BatchNorm { c, .. } => Aux::Norm {
+                    stats: GpuBuffer::real(ctx, "bn_stats", copies * c * 3, p),
+                    xhat: GpuBuffer::real(ctx, "bn_xhat", per(size), p),
+                },
+                Layer::Dropout { .. } => {
+                    Aux::Mask(GpuBuffer::real(ctx, "dropout_mask", rows * size, p))
+                }
+                _ => Aux::None,
+            })
+            .collect();
+        let index_of = |pred: fn(&Layer) -> bool| -> Vec<usize> {
+            model
+                .layers
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| pred(l))
+                .map(|(i, _)| i)
                 .collect()
         };
-        let depth = model.spec.depth();
         Workspace {
             rows,
             copies,
-            x: GpuBuffer::real(ctx, "x", rows * widths[0], p),
+            x: GpuBuffer::real(ctx, "x", rows * model.spec.input, p),
             labels: GpuBuffer::zeroed(ctx, "labels", rows, 4),
-            pre: layer_bufs("pre", depth),
-            act: layer_bufs("act", depth - 1),
-            d_pre: if with_grads {
-                layer_bufs("d_pre", depth)
-            } else {
-                Vec::new()
-            },
-            d_act: if with_grads {
-                layer_bufs("d_act", depth - 1)
-            } else {
-                Vec::new()
-            },
+            out,
+            d_out,
+            aux,
             row_loss: GpuBuffer::real(ctx, "row_loss", rows * copies, p),
             row_correct: GpuBuffer::zeroed(ctx, "row_correct", rows * copies, 4),
+            affine: index_of(|l| matches!(l, Layer::Affine { .. })),
+            activations: index_of(|l| matches!(l, Layer::Act(_))),
         }
     }
 
     pub fn upload(&self, ctx: &GpuContext, x: &[f64], labels: &[u32], precision: Precision) {
         self.x.write_real(ctx, 0, x, precision);
         self.labels.write_u32(ctx, 0, labels);
+    }
+
+    /// Outputs of the affine layers (an MLP's pre-activations, the last being the logits).
+    pub fn pre(&self) -> Vec<&GpuBuffer> {
+        self.affine.iter().map(|&i| &self.out[i]).collect()
+    }
+
+    /// Outputs of the activation layers (an MLP's hidden activations).
+    pub fn act(&self) -> Vec<&GpuBuffer> {
+        self.activations.iter().map(|&i| &self.out[i]).collect()
+    }
+
+    fn has_grads(&self) -> bool {
+        !self.d_out.is_empty()
     }
 }
 
@@ -280,13 +461,26 @@ pub enum Copies<'a> {
     Single,
     /// P perturbed copies: `pert` holds (flat index, sign) pairs, `h` the step; each copy
     /// reads the shared base plus its own one-element change. `flips` receives, per copy, the
-    /// ReLU units whose state differs from `base` (the unperturbed workspace).
+    /// ReLU units and max-pool windows whose state differs from `base` (the unperturbed
+    /// workspace).
     Perturbed {
         pert: &'a GpuBuffer,
         h: &'a GpuBuffer,
         flips: &'a GpuBuffer,
         base: &'a Workspace,
     },
+}
+
+/// What BatchNorm and Dropout do in a forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Batch statistics (and a running-statistics update); a fresh dropout mask each step.
+    Train,
+    /// Running statistics; no dropout.
+    Eval,
+    /// Batch statistics without touching the running ones; the dropout mask of the step word
+    /// given (the same for every evaluation of a gradient check).
+    Check,
 }
 
 /// Builds dispatch lists for one model.
@@ -334,70 +528,287 @@ impl Recorder<'_> {
         kernel.dispatch(self.ctx, &[&u, x, aux, y, flips], g)
     }
 
-    /// Forward pass: affine and activation layers, then per-row softmax-CE loss (and dlogits
-    /// when `ws` has gradient buffers). Input `ws.x`, labels `ws.labels`.
+    /// Forward pass of a training workspace (Train mode) or an evaluation one (Eval mode), with
+    /// dropout masks drawn from step 0; see [`Recorder::forward_with`].
     pub fn forward(&self, ws: &Workspace, copies: &Copies) -> Vec<Dispatch> {
+        let mode = match copies {
+            Copies::Perturbed { .. } => Mode::Check,
+            Copies::Single if ws.has_grads() => Mode::Train,
+            Copies::Single => Mode::Eval,
+        };
+        self.forward_with(ws, copies, mode, &self.model.dummy_u32, 0)
+    }
+
+    /// Forward pass from layer `start` on (its input: `ws.x` for 0, else the output of layer
+    /// `start − 1` of the unperturbed base workspace, shared by every copy), then per-row
+    /// softmax-CE loss (and dlogits when `ws` has gradient buffers). `state`'s word 0 is the
+    /// step that seeds dropout masks.
+    pub fn forward_with(
+        &self,
+        ws: &Workspace,
+        copies: &Copies,
+        mode: Mode,
+        state: &GpuBuffer,
+        start: usize,
+    ) -> Vec<Dispatch> {
         let m = self.model;
         let k = self.kernels;
-        let widths = m.spec.widths();
-        let depth = m.spec.depth();
-        let dummy = &m.dummy_real.buffer;
-        let (matmul, pert, h) = match copies {
-            Copies::Single => (&k.matmul, &m.dummy_u32.buffer, dummy),
-            Copies::Perturbed { pert, h, .. } => (&k.matmul_perturbed, &pert.buffer, &h.buffer),
-        };
         let n = ws.rows;
+        let p = &m.params.buffer;
+        let dummy = &m.dummy_real.buffer;
+        let dummy_u = &m.dummy_u32.buffer;
+        let dummy_rw = &m.dummy_real_rw.buffer;
+        let dummy_u_rw = &m.dummy_u32_rw.buffer;
+        let (pert, h) = match copies {
+            Copies::Single => (dummy_u, dummy),
+            Copies::Perturbed { pert, h, .. } => (&pert.buffer, &h.buffer),
+        };
+        let perturbed = matches!(copies, Copies::Perturbed { .. });
         let mut out = Vec::new();
-        for l in 0..depth {
-            let (d, hdim) = (widths[l], widths[l + 1]);
-            let w = &m.layout.tensors[2 * l];
-            let b = &m.layout.tensors[2 * l + 1];
-            // The input is shared across copies for the first layer, per copy above it.
-            let (input, a_bs) = if l == 0 {
-                (&ws.x, 0)
-            } else {
-                (&ws.act[l - 1], n * d)
+        for (i, layer) in m.layers.iter().enumerate() {
+            if i < start {
+                continue;
+            }
+            // The input is shared across copies where it lies below every perturbation.
+            let (input, shared) = match (i, copies) {
+                (0, _) => (&ws.x, true),
+                (_, Copies::Perturbed { base, .. }) if i == start => (&base.out[i - 1], true),
+                _ => (&ws.out[i - 1], false),
             };
-            let params = MatmulParams {
-                m: n as u32,
-                n: hdim as u32,
-                k: d as u32,
-                flags: ADD_BIAS,
-                a_rs: d as u32,
-                a_cs: 1,
-                a_bs: a_bs as u32,
-                b_off: w.offset as u32,
-                b_rs: hdim as u32,
-                b_cs: 1,
-                bias_off: b.offset as u32,
-                c_rs: hdim as u32,
-                c_bs: (n * hdim) as u32,
-                ..Default::default()
-            };
-            let p = &m.params.buffer;
-            out.push(self.matmul(
-                matmul,
-                params,
-                ws.copies,
-                [&input.buffer, p, p, &ws.pre[l].buffer, pert, h],
-            ));
-            if l + 1 < depth {
-                let count = ws.copies * n * hdim;
-                let (kernel, aux, flips) = match (m.spec.activation, copies) {
-                    (Activation::Relu, Copies::Perturbed { flips, base, .. }) => {
-                        (&k.relu_forward_kinks, &base.pre[l].buffer, &flips.buffer)
+            let in_size = if i == 0 { m.spec.input } else { m.sizes[i - 1] };
+            let size = m.sizes[i];
+            let y = &ws.out[i].buffer;
+            let count = ws.copies * n * size;
+            match *layer {
+                Layer::Affine { d_in, d_out, w, b } => {
+                    let params = MatmulParams {
+                        m: n as u32,
+                        n: d_out as u32,
+                        k: d_in as u32,
+                        flags: ADD_BIAS,
+                        a_rs: d_in as u32,
+                        a_cs: 1,
+                        a_bs: if shared { 0 } else { (n * d_in) as u32 },
+                        b_off: m.layout.tensors[w].offset as u32,
+                        b_rs: d_out as u32,
+                        b_cs: 1,
+                        bias_off: m.layout.tensors[b].offset as u32,
+                        c_rs: d_out as u32,
+                        c_bs: (n * d_out) as u32,
+                        ..Default::default()
+                    };
+                    let kernel = if perturbed {
+                        &k.matmul_perturbed
+                    } else {
+                        &k.matmul
+                    };
+                    out.push(self.matmul(
+                        kernel,
+                        params,
+                        ws.copies,
+                        [&input.buffer, p, p, y, pert, h],
+                    ));
+                }
+                Layer::Conv {
+                    c,
+                    h: ih,
+                    w: iw,
+                    f,
+                    k: ks,
+                    stride,
+                    pad,
+                    oh,
+                    ow,
+                    wt,
+                    b,
+                } => {
+                    let (g, width) = grid(count);
+                    let params = [
+                        n,
+                        c,
+                        ih,
+                        iw,
+                        f,
+                        ks,
+                        ks,
+                        stride,
+                        pad,
+                        oh,
+                        ow,
+                        ws.copies,
+                        if shared { 0 } else { n * in_size },
+                        m.layout.tensors[wt].offset,
+                        m.layout.tensors[b].offset,
+                        width as usize,
+                    ]
+                    .map(|v| v as u32);
+                    let u = uniform(self.ctx, "conv", &params);
+                    let kernel = if perturbed {
+                        &k.conv_forward_perturbed
+                    } else {
+                        &k.conv_forward
+                    };
+                    out.push(kernel.dispatch(self.ctx, &[&u, &input.buffer, p, y, pert, h], g));
+                }
+                Layer::Act(act) => {
+                    let (kernel, aux, flips) = match (act, copies) {
+                        (Activation::Relu, Copies::Perturbed { flips, base, .. }) => (
+                            &k.relu_forward_kinks,
+                            &base.out[i - 1].buffer,
+                            &flips.buffer,
+                        ),
+                        (Activation::Relu, Copies::Single) => (&k.relu_forward, dummy, dummy_u_rw),
+                        (Activation::Sigmoid, _) => (&k.sigmoid_forward, dummy, dummy_u_rw),
+                    };
+                    let input = if shared && ws.copies > 1 {
+                        // An activation directly on a shared input would need a broadcast;
+                        // perturbations never start at a parameter-free layer.
+                        unreachable!("forward starts at a parameter layer")
+                    } else {
+                        input
+                    };
+                    out.push(self.elementwise(
+                        kernel,
+                        count,
+                        n * size,
+                        [&input.buffer, aux, y, flips],
+                    ));
+                }
+                Layer::Pool {
+                    max,
+                    c,
+                    h: ih,
+                    w: iw,
+                    size: ps,
+                    stride,
+                    oh,
+                    ow,
+                } => {
+                    let (g, width) = grid(count);
+                    let params = [
+                        n * c,
+                        ih,
+                        iw,
+                        ps,
+                        stride,
+                        oh,
+                        ow,
+                        ws.copies,
+                        count,
+                        n * size,
+                        width as usize,
+                        0,
+                    ]
+                    .map(|v| v as u32);
+                    let u = uniform(self.ctx, "pool", &params);
+                    let argmax = match &ws.aux[i] {
+                        Aux::Argmax(a) => &a.buffer,
+                        _ => dummy_u_rw,
+                    };
+                    let (kernel, base_argmax, flips) = match (max, copies) {
+                        (true, Copies::Perturbed { flips, base, .. }) => match &base.aux[i] {
+                            Aux::Argmax(a) => (&k.max_forward_kinks, &a.buffer, &flips.buffer),
+                            _ => unreachable!("max pooling keeps its arg-max"),
+                        },
+                        (true, Copies::Single) => (&k.max_forward, dummy_u, dummy_u_rw),
+                        (false, _) => (&k.avg_forward, dummy_u, dummy_u_rw),
+                    };
+                    out.push(kernel.dispatch(
+                        self.ctx,
+                        &[&u, &input.buffer, y, argmax, base_argmax, flips],
+                        g,
+                    ));
+                }
+                Layer::BatchNorm {
+                    c,
+                    s,
+                    gamma,
+                    beta,
+                    index,
+                } => {
+                    let Aux::Norm { stats, xhat } = &ws.aux[i] else {
+                        unreachable!("BatchNorm keeps its statistics")
+                    };
+                    let (g, width) = grid(count);
+                    let params = [
+                        n,
+                        c,
+                        s,
+                        ws.copies,
+                        m.layout.tensors[gamma].offset,
+                        m.layout.tensors[beta].offset,
+                        count,
+                        width as usize,
+                    ]
+                    .map(|v| v as u32);
+                    let u = uniform(self.ctx, "batchnorm", &params);
+                    let running = &m.running[index].buffer;
+                    let bufs = [
+                        &u,
+                        &m.bn_consts.buffer,
+                        &input.buffer,
+                        &stats.buffer,
+                        p,
+                        &xhat.buffer,
+                        y,
+                        dummy_rw,
+                        running,
+                        pert,
+                        h,
+                    ];
+                    if mode == Mode::Eval {
+                        out.push(k.bn_forward_eval.dispatch(self.ctx, &bufs, g));
+                    } else {
+                        out.push(
+                            k.bn_stats
+                                .dispatch(self.ctx, &bufs, grid(ws.copies * c * 64).0),
+                        );
+                        let kernel = if perturbed {
+                            &k.bn_forward_perturbed
+                        } else {
+                            &k.bn_forward_train
+                        };
+                        out.push(kernel.dispatch(self.ctx, &bufs, g));
+                        if mode == Mode::Train {
+                            out.push(k.bn_update_running.dispatch(self.ctx, &bufs, grid(c).0));
+                        }
                     }
-                    (Activation::Relu, Copies::Single) => {
-                        (&k.relu_forward, dummy, &m.dummy_u32.buffer)
-                    }
-                    (Activation::Sigmoid, _) => (&k.sigmoid_forward, dummy, &m.dummy_u32.buffer),
-                };
-                out.push(self.elementwise(
-                    kernel,
-                    count,
-                    n * hdim,
-                    [&ws.pre[l].buffer, aux, &ws.act[l].buffer, flips],
-                ));
+                }
+                Layer::Dropout { p: prob, index } => {
+                    let Aux::Mask(mask) = &ws.aux[i] else {
+                        unreachable!("dropout keeps its mask")
+                    };
+                    let (g, width) = grid(count);
+                    // In evaluation dropout is the identity: a threshold of 0 keeps every
+                    // element, and the scale buffer is bound to 1.
+                    let eval = mode == Mode::Eval;
+                    let threshold = if eval {
+                        0
+                    } else {
+                        (prob * 4_294_967_296.0).round().min(u32::MAX as f64) as u32
+                    };
+                    let params = [
+                        count as u32,
+                        (n * size) as u32,
+                        m.dropout_seed,
+                        threshold,
+                        0,
+                        width,
+                        0,
+                        0,
+                    ];
+                    let u = uniform(self.ctx, "dropout", &params);
+                    let scale = if eval {
+                        &m.one.buffer
+                    } else {
+                        &m.dropout_consts[index].buffer
+                    };
+                    out.push(k.dropout_forward.dispatch(
+                        self.ctx,
+                        &[&u, &input.buffer, &state.buffer, y, &mask.buffer, scale],
+                        g,
+                    ));
+                }
             }
         }
         out.push(self.softmax(ws));
@@ -413,15 +824,15 @@ impl Recorder<'_> {
             "softmax",
             &Quad([rows as u32, classes as u32, ws.rows as u32, width]),
         );
-        let (kernel, dlogits) = match ws.d_pre.last() {
+        let (kernel, dlogits) = match ws.d_out.last() {
             Some(d) => (&self.kernels.softmax_grad, &d.buffer),
-            None => (&self.kernels.softmax_loss, &self.model.dummy_real.buffer),
+            None => (&self.kernels.softmax_loss, &self.model.dummy_real_rw.buffer),
         };
         kernel.dispatch(
             self.ctx,
             &[
                 &u,
-                &ws.pre.last().unwrap().buffer,
+                &ws.out.last().unwrap().buffer,
                 &ws.labels.buffer,
                 &ws.row_loss.buffer,
                 &ws.row_correct.buffer,
@@ -435,88 +846,236 @@ impl Recorder<'_> {
     /// including the L2 term.
     pub fn backward(&self, ws: &Workspace) -> Vec<Dispatch> {
         assert!(
-            !ws.d_pre.is_empty() && ws.copies == 1,
+            ws.has_grads() && ws.copies == 1,
             "backward needs a training workspace"
         );
         let m = self.model;
         let k = self.kernels;
-        let widths = m.spec.widths();
         let n = ws.rows;
+        let p = &m.params.buffer;
         let dummy = &m.dummy_real.buffer;
         let dummy_u = &m.dummy_u32.buffer;
+        let dummy_rw = &m.dummy_real_rw.buffer;
         let grads = &m.grads.buffer;
         let mut out = Vec::new();
-        for l in (0..m.spec.depth()).rev() {
-            let (d, hdim) = (widths[l], widths[l + 1]);
-            let w = &m.layout.tensors[2 * l];
-            let b = &m.layout.tensors[2 * l + 1];
-            let input = if l == 0 { &ws.x } else { &ws.act[l - 1] };
-            let dy = &ws.d_pre[l].buffer;
-            // dW [D, H] = Xᵀ [D, N] · dY [N, H]
-            let dw = MatmulParams {
-                m: d as u32,
-                n: hdim as u32,
-                k: n as u32,
-                a_rs: 1,
-                a_cs: d as u32,
-                b_rs: hdim as u32,
-                b_cs: 1,
-                c_off: w.offset as u32,
-                c_rs: hdim as u32,
-                ..Default::default()
-            };
-            out.push(self.matmul(
-                &k.matmul,
-                dw,
-                1,
-                [&input.buffer, dy, dummy, grads, dummy_u, dummy],
-            ));
-            // db [H] = Σ_n dY[n, :]
-            let db = MatmulParams {
-                m: n as u32,
-                n: hdim as u32,
-                a_rs: hdim as u32,
-                a_cs: 1,
-                c_off: b.offset as u32,
-                ..Default::default()
-            };
-            let u = uniform(self.ctx, "column_sum", &db);
-            out.push(k.column_sum.dispatch(
-                self.ctx,
-                &[&u, dy, dummy, dummy, grads, dummy_u, dummy],
-                [kernel::groups(hdim, 64), 1, 1],
-            ));
-            if l > 0 {
-                // dX [N, D] = dY [N, H] · Wᵀ [H, D]
-                let dx = MatmulParams {
-                    m: n as u32,
-                    n: d as u32,
-                    k: hdim as u32,
-                    a_rs: hdim as u32,
-                    a_cs: 1,
-                    b_off: w.offset as u32,
-                    b_rs: 1,
-                    b_cs: hdim as u32,
-                    c_rs: d as u32,
-                    ..Default::default()
-                };
-                let d_act = &ws.d_act[l - 1].buffer;
-                out.push(self.matmul(
-                    &k.matmul,
-                    dx,
-                    1,
-                    [dy, &m.params.buffer, dummy, d_act, dummy_u, dummy],
-                ));
-                let (kernel, aux) = match m.spec.activation {
-                    Activation::Relu => (&k.relu_backward, &ws.pre[l - 1].buffer),
-                    Activation::Sigmoid => (&k.sigmoid_backward, &ws.act[l - 1].buffer),
-                };
-                out.push(self.elementwise(
-                    kernel,
-                    n * d,
-                    n * d,
-                    [d_act, aux, &ws.d_pre[l - 1].buffer, dummy_u],
-                ));
+        for (i, layer) in m.layers.iter().enumerate().rev() {
+            let input = if i == 0 { &ws.x } else { &ws.out[i - 1] };
+            let in_size = if i == 0 { m.spec.input } else { m.sizes[i - 1] };
+            let dy = &ws.d_out[i].buffer;
+            // The first layer's input gradient is never needed.
+            let dx = (i > 0).then(|| &ws.d_out[i - 1].buffer);
+            match *layer {
+                Layer::Affine { d_in, d_out, w, b } => {
+                    let (w, b) = (&m.layout.tensors[w], &m.layout.tensors[b]);
+                    // dW [D, H] = Xᵀ [D, N] · dY [N, H]
+                    let dw = MatmulParams {
+                        m: d_in as u32,
+                        n: d_out as u32,
+                        k: n as u32,
+                        a_rs: 1,
+                        a_cs: d_in as u32,
+                        b_rs: d_out as u32,
+                        b_cs: 1,
+                        c_off: w.offset as u32,
+                        c_rs: d_out as u32,
+                        ..Default::default()
+                    };
+                    out.push(self.matmul(
+                        &k.matmul,
+                        dw,
+                        1,
+                        [&input.buffer, dy, dummy, grads, dummy_u, dummy],
+                    ));
+                    // db [H] = Σ_n dY[n, :]
+                    let db = MatmulParams {
+                        m: n as u32,
+                        n: d_out as u32,
+                        a_rs: d_out as u32,
+                        a_cs: 1,
+                        c_off: b.offset as u32,
+                        ..Default::default()
+                    };
+                    let u = uniform(self.ctx, "column_sum", &db);
+                    out.push(k.column_sum.dispatch(
+                        self.ctx,
+                        &[&u, dy, dummy, dummy, grads, dummy_u, dummy],
+                        [kernel::groups(d_out, 64), 1, 1],
+                    ));
+                    if let Some(dx) = dx {
+                        // dX [N, D] = dY [N, H] · Wᵀ [H, D]
+                        let params = MatmulParams {
+                            m: n as u32,
+                            n: d_in as u32,
+                            k: d_out as u32,
+                            a_rs: d_out as u32,
+                            a_cs: 1,
+                            b_off: w.offset as u32,
+                            b_rs: 1,
+                            b_cs: d_out as u32,
+                            c_rs: d_in as u32,
+                            ..Default::default()
+                        };
+                        out.push(self.matmul(
+                            &k.matmul,
+                            params,
+                            1,
+                            [dy, p, dummy, dx, dummy_u, dummy],
+                        ));
+                    }
+                }
+                Layer::Conv {
+                    c,
+                    h,
+                    w,
+                    f,
+                    k: ks,
+                    stride,
+                    pad,
+                    oh,
+                    ow,
+                    wt,
+                    b,
+                } => {
+                    let offsets = (m.layout.tensors[wt].offset, m.layout.tensors[b].offset);
+                    let params = |count: usize| {
+                        let width = grid(count).1 as usize;
+                        [
+                            n, c, h, w, f, ks, ks, stride, pad, oh, ow, 1, 0, offsets.0, offsets.1,
+                            width,
+                        ]
+                        .map(|v| v as u32)
+                    };
+                    let count = f * c * ks * ks + f;
+                    let u = uniform(self.ctx, "conv_grad", &params(count));
+                    out.push(k.conv_backward_params.dispatch(
+                        self.ctx,
+                        &[&u, dy, &input.buffer, grads],
+                        grid(count).0,
+                    ));
+                    if let Some(dx) = dx {
+                        let count = n * in_size;
+                        let u = uniform(self.ctx, "conv_dx", &params(count));
+                        out.push(k.conv_backward_input.dispatch(
+                            self.ctx,
+                            &[&u, dy, p, dx],
+                            grid(count).0,
+                        ));
+                    }
+                }
+                Layer::Act(act) => {
+                    let (kernel, aux) = match act {
+                        Activation::Relu => (&k.relu_backward, &input.buffer),
+                        Activation::Sigmoid => (&k.sigmoid_backward, &ws.out[i].buffer),
+                    };
+                    if let Some(dx) = dx {
+                        let count = n * in_size;
+                        out.push(self.elementwise(
+                            kernel,
+                            count,
+                            count,
+                            [dy, aux, dx, &m.dummy_u32_rw.buffer],
+                        ));
+                    }
+                }
+                Layer::Pool {
+                    max,
+                    c,
+                    h,
+                    w,
+                    size,
+                    stride,
+                    oh,
+                    ow,
+                } => {
+                    if let Some(dx) = dx {
+                        let count = n * in_size;
+                        let (g, width) = grid(count);
+                        let params = [
+                            n * c,
+                            h,
+                            w,
+                            size,
+                            stride,
+                            oh,
+                            ow,
+                            1,
+                            count,
+                            n * m.sizes[i],
+                            width as usize,
+                            0,
+                        ]
+                        .map(|v| v as u32);
+                        let u = uniform(self.ctx, "pool_grad", &params);
+                        let (kernel, argmax) = match &ws.aux[i] {
+                            Aux::Argmax(a) if max => (&k.max_backward, &a.buffer),
+                            _ => (&k.avg_backward, dummy_u),
+                        };
+                        out.push(kernel.dispatch(self.ctx, &[&u, dy, argmax, dx], g));
+                    }
+                }
+                Layer::BatchNorm {
+                    c,
+                    s,
+                    gamma,
+                    beta,
+                    index,
+                } => {
+                    let Aux::Norm { stats, xhat } = &ws.aux[i] else {
+                        unreachable!("BatchNorm keeps its statistics")
+                    };
+                    let count = n * c * s;
+                    let (g, width) = grid(count);
+                    let params = [
+                        n,
+                        c,
+                        s,
+                        1,
+                        m.layout.tensors[gamma].offset,
+                        m.layout.tensors[beta].offset,
+                        count,
+                        width as usize,
+                    ]
+                    .map(|v| v as u32);
+                    let u = uniform(self.ctx, "batchnorm_grad", &params);
+                    let running = &m.running[index].buffer;
+                    let dx_buf = dx.unwrap_or(dummy_rw);
+                    let bufs = [
+                        &u,
+                        &m.bn_consts.buffer,
+                        dy,
+                        &stats.buffer,
+                        p,
+                        &xhat.buffer,
+                        dx_buf,
+                        grads,
+                        running,
+                        dummy_u,
+                        dummy,
+                    ];
+                    out.push(
+                        k.bn_backward_params
+                            .dispatch(self.ctx, &bufs, grid(c * 64).0),
+                    );
+                    if dx.is_some() {
+                        out.push(k.bn_backward_input.dispatch(self.ctx, &bufs, g));
+                    }
+                }
+                Layer::Dropout { .. } => {
+                    let Aux::Mask(mask) = &ws.aux[i] else {
+                        unreachable!("dropout keeps its mask")
+                    };
+                    if let Some(dx) = dx {
+                        let count = n * in_size;
+                        let (g, width) = grid(count);
+                        let params = [count as u32, count as u32, 0, 0, 0, width, 0, 0];
+                        let u = uniform(self.ctx, "dropout_grad", &params);
+                        out.push(k.dropout_backward.dispatch(
+                            self.ctx,
+                            &[&u, dy, dummy_u, dx, &mask.buffer, dummy],
+                            g,
+                        ));
+                    }
+                }
             }
         }
         if m.has_decay() {
@@ -524,7 +1083,7 @@ impl Recorder<'_> {
             let u = uniform(self.ctx, "l2", &Quad([m.layout.total as u32, width, 0, 0]));
             out.push(k.l2_grad.dispatch(
                 self.ctx,
-                &[&u, &m.params.buffer, &m.half_decay.buffer, grads, dummy],
+                &[&u, &m.params.buffer, &m.half_decay.buffer, grads, dummy_rw],
                 g,
             ));
         }

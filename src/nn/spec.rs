@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::nn::layers::{Layer, LayerSpec};
 
 /// Hidden-layer nonlinearity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +97,21 @@ pub struct NetSpec {
     pub activation: Activation,
     /// L2 penalty λ: the loss gains 0.5·λ·Σ‖W‖² over weight matrices (not biases), as in the book.
     pub weight_decay: f64,
+    /// BatchNorm after every hidden affine layer, before its activation (the book's
+    /// MultiLayerNetExtend).
+    #[serde(default)]
+    pub batchnorm: bool,
+    /// Dropout probability after every hidden activation (0: none).
+    #[serde(default)]
+    pub dropout: f64,
+    /// Shape (C, H, W) of one input; `input` = C·H·W. Needed by convolution and pooling.
+    #[serde(default)]
+    pub image: Option<[usize; 3]>,
+    /// An explicit layer list (a `--model` or `--layers` spec). When set, `hidden`,
+    /// `activation`, `batchnorm` and `dropout` are not used; the last layer must be an affine
+    /// layer with `output` units.
+    #[serde(default)]
+    pub layers: Option<Vec<LayerSpec>>,
 }
 
 impl NetSpec {
@@ -106,7 +122,71 @@ impl NetSpec {
             output,
             activation,
             weight_decay: 0.0,
+            batchnorm: false,
+            dropout: 0.0,
+            image: None,
+            layers: None,
         }
+    }
+
+    /// A net given as an explicit layer list over images of shape (C, H, W).
+    pub fn sequential(image: [usize; 3], layers: Vec<LayerSpec>) -> Result<Self, Error> {
+        let output = match layers.last() {
+            Some(LayerSpec::Affine { units }) => *units,
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "a layer spec must end with an affine layer giving the class scores (e.g. affine10)".into(),
+                ))
+            }
+        };
+        let spec = NetSpec {
+            input: image.iter().product(),
+            hidden: Vec::new(),
+            output,
+            activation: Activation::Relu,
+            weight_decay: 0.0,
+            batchnorm: false,
+            dropout: 0.0,
+            image: Some(image),
+            layers: Some(layers),
+        };
+        spec.resolve()?;
+        Ok(spec)
+    }
+
+    /// True for a plain MLP (affine and activation layers only): the nets the incremental
+    /// perturbed-loss kernel and [`crate::reference::RefMlp`] handle.
+    pub fn is_plain_mlp(&self) -> bool {
+        self.layers.is_none() && !self.batchnorm && self.dropout == 0.0
+    }
+
+    /// The layer list this spec describes: the explicit one, or the MLP built from `hidden`.
+    pub fn layer_specs(&self) -> Vec<LayerSpec> {
+        if let Some(layers) = &self.layers {
+            return layers.clone();
+        }
+        let act = match self.activation {
+            Activation::Relu => LayerSpec::Relu,
+            Activation::Sigmoid => LayerSpec::Sigmoid,
+        };
+        let mut out = Vec::new();
+        for &h in &self.hidden {
+            out.push(LayerSpec::Affine { units: h });
+            if self.batchnorm {
+                out.push(LayerSpec::BatchNorm);
+            }
+            out.push(act.clone());
+            if self.dropout > 0.0 {
+                out.push(LayerSpec::Dropout { p: self.dropout });
+            }
+        }
+        out.push(LayerSpec::Affine { units: self.output });
+        out
+    }
+
+    /// Shapes, parameter tensors and layers, checked against each other.
+    pub fn resolve(&self) -> Result<(Vec<Layer>, ParamLayout), Error> {
+        crate::nn::layers::resolve(self)
     }
 
     pub fn validate(&self) -> Result<(), Error> {
@@ -121,17 +201,28 @@ impl NetSpec {
                 pos + 1
             )));
         }
-        let max = crate::nn::model::MAX_WIDTH;
-        if let Some(w) = self.widths().into_iter().find(|&w| w > max) {
-            return Err(Error::InvalidArgument(format!(
-                "a layer of {w} units is wider than the {max} that wgrad supports: use narrower layers"
-            )));
-        }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(Error::InvalidArgument(format!(
                 "weight decay must be a finite number ≥ 0, got {}",
                 self.weight_decay
             )));
+        }
+        if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
+            return Err(Error::InvalidArgument(format!(
+                "dropout must lie in [0, 1), got {} (--dropout)",
+                self.dropout
+            )));
+        }
+        let (layers, _) = self.resolve()?;
+        let max = crate::nn::model::MAX_WIDTH;
+        for layer in &layers {
+            if let Layer::Affine { d_in, d_out, .. } = *layer {
+                if let Some(w) = [d_in, d_out].into_iter().find(|&w| w > max) {
+                    return Err(Error::InvalidArgument(format!(
+                        "a layer of {w} units is wider than the {max} that wgrad supports: use narrower layers"
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -149,30 +240,10 @@ impl NetSpec {
         self.hidden.len() + 1
     }
 
+    /// The flat parameter layout. Panics on a spec that does not resolve; call
+    /// [`NetSpec::validate`] first on user input.
     pub fn layout(&self) -> ParamLayout {
-        let widths = self.widths();
-        let mut tensors = Vec::new();
-        let mut offset = 0;
-        for l in 0..self.depth() {
-            let (fan_in, fan_out) = (widths[l], widths[l + 1]);
-            for (name, shape) in [
-                (format!("W{}", l + 1), vec![fan_in, fan_out]),
-                (format!("b{}", l + 1), vec![fan_out]),
-            ] {
-                let numel: usize = shape.iter().product();
-                tensors.push(TensorInfo {
-                    name,
-                    shape,
-                    offset,
-                    numel,
-                });
-                offset += numel;
-            }
-        }
-        ParamLayout {
-            tensors,
-            total: offset,
-        }
+        self.resolve().expect("a validated net spec").1
     }
 }
 
@@ -183,6 +254,8 @@ pub struct TensorInfo {
     pub shape: Vec<usize>,
     pub offset: usize,
     pub numel: usize,
+    /// Inputs feeding one output unit (the He/Xavier fan-in); 0 for BatchNorm's γ and β.
+    pub fan_in: usize,
 }
 
 impl TensorInfo {
@@ -220,8 +293,15 @@ pub fn init_params(spec: &NetSpec, init: Init, seed: u64) -> Vec<f64> {
     let layout = spec.layout();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut params = vec![0.0; layout.total];
+    for t in layout
+        .tensors
+        .iter()
+        .filter(|t| t.name.starts_with("gamma"))
+    {
+        params[t.offset..t.offset + t.numel].fill(1.0);
+    }
     for t in layout.tensors.iter().filter(|t| t.is_weight()) {
-        let std = init.std_for(t.shape[0]);
+        let std = init.std_for(t.fan_in);
         for v in &mut params[t.offset..t.offset + t.numel] {
             *v = std * standard_normal(&mut rng);
         }

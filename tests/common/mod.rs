@@ -240,8 +240,8 @@ pub fn run_on(
     let read = |b: &GpuBuffer| b.read_real(ctx, precision).expect("readback");
     let stats = read(&stats);
     GpuOut {
-        pre: ws.pre.iter().map(read).collect(),
-        act: ws.act.iter().map(read).collect(),
+        pre: ws.pre().into_iter().map(read).collect(),
+        act: ws.act().into_iter().map(read).collect(),
         row_loss: read(&ws.row_loss),
         row_correct: ws.row_correct.read_u32(ctx).expect("readback"),
         grads: with_grads.then(|| model.read_grads(ctx).expect("readback")),
