@@ -46,6 +46,20 @@ struct NetArgs {
     /// 100,100; gradcheck and bench 50].
     #[arg(long, value_delimiter = ',')]
     hidden: Option<Vec<usize>>,
+    /// Model: mlp (shaped by --hidden, --activation, --batchnorm, --dropout) or simple-conv
+    /// (the book's SimpleConvNet: conv 30×5×5, ReLU, max-pool 2, affine 100, ReLU, affine 10).
+    #[arg(long, default_value = "mlp")]
+    model: String,
+    /// An explicit layer list instead of --model, e.g.
+    /// "conv16x3p1,bn,relu,maxpool2,affine100,relu,dropout0.3,affine10" (see README).
+    #[arg(long)]
+    layers: Option<String>,
+    /// BatchNorm after every hidden affine layer (mlp).
+    #[arg(long)]
+    batchnorm: bool,
+    /// Dropout probability after every hidden activation (mlp).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    dropout: f64,
     /// Hidden nonlinearity: relu or sigmoid.
     #[arg(long, default_value = "relu")]
     activation: String,
@@ -136,6 +150,10 @@ struct TrainArgs {
 struct GradcheckArgs {
     #[command(flatten)]
     net: NetArgs,
+    /// Check on the central N×N window of each image (a reduced input for convnets, as the
+    /// book's ch07 check uses 10×10).
+    #[arg(long)]
+    crop: Option<usize>,
     /// Check on the first N training images (the book uses 3).
     #[arg(long, default_value_t = 3)]
     batch: usize,
@@ -172,6 +190,9 @@ struct GradcheckArgs {
 struct BenchArgs {
     #[command(flatten)]
     net: NetArgs,
+    /// Use the central N×N window of each image.
+    #[arg(long)]
+    crop: Option<usize>,
     /// Batch: the first N training images.
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -291,10 +312,44 @@ impl NetArgs {
         self.init.as_deref().unwrap_or(defaults.init).parse()
     }
 
-    fn spec(&self, input: usize, defaults: &NetDefaults) -> Result<NetSpec> {
+    fn spec(&self, data: &data::Dataset, defaults: &NetDefaults) -> Result<NetSpec> {
         let activation: Activation = self.activation.parse()?;
-        let hidden = self.hidden.as_deref().unwrap_or(defaults.hidden);
-        let mut spec = NetSpec::mlp(input, hidden, 10, activation);
+        let layers = match (&self.layers, self.model.as_str()) {
+            (Some(text), "mlp") => Some(text.clone()),
+            (Some(_), _) => {
+                return Err(wgrad::Error::InvalidArgument(
+                    "give either --model or --layers, not both".into(),
+                ))
+            }
+            (None, "mlp") => None,
+            (None, name) => Some(wgrad::nn::layers::named_model(name)?.to_string()),
+        };
+        let image = [1, data.rows, data.cols];
+        let mut spec = match layers {
+            Some(text) => {
+                if self.batchnorm || self.dropout != 0.0 || self.hidden.is_some() {
+                    return Err(wgrad::Error::InvalidArgument(
+                        "--hidden, --batchnorm and --dropout shape the mlp model; with --model or --layers write them into the layer list".into(),
+                    ));
+                }
+                let spec = NetSpec::sequential(image, wgrad::nn::layers::parse_layers(&text)?)?;
+                if spec.output != 10 {
+                    return Err(wgrad::Error::InvalidArgument(format!(
+                        "the last layer gives {} class scores but MNIST has 10 classes: end the spec with affine10",
+                        spec.output
+                    )));
+                }
+                spec
+            }
+            None => {
+                let hidden = self.hidden.as_deref().unwrap_or(defaults.hidden);
+                let mut spec = NetSpec::mlp(data.image_size(), hidden, 10, activation);
+                spec.image = Some(image);
+                spec.batchnorm = self.batchnorm;
+                spec.dropout = self.dropout;
+                spec
+            }
+        };
         spec.weight_decay = self.weight_decay;
         spec.validate()?;
         Ok(spec)
@@ -409,7 +464,7 @@ fn run_train(args: TrainArgs) -> Result<ExitCode> {
         checkpoint::ensure_writable(path)?;
     }
     let mnist = args.net.load_data()?;
-    let spec = args.net.spec(mnist.train.image_size(), &TRAIN_NET)?;
+    let spec = args.net.spec(&mnist.train, &TRAIN_NET)?;
     let initial_params = args.net.initial_params(&spec)?;
     let config = train::TrainConfig {
         spec: spec.clone(),
@@ -489,8 +544,8 @@ fn run_gradcheck(args: GradcheckArgs) -> Result<ExitCode> {
     if let Some(path) = &args.save_grads {
         checkpoint::ensure_writable(path)?;
     }
-    let mnist = args.net.load_data()?;
-    let spec = args.net.spec(mnist.train.image_size(), &CHECK_NET)?;
+    let mnist = cropped(args.net.load_data()?, args.crop)?;
+    let spec = args.net.spec(&mnist.train, &CHECK_NET)?;
     let (x, labels) = gradcheck::first_batch(&mnist.train, args.batch)?;
     let ctx = args.net.context()?;
     let precision = match &args.precision {
@@ -609,6 +664,25 @@ fn save_grads(
     checkpoint::save_tensors(path, &tensors, &meta)
 }
 
+/// The data with every image cut to its central `size`×`size` window (when asked).
+fn cropped(mnist: data::Mnist, size: Option<usize>) -> Result<data::Mnist> {
+    let Some(size) = size else { return Ok(mnist) };
+    let crop = |d: &data::Dataset| {
+        d.center_crop(size).ok_or_else(|| {
+            wgrad::Error::InvalidArgument(format!(
+                "--crop {size} does not fit {}×{} images: use 1 to {}",
+                d.rows,
+                d.cols,
+                d.rows.min(d.cols)
+            ))
+        })
+    };
+    Ok(data::Mnist {
+        train: crop(&mnist.train)?,
+        test: crop(&mnist.test)?,
+    })
+}
+
 fn run_bench(args: BenchArgs) -> Result<ExitCode> {
     for v in &args.variants {
         if !["incremental", "full", "sequential"].contains(&v.as_str()) {
@@ -617,8 +691,8 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
             )));
         }
     }
-    let mnist = args.net.load_data()?;
-    let spec = args.net.spec(mnist.train.image_size(), &CHECK_NET)?;
+    let mnist = cropped(args.net.load_data()?, args.crop)?;
+    let spec = args.net.spec(&mnist.train, &CHECK_NET)?;
     let (x, labels) = gradcheck::first_batch(&mnist.train, args.batch)?;
     let ctx = args.net.context()?;
     let precisions: Vec<Precision> = if args.precision.is_empty() {

@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::gpu::buffers::uniform;
 use crate::gpu::kernel::{self, grid, shaders, Binding};
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Kernel, Precision};
-use crate::nn::{Activation, Copies, Kernels, Model, Recorder, Workspace};
+use crate::nn::model::Mode;
+use crate::nn::{Activation, Copies, Kernels, Layer, Model, Recorder, Workspace};
 
 /// How perturbed losses are evaluated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -86,13 +87,17 @@ pub struct PerturbedLossEngine<'a> {
     model: &'a Model,
     pub strategy: Strategy,
     pub h: f64,
+    /// The largest chunk of any route (perturbations per submit).
     pub chunk: usize,
     host_params: Vec<f64>,
     base_penalty: f64,
     pert: GpuBuffer,
     out_loss: GpuBuffer,
     out_flips: GpuBuffer,
-    dispatches: Vec<Dispatch>,
+    /// (chunk, dispatches) per route: one per starting layer, then the MLP kernel's.
+    routes: Vec<(usize, Vec<Dispatch>)>,
+    /// First layer of the trailing MLP served by the incremental kernel.
+    tail_start: Option<usize>,
     // Kept alive for the dispatches' bind groups.
     _base: Workspace,
     _work: Vec<GpuBuffer>,
@@ -120,173 +125,118 @@ impl<'a> PerturbedLossEngine<'a> {
         }
         let precision = model.precision;
         let n = labels.len();
-        let widths = model.spec.widths();
         let rec = Recorder {
             ctx,
             kernels,
             model,
         };
+        // Dropout masks come from step word 0 of a zeroed state, here and in every perturbed
+        // evaluation (and in the analytic gradient), so all of them see the same mask.
+        let state = GpuBuffer::zeroed(ctx, "check_state", 4, 4);
         let base = Workspace::new(ctx, model, n, 1, false);
         base.upload(ctx, x, labels, precision);
-        kernel::run(ctx, &rec.forward(&base, &Copies::Single))?;
+        kernel::run(
+            ctx,
+            &rec.forward_with(&base, &Copies::Single, Mode::Check, &state, 0),
+        )?;
         let host_params = model.read_params(ctx)?;
         let base_penalty = penalty(model, &host_params);
 
         let bytes = precision.bytes();
-        let max_width = *widths[1..].iter().max().expect("at least one layer");
-        let per_eval_bytes = match strategy {
-            Strategy::Incremental => 2 * max_width * bytes,
-            Strategy::Full => n * widths[1..].iter().sum::<usize>() * 2 * bytes + n * 8,
+        // Incremental: the trailing affine/activation layers (all of a plain MLP, or the dense
+        // head of a convnet) take the MLP kernel; a perturbation below them recomputes from its
+        // own layer up. Full: every evaluation is a complete forward pass from layer 0.
+        let tail = match strategy {
+            Strategy::Incremental => MlpTail::of(model),
+            Strategy::Full => None,
         };
-        let binding_cap = match strategy {
-            Strategy::Incremental => ctx.max_binding_elems(2 * max_width * bytes),
-            Strategy::Full => ctx.max_binding_elems(n * max_width * bytes),
-        };
-        let auto = (CHUNK_BYTES / per_eval_bytes.max(1))
-            .min(binding_cap)
-            .clamp(1, 65_535);
-        let chunk = chunk.unwrap_or(auto).clamp(1, binding_cap.clamp(1, 65_535));
+        let tail_start = tail.as_ref().map_or(model.layers.len(), |t| t.start);
+        let needs_recompute = (0..tail_start).any(|i| has_params(&model.layers[i]));
+        let limit = |elem_bytes: usize| ctx.max_binding_elems(elem_bytes.max(1)).clamp(1, 65_535);
+        let recompute_chunk = needs_recompute.then(|| {
+            let per_eval = n * model.sizes.iter().sum::<usize>() * 2 * bytes + n * 8;
+            let max_size = *model.sizes.iter().max().expect("at least one layer");
+            let auto = (CHUNK_BYTES / per_eval).clamp(1, limit(n * max_size * bytes));
+            chunk.unwrap_or(auto).clamp(1, limit(n * max_size * bytes))
+        });
+        let tail_chunk = tail.as_ref().map(|t| {
+            let per_eval = 2 * t.max_width() * bytes;
+            let auto = (CHUNK_BYTES / per_eval).clamp(1, limit(per_eval));
+            chunk.unwrap_or(auto).clamp(1, limit(per_eval))
+        });
+        let chunk_max = recompute_chunk
+            .unwrap_or(0)
+            .max(tail_chunk.unwrap_or(0))
+            .max(1);
 
-        let pert = GpuBuffer::zeroed(ctx, "perturbations", 2 * chunk, 4);
+        let pert = GpuBuffer::zeroed(ctx, "perturbations", 2 * chunk_max, 4);
         let h_buf = GpuBuffer::from_real(ctx, "h", &[h], precision);
-        let out_loss = GpuBuffer::real(ctx, "perturbed_loss", chunk, precision);
-        let out_flips = GpuBuffer::zeroed(ctx, "kink_flips", chunk, 4);
+        let out_loss = GpuBuffer::real(ctx, "perturbed_loss", chunk_max, precision);
+        let out_flips = GpuBuffer::zeroed(ctx, "kink_flips", chunk_max, 4);
         let mut work = Vec::new();
         let mut full_ws = None;
-        let dispatches = match strategy {
-            Strategy::Full => {
-                let ws = Workspace::new(ctx, model, n, chunk, false);
-                ws.upload(ctx, x, labels, precision);
-                let copies = Copies::Perturbed {
-                    pert: &pert,
-                    h: &h_buf,
-                    flips: &out_flips,
-                    base: &base,
+        // Route i < layers.len(): start at layer i (or 0 for Full); the last: the MLP kernel.
+        let mut routes: Vec<(usize, Vec<Dispatch>)> = Vec::new();
+        if let Some(chunk) = recompute_chunk {
+            let ws = Workspace::new(ctx, model, n, chunk, false);
+            ws.upload(ctx, x, labels, precision);
+            let copies = Copies::Perturbed {
+                pert: &pert,
+                h: &h_buf,
+                flips: &out_flips,
+                base: &base,
+            };
+            for (start, layer) in model.layers.iter().enumerate() {
+                if !has_params(layer) || start >= tail_start {
+                    routes.push((chunk, Vec::new()));
+                    continue;
+                }
+                let from = match (strategy, layer) {
+                    (Strategy::Full, _) => 0,
+                    // BatchNorm reads a per-copy input: recompute from the layer before it
+                    // (an unperturbed affine or convolution reads the shared one).
+                    (_, Layer::BatchNorm { .. }) => {
+                        match start.checked_sub(1).map(|i| &model.layers[i]) {
+                            Some(Layer::Affine { .. } | Layer::Conv { .. }) => start - 1,
+                            _ => 0,
+                        }
+                    }
+                    _ => start,
                 };
-                let mut d = rec.forward(&ws, &copies);
+                let mut d = rec.forward_with(&ws, &copies, Mode::Check, &state, from);
                 d.push(rec.copy_loss(&ws, &out_loss));
-                full_ws = Some(ws);
-                d
+                routes.push((chunk, d));
             }
-            Strategy::Incremental => {
-                // The unperturbed pre-activations and activations of every layer, side by side
-                // in one read-only buffer, and the layer table that locates them.
-                let mut table = Vec::new();
-                let mut offset = 0usize;
-                let mut sources = Vec::new();
-                for l in 0..model.spec.depth() {
-                    let w = &model.layout.tensors[2 * l];
-                    let b = &model.layout.tensors[2 * l + 1];
-                    let pre_off = offset;
-                    offset += n * widths[l + 1];
-                    sources.push((base.pre()[l], pre_off));
-                    let act_off = if l + 1 < model.spec.depth() {
-                        sources.push((base.act()[l], offset));
-                        offset += n * widths[l + 1];
-                        offset - n * widths[l + 1]
-                    } else {
-                        0
-                    };
-                    table.extend(
-                        [
-                            widths[l],
-                            widths[l + 1],
-                            w.offset,
-                            b.offset,
-                            pre_off,
-                            act_off,
-                        ]
-                        .map(|v| v as u32),
-                    );
-                }
-                let concat = GpuBuffer::real(ctx, "base_activations", offset, precision);
-                let mut encoder = ctx.device.create_command_encoder(&Default::default());
-                for (src, at) in sources {
-                    encoder.copy_buffer_to_buffer(
-                        &src.buffer,
-                        0,
-                        &concat.buffer,
-                        (at * bytes) as u64,
-                        (src.len * bytes) as u64,
-                    );
-                }
-                ctx.queue.submit([encoder.finish()]);
-                let table = GpuBuffer::from_u32(ctx, "layer_table", &table);
-                let scratch = GpuBuffer::real(ctx, "scratch", chunk * 2 * max_width, precision);
-                let (g, width) = grid(chunk);
-                use Binding::*;
-                let k = Kernel::new(
-                    ctx,
-                    shaders::PERTURBED_MLP,
-                    "perturbed_losses",
-                    precision,
-                    &[
-                        Uniform, Read, Read, Read, Read, Read, Read, Read, Read, ReadWrite,
-                        ReadWrite, ReadWrite,
-                    ],
-                    &[],
-                );
-                let slice = samples_per_dispatch(&widths).ok_or_else(|| {
-                    Error::InvalidArgument(
-                        "this net's layers are too wide for the incremental kernel (one sample's update exceeds the 65,535 loop iterations lavapipe allows an invocation): use --strategy full".into(),
-                    )
-                })?;
-                let d: Vec<Dispatch> = (0..n)
-                    .step_by(slice)
-                    .map(|begin| {
-                        let params = [
-                            chunk as u32,
-                            model.spec.depth() as u32,
-                            n as u32,
-                            model.spec.output as u32,
-                            (2 * max_width) as u32,
-                            u32::from(model.spec.activation == Activation::Relu),
-                            width,
-                            begin as u32,
-                            (begin + slice).min(n) as u32,
-                            0,
-                            0,
-                            0,
-                        ];
-                        let u = uniform(ctx, "perturbed_mlp", &params);
-                        k.dispatch(
-                            ctx,
-                            &[
-                                &u,
-                                &table.buffer,
-                                &model.params.buffer,
-                                &base.x.buffer,
-                                &base.labels.buffer,
-                                &concat.buffer,
-                                &base.row_loss.buffer,
-                                &pert.buffer,
-                                &h_buf.buffer,
-                                &out_loss.buffer,
-                                &out_flips.buffer,
-                                &scratch.buffer,
-                            ],
-                            g,
-                        )
-                    })
-                    .collect();
-                work.extend([concat, table, scratch]);
-                d
-            }
-        };
-        work.push(h_buf);
+            full_ws = Some(ws);
+        } else {
+            routes.extend(model.layers.iter().map(|_| (1, Vec::new())));
+        }
+        if let (Some(tail), Some(chunk)) = (&tail, tail_chunk) {
+            let bufs = TailBuffers {
+                pert: &pert,
+                h: &h_buf,
+                out_loss: &out_loss,
+                out_flips: &out_flips,
+            };
+            let (d, kept) = tail.dispatches(ctx, model, &base, n, chunk, &bufs)?;
+            work.extend(kept);
+            routes.push((chunk, d));
+        }
+        work.extend([h_buf, state]);
         ctx.wait()?;
         Ok(PerturbedLossEngine {
             ctx,
             model,
             strategy,
             h,
-            chunk,
+            chunk: chunk_max,
             host_params,
             base_penalty,
             pert,
             out_loss,
             out_flips,
-            dispatches,
+            routes,
+            tail_start: tail.map(|t| t.start),
             _base: base,
             _work: work,
             _full_ws: full_ws,
@@ -304,37 +254,64 @@ impl<'a> PerturbedLossEngine<'a> {
             )));
         }
         let precision = self.model.precision;
-        let mut out = Vec::with_capacity(perturbations.len());
-        for part in perturbations.chunks(self.chunk) {
-            // Pad a short last chunk with copies of its first entry; their results are dropped.
-            let words: Vec<u32> = (0..self.chunk)
-                .flat_map(|q| {
-                    let p = part.get(q).unwrap_or(&part[0]);
-                    [p.index as u32, u32::from(p.minus)]
-                })
-                .collect();
-            self.pert.write_u32(self.ctx, 0, &words);
-            let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
-            encoder.clear_buffer(&self.out_flips.buffer, 0, None);
-            {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                kernel::record_all(&mut pass, &self.dispatches);
-            }
-            self.ctx.queue.submit([encoder.finish()]);
-            let losses = self
-                .out_loss
-                .read_real_range(self.ctx, precision, 0..part.len())?;
-            let flips = bytemuck::pod_collect_to_vec::<u8, u32>(
-                &self.out_flips.read_bytes(self.ctx, 0..part.len())?,
-            );
-            for ((p, loss), kink_flips) in part.iter().zip(losses).zip(flips) {
-                out.push(PerturbedLoss {
-                    loss: loss + self.penalty_change(p),
-                    kink_flips,
-                });
+        let mut out = vec![
+            PerturbedLoss {
+                loss: f64::NAN,
+                kink_flips: 0
+            };
+            perturbations.len()
+        ];
+        // Group by route (keeping each group's order), so a chunk runs one dispatch list.
+        let mut by_route: Vec<Vec<usize>> = vec![Vec::new(); self.routes.len()];
+        for (k, p) in perturbations.iter().enumerate() {
+            by_route[self.route_of(p.index)].push(k);
+        }
+        for (route, members) in by_route.iter().enumerate() {
+            let (chunk, dispatches) = &self.routes[route];
+            for part in members.chunks(*chunk) {
+                // Pad a short last chunk with copies of its first entry; their results are dropped.
+                let words: Vec<u32> = (0..*chunk)
+                    .flat_map(|q| {
+                        let p = &perturbations[*part.get(q).unwrap_or(&part[0])];
+                        [p.index as u32, u32::from(p.minus)]
+                    })
+                    .collect();
+                self.pert.write_u32(self.ctx, 0, &words);
+                let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+                encoder.clear_buffer(&self.out_flips.buffer, 0, None);
+                {
+                    let mut pass = encoder.begin_compute_pass(&Default::default());
+                    kernel::record_all(&mut pass, dispatches);
+                }
+                self.ctx.queue.submit([encoder.finish()]);
+                let losses = self
+                    .out_loss
+                    .read_real_range(self.ctx, precision, 0..part.len())?;
+                let flips = bytemuck::pod_collect_to_vec::<u8, u32>(
+                    &self.out_flips.read_bytes(self.ctx, 0..part.len())?,
+                );
+                for ((&k, loss), kink_flips) in part.iter().zip(losses).zip(flips) {
+                    let p = &perturbations[k];
+                    out[k] = PerturbedLoss {
+                        loss: loss + self.penalty_change(p),
+                        kink_flips,
+                    };
+                }
             }
         }
         Ok(out)
+    }
+
+    /// Which dispatch list evaluates a perturbation of parameter `index`.
+    fn route_of(&self, index: usize) -> usize {
+        let layer = self
+            .model
+            .layer_of_param(index)
+            .expect("every parameter belongs to a layer");
+        match self.tail_start {
+            Some(start) if layer >= start => self.model.layers.len(),
+            _ => layer,
+        }
     }
 
     /// L2 term at θ ± h·eᵢ: the base penalty plus the change of the one element.
@@ -382,6 +359,211 @@ impl<'a> PerturbedLossEngine<'a> {
             perturbed_losses: perturbations.len(),
             seconds: start.elapsed().as_secs_f64(),
         })
+    }
+}
+
+fn has_params(layer: &Layer) -> bool {
+    matches!(
+        layer,
+        Layer::Affine { .. } | Layer::Conv { .. } | Layer::BatchNorm { .. }
+    )
+}
+
+/// Buffers the MLP kernel shares with the rest of the engine.
+struct TailBuffers<'a> {
+    pert: &'a GpuBuffer,
+    h: &'a GpuBuffer,
+    out_loss: &'a GpuBuffer,
+    out_flips: &'a GpuBuffer,
+}
+
+/// The trailing affine/activation layers of a net (all of a plain MLP): where perturbed losses
+/// can be evaluated incrementally by shaders/perturbed_mlp.wgsl.
+struct MlpTail {
+    /// Index of its first (affine) layer.
+    start: usize,
+    /// Its affine layers' indices, and their widths [input, out₁, …, classes].
+    affine: Vec<usize>,
+    widths: Vec<usize>,
+    activation: Activation,
+}
+
+impl MlpTail {
+    fn of(model: &Model) -> Option<MlpTail> {
+        let layers = &model.layers;
+        let mut start = layers.len();
+        let mut activation = None;
+        // Walk back over Affine (Act Affine)*: an activation must sit between two affines.
+        while start > 0 {
+            match layers[start - 1] {
+                Layer::Affine { .. } => start -= 1,
+                Layer::Act(a)
+                    if start < layers.len() && matches!(layers[start], Layer::Affine { .. }) =>
+                {
+                    if start >= 2
+                        && matches!(layers[start - 2], Layer::Affine { .. })
+                        && activation.is_none_or(|x| x == a)
+                    {
+                        activation = Some(a);
+                        start -= 1;
+                    } else {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        // Two affines in a row cannot be split by the kernel's layer table; require alternation.
+        let tail = &layers[start..];
+        let alternates = tail
+            .iter()
+            .enumerate()
+            .all(|(k, l)| matches!(l, Layer::Affine { .. }) == (k % 2 == 0));
+        if tail.is_empty() || !alternates {
+            return None;
+        }
+        let affine: Vec<usize> = (start..layers.len()).step_by(2).collect();
+        let mut widths = vec![if start == 0 {
+            model.spec.input
+        } else {
+            model.sizes[start - 1]
+        }];
+        widths.extend(affine.iter().map(|&i| model.sizes[i]));
+        Some(MlpTail {
+            start,
+            affine,
+            widths,
+            activation: activation.unwrap_or(Activation::Relu),
+        })
+    }
+
+    fn max_width(&self) -> usize {
+        *self.widths[1..].iter().max().expect("at least one layer")
+    }
+
+    /// The kernel's dispatches (one per slice of the batch) and the buffers they keep alive.
+    fn dispatches(
+        &self,
+        ctx: &GpuContext,
+        model: &Model,
+        base: &Workspace,
+        n: usize,
+        chunk: usize,
+        bufs: &TailBuffers,
+    ) -> Result<(Vec<Dispatch>, Vec<GpuBuffer>)> {
+        let precision = model.precision;
+        let bytes = precision.bytes();
+        let widths = &self.widths;
+        let depth = self.affine.len();
+        // The unperturbed pre-activations and activations of every tail layer, side by side in
+        // one read-only buffer, and the layer table that locates them.
+        let mut table = Vec::new();
+        let mut offset = 0usize;
+        let mut sources = Vec::new();
+        for (l, &i) in self.affine.iter().enumerate() {
+            let Layer::Affine { w, b, .. } = model.layers[i] else {
+                unreachable!("tail layers alternate")
+            };
+            let pre_off = offset;
+            offset += n * widths[l + 1];
+            sources.push((&base.out[i], pre_off));
+            let act_off = if l + 1 < depth {
+                sources.push((&base.out[i + 1], offset));
+                offset += n * widths[l + 1];
+                offset - n * widths[l + 1]
+            } else {
+                0
+            };
+            let (w, b) = (&model.layout.tensors[w], &model.layout.tensors[b]);
+            table.extend(
+                [
+                    widths[l],
+                    widths[l + 1],
+                    w.offset,
+                    b.offset,
+                    pre_off,
+                    act_off,
+                ]
+                .map(|v| v as u32),
+            );
+        }
+        let concat = GpuBuffer::real(ctx, "base_activations", offset, precision);
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        for (src, at) in sources {
+            encoder.copy_buffer_to_buffer(
+                &src.buffer,
+                0,
+                &concat.buffer,
+                (at * bytes) as u64,
+                (src.len * bytes) as u64,
+            );
+        }
+        ctx.queue.submit([encoder.finish()]);
+        let input = if self.start == 0 {
+            &base.x
+        } else {
+            &base.out[self.start - 1]
+        };
+        let table = GpuBuffer::from_u32(ctx, "layer_table", &table);
+        let max_width = self.max_width();
+        let scratch = GpuBuffer::real(ctx, "scratch", chunk * 2 * max_width, precision);
+        let (g, width) = grid(chunk);
+        use Binding::*;
+        let k = Kernel::new(
+            ctx,
+            shaders::PERTURBED_MLP,
+            "perturbed_losses",
+            precision,
+            &[
+                Uniform, Read, Read, Read, Read, Read, Read, Read, Read, ReadWrite, ReadWrite,
+                ReadWrite,
+            ],
+            &[],
+        );
+        let slice = samples_per_dispatch(widths).ok_or_else(|| {
+            Error::InvalidArgument(
+                "this net's layers are too wide for the incremental kernel (one sample's update exceeds the 65,535 loop iterations lavapipe allows an invocation): use --strategy full".into(),
+            )
+        })?;
+        let dispatches = (0..n)
+            .step_by(slice)
+            .map(|begin| {
+                let params = [
+                    chunk as u32,
+                    depth as u32,
+                    n as u32,
+                    model.spec.output as u32,
+                    (2 * max_width) as u32,
+                    u32::from(self.activation == Activation::Relu),
+                    width,
+                    begin as u32,
+                    (begin + slice).min(n) as u32,
+                    0,
+                    0,
+                    0,
+                ];
+                let u = uniform(ctx, "perturbed_mlp", &params);
+                k.dispatch(
+                    ctx,
+                    &[
+                        &u,
+                        &table.buffer,
+                        &model.params.buffer,
+                        &input.buffer,
+                        &base.labels.buffer,
+                        &concat.buffer,
+                        &base.row_loss.buffer,
+                        &bufs.pert.buffer,
+                        &bufs.h.buffer,
+                        &bufs.out_loss.buffer,
+                        &bufs.out_flips.buffer,
+                        &scratch.buffer,
+                    ],
+                    g,
+                )
+            })
+            .collect();
+        Ok((dispatches, vec![concat, table, scratch]))
     }
 }
 
@@ -439,7 +621,7 @@ pub fn analytic_gradient(
     let stats = GpuBuffer::real(ctx, "stats", 8, model.precision);
     let state = GpuBuffer::zeroed(ctx, "state", 4, 4);
     let mut d: Vec<Dispatch> = rec.l2_penalty(&stats);
-    d.extend(rec.forward(&ws, &Copies::Single));
+    d.extend(rec.forward_with(&ws, &Copies::Single, Mode::Check, &state, 0));
     d.extend(rec.backward(&ws));
     d.push(rec.train_metrics(&ws, &stats, &state));
     kernel::run(ctx, &d)?;

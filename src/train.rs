@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::data::{Dataset, Mnist};
 use crate::error::{Error, Result};
 use crate::gpu::{kernel, Dispatch, GpuBuffer, GpuContext, Precision};
+use crate::nn::model::Mode;
 use crate::nn::{
     init_params, Copies, GpuDataset, Init, Kernels, Model, NetSpec, Recorder, Workspace,
 };
@@ -223,7 +224,9 @@ pub fn train(
         None => init_params(&config.spec, config.init, config.seed),
     };
     let kernels = Kernels::new(ctx, precision)?;
-    let model = Model::new(ctx, &config.spec, &params, precision)?;
+    let mut model = Model::new(ctx, &config.spec, &params, precision)?;
+    model.dropout_seed = config.seed as u32 ^ (config.seed >> 32) as u32;
+    let model = model;
     let rec = Recorder {
         ctx,
         kernels: &kernels,
@@ -239,7 +242,8 @@ pub fn train(
 
     let mut step = vec![train_set.gather(ctx, &kernels, &ws, &state, 1)];
     step.extend(rec.l2_penalty(&stats));
-    step.extend(rec.forward(&ws, &Copies::Single));
+    // Dropout draws a new mask each step from the GPU step counter (state word 0).
+    step.extend(rec.forward_with(&ws, &Copies::Single, Mode::Train, &state, 0));
     step.extend(rec.backward(&ws));
     step.push(rec.train_metrics(&ws, &stats, &state));
     step.extend(optimizer.dispatches().iter().cloned());

@@ -1,0 +1,228 @@
+//! Convolution, pooling, BatchNorm and dropout nets end to end: gradient checks in f64 (both
+//! strategies), training that learns, deterministic inference, and clear errors for bad specs.
+
+use wgrad::data::{self, Mnist};
+use wgrad::gpu::{AdapterOptions, GpuContext, Precision};
+use wgrad::gradcheck::{self, GradcheckConfig};
+use wgrad::nn::layers::parse_layers;
+use wgrad::nn::{init_params, Activation, Init, NetSpec};
+use wgrad::numgrad::{default_h, Strategy};
+use wgrad::optim::Optimizer;
+use wgrad::train::{self, TrainConfig};
+
+fn ctx() -> GpuContext {
+    GpuContext::new(&AdapterOptions::default()).expect("a GPU adapter (lavapipe in CI)")
+}
+
+fn cropped(size: usize) -> Mnist {
+    let m = data::bundled().unwrap();
+    Mnist {
+        train: m.train.center_crop(size).unwrap(),
+        test: m.test.center_crop(size).unwrap(),
+    }
+}
+
+fn config(strategy: Strategy) -> GradcheckConfig {
+    GradcheckConfig {
+        precision: Precision::F64,
+        h: default_h(Precision::F64),
+        strategy,
+        tensors: Vec::new(),
+        directions: 2,
+        seed: 3,
+        chunk: None,
+        analytic_fault: None,
+    }
+}
+
+/// Parameters a few SGD steps into training, so biases leave ReLU's kink at exactly 0.
+fn trained(ctx: &GpuContext, spec: &NetSpec, data: &Mnist, steps: usize) -> Vec<f64> {
+    let cfg = TrainConfig {
+        spec: spec.clone(),
+        init: Init::He,
+        optimizer: Optimizer::from_name("momentum", Some(0.05)).unwrap(),
+        epochs: 1000,
+        max_steps: Some(steps),
+        batch_size: 20,
+        ..Default::default()
+    };
+    train::train(ctx, data, &cfg, None).unwrap().params
+}
+
+fn check_both_strategies(ctx: &GpuContext, spec: &NetSpec, params: &[f64], data: &Mnist, n: usize) {
+    let (x, t) = gradcheck::first_batch(&data.train, n).unwrap();
+    let inc = gradcheck::check(ctx, spec, params, &x, &t, &config(Strategy::Incremental)).unwrap();
+    let full = gradcheck::check(ctx, spec, params, &x, &t, &config(Strategy::Full)).unwrap();
+    for r in [&inc, &full] {
+        assert!(
+            r.passed,
+            "{}: {:?} {:?}",
+            r.strategy, r.tensors, r.directions
+        );
+        for t in &r.tensors {
+            assert!(
+                t.numel > t.kink_crossings,
+                "{}: every element on a kink checks nothing",
+                t.name
+            );
+        }
+    }
+    let diff = inc
+        .numeric
+        .iter()
+        .zip(&full.numeric)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-9, "strategies differ by {diff}");
+}
+
+#[test]
+fn conv_pool_nets_pass_gradcheck_in_f64() {
+    let ctx = ctx();
+    let data = cropped(10);
+    for layers in [
+        "conv10x3,relu,maxpool2,affine10,relu,affine10",
+        "conv4x3s2p1,sigmoid,avgpool2,affine10",
+        "conv3x5p2,relu,maxpool3s2,conv2x2,relu,affine7,sigmoid,affine10",
+    ] {
+        let spec = NetSpec::sequential([1, 10, 10], parse_layers(layers).unwrap()).unwrap();
+        let params = trained(&ctx, &spec, &data, 30);
+        check_both_strategies(&ctx, &spec, &params, &data, 3);
+    }
+}
+
+#[test]
+fn batchnorm_and_dropout_nets_pass_gradcheck_in_f64() {
+    let ctx = ctx();
+    let data = cropped(8);
+    let mut mlp = NetSpec::mlp(64, &[12, 9], 10, Activation::Relu);
+    mlp.batchnorm = true;
+    mlp.dropout = 0.3;
+    mlp.image = Some([1, 8, 8]);
+    let conv = NetSpec::sequential(
+        [1, 8, 8],
+        parse_layers("conv4x3,bn,relu,maxpool2,affine10,bn,sigmoid,dropout0.2,affine10").unwrap(),
+    )
+    .unwrap();
+    for spec in [mlp, conv] {
+        let params = trained(&ctx, &spec, &data, 30);
+        check_both_strategies(&ctx, &spec, &params, &data, 5);
+    }
+}
+
+#[test]
+fn simple_conv_gradcheck_on_mnist_batch_3_passes() {
+    // The book's SimpleConvNet on full 28×28 MNIST (433,890 parameters): the dense head goes
+    // through the incremental MLP kernel, the convolution recomputes from its layer up.
+    let ctx = ctx();
+    let mnist = data::bundled().unwrap();
+    let spec = NetSpec::sequential(
+        [1, 28, 28],
+        parse_layers(wgrad::nn::layers::SIMPLE_CONV).unwrap(),
+    )
+    .unwrap();
+    let params = init_params(&spec, Init::Std(0.01), 0);
+    let (x, t) = gradcheck::first_batch(&mnist.train, 3).unwrap();
+    let mut cfg = config(Strategy::Incremental);
+    cfg.directions = 0;
+    let r = gradcheck::check(&ctx, &spec, &params, &x, &t, &cfg).unwrap();
+    assert!(r.passed, "{:?}", r.tensors);
+    assert_eq!(r.perturbed_losses, 2 * 433_890);
+}
+
+#[test]
+fn a_short_convnet_run_learns_and_repeats_exactly() {
+    let ctx = ctx();
+    let mnist = data::bundled().unwrap();
+    let small = Mnist {
+        train: mnist.train.take(2000),
+        test: mnist.test.take(500),
+    };
+    let spec = NetSpec::sequential(
+        [1, 28, 28],
+        parse_layers("conv6x5s2,relu,maxpool2,affine10").unwrap(),
+    )
+    .unwrap();
+    let cfg = TrainConfig {
+        spec,
+        init: Init::He,
+        optimizer: Optimizer::from_name("adam", None).unwrap(),
+        epochs: 3,
+        batch_size: 20,
+        ..Default::default()
+    };
+    let a = train::train(&ctx, &small, &cfg, None).unwrap();
+    assert!(a.test_accuracy > 0.8, "test accuracy {}", a.test_accuracy);
+    let b = train::train(&ctx, &small, &cfg, None).unwrap();
+    assert_eq!(
+        a.params, b.params,
+        "same seed, same adapter: same parameters"
+    );
+}
+
+#[test]
+fn batchnorm_and_dropout_nets_train_and_infer_deterministically() {
+    let ctx = ctx();
+    let mnist = data::bundled().unwrap();
+    let small = Mnist {
+        train: mnist.train.take(2000),
+        test: mnist.test.take(500),
+    };
+    let mut spec = NetSpec::mlp(784, &[64, 32], 10, Activation::Relu);
+    spec.batchnorm = true;
+    spec.dropout = 0.2;
+    let cfg = TrainConfig {
+        spec: spec.clone(),
+        init: Init::He,
+        optimizer: Optimizer::from_name("adam", None).unwrap(),
+        epochs: 2,
+        batch_size: 50,
+        ..Default::default()
+    };
+    let a = train::train(&ctx, &small, &cfg, None).unwrap();
+    assert!(a.test_accuracy > 0.8, "test accuracy {}", a.test_accuracy);
+    let b = train::train(&ctx, &small, &cfg, None).unwrap();
+    assert_eq!(a.params, b.params);
+    assert_eq!(a.test_accuracy, b.test_accuracy);
+    // Evaluation is inference mode: the same numbers every time (no dropout, fixed statistics).
+    let again = (0..2)
+        .map(|_| {
+            train::evaluate(&ctx, &spec, &a.params, &small.test, Precision::F32)
+                .unwrap()
+                .loss
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(again[0], again[1]);
+    // A different seed draws different dropout masks, so training takes another path.
+    let other = train::train(&ctx, &small, &TrainConfig { seed: 7, ..cfg }, None).unwrap();
+    assert_ne!(a.params, other.params);
+}
+
+#[test]
+fn bad_specs_get_clear_errors() {
+    let err = |layers: &str, image: [usize; 3]| -> String {
+        match parse_layers(layers) {
+            Err(e) => e.to_string(),
+            Ok(l) => NetSpec::sequential(image, l)
+                .map(|_| String::new())
+                .unwrap_or_else(|e| e.to_string()),
+        }
+    };
+    assert!(err("conv8x3,relu,lstm,affine10", [1, 28, 28]).contains("unknown layer"));
+    assert!(err("conv8x30,affine10", [1, 28, 28]).contains("larger than its 28×28 input"));
+    assert!(err(
+        "maxpool2,maxpool2,maxpool2,maxpool2,maxpool2,affine10",
+        [1, 28, 28]
+    )
+    .contains("window is larger"));
+    assert!(err("affine100,dropout1.0,affine10", [1, 28, 28]).contains("[0, 1)"));
+    assert!(err("affine100,dropout-0.1,affine10", [1, 28, 28]).contains("[0, 1)"));
+    assert!(err("conv8x3,relu", [1, 28, 28]).contains("end with an affine layer"));
+    let mut mlp = NetSpec::mlp(784, &[10], 10, Activation::Relu);
+    mlp.dropout = 1.0;
+    assert!(mlp
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("--dropout"));
+}
