@@ -135,6 +135,18 @@ pub fn save(
     params: &[f64],
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
+    save_with_state(path, layout, params, &[], metadata)
+}
+
+/// [`save`], plus named state tensors that are not parameters (BatchNorm's running statistics),
+/// held to the same finiteness check.
+pub fn save_with_state(
+    path: &Path,
+    layout: &ParamLayout,
+    params: &[f64],
+    state: &[(String, Vec<usize>, Vec<f64>)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     if params.len() != layout.total {
         return Err(checkpoint_error(
             path,
@@ -145,9 +157,20 @@ pub fn save(
             ),
         ));
     }
-    let mut tensors = Vec::with_capacity(layout.tensors.len());
-    for t in &layout.tensors {
-        let values = &params[t.offset..t.offset + t.numel];
+    let mut tensors = Vec::with_capacity(layout.tensors.len() + state.len());
+    let named = layout
+        .tensors
+        .iter()
+        .map(|t| (&t.name, &t.shape, &params[t.offset..t.offset + t.numel]))
+        .chain(state.iter().map(|(n, s, v)| (n, s, v.as_slice())));
+    for (name, shape, values) in named {
+        let t = crate::nn::TensorInfo {
+            name: name.clone(),
+            shape: shape.clone(),
+            offset: 0,
+            numel: values.len(),
+            fan_in: 0,
+        };
         // Checked after narrowing so that finite f64 values beyond f32's range are caught too.
         let narrowed: Vec<f32> = values.iter().map(|&v| v as f32).collect();
         if let Some(i) = narrowed.iter().position(|v| !v.is_finite()) {
@@ -296,6 +319,36 @@ pub fn load(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> {
         }
     }
     Ok(Checkpoint { params, metadata })
+}
+
+/// One tensor by name, if the file has it with that shape (for optional state such as
+/// BatchNorm's running statistics); a tensor of another shape is an error.
+pub fn load_optional(path: &Path, name: &str, shape: &[usize]) -> Result<Option<Vec<f64>>> {
+    let bytes = read_file(path)?;
+    let (file, _) = parse(path, &bytes)?;
+    let Ok(view) = file.tensor(name) else {
+        return Ok(None);
+    };
+    if view.shape() != shape {
+        return Err(checkpoint_error(
+            path,
+            shape_mismatch(name, view.shape(), shape),
+        ));
+    }
+    let mut out = vec![0.0; shape.iter().product()];
+    decode(view.dtype(), view.data(), &mut out).map_err(|dtype| {
+        checkpoint_error(
+            path,
+            format!("tensor {name} has dtype {dtype}; only F32, F64, F16 and BF16 can be loaded"),
+        )
+    })?;
+    if out.iter().any(|v| !v.is_finite()) {
+        return Err(checkpoint_error(
+            path,
+            format!("tensor {name} holds non-finite values"),
+        ));
+    }
+    Ok(Some(out))
 }
 
 /// The header metadata alone, e.g. to show how a checkpoint was trained before building its net.

@@ -88,9 +88,10 @@ struct NetArgs {
 struct TrainArgs {
     #[command(flatten)]
     net: NetArgs,
-    /// sgd, momentum, nesterov, adagrad, rmsprop, adam or adamw (PyTorch's update rules).
-    #[arg(long, default_value = "momentum")]
-    optimizer: String,
+    /// sgd, momentum, nesterov, adagrad, rmsprop, adam or adamw (PyTorch's update rules)
+    /// [default: momentum for mlp, adam for convnets].
+    #[arg(long)]
+    optimizer: Option<String>,
     /// Learning rate (default: 0.1 for the bare run's momentum SGD, else PyTorch's default).
     #[arg(long, allow_hyphen_values = true)]
     lr: Option<f64>,
@@ -128,8 +129,9 @@ struct TrainArgs {
     /// AdamW the decoupled decay, default 0.01).
     #[arg(long, allow_hyphen_values = true)]
     optim_weight_decay: Option<f64>,
-    #[arg(long, default_value_t = 20)]
-    epochs: usize,
+    /// Epochs [default: 20 for mlp, 10 for convnets].
+    #[arg(long)]
+    epochs: Option<usize>,
     #[arg(long, default_value_t = 100)]
     batch_size: usize,
     /// f32 (default) or f64 (needs SHADER_F64).
@@ -370,6 +372,29 @@ impl NetArgs {
         Ok(ctx)
     }
 
+    /// BatchNorm running statistics stored beside the parameters in `--init-from`, if any.
+    fn initial_state(&self, spec: &NetSpec) -> Result<Vec<(String, Vec<usize>, Vec<f64>)>> {
+        let Some(path) = &self.init_from else {
+            return Ok(Vec::new());
+        };
+        let (layers, layout) = spec.resolve()?;
+        let mut out = Vec::new();
+        for layer in &layers {
+            if let wgrad::nn::Layer::BatchNorm { c, gamma, .. } = *layer {
+                let k = layout.tensors[gamma]
+                    .name
+                    .trim_start_matches("gamma")
+                    .to_string();
+                for name in [format!("running_mean{k}"), format!("running_var{k}")] {
+                    if let Some(v) = checkpoint::load_optional(path, &name, &[c])? {
+                        out.push((name, vec![c], v));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn initial_params(&self, spec: &NetSpec) -> Result<Option<Vec<f64>>> {
         self.init_from
             .as_ref()
@@ -379,12 +404,31 @@ impl NetArgs {
 }
 
 impl TrainArgs {
+    /// The bare run's recipes: momentum SGD (lr 0.1) for MLPs, Adam (lr 1e-3) for convnets,
+    /// as the PyTorch anchors that wgrad is measured against train them.
+    fn is_convnet(&self) -> bool {
+        self.net.layers.is_some() || self.net.model != "mlp"
+    }
+
+    fn epochs(&self) -> usize {
+        self.epochs
+            .unwrap_or(if self.is_convnet() { 10 } else { 20 })
+    }
+
     fn optimizer(&self) -> Result<Optimizer> {
-        let default_lr = match self.optimizer.as_str() {
+        let name = self.optimizer.clone().unwrap_or_else(|| {
+            if self.is_convnet() {
+                "adam"
+            } else {
+                "momentum"
+            }
+            .to_string()
+        });
+        let default_lr = match name.as_str() {
             "momentum" => Some(0.1),
             _ => None,
         };
-        let mut opt = Optimizer::from_name(&self.optimizer, self.lr.or(default_lr))?;
+        let mut opt = Optimizer::from_name(&name, self.lr.or(default_lr))?;
         let set = |slot: &mut f64, v: Option<f64>| {
             if let Some(v) = v {
                 *slot = v;
@@ -466,15 +510,17 @@ fn run_train(args: TrainArgs) -> Result<ExitCode> {
     let mnist = args.net.load_data()?;
     let spec = args.net.spec(&mnist.train, &TRAIN_NET)?;
     let initial_params = args.net.initial_params(&spec)?;
+    let initial_state = args.net.initial_state(&spec)?;
     let config = train::TrainConfig {
         spec: spec.clone(),
         init,
         optimizer,
-        epochs: args.epochs,
+        epochs: args.epochs(),
         batch_size: args.batch_size,
         seed: args.net.seed,
         precision,
         initial_params,
+        initial_state,
         steps_per_submit: args.steps_per_submit,
         verbose: true,
         ..Default::default()
@@ -498,7 +544,7 @@ fn run_train(args: TrainArgs) -> Result<ExitCode> {
             "test_accuracy".into(),
             format!("{:.6}", report.test_accuracy),
         );
-        checkpoint::save(path, &spec.layout(), &report.params, &meta)?;
+        checkpoint::save_with_state(path, &spec.layout(), &report.params, &report.state, &meta)?;
         eprintln!("wgrad: saved {}", path.display());
     }
     if args.json {

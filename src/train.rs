@@ -29,6 +29,8 @@ pub struct TrainConfig {
     pub precision: Precision,
     /// Start from these parameters (e.g. a checkpoint) instead of drawing them from `init`.
     pub initial_params: Option<Vec<f64>>,
+    /// BatchNorm running statistics to start from (e.g. from a checkpoint).
+    pub initial_state: Vec<(String, Vec<usize>, Vec<f64>)>,
     /// Rows per evaluation batch.
     pub eval_batch: usize,
     /// Training steps recorded per submit; the host looks at the GPU only between submits.
@@ -52,6 +54,7 @@ impl Default for TrainConfig {
             seed: 42,
             precision: Precision::F32,
             initial_params: None,
+            initial_state: Vec::new(),
             eval_batch: 1000,
             steps_per_submit: 40,
             max_steps: None,
@@ -136,6 +139,9 @@ pub struct TrainReport {
     pub history: Vec<EpochReport>,
     #[serde(skip)]
     pub params: Vec<f64>,
+    /// BatchNorm running statistics (name, shape, values).
+    #[serde(skip)]
+    pub state: Vec<(String, Vec<usize>, Vec<f64>)>,
 }
 
 /// Accuracy and mean loss of `params` on a data set.
@@ -226,6 +232,7 @@ pub fn train(
     let kernels = Kernels::new(ctx, precision)?;
     let mut model = Model::new(ctx, &config.spec, &params, precision)?;
     model.dropout_seed = config.seed as u32 ^ (config.seed >> 32) as u32;
+    model.write_state(ctx, &config.initial_state);
     let model = model;
     let rec = Recorder {
         ctx,
@@ -326,6 +333,7 @@ pub fn train(
     }
     bar.finish_and_clear();
     let params = model.read_params(ctx)?;
+    let state = model.read_state(ctx)?;
     let last = history.last().expect("at least one epoch");
     Ok(TrainReport {
         test_accuracy: last.test_accuracy,
@@ -339,6 +347,7 @@ pub fn train(
         samples_per_second: (total_steps as f64 * config.batch_size as f64) / train_seconds,
         history,
         params,
+        state,
     })
 }
 
@@ -350,8 +359,21 @@ pub fn evaluate(
     data: &Dataset,
     precision: Precision,
 ) -> Result<Evaluation> {
+    evaluate_with_state(ctx, spec, params, &[], data, precision)
+}
+
+/// [`evaluate`] with BatchNorm running statistics (from [`TrainReport::state`] or a checkpoint).
+pub fn evaluate_with_state(
+    ctx: &GpuContext,
+    spec: &NetSpec,
+    params: &[f64],
+    state: &[(String, Vec<usize>, Vec<f64>)],
+    data: &Dataset,
+    precision: Precision,
+) -> Result<Evaluation> {
     let kernels = Kernels::new(ctx, precision)?;
     let model = Model::new(ctx, spec, params, precision)?;
+    model.write_state(ctx, state);
     let rec = Recorder {
         ctx,
         kernels: &kernels,

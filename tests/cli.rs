@@ -710,3 +710,55 @@ fn same_seed_gives_identical_results() {
     let other = train_json(&["--hidden", "16", "--epochs", "1", "--seed", "8"]);
     assert_ne!(first["final_loss"], other["final_loss"], "the seed is used");
 }
+
+#[test]
+fn bad_layer_specs_fail_before_the_gpu_opens() {
+    train_fails_before_gpu(
+        &["--layers", "conv8x3,relu,lstm8,affine10"],
+        &["unknown layer", "lstm8"],
+    );
+    train_fails_before_gpu(
+        &["--layers", "conv8x40,affine10"],
+        &["larger than its 28×28 input"],
+    );
+    train_fails_before_gpu(&["--layers", "affine100,dropout1.5,affine10"], &["[0, 1)"]);
+    train_fails_before_gpu(
+        &["--layers", "conv8x3,relu,maxpool2,affine7"],
+        &["10 classes", "affine10"],
+    );
+    train_fails_before_gpu(
+        &["--model", "resnet"],
+        &["unknown model 'resnet'", "simple-conv"],
+    );
+    train_fails_before_gpu(&["--model", "simple-conv", "--hidden", "50"], &["--hidden"]);
+    train_fails_before_gpu(&["--dropout", "1"], &["dropout", "[0, 1)"]);
+}
+
+#[test]
+fn batchnorm_checkpoint_keeps_its_running_statistics() {
+    let out = TempDir::new().unwrap();
+    let save = out.path().join("bn.safetensors");
+    let args = [
+        "--hidden",
+        "16",
+        "--batchnorm",
+        "--dropout",
+        "0.1",
+        "--epochs",
+        "1",
+    ];
+    let mut first: Vec<&str> = args.to_vec();
+    first.extend(["--save", path_str(&save)]);
+    train_json(&first);
+    let var = wgrad::checkpoint::load_optional(&save, "running_var1", &[16])
+        .unwrap()
+        .expect("running_var1 is saved");
+    assert!(
+        var.iter().all(|v| v.is_finite() && *v > 0.0) && var.iter().any(|v| *v != 1.0),
+        "{var:?}"
+    );
+    let mut resumed: Vec<&str> = args.to_vec();
+    resumed.extend(["--init-from", path_str(&save)]);
+    let run = train_json(&resumed);
+    assert!(number(&run, "test_accuracy") > 0.5);
+}

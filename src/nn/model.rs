@@ -320,6 +320,47 @@ impl Model {
         self.spec.weight_decay != 0.0
     }
 
+    /// Names and shapes of BatchNorm's running statistics, in layer order: running_meanK and
+    /// running_varK beside gammaK and betaK.
+    pub fn state_names(&self) -> Vec<(String, String, usize)> {
+        self.layers
+            .iter()
+            .filter_map(|l| match *l {
+                Layer::BatchNorm { c, gamma, .. } => {
+                    let k = self.layout.tensors[gamma]
+                        .name
+                        .trim_start_matches("gamma")
+                        .to_string();
+                    Some((format!("running_mean{k}"), format!("running_var{k}"), c))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// BatchNorm's running statistics as (name, shape, values) tensors, for checkpoints.
+    pub fn read_state(&self, ctx: &GpuContext) -> Result<Vec<(String, Vec<usize>, Vec<f64>)>> {
+        let mut out = Vec::new();
+        for ((mean, var, c), buf) in self.state_names().into_iter().zip(&self.running) {
+            let v = buf.read_real(ctx, self.precision)?;
+            out.push((mean, vec![c], v.iter().step_by(2).copied().collect()));
+            out.push((var, vec![c], v.iter().skip(1).step_by(2).copied().collect()));
+        }
+        Ok(out)
+    }
+
+    /// Sets BatchNorm's running statistics from (name, values) tensors; names not given keep
+    /// their current values.
+    pub fn write_state(&self, ctx: &GpuContext, state: &[(String, Vec<usize>, Vec<f64>)]) {
+        let find = |name: &str| state.iter().find(|t| t.0 == name).map(|t| &t.2);
+        for ((mean, var, c), buf) in self.state_names().into_iter().zip(&self.running) {
+            if let (Some(m), Some(v)) = (find(&mean), find(&var)) {
+                let interleaved: Vec<f64> = (0..c).flat_map(|i| [m[i], v[i]]).collect();
+                buf.write_real(ctx, 0, &interleaved, self.precision);
+            }
+        }
+    }
+
     /// Index of the first layer whose parameters include flat index `i` (None: no layer).
     pub fn layer_of_param(&self, i: usize) -> Option<usize> {
         let (t, _) = self.layout.locate(i)?;
