@@ -138,13 +138,16 @@ pub fn save(
     save_with_state(path, layout, params, &[], metadata)
 }
 
+/// A tensor by name: (name, shape, values).
+pub type NamedTensor = (String, Vec<usize>, Vec<f64>);
+
 /// [`save`], plus named state tensors that are not parameters (BatchNorm's running statistics),
 /// held to the same finiteness check.
 pub fn save_with_state(
     path: &Path,
     layout: &ParamLayout,
     params: &[f64],
-    state: &[(String, Vec<usize>, Vec<f64>)],
+    state: &[NamedTensor],
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
     if params.len() != layout.total {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use wgrad::checkpoint::NamedTensor;
 use wgrad::gpu::{list_adapters, AdapterOptions, GpuContext, Precision};
 use wgrad::nn::{Activation, Init, NetSpec};
 use wgrad::numgrad::{self, Strategy};
@@ -373,7 +374,7 @@ impl NetArgs {
     }
 
     /// BatchNorm running statistics stored beside the parameters in `--init-from`, if any.
-    fn initial_state(&self, spec: &NetSpec) -> Result<Vec<(String, Vec<usize>, Vec<f64>)>> {
+    fn initial_state(&self, spec: &NetSpec) -> Result<Vec<NamedTensor>> {
         let Some(path) = &self.init_from else {
             return Ok(Vec::new());
         };

@@ -8,6 +8,7 @@ use std::time::Instant;
 use rand::SeedableRng;
 use serde::Serialize;
 
+use crate::checkpoint::NamedTensor;
 use crate::data::{Dataset, Mnist};
 use crate::error::{Error, Result};
 use crate::gpu::{kernel, Dispatch, GpuBuffer, GpuContext, Precision};
@@ -30,7 +31,7 @@ pub struct TrainConfig {
     /// Start from these parameters (e.g. a checkpoint) instead of drawing them from `init`.
     pub initial_params: Option<Vec<f64>>,
     /// BatchNorm running statistics to start from (e.g. from a checkpoint).
-    pub initial_state: Vec<(String, Vec<usize>, Vec<f64>)>,
+    pub initial_state: Vec<NamedTensor>,
     /// Rows per evaluation batch.
     pub eval_batch: usize,
     /// Training steps recorded per submit; the host looks at the GPU only between submits.
@@ -141,7 +142,7 @@ pub struct TrainReport {
     pub params: Vec<f64>,
     /// BatchNorm running statistics (name, shape, values).
     #[serde(skip)]
-    pub state: Vec<(String, Vec<usize>, Vec<f64>)>,
+    pub state: Vec<NamedTensor>,
 }
 
 /// Accuracy and mean loss of `params` on a data set.
@@ -367,7 +368,7 @@ pub fn evaluate_with_state(
     ctx: &GpuContext,
     spec: &NetSpec,
     params: &[f64],
-    state: &[(String, Vec<usize>, Vec<f64>)],
+    state: &[NamedTensor],
     data: &Dataset,
     precision: Precision,
 ) -> Result<Evaluation> {

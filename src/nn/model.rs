@@ -7,6 +7,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::checkpoint::NamedTensor;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::uniform;
 use crate::gpu::kernel::{self, grid, shaders, Binding};
@@ -339,7 +340,7 @@ impl Model {
     }
 
     /// BatchNorm's running statistics as (name, shape, values) tensors, for checkpoints.
-    pub fn read_state(&self, ctx: &GpuContext) -> Result<Vec<(String, Vec<usize>, Vec<f64>)>> {
+    pub fn read_state(&self, ctx: &GpuContext) -> Result<Vec<NamedTensor>> {
         let mut out = Vec::new();
         for ((mean, var, c), buf) in self.state_names().into_iter().zip(&self.running) {
             let v = buf.read_real(ctx, self.precision)?;
@@ -351,7 +352,7 @@ impl Model {
 
     /// Sets BatchNorm's running statistics from (name, values) tensors; names not given keep
     /// their current values.
-    pub fn write_state(&self, ctx: &GpuContext, state: &[(String, Vec<usize>, Vec<f64>)]) {
+    pub fn write_state(&self, ctx: &GpuContext, state: &[NamedTensor]) {
         let find = |name: &str| state.iter().find(|t| t.0 == name).map(|t| &t.2);
         for ((mean, var, c), buf) in self.state_names().into_iter().zip(&self.running) {
             if let (Some(m), Some(v)) = (find(&mean), find(&var)) {
