@@ -19,6 +19,11 @@ struct Params {
     x_copy_stride: u32, // elements between the inputs of two copies; 0 when all share one input
     w_off: u32, b_off: u32,
     row_width: u32,     // invocations per grid row (x workgroups · 64)
+    // conv_backward_params sums samples [n_begin, n_end) only, adding to what earlier
+    // dispatches wrote when n_begin > 0: lavapipe stops an invocation after 65,535 loop
+    // iterations, so a large N·OH·OW is split over several dispatches.
+    n_begin: u32, n_end: u32,
+    _pad0: u32, _pad1: u32,
 }
 
 // Set when built for the perturbed-loss engine: pert[2p] is copy p's flat parameter index,
@@ -140,8 +145,8 @@ fn conv_backward_input(@builtin(global_invocation_id) gid: vec3<u32>) {
 // dW[f, c, ky, kx] = Σ_{n, oy, ox} dy[n, f, oy, ox] · x[n, c, oy·s − pad + ky, ox·s − pad + kx]
 // db[f]            = Σ_{n, oy, ox} dy[n, f, oy, ox]
 //   dy: [N, F, OH, OW], x: [N, C, H, W] -> grads[w_off..]: [F, C, KH, KW], grads[b_off..]: [F]
-// Invocations 0 .. F·C·KH·KW own one weight each, the F after them one bias each. Written with
-// =, so the arena needs no clearing first.
+// Invocations 0 .. F·C·KH·KW own one weight each, the F after them one bias each. The dispatch
+// with n_begin = 0 writes with =, so the arena needs no clearing first; later ones add.
 @compute @workgroup_size(64)
 fn conv_backward_params(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = index(gid);
@@ -153,11 +158,14 @@ fn conv_backward_params(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (i >= w_size) {
         let f = i - w_size;
         var s = real(0.0);
-        for (var n = 0u; n < P.n; n++) {
+        for (var n = P.n_begin; n < P.n_end; n++) {
             let base = (n * P.f + f) * plane;
             for (var j = 0u; j < plane; j++) {
                 s += dy[base + j];
             }
+        }
+        if (P.n_begin > 0u) {
+            s += grads[P.b_off + f];
         }
         grads[P.b_off + f] = s;
         return;
@@ -168,7 +176,7 @@ fn conv_backward_params(@builtin(global_invocation_id) gid: vec3<u32>) {
     let f = i / (P.kw * P.kh * P.c);
 
     var acc = real(0.0);
-    for (var n = 0u; n < P.n; n++) {
+    for (var n = P.n_begin; n < P.n_end; n++) {
         let dy_base = (n * P.f + f) * plane;
         let x_base = (n * P.c + c) * P.h * P.w;
         for (var oy = 0u; oy < P.oh; oy++) {
@@ -184,6 +192,9 @@ fn conv_backward_params(@builtin(global_invocation_id) gid: vec3<u32>) {
                 acc += dy[dy_base + oy * P.ow + ox] * x_saved[x_base + iy * P.w + ix];
             }
         }
+    }
+    if (P.n_begin > 0u) {
+        acc += grads[P.w_off + i];
     }
     grads[P.w_off + i] = acc;
 }

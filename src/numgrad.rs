@@ -125,6 +125,7 @@ impl<'a> PerturbedLossEngine<'a> {
         }
         let precision = model.precision;
         let n = labels.len();
+        crate::nn::model::check_batch(&model.layers, n)?;
         let rec = Recorder {
             ctx,
             kernels,

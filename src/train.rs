@@ -85,6 +85,8 @@ impl TrainConfig {
                 "eval batch and steps per submit must be positive".into(),
             ));
         }
+        let (layers, _) = self.spec.resolve()?;
+        crate::nn::model::check_batch(&layers, self.batch_size)?;
         if train.image_size() != self.spec.input {
             return Err(Error::InvalidArgument(format!(
                 "the images have {}×{} = {} pixels but the net's input size is {}: use data of the net's size, or a net whose first layer takes {} inputs",

@@ -226,3 +226,23 @@ fn bad_specs_get_clear_errors() {
         .to_string()
         .contains("--dropout"));
 }
+
+#[test]
+fn conv_weight_gradient_is_right_past_65535_products_per_weight() {
+    // 26·26 outputs per sample and 200 samples: each weight's gradient sums 135,200 products,
+    // more than one lavapipe invocation may loop over, so the batch is split across dispatches.
+    let ctx = ctx();
+    let mnist = data::bundled().unwrap();
+    let spec = NetSpec::sequential(
+        [1, 28, 28],
+        parse_layers("conv2x3,sigmoid,affine10").unwrap(),
+    )
+    .unwrap();
+    let params = init_params(&spec, Init::Xavier, 5);
+    let (x, t) = gradcheck::first_batch(&mnist.train, 200).unwrap();
+    let mut cfg = config(Strategy::Incremental);
+    cfg.tensors = vec!["W1".into(), "b1".into()];
+    cfg.directions = 0;
+    let r = gradcheck::check(&ctx, &spec, &params, &x, &t, &cfg).unwrap();
+    assert!(r.passed, "{:?}", r.tensors);
+}

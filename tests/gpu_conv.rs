@@ -42,6 +42,10 @@ struct ConvParams {
     w_off: u32,
     b_off: u32,
     row_width: u32,
+    n_begin: u32,
+    n_end: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 #[repr(C)]
@@ -230,6 +234,10 @@ impl Conv {
             w_off: arena.w_off as u32,
             b_off: arena.b_off as u32,
             row_width,
+            n_begin: 0,
+            n_end: self.n as u32,
+            _pad0: 0,
+            _pad1: 0,
         }
     }
 }

@@ -230,6 +230,27 @@ pub const MAX_WIDTH: usize = 65_535;
 /// the backward matmul and column sums loop over the rows.
 pub const MAX_ROWS: usize = 32_768;
 
+/// Checks that a batch of `rows` fits every kernel's loops on lavapipe (65,535 iterations per
+/// invocation): BatchNorm's statistics give each of 64 lanes N·S/64 values of a channel.
+pub fn check_batch(layers: &[Layer], rows: usize) -> Result<()> {
+    if rows > MAX_ROWS {
+        return Err(Error::InvalidArgument(format!(
+            "a batch of {rows} rows is above the {MAX_ROWS} wgrad supports: use a smaller batch"
+        )));
+    }
+    for layer in layers {
+        if let Layer::BatchNorm { s, .. } = *layer {
+            let max = 64 * 60_000 / s;
+            if rows > max {
+                return Err(Error::InvalidArgument(format!(
+                    "a batch of {rows} rows is too large for BatchNorm over {s} positions per channel (at most {max}): use a smaller batch"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// PyTorch's BatchNorm defaults.
 pub const BATCHNORM_EPS: f64 = 1e-5;
 pub const BATCHNORM_MOMENTUM: f64 = 0.1;
@@ -682,6 +703,10 @@ impl Recorder<'_> {
                         m.layout.tensors[wt].offset,
                         m.layout.tensors[b].offset,
                         width as usize,
+                        0,
+                        n,
+                        0,
+                        0,
                     ]
                     .map(|v| v as u32);
                     let u = uniform(self.ctx, "conv", &params);
@@ -979,24 +1004,34 @@ impl Recorder<'_> {
                     b,
                 } => {
                     let offsets = (m.layout.tensors[wt].offset, m.layout.tensors[b].offset);
-                    let params = |count: usize| {
+                    let params = |count: usize, begin: usize, end: usize| {
                         let width = grid(count).1 as usize;
                         [
                             n, c, h, w, f, ks, ks, stride, pad, oh, ow, 1, 0, offsets.0, offsets.1,
-                            width,
+                            width, begin, end, 0, 0,
                         ]
                         .map(|v| v as u32)
                     };
+                    // Each weight's invocation loops over N·OH·OW products: split the batch so
+                    // no invocation passes lavapipe's 65,535-iteration limit.
                     let count = f * c * ks * ks + f;
-                    let u = uniform(self.ctx, "conv_grad", &params(count));
-                    out.push(k.conv_backward_params.dispatch(
-                        self.ctx,
-                        &[&u, dy, &input.buffer, grads],
-                        grid(count).0,
-                    ));
+                    let per_sample = oh * ow + oh + 1;
+                    let slice = (30_000 / per_sample).max(1);
+                    for begin in (0..n).step_by(slice) {
+                        let u = uniform(
+                            self.ctx,
+                            "conv_grad",
+                            &params(count, begin, (begin + slice).min(n)),
+                        );
+                        out.push(k.conv_backward_params.dispatch(
+                            self.ctx,
+                            &[&u, dy, &input.buffer, grads],
+                            grid(count).0,
+                        ));
+                    }
                     if let Some(dx) = dx {
                         let count = n * in_size;
-                        let u = uniform(self.ctx, "conv_dx", &params(count));
+                        let u = uniform(self.ctx, "conv_dx", &params(count, 0, n));
                         out.push(k.conv_backward_input.dispatch(
                             self.ctx,
                             &[&u, dy, p, dx],
