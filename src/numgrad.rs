@@ -192,18 +192,24 @@ impl<'a> PerturbedLossEngine<'a> {
                     routes.push((chunk, Vec::new()));
                     continue;
                 }
-                let from = match (strategy, layer) {
-                    (Strategy::Full, _) => 0,
-                    // BatchNorm reads a per-copy input: recompute from the layer before it
-                    // (an unperturbed affine or convolution reads the shared one).
-                    (_, Layer::BatchNorm { .. }) => {
-                        match start.checked_sub(1).map(|i| &model.layers[i]) {
-                            Some(Layer::Affine { .. } | Layer::Conv { .. }) => start - 1,
-                            _ => 0,
-                        }
-                    }
-                    _ => start,
-                };
+                // Only affine and convolution layers read an input shared by all copies, so a
+                // route starts at one: the perturbed layer itself, or the nearest one below it
+                // (recomputed unperturbed); Full starts at the first, since parameter-free
+                // layers before it give every copy the same output.
+                let shared_reader =
+                    |j: usize| matches!(model.layers[j], Layer::Affine { .. } | Layer::Conv { .. });
+                let below = (0..=start).rev().find(|&j| shared_reader(j));
+                let from = match strategy {
+                    Strategy::Full => (0..model.layers.len()).find(|&j| shared_reader(j)).filter(|&j| j <= start),
+                    Strategy::Incremental => below,
+                }
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "layer {} ({}) has no affine or convolution layer before it, which the perturbed-loss engine starts from: put one first",
+                        start + 1,
+                        model.spec.layer_specs()[start]
+                    ))
+                })?;
                 let mut d = rec.forward_with(&ws, &copies, Mode::Check, &state, from);
                 d.push(rec.copy_loss(&ws, &out_loss));
                 routes.push((chunk, d));

@@ -246,3 +246,33 @@ fn conv_weight_gradient_is_right_past_65535_products_per_weight() {
     let r = gradcheck::check(&ctx, &spec, &params, &x, &t, &cfg).unwrap();
     assert!(r.passed, "{:?}", r.tensors);
 }
+
+#[test]
+fn parameter_free_first_layers_are_shared_by_every_copy() {
+    // A pooling layer first: its output is the same for every perturbed copy, so both
+    // strategies start at the convolution after it.
+    let ctx = ctx();
+    let data = cropped(12);
+    let spec = NetSpec::sequential(
+        [1, 12, 12],
+        parse_layers("avgpool2,conv3x3,relu,affine10").unwrap(),
+    )
+    .unwrap();
+    let params = trained(&ctx, &spec, &data, 20);
+    check_both_strategies(&ctx, &spec, &params, &data, 4);
+    // BatchNorm first has no layer to start from: a clear error, not a wrong answer.
+    let spec = NetSpec::sequential(
+        [1, 12, 12],
+        parse_layers("bn,conv3x3,relu,affine10").unwrap(),
+    )
+    .unwrap();
+    let params = init_params(&spec, Init::He, 1);
+    let (x, t) = gradcheck::first_batch(&data.train, 2).unwrap();
+    let e = gradcheck::check(&ctx, &spec, &params, &x, &t, &config(Strategy::Incremental))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("layer 1 (bn)") && e.contains("affine or convolution"),
+        "{e}"
+    );
+}

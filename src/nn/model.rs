@@ -727,13 +727,10 @@ impl Recorder<'_> {
                         (Activation::Relu, Copies::Single) => (&k.relu_forward, dummy, dummy_u_rw),
                         (Activation::Sigmoid, _) => (&k.sigmoid_forward, dummy, dummy_u_rw),
                     };
-                    let input = if shared && ws.copies > 1 {
-                        // An activation directly on a shared input would need a broadcast;
-                        // perturbations never start at a parameter-free layer.
-                        unreachable!("forward starts at a parameter layer")
-                    } else {
-                        input
-                    };
+                    debug_assert!(
+                        !shared || ws.copies == 1,
+                        "routes start at affine or convolution layers"
+                    );
                     out.push(self.elementwise(
                         kernel,
                         count,
