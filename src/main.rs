@@ -388,16 +388,10 @@ impl NetArgs {
         };
         let (layers, layout) = spec.resolve()?;
         let mut out = Vec::new();
-        for layer in &layers {
-            if let wgrad::nn::Layer::BatchNorm { c, gamma, .. } = *layer {
-                let k = layout.tensors[gamma]
-                    .name
-                    .trim_start_matches("gamma")
-                    .to_string();
-                for name in [format!("running_mean{k}"), format!("running_var{k}")] {
-                    if let Some(v) = checkpoint::load_optional(path, &name, &[c])? {
-                        out.push((name, vec![c], v));
-                    }
+        for (mean, var, c) in wgrad::nn::model::state_names(&layers, &layout) {
+            for name in [mean, var] {
+                if let Some(v) = checkpoint::load_optional(path, &name, &[c])? {
+                    out.push((name, vec![c], v));
                 }
             }
         }

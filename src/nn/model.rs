@@ -342,22 +342,9 @@ impl Model {
         self.spec.weight_decay != 0.0
     }
 
-    /// Names and shapes of BatchNorm's running statistics, in layer order: running_meanK and
-    /// running_varK beside gammaK and betaK.
+    /// Names and channel counts of BatchNorm's running statistics; see [`state_names`].
     pub fn state_names(&self) -> Vec<(String, String, usize)> {
-        self.layers
-            .iter()
-            .filter_map(|l| match *l {
-                Layer::BatchNorm { c, gamma, .. } => {
-                    let k = self.layout.tensors[gamma]
-                        .name
-                        .trim_start_matches("gamma")
-                        .to_string();
-                    Some((format!("running_mean{k}"), format!("running_var{k}"), c))
-                }
-                _ => None,
-            })
-            .collect()
+        state_names(&self.layers, &self.layout)
     }
 
     /// BatchNorm's running statistics as (name, shape, values) tensors, for checkpoints.
@@ -394,6 +381,21 @@ impl Model {
             _ => false,
         })
     }
+}
+
+/// Names of BatchNorm's running statistics, in layer order: (running_meanK, running_varK,
+/// channels) beside gammaK and betaK, as checkpoints store them.
+pub fn state_names(layers: &[Layer], layout: &ParamLayout) -> Vec<(String, String, usize)> {
+    layers
+        .iter()
+        .filter_map(|l| match *l {
+            Layer::BatchNorm { c, gamma, .. } => {
+                let k = layout.tensors[gamma].name.trim_start_matches("gamma");
+                Some((format!("running_mean{k}"), format!("running_var{k}"), c))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Saved tensors a layer's backward pass (or kink counting) needs.
