@@ -276,3 +276,68 @@ fn parameter_free_first_layers_are_shared_by_every_copy() {
         "{e}"
     );
 }
+
+#[test]
+fn the_unfolded_training_forward_matches_the_reference_convolution() {
+    // Training and evaluation run convolutions as im2col + matmul; check that path against the
+    // f64 reference at strides, paddings and channel counts that do not fit the tiles.
+    use wgrad::gpu::kernel;
+    use wgrad::nn::{Copies, Kernels, Model, Recorder, Workspace};
+    let ctx = ctx();
+    for (layers, image, n) in [
+        ("conv5x3s2p1,affine10", [3, 9, 7], 3),
+        ("conv30x5,affine10", [1, 28, 28], 2),
+        ("conv7x1,affine10", [2, 5, 5], 1),
+    ] {
+        let spec = NetSpec::sequential(image, parse_layers(layers).unwrap()).unwrap();
+        let params = init_params(&spec, Init::He, 2);
+        let x: Vec<f64> = (0..n * spec.input)
+            .map(|i| ((i * 37 % 101) as f64 / 50.0) - 1.0)
+            .collect();
+        let kernels = Kernels::new(&ctx, Precision::F64).unwrap();
+        let model = Model::new(&ctx, &spec, &params, Precision::F64).unwrap();
+        let ws = Workspace::new(&ctx, &model, n, 1, false);
+        ws.upload(&ctx, &x, &vec![0; n], Precision::F64);
+        let rec = Recorder {
+            ctx: &ctx,
+            kernels: &kernels,
+            model: &model,
+        };
+        kernel::run(&ctx, &rec.forward(&ws, &Copies::Single)).unwrap();
+        let got = ws.out[0].read_real(&ctx, Precision::F64).unwrap();
+        let wgrad::nn::Layer::Conv {
+            c,
+            h,
+            w,
+            f,
+            k,
+            stride,
+            pad,
+            ..
+        } = model.layers[0]
+        else {
+            unreachable!()
+        };
+        let (wt, b) = (&model.layout.tensors[0], &model.layout.tensors[1]);
+        let want = wgrad::reference::conv::conv2d_forward(
+            &x,
+            &params[wt.offset..wt.offset + wt.numel],
+            &params[b.offset..b.offset + b.numel],
+            n,
+            c,
+            h,
+            w,
+            f,
+            k,
+            k,
+            stride,
+            pad,
+        );
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-12, "{layers}: {err}");
+    }
+}
