@@ -7,7 +7,6 @@
 //! cargo bench --bench conv_layout
 //! ```
 
-use std::hint::black_box;
 use std::time::Duration;
 
 use bytemuck::{Pod, Zeroable};
@@ -226,10 +225,10 @@ fn conv(c: &mut Criterion) {
     let mut group = c.benchmark_group("conv_forward_simpleconvnet_batch100");
     group.throughput(Throughput::Elements((2 * count * ckk) as u64));
     group.bench_function("direct", |bch| {
-        bch.iter(|| black_box(kernel::run(&ctx, &direct).unwrap()))
+        bch.iter(|| kernel::run(&ctx, &direct).unwrap())
     });
     group.bench_function("im2col_matmul", |bch| {
-        bch.iter(|| black_box(kernel::run(&ctx, &im2col).unwrap()))
+        bch.iter(|| kernel::run(&ctx, &im2col).unwrap())
     });
     group.finish();
 }
