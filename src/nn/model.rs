@@ -402,6 +402,114 @@ pub fn state_names(layers: &[Layer], layout: &ParamLayout) -> Vec<(String, Strin
         .collect()
 }
 
+/// conv.wgsl's Params for a convolution layer: `copies` outputs from an input `x_copy_stride`
+/// apart (0: shared), an elementwise grid of `count` invocations, and the samples the weight
+/// gradient sums.
+fn conv_params(
+    layer: &Layer,
+    layout: &ParamLayout,
+    n: usize,
+    copies: usize,
+    x_copy_stride: usize,
+    count: usize,
+    samples: std::ops::Range<usize>,
+) -> [u32; 20] {
+    let Layer::Conv {
+        c,
+        h,
+        w,
+        f,
+        k,
+        stride,
+        pad,
+        oh,
+        ow,
+        wt,
+        b,
+    } = *layer
+    else {
+        unreachable!("a convolution layer")
+    };
+    let width = grid(count).1 as usize;
+    [
+        n,
+        c,
+        h,
+        w,
+        f,
+        k,
+        k,
+        stride,
+        pad,
+        oh,
+        ow,
+        copies,
+        x_copy_stride,
+        layout.tensors[wt].offset,
+        layout.tensors[b].offset,
+        width,
+        samples.start,
+        samples.end,
+        0,
+        0,
+    ]
+    .map(|v| v as u32)
+}
+
+/// pool.wgsl's Params: `count` invocations over `copies` copies of N·C planes.
+fn pool_params(layer: &Layer, n: usize, copies: usize, count: usize) -> [u32; 12] {
+    let Layer::Pool {
+        c,
+        h,
+        w,
+        size,
+        stride,
+        oh,
+        ow,
+        ..
+    } = *layer
+    else {
+        unreachable!("a pooling layer")
+    };
+    [
+        n * c,
+        h,
+        w,
+        size,
+        stride,
+        oh,
+        ow,
+        copies,
+        count,
+        n * c * oh * ow,
+        grid(count).1 as usize,
+        0,
+    ]
+    .map(|v| v as u32)
+}
+
+/// batchnorm.wgsl's Params for `copies` copies of an [N, C, S] batch.
+fn batchnorm_params(layer: &Layer, layout: &ParamLayout, n: usize, copies: usize) -> [u32; 8] {
+    let Layer::BatchNorm {
+        c, s, gamma, beta, ..
+    } = *layer
+    else {
+        unreachable!("a BatchNorm layer")
+    };
+    let count = copies * n * c * s;
+    [
+        n,
+        c,
+        s,
+        copies,
+        layout.tensors[gamma].offset,
+        layout.tensors[beta].offset,
+        count,
+        grid(count).1 as usize,
+    ]
+    .map(|v| v as u32)
+}
+
 /// Saved tensors a layer's backward pass (or kink counting) needs.
 enum Aux {
     None,
@@ -692,41 +800,17 @@ impl Recorder<'_> {
                 }
                 Layer::Conv {
                     c,
-                    h: ih,
-                    w: iw,
                     f,
                     k: ks,
-                    stride,
-                    pad,
                     oh,
                     ow,
                     wt,
                     b,
+                    ..
                 } => {
-                    let (g, width) = grid(count);
-                    let params = [
-                        n,
-                        c,
-                        ih,
-                        iw,
-                        f,
-                        ks,
-                        ks,
-                        stride,
-                        pad,
-                        oh,
-                        ow,
-                        ws.copies,
-                        if shared { 0 } else { n * in_size },
-                        m.layout.tensors[wt].offset,
-                        m.layout.tensors[b].offset,
-                        width as usize,
-                        0,
-                        n,
-                        0,
-                        0,
-                    ]
-                    .map(|v| v as u32);
+                    let g = grid(count).0;
+                    let x_stride = if shared { 0 } else { n * in_size };
+                    let params = conv_params(layer, &m.layout, n, ws.copies, x_stride, count, 0..n);
                     if let Aux::Unfolded { col, nhwc } = &ws.aux[i] {
                         // One copy: im2col, then [N·OH·OW, CKK] · Wᵀ [CKK, F] + b with the
                         // matmul kernel, then back to NCHW (2.1× faster than the direct kernel
@@ -734,8 +818,7 @@ impl Recorder<'_> {
                         let rows = n * oh * ow;
                         let ckk = c * ks * ks;
                         let with_width = |count: usize| {
-                            let mut q = params;
-                            q[15] = grid(count).1;
+                            let q = conv_params(layer, &m.layout, n, 1, 0, count, 0..n);
                             uniform(self.ctx, "conv_unfold", &q)
                         };
                         let u = with_width(rows * ckk);
@@ -800,32 +883,9 @@ impl Recorder<'_> {
                         [&input.buffer, aux, y, flips],
                     ));
                 }
-                Layer::Pool {
-                    max,
-                    c,
-                    h: ih,
-                    w: iw,
-                    size: ps,
-                    stride,
-                    oh,
-                    ow,
-                } => {
-                    let (g, width) = grid(count);
-                    let params = [
-                        n * c,
-                        ih,
-                        iw,
-                        ps,
-                        stride,
-                        oh,
-                        ow,
-                        ws.copies,
-                        count,
-                        n * size,
-                        width as usize,
-                        0,
-                    ]
-                    .map(|v| v as u32);
+                Layer::Pool { max, .. } => {
+                    let g = grid(count).0;
+                    let params = pool_params(layer, n, ws.copies, count);
                     let u = uniform(self.ctx, "pool", &params);
                     let argmax = match &ws.aux[i] {
                         Aux::Argmax(a) => &a.buffer,
@@ -845,28 +905,12 @@ impl Recorder<'_> {
                         g,
                     ));
                 }
-                Layer::BatchNorm {
-                    c,
-                    s,
-                    gamma,
-                    beta,
-                    index,
-                } => {
+                Layer::BatchNorm { c, index, .. } => {
                     let Aux::Norm { stats, xhat } = &ws.aux[i] else {
                         unreachable!("BatchNorm keeps its statistics")
                     };
-                    let (g, width) = grid(count);
-                    let params = [
-                        n,
-                        c,
-                        s,
-                        ws.copies,
-                        m.layout.tensors[gamma].offset,
-                        m.layout.tensors[beta].offset,
-                        count,
-                        width as usize,
-                    ]
-                    .map(|v| v as u32);
+                    let g = grid(count).0;
+                    let params = batchnorm_params(layer, &m.layout, n, ws.copies);
                     let u = uniform(self.ctx, "batchnorm", &params);
                     let running = &m.running[index].buffer;
                     let bufs = [
@@ -1051,25 +1095,14 @@ impl Recorder<'_> {
                 }
                 Layer::Conv {
                     c,
-                    h,
-                    w,
                     f,
                     k: ks,
-                    stride,
-                    pad,
                     oh,
                     ow,
-                    wt,
-                    b,
+                    ..
                 } => {
-                    let offsets = (m.layout.tensors[wt].offset, m.layout.tensors[b].offset);
-                    let params = |count: usize, begin: usize, end: usize| {
-                        let width = grid(count).1 as usize;
-                        [
-                            n, c, h, w, f, ks, ks, stride, pad, oh, ow, 1, 0, offsets.0, offsets.1,
-                            width, begin, end, 0, 0,
-                        ]
-                        .map(|v| v as u32)
+                    let params = |count: usize, samples| {
+                        conv_params(layer, &m.layout, n, 1, 0, count, samples)
                     };
                     // Each weight's invocation loops over N·OH·OW products: split the batch so
                     // no invocation passes lavapipe's 65,535-iteration limit.
@@ -1080,7 +1113,7 @@ impl Recorder<'_> {
                         let u = uniform(
                             self.ctx,
                             "conv_grad",
-                            &params(count, begin, (begin + slice).min(n)),
+                            &params(count, begin..(begin + slice).min(n)),
                         );
                         out.push(k.conv_backward_params.dispatch(
                             self.ctx,
@@ -1090,7 +1123,7 @@ impl Recorder<'_> {
                     }
                     if let Some(dx) = dx {
                         let count = n * in_size;
-                        let u = uniform(self.ctx, "conv_dx", &params(count, 0, n));
+                        let u = uniform(self.ctx, "conv_dx", &params(count, 0..n));
                         out.push(k.conv_backward_input.dispatch(
                             self.ctx,
                             &[&u, dy, p, dx],
@@ -1113,34 +1146,11 @@ impl Recorder<'_> {
                         ));
                     }
                 }
-                Layer::Pool {
-                    max,
-                    c,
-                    h,
-                    w,
-                    size,
-                    stride,
-                    oh,
-                    ow,
-                } => {
+                Layer::Pool { max, .. } => {
                     if let Some(dx) = dx {
                         let count = n * in_size;
-                        let (g, width) = grid(count);
-                        let params = [
-                            n * c,
-                            h,
-                            w,
-                            size,
-                            stride,
-                            oh,
-                            ow,
-                            1,
-                            count,
-                            n * m.sizes[i],
-                            width as usize,
-                            0,
-                        ]
-                        .map(|v| v as u32);
+                        let g = grid(count).0;
+                        let params = pool_params(layer, n, 1, count);
                         let u = uniform(self.ctx, "pool_grad", &params);
                         let (kernel, argmax) = match &ws.aux[i] {
                             Aux::Argmax(a) if max => (&k.max_backward, &a.buffer),
@@ -1149,29 +1159,12 @@ impl Recorder<'_> {
                         out.push(kernel.dispatch(self.ctx, &[&u, dy, argmax, dx], g));
                     }
                 }
-                Layer::BatchNorm {
-                    c,
-                    s,
-                    gamma,
-                    beta,
-                    index,
-                } => {
+                Layer::BatchNorm { c, s, index, .. } => {
                     let Aux::Norm { stats, xhat } = &ws.aux[i] else {
                         unreachable!("BatchNorm keeps its statistics")
                     };
-                    let count = n * c * s;
-                    let (g, width) = grid(count);
-                    let params = [
-                        n,
-                        c,
-                        s,
-                        1,
-                        m.layout.tensors[gamma].offset,
-                        m.layout.tensors[beta].offset,
-                        count,
-                        width as usize,
-                    ]
-                    .map(|v| v as u32);
+                    let g = grid(n * c * s).0;
+                    let params = batchnorm_params(layer, &m.layout, n, 1);
                     let u = uniform(self.ctx, "batchnorm_grad", &params);
                     let running = &m.running[index].buffer;
                     let dx_buf = dx.unwrap_or(dummy_rw);
