@@ -780,3 +780,27 @@ fn gradcheck_after_some_training_steps_passes() {
     assert_eq!(value["passed"], true);
     assert_eq!(value["tensors"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn gradcheck_saves_both_gradients_in_f64() {
+    let out = TempDir::new().unwrap();
+    let grads = out.path().join("grads.safetensors");
+    let run = wgrad(&[
+        "gradcheck",
+        "--hidden",
+        "4",
+        "--save-grads",
+        path_str(&grads),
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout.contains("PASSED"), "{}", run.stdout);
+    let bytes = std::fs::read(&grads).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for name in ["analytic.W1", "numeric.W1", "analytic.b2", "numeric.b2"] {
+        let t = file
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("{name} missing"));
+        assert_eq!(t.dtype(), safetensors::Dtype::F64, "{name}");
+    }
+    assert_eq!(file.tensor("numeric.W1").unwrap().shape(), &[784, 4]);
+}
