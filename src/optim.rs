@@ -420,3 +420,86 @@ impl GpuOptimizer {
             + self.powers.elem_bytes * 2
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults `torch.optim` documents (PyTorch 2.x signatures), pinned one by one so that a
+    /// changed constant fails here rather than silently changing every run. The learning rates of
+    /// "sgd", "momentum" and "nesterov" are the book's (0.01); PyTorch's SGD defaults to 1e-3.
+    #[test]
+    fn defaults_are_pytorchs() {
+        let defaults = |name: &str| Optimizer::from_name(name, None).unwrap();
+        let sgd = |momentum, nesterov| Optimizer::Sgd {
+            lr: 0.01,
+            momentum,
+            dampening: 0.0,
+            nesterov,
+            weight_decay: 0.0,
+        };
+        assert_eq!(defaults("sgd"), sgd(0.0, false));
+        assert_eq!(defaults("momentum"), sgd(0.9, false));
+        assert_eq!(defaults("nesterov"), sgd(0.9, true));
+        // torch.optim.Adagrad(lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
+        // eps=1e-10)
+        assert_eq!(
+            defaults("adagrad"),
+            Optimizer::Adagrad {
+                lr: 1e-2,
+                lr_decay: 0.0,
+                eps: 1e-10,
+                initial_accumulator: 0.0,
+                weight_decay: 0.0,
+            }
+        );
+        // torch.optim.RMSprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+        // centered=False)
+        assert_eq!(
+            defaults("rmsprop"),
+            Optimizer::Rmsprop {
+                lr: 1e-2,
+                alpha: 0.99,
+                eps: 1e-8,
+                momentum: 0.0,
+                centered: false,
+                weight_decay: 0.0,
+            }
+        );
+        // torch.optim.Adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False)
+        assert_eq!(
+            defaults("adam"),
+            Optimizer::Adam {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                amsgrad: false,
+                weight_decay: 0.0,
+            }
+        );
+        // torch.optim.AdamW(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+        // amsgrad=False)
+        assert_eq!(
+            defaults("adamw"),
+            Optimizer::Adamw {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                amsgrad: false,
+                weight_decay: 1e-2,
+            }
+        );
+    }
+
+    #[test]
+    fn a_given_learning_rate_replaces_only_the_learning_rate() {
+        let adam = Optimizer::from_name("adam", Some(0.25)).unwrap();
+        assert_eq!(adam.lr(), 0.25);
+        let Optimizer::Adam { beta1, beta2, .. } = adam else {
+            panic!("adam is Adam: {adam:?}")
+        };
+        assert_eq!((beta1, beta2), (0.9, 0.999));
+    }
+}

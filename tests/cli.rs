@@ -223,6 +223,7 @@ fn trained_checkpoint(dir: &Path, hidden: &str) -> PathBuf {
 #[test]
 fn valid_synthetic_folder_trains() {
     let data = valid_folder();
+    let epochs = 4;
     let report = train_json(&[
         "--data",
         path_str(data.path()),
@@ -231,10 +232,119 @@ fn valid_synthetic_folder_trains() {
         "--batch-size",
         "20",
         "--epochs",
-        "2",
+        &epochs.to_string(),
     ]);
     assert_eq!(report["spec"]["input"], 25, "{report}");
-    assert_eq!(report["steps"], 20, "{report}");
+    assert_eq!(
+        report["spec"]["image"],
+        serde_json::json!([1, 5, 5]),
+        "{report}"
+    );
+    assert_eq!(report["spec"]["hidden"], serde_json::json!([8]), "{report}");
+    // 200 images in batches of 20: ten steps an epoch.
+    assert_eq!(report["steps"], 10 * epochs, "{report}");
+    let history = report["history"].as_array().expect("history is a list");
+    assert_eq!(history.len(), epochs, "{report}");
+    for (k, h) in history.iter().enumerate() {
+        assert_eq!(h["epoch"], k + 1, "{report}");
+        // Accuracies are counts over the whole sets: multiples of 1/200 and 1/50.
+        for (key, count) in [
+            ("train_accuracy", TRAIN_COUNT),
+            ("test_accuracy", TEST_COUNT),
+        ] {
+            let correct = number(h, key) * f64::from(count);
+            assert!(
+                (correct - correct.round()).abs() < 1e-6,
+                "{key} {} is not a count over {count} images: {report}",
+                number(h, key)
+            );
+        }
+    }
+    let first = &history[0];
+    let last = &history[epochs - 1];
+    assert!(
+        number(last, "train_loss") < 0.5 * number(first, "train_loss"),
+        "the loss does not fall: {report}"
+    );
+    // Digit d lights pixel d, which a net learns in a few epochs.
+    assert!(number(&report, "test_accuracy") >= 0.9, "{report}");
+    assert_eq!(report["test_accuracy"], last["test_accuracy"], "{report}");
+    assert_eq!(report["train_accuracy"], last["train_accuracy"], "{report}");
+    assert_eq!(report["final_loss"], last["train_loss"], "{report}");
+}
+
+#[test]
+fn optimizer_flags_set_their_own_hyperparameters() {
+    // Every value differs from its default and from the others, so that a flag wired to the
+    // wrong field (β1 into β2, --eps into --alpha) shows.
+    let data = valid_folder();
+    let common = [
+        "--data",
+        path_str(data.path()),
+        "--hidden",
+        "4",
+        "--batch-size",
+        "50",
+        "--epochs",
+        "1",
+    ];
+    let cases: [(&[&str], serde_json::Value); 4] = [
+        (
+            &[
+                "--optimizer",
+                "adam",
+                "--lr",
+                "0.002",
+                "--beta1",
+                "0.8",
+                "--beta2",
+                "0.95",
+                "--eps",
+                "1e-6",
+                "--amsgrad",
+                "--optim-weight-decay",
+                "0.03",
+            ],
+            serde_json::json!({"name": "adam", "lr": 0.002, "beta1": 0.8, "beta2": 0.95, "eps": 1e-6, "amsgrad": true, "weight_decay": 0.03}),
+        ),
+        (
+            &["--optimizer", "adamw", "--beta1", "0.7", "--beta2", "0.9"],
+            serde_json::json!({"name": "adamw", "lr": 1e-3, "beta1": 0.7, "beta2": 0.9, "eps": 1e-8, "amsgrad": false, "weight_decay": 1e-2}),
+        ),
+        (
+            &[
+                "--optimizer",
+                "rmsprop",
+                "--alpha",
+                "0.9",
+                "--eps",
+                "1e-7",
+                "--momentum",
+                "0.5",
+                "--centered",
+            ],
+            serde_json::json!({"name": "rmsprop", "lr": 1e-2, "alpha": 0.9, "eps": 1e-7, "momentum": 0.5, "centered": true, "weight_decay": 0.0}),
+        ),
+        (
+            &[
+                "--optimizer",
+                "adagrad",
+                "--lr-decay",
+                "0.1",
+                "--initial-accumulator",
+                "0.2",
+                "--eps",
+                "1e-9",
+            ],
+            serde_json::json!({"name": "adagrad", "lr": 1e-2, "lr_decay": 0.1, "eps": 1e-9, "initial_accumulator": 0.2, "weight_decay": 0.0}),
+        ),
+    ];
+    for (flags, expected) in cases {
+        let mut args = common.to_vec();
+        args.extend_from_slice(flags);
+        let report = train_json(&args);
+        assert_eq!(report["optimizer"], expected, "{flags:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -791,16 +901,47 @@ fn gradcheck_saves_both_gradients_in_f64() {
         "4",
         "--save-grads",
         path_str(&grads),
+        "--json",
     ]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stdout.contains("PASSED"), "{}", run.stdout);
+    let report: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(report["passed"], true, "{report}");
     let bytes = std::fs::read(&grads).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    for name in ["analytic.W1", "numeric.W1", "analytic.b2", "numeric.b2"] {
+    let read = |name: &str| -> Vec<f64> {
         let t = file
             .tensor(name)
             .unwrap_or_else(|_| panic!("{name} missing"));
         assert_eq!(t.dtype(), safetensors::Dtype::F64, "{name}");
-    }
+        t.data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
     assert_eq!(file.tensor("numeric.W1").unwrap().shape(), &[784, 4]);
+    // The saved gradients are the ones the report's figures were computed from.
+    let tensors = report["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 4, "{report}");
+    for t in tensors {
+        let name = t["name"].as_str().unwrap();
+        assert_eq!(t["kink_crossings"], 0, "{report}");
+        let a = read(&format!("analytic.{name}"));
+        let n = read(&format!("numeric.{name}"));
+        assert_eq!(a.len(), n.len(), "{name}");
+        assert_eq!(t["numel"], a.len(), "{name}");
+        assert!(a != n, "{name}: the two gradients are the same values");
+        let diff2: f64 = a.iter().zip(&n).map(|(x, y)| (x - y) * (x - y)).sum();
+        let a2: f64 = a.iter().map(|x| x * x).sum();
+        let mean_abs = a.iter().zip(&n).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64;
+        for (key, value) in [
+            ("norm_rel_err", (diff2 / a2).sqrt()),
+            ("mean_abs_diff", mean_abs),
+        ] {
+            let reported = number(t, key);
+            assert!(
+                (reported - value).abs() <= 1e-9 * value.abs(),
+                "{name}: the report's {key} {reported:e} is not that of the saved gradients ({value:e})"
+            );
+        }
+    }
 }

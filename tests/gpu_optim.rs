@@ -310,13 +310,32 @@ fn rmsprop_plain_centered_momentum_match_reference() {
     run_cases(&with_and_without_decay(cases, 0.05), &problem(0.0));
 }
 
-fn adam(amsgrad: bool, weight_decay: f64) -> Optimizer {
-    // β2 = 0.9 rather than 0.999 so that v shrinks within five steps for many elements, which is
-    // where AMSGrad departs from Adam.
+// β2 = 0.9 rather than 0.999 so that v shrinks within five steps for many elements, which is
+// where AMSGrad departs from Adam. β1 = 0.8 differs from β2, so that a kernel that uses one where
+// the other belongs (in a moment or a bias correction) leaves the reference's trajectory.
+const BETA1: f64 = 0.8;
+const BETA2: f64 = 0.9;
+
+fn adam_with(beta1: f64, beta2: f64, amsgrad: bool, weight_decay: f64) -> Optimizer {
     Optimizer::Adam {
         lr: 0.01,
-        beta1: 0.9,
-        beta2: 0.9,
+        beta1,
+        beta2,
+        eps: 1e-8,
+        amsgrad,
+        weight_decay,
+    }
+}
+
+fn adam(amsgrad: bool, weight_decay: f64) -> Optimizer {
+    adam_with(BETA1, BETA2, amsgrad, weight_decay)
+}
+
+fn adamw_with(beta1: f64, beta2: f64, amsgrad: bool, weight_decay: f64) -> Optimizer {
+    Optimizer::Adamw {
+        lr: 0.01,
+        beta1,
+        beta2,
         eps: 1e-8,
         amsgrad,
         weight_decay,
@@ -324,14 +343,7 @@ fn adam(amsgrad: bool, weight_decay: f64) -> Optimizer {
 }
 
 fn adamw(amsgrad: bool, weight_decay: f64) -> Optimizer {
-    Optimizer::Adamw {
-        lr: 0.01,
-        beta1: 0.9,
-        beta2: 0.9,
-        eps: 1e-8,
-        amsgrad,
-        weight_decay,
-    }
+    adamw_with(BETA1, BETA2, amsgrad, weight_decay)
 }
 
 #[test]
@@ -340,12 +352,20 @@ fn adam_and_amsgrad_match_reference() {
         Case {
             name: "adam".into(),
             opt: adam(false, 0.0),
-            ablations: vec![],
+            ablations: vec![("β1 and β2 in order", adam_with(BETA2, BETA1, false, 0.0))],
         },
         Case {
             name: "adam amsgrad".into(),
             opt: adam(true, 0.0),
-            ablations: vec![("AMSGrad", adam(false, 0.0))],
+            ablations: vec![
+                ("AMSGrad", adam(false, 0.0)),
+                ("β1 and β2 in order", adam_with(BETA2, BETA1, true, 0.0)),
+            ],
+        },
+        Case {
+            name: "adam with PyTorch's betas (0.9, 0.999)".into(),
+            opt: adam_with(0.9, 0.999, false, 0.0),
+            ablations: vec![("β1 and β2 in order", adam_with(0.999, 0.9, false, 0.0))],
         },
     ];
     run_cases(&with_and_without_decay(cases, 0.05), &problem(0.0));
@@ -357,7 +377,7 @@ fn adamw_decoupled_decay_matches_reference() {
         Case {
             name: "adamw wd=0".into(),
             opt: adamw(false, 0.0),
-            ablations: vec![],
+            ablations: vec![("β1 and β2 in order", adamw_with(BETA2, BETA1, false, 0.0))],
         },
         Case {
             name: "adamw wd=0.5".into(),
@@ -371,7 +391,10 @@ fn adamw_decoupled_decay_matches_reference() {
         Case {
             name: "adamw amsgrad wd=0.5".into(),
             opt: adamw(true, 0.5),
-            ablations: vec![("AMSGrad", adamw(false, 0.5))],
+            ablations: vec![
+                ("AMSGrad", adamw(false, 0.5)),
+                ("β1 and β2 in order", adamw_with(BETA2, BETA1, true, 0.5)),
+            ],
         },
     ];
     run_cases(&cases, &problem(0.0));
