@@ -3,8 +3,8 @@
 //! `wgrad::reference::net::RefNet`, at awkward sizes.
 //!
 //! The gradient checks in tests/convnets.rs compare GPU numerics with GPU backprop, which a bug
-//! shared by a layer's forward and backward passes (a wrong dropout scale or mask, BatchNorm's
-//! statistics, a decayed γ) gets through; here both are compared with an independent
+//! shared by a layer's forward and backward passes gets through (a wrong dropout scale, a mask
+//! from the wrong step or seed, BatchNorm's eps); here both are compared with an independent
 //! derivation.
 
 mod common;

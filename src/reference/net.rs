@@ -4,8 +4,10 @@
 //! (which a bug shared by the GPU forward and backward would pass).
 //!
 //! It computes what a GPU gradient check computes: BatchNorm in training mode (batch
-//! statistics, the running ones neither read nor updated) and dropout with masks held fixed by
-//! [`DropoutMasks`], so the loss is a deterministic function of the parameters.
+//! statistics, the running ones neither read nor updated) with PyTorch's eps, and dropout with
+//! masks held fixed by [`DropoutMasks`], so the loss is a deterministic function of the
+//! parameters. The eps is the reference's own [`super::norm::BATCHNORM_EPS`], not the GPU
+//! model's constant (equal today), so that a change on either side shows.
 //!
 //! Tensors are [N, size] per layer, NCHW within a sample after convolution and pooling; the
 //! gradient is in the flat layout of [`NetSpec::layout`].
@@ -16,14 +18,13 @@ use super::conv::{
 };
 use super::norm::{
     batchnorm_backward, batchnorm_forward_train, dropout_backward, dropout_forward,
-    BatchNormForward,
+    BatchNormForward, BATCHNORM_EPS,
 };
 use super::{
     affine_backward, affine_forward, relu_backward, relu_forward, sigmoid_backward,
     sigmoid_forward, softmax_cross_entropy,
 };
 use crate::error::Result;
-use crate::nn::model::BATCHNORM_EPS;
 use crate::nn::{Activation, Layer, NetSpec, ParamLayout};
 
 /// Which dropout masks the net uses: the (seed, step) of the hash in shaders/dropout.wgsl.
