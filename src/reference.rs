@@ -12,6 +12,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod conv;
+pub mod net;
 pub mod norm;
 
 use crate::nn::{Activation, NetSpec};
