@@ -500,7 +500,7 @@ fn l2_penalty_sums_more_than_64x65535_parameters() {
     // l2_penalty is one workgroup of 64 invocations, each summing every 64th parameter: past
     // 64·65,535 = 4,194,240 parameters each invocation loops more than 65,535 times. A 2-[H]-1
     // net keeps this cheap ((D + 2)·H + 1 parameters, (D + 1)·H of them weights; layers are
-    // capped at 65,535 units, so D = 80 inputs carry it past the mark); all parameters 1 and
+    // capped at MAX_WIDTH = 65,504 units, so D = 80 inputs carry it past the mark); all parameters 1 and
     // λ = 2 make the penalty the exact count of weights (partial sums stay integers below 2^24,
     // exact in f32), and one class makes the data loss 0. D = 2 stays far under the mark.
     //
@@ -509,7 +509,7 @@ fn l2_penalty_sums_more_than_64x65535_parameters() {
     // early and the tree reduction after it runs one round only. Found by this test: with
     // H = 1,400,000 stats[3] reads 87,500 instead of 4,200,000.
     for precision in precisions() {
-        let h = 65_535;
+        let h = wgrad::nn::model::MAX_WIDTH;
         for d in [2, 80] {
             let mut spec = NetSpec::mlp(d, &[h], 1, Activation::Relu);
             spec.weight_decay = 2.0;
@@ -530,32 +530,57 @@ fn l2_penalty_sums_more_than_64x65535_parameters() {
 }
 
 #[test]
-fn affine_layer_wider_than_65535_workgroup_tiles_is_computed_or_refused() {
-    // A matmul workgroup covers a 32×32 tile of the output, so a layer wider than
-    // 65,535·32 = 2,097,120 units needs more workgroups along x than a grid dimension allows.
-    // The net is valid as far as NetSpec says; wgrad must either compute it (e.g. by folding the
-    // grid as the elementwise kernels do) or refuse it with an error — not abort the process
-    // with a wgpu validation panic. Tiny otherwise: one row, one input.
-    let h = 2_100_000;
-    let spec = NetSpec::mlp(1, &[], h, Activation::Relu);
-    let precision = Precision::F32;
-    let prob = Problem::random(&spec, 1, 900).at(precision);
-    if let Err(e) = wgrad::nn::Model::new(ctx(), &spec, &prob.params, precision) {
-        eprintln!("refused cleanly: {e}");
-        return;
+fn layers_at_the_width_limit_are_computed_and_wider_ones_refused() {
+    // The matmul loops over a layer's inputs and softmax over its classes, and lavapipe silently
+    // stops a shader invocation after 65,535 loop iterations: MAX_WIDTH and MAX_CLASSES keep the
+    // loops under that. At the limits every input and class must still count, so the last input
+    // column and the last class carry large values that a truncated loop would drop; one unit
+    // wider, the net is refused with the limit named. (This test found both limits set too high.)
+    let (max, classes) = (wgrad::nn::model::MAX_WIDTH, wgrad::nn::model::MAX_CLASSES);
+    for (input, output) in [(max, 3), (2, classes)] {
+        let spec = NetSpec::mlp(input, &[], output, Activation::Relu);
+        for precision in precisions() {
+            let mut prob = Problem::random(&spec, 2, 900);
+            for row in prob.x.chunks_mut(input) {
+                row[input - 1] = 40.0;
+            }
+            prob.labels = vec![(output - 1) as u32, 0];
+            let prob = prob.at(precision);
+            let got = run_gpu(precision, &prob, true);
+            let (_, want_grads) =
+                prob.reference()
+                    .loss_and_grad(&prob.params, &prob.x, &prob.labels);
+            let want_logits = prob.reference().forward(&prob.params, &prob.x, 2).logits;
+            let what = format!("{precision} affine {input} → {output}");
+            check(
+                &format!("{what}: logits"),
+                scaled_err(&got.pre[0], &want_logits),
+                tol(precision),
+            );
+            check(
+                &format!("{what}: gradients"),
+                scaled_err(got.grads.as_ref().unwrap(), &want_grads),
+                tol(precision),
+            );
+        }
+        let (wider, parts) = if input == max {
+            let parts = [
+                format!("{} units", max + 1),
+                max.to_string(),
+                "narrower".into(),
+            ];
+            (NetSpec::mlp(max + 1, &[], 3, Activation::Relu), parts)
+        } else {
+            let parts = [
+                format!("{} classes", classes + 1),
+                classes.to_string(),
+                "fewer".into(),
+            ];
+            (NetSpec::mlp(2, &[], classes + 1, Activation::Relu), parts)
+        };
+        let err = wider.validate().unwrap_err().to_string();
+        for part in parts {
+            assert!(err.contains(&part), "{err}");
+        }
     }
-    let want = reference::affine_forward(
-        &prob.x,
-        prob.tensor(&prob.params, "W1"),
-        prob.tensor(&prob.params, "b1"),
-        1,
-        1,
-        h,
-    );
-    let got = run_gpu(precision, &prob, false);
-    check(
-        "affine forward 1×1 · 1×2,100,000",
-        scaled_err(&got.pre[0], &want),
-        tol(precision),
-    );
 }

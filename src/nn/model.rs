@@ -226,9 +226,15 @@ pub struct Model {
 const L2_BLOCK: usize = 65536;
 
 /// Widest layer the kernels accept: the matmul loops over a layer's inputs, and lavapipe stops
-/// a shader invocation after 65,535 loop iterations (the grid limit, 65,535 workgroups of 32
-/// columns, is far above this).
-pub const MAX_WIDTH: usize = 65_535;
+/// a shader invocation after 65,535 loop iterations, counted over all its loops, and then leaves
+/// the outputs it has not yet written unwritten, silently. The matmul's other loops take a few
+/// more (65,520 inputs were computed right, 65,530 were not), so the limit keeps 31 spare.
+pub const MAX_WIDTH: usize = 65_504;
+
+/// Most classes a net's last layer may have: softmax cross-entropy makes three passes over a
+/// row's classes in one invocation (max, sum of exponentials, gradient), under the same 65,535
+/// iterations (21,000 classes were computed right, 22,000 were not).
+pub const MAX_CLASSES: usize = 21_800;
 
 /// Most rows per batch: lavapipe stops a shader invocation after 65,535 loop iterations, and
 /// the backward matmul and column sums loop over the rows.

@@ -214,6 +214,13 @@ impl NetSpec {
             )));
         }
         let (layers, _) = self.resolve()?;
+        let classes = crate::nn::model::MAX_CLASSES;
+        if self.output > classes {
+            return Err(Error::InvalidArgument(format!(
+                "a net of {} classes is above the {classes} that wgrad supports: use fewer classes",
+                self.output
+            )));
+        }
         let max = crate::nn::model::MAX_WIDTH;
         for layer in &layers {
             if let Layer::Affine { d_in, d_out, .. } = *layer {
