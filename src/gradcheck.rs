@@ -9,8 +9,14 @@
 //!   ε·|L|/h ≈ 5e-11 per element, so these leave a wide margin, while a backward pass that is off
 //!   by even 0.1 % fails by orders of magnitude.
 //! - f32 (h = 5e-3): per-element f32 central differences are unreliable (rounding ε·|L|/h ≈ 6e-5,
-//!   against gradients of 1e-4 and below), so only the norm-wise error counts (norm_tol 2e-2,
-//!   norm_atol 1e-4), and elements are reported without a verdict.
+//!   against gradients of 1e-4 and below), so only the norm-wise error counts, and elements are
+//!   reported without a verdict. The bounds come from measurement (README, "Tolerances"): over 16
+//!   nets (MLPs with ReLU, sigmoid, BatchNorm, dropout and weight decay; convnets with max and
+//!   average pooling; batches 1 to 100; at initialisation and after training) the difference
+//!   a − n behaved as absolute noise of RMS 1.2e-6 to 3.9e-5 per element, whatever the
+//!   gradient's size, with no relative part above 3e-4. So norm_atol = 6e-5 (1.5× the largest
+//!   noise) and norm_tol = 2e-3 (7× the largest relative error seen, and a fifth of the 1% error
+//!   that the previous bound of 2e-2 let through).
 //!
 //! Directional checks use JAX check_grads' tolerances: |a − n| ≤ t + t·|a|, t = 1e-5 (f64) or
 //! 2e-3 (f32).
@@ -49,8 +55,8 @@ impl Tolerance {
             Precision::F32 => Tolerance {
                 atol: 1e-3,
                 rtol: 1e-1,
-                norm_tol: 2e-2,
-                norm_atol: 1e-4,
+                norm_tol: 2e-3,
+                norm_atol: 6e-5,
                 per_element: false,
             },
         }

@@ -3,12 +3,13 @@
 //! several channels and filters, batch 1 and 3. Then the perturbed-copy forward and max-pooling's
 //! kink count, which the numerical-gradient engine relies on.
 
-use std::sync::OnceLock;
+mod common;
 
 use bytemuck::{Pod, Zeroable};
+use common::{ctx, precisions};
 use wgrad::gpu::buffers::uniform;
 use wgrad::gpu::kernel::{self, grid, shaders, Binding};
-use wgrad::gpu::{AdapterOptions, GpuBuffer, GpuContext, Kernel, Precision};
+use wgrad::gpu::{GpuBuffer, Kernel, Precision};
 use wgrad::reference::conv::{self as r, conv_out};
 use Binding::{Read, ReadWrite, Uniform};
 
@@ -16,12 +17,6 @@ const CONV_BINDINGS: [Binding; 6] = [Uniform, Read, Read, ReadWrite, Read, Read]
 const CONV_BACKWARD_BINDINGS: [Binding; 4] = [Uniform, Read, Read, ReadWrite];
 const POOL_BINDINGS: [Binding; 6] = [Uniform, Read, ReadWrite, ReadWrite, Read, ReadWrite];
 const POOL_BACKWARD_BINDINGS: [Binding; 4] = [Uniform, Read, Read, ReadWrite];
-
-/// One device for the whole file: opening lavapipe and compiling modules is the slow part.
-fn ctx() -> &'static GpuContext {
-    static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| GpuContext::new(&AdapterOptions::default()).expect("a GPU adapter"))
-}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -125,17 +120,6 @@ fn assert_close(what: &str, got: &[f64], want: &[f64], precision: Precision) {
         got[at],
         want[at]
     );
-}
-
-/// f32 always; f64 where the adapter has it (lavapipe does), said aloud when skipped.
-fn precisions() -> Vec<Precision> {
-    let mut p = vec![Precision::F32];
-    if ctx().supports(Precision::F64) {
-        p.push(Precision::F64);
-    } else {
-        eprintln!("{} lacks f64: f64 cases skipped", ctx().describe());
-    }
-    p
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,15 +2,17 @@
 //! and f64, at awkward sizes: one channel, a channel count that is no power of two, one and many
 //! spatial positions, a batch of one. Dropout masks must match the CPU hash bit for bit.
 
+mod common;
+
 use bytemuck::{Pod, Zeroable};
+use common::{ctx, precisions};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use wgrad::gpu::buffers::uniform;
 use wgrad::gpu::kernel::{self, grid, shaders};
-use wgrad::gpu::{AdapterOptions, Binding, Dispatch, GpuBuffer, GpuContext, Kernel, Precision};
+use wgrad::gpu::{Binding, Dispatch, GpuBuffer, GpuContext, Kernel, Precision};
 use wgrad::reference::norm as reference;
 
-const PRECISIONS: [Precision; 2] = [Precision::F32, Precision::F64];
 const EPS: f64 = reference::BATCHNORM_EPS;
 const MOMENTUM: f64 = reference::BATCHNORM_MOMENTUM;
 
@@ -28,10 +30,6 @@ fn shapes() -> Vec<(usize, usize, usize)> {
         }
     }
     out
-}
-
-fn ctx() -> GpuContext {
-    GpuContext::new(&AdapterOptions::default()).expect("a GPU adapter (lavapipe in CI)")
 }
 
 /// The value the GPU holds after upload: f32 inputs are judged against a reference fed the same
@@ -330,19 +328,19 @@ fn gamma_beta(theta: &[f64], c: usize) -> (Vec<f64>, Vec<f64>) {
 #[test]
 fn batchnorm_training_forward_matches_reference() {
     let ctx = ctx();
-    for precision in PRECISIONS {
-        let k = BnKernels::new(&ctx, precision);
+    for precision in precisions() {
+        let k = BnKernels::new(ctx, precision);
         for (case, shape) in shapes().into_iter().enumerate() {
             let (n, c, s) = shape;
             let mut rng = ChaCha8Rng::seed_from_u64(case as u64);
             let x = qv(precision, &channel_input(&mut rng, 1, n, c, s));
             let theta = qv(precision, &random_arena(&mut rng, c));
-            let layer = BnLayer::new(&ctx, precision, shape, 1, &x, &theta, &[0.0], &[0], 0.0);
+            let layer = BnLayer::new(ctx, precision, shape, 1, &x, &theta, &[0.0], &[0], 0.0);
             kernel::run(
-                &ctx,
+                ctx,
                 &[
-                    layer.stats(&ctx, &k.stats),
-                    layer.elementwise(&ctx, &k.forward_train),
+                    layer.stats(ctx, &k.stats),
+                    layer.elementwise(ctx, &k.forward_train),
                 ],
             )
             .unwrap();
@@ -353,38 +351,32 @@ fn batchnorm_training_forward_matches_reference() {
             let what = |name| format!("{precision} {shape:?} {name}");
             assert_close(
                 &what("mean"),
-                &layer.stats_column(&ctx, 0),
+                &layer.stats_column(ctx, 0),
                 &want.mean,
                 1.0,
                 t,
             );
             assert_close(
                 &what("inv_std"),
-                &layer.stats_column(&ctx, 1),
+                &layer.stats_column(ctx, 1),
                 &want.inv_std,
                 0.0,
                 t,
             );
-            assert_close(
-                &what("var"),
-                &layer.stats_column(&ctx, 2),
-                &want.var,
-                0.0,
-                t,
-            );
+            assert_close(&what("var"), &layer.stats_column(ctx, 2), &want.var, 0.0, t);
             assert_close(
                 &what("xhat"),
-                &layer.read(&ctx, &layer.xhat),
+                &layer.read(ctx, &layer.xhat),
                 &want.xhat,
                 1.0,
                 t,
             );
-            assert_close(&what("y"), &layer.read(&ctx, &layer.y), &want.y, 1.0, t);
+            assert_close(&what("y"), &layer.read(ctx, &layer.y), &want.y, 1.0, t);
 
             // A fixed summation order: the same statistics to the bit when run again.
-            let first = layer.stats.read_bytes(&ctx, 0..layer.stats.len).unwrap();
-            kernel::run(&ctx, &[layer.stats(&ctx, &k.stats)]).unwrap();
-            let again = layer.stats.read_bytes(&ctx, 0..layer.stats.len).unwrap();
+            let first = layer.stats.read_bytes(ctx, 0..layer.stats.len).unwrap();
+            kernel::run(ctx, &[layer.stats(ctx, &k.stats)]).unwrap();
+            let again = layer.stats.read_bytes(ctx, 0..layer.stats.len).unwrap();
             assert_eq!(
                 first, again,
                 "{precision} {shape:?}: stats not deterministic"
@@ -396,27 +388,27 @@ fn batchnorm_training_forward_matches_reference() {
 #[test]
 fn batchnorm_backward_matches_reference() {
     let ctx = ctx();
-    for precision in PRECISIONS {
-        let k = BnKernels::new(&ctx, precision);
+    for precision in precisions() {
+        let k = BnKernels::new(ctx, precision);
         for (case, shape) in shapes().into_iter().enumerate() {
             let (n, c, s) = shape;
             let mut rng = ChaCha8Rng::seed_from_u64(1000 + case as u64);
             let x = qv(precision, &channel_input(&mut rng, 1, n, c, s));
             let theta = qv(precision, &random_arena(&mut rng, c));
             let dy = qv(precision, &uniform_values(&mut rng, n * c * s, -1.0, 1.0));
-            let layer = BnLayer::new(&ctx, precision, shape, 1, &x, &theta, &[0.0], &[0], 0.0);
-            let dy_buf = GpuBuffer::from_real(&ctx, "dy", &dy, precision);
-            let dx_buf = GpuBuffer::real(&ctx, "dx", n * c * s, precision);
+            let layer = BnLayer::new(ctx, precision, shape, 1, &x, &theta, &[0.0], &[0], 0.0);
+            let dy_buf = GpuBuffer::from_real(ctx, "dy", &dy, precision);
+            let dx_buf = GpuBuffer::real(ctx, "dx", n * c * s, precision);
             // Other parameters' gradients must survive: the kernels write only γ's and β's.
             let sentinel = vec![7.0; arena_len(c)];
-            layer.grads.write_real(&ctx, 0, &sentinel, precision);
+            layer.grads.write_real(ctx, 0, &sentinel, precision);
             kernel::run(
-                &ctx,
+                ctx,
                 &[
-                    layer.stats(&ctx, &k.stats),
-                    layer.elementwise(&ctx, &k.forward_train),
-                    layer.backward_params(&ctx, &k.backward_params, &dy_buf),
-                    layer.backward_input(&ctx, &k.backward_input, &dy_buf, &dx_buf),
+                    layer.stats(ctx, &k.stats),
+                    layer.elementwise(ctx, &k.forward_train),
+                    layer.backward_params(ctx, &k.backward_params, &dy_buf),
+                    layer.backward_input(ctx, &k.backward_input, &dy_buf, &dx_buf),
                 ],
             )
             .unwrap();
@@ -445,7 +437,7 @@ fn batchnorm_backward_matches_reference() {
                 .fold(0.0, f64::max);
             let t = tol(precision);
             let what = |name| format!("{precision} {shape:?} {name}");
-            let grads = layer.read(&ctx, &layer.grads);
+            let grads = layer.read(ctx, &layer.grads);
             let bo = b_off(c);
             assert_close(
                 &what("dgamma"),
@@ -461,7 +453,7 @@ fn batchnorm_backward_matches_reference() {
                 abs_dy.iter().fold(0.0, |a: f64, &b| a.max(b)),
                 t,
             );
-            assert_close(&what("dx"), &layer.read(&ctx, &dx_buf), &dx, dx_scale, t);
+            assert_close(&what("dx"), &layer.read(ctx, &dx_buf), &dx, dx_scale, t);
             let untouched = grads
                 .iter()
                 .enumerate()
@@ -475,8 +467,8 @@ fn batchnorm_backward_matches_reference() {
 #[test]
 fn batchnorm_running_update_and_eval_match_reference() {
     let ctx = ctx();
-    for precision in PRECISIONS {
-        let k = BnKernels::new(&ctx, precision);
+    for precision in precisions() {
+        let k = BnKernels::new(ctx, precision);
         for (case, shape) in shapes().into_iter().enumerate() {
             let (n, c, s) = shape;
             let mut rng = ChaCha8Rng::seed_from_u64(2000 + case as u64);
@@ -486,22 +478,22 @@ fn batchnorm_running_update_and_eval_match_reference() {
             let mut rv = qv(precision, &uniform_values(&mut rng, c, 0.5, 2.0));
             let running: Vec<f64> = rm.iter().zip(&rv).flat_map(|(&a, &b)| [a, b]).collect();
             let x0 = qv(precision, &channel_input(&mut rng, 1, n, c, s));
-            let layer = BnLayer::new(&ctx, precision, shape, 1, &x0, &theta, &running, &[0], 0.0);
+            let layer = BnLayer::new(ctx, precision, shape, 1, &x0, &theta, &running, &[0], 0.0);
             // Two training steps on different batches, as the trainer records them.
             for step in 0..2 {
                 let x = if step == 0 {
                     x0.clone()
                 } else {
                     let x = qv(precision, &channel_input(&mut rng, 1, n, c, s));
-                    layer.x.write_real(&ctx, 0, &x, precision);
+                    layer.x.write_real(ctx, 0, &x, precision);
                     x
                 };
                 kernel::run(
-                    &ctx,
+                    ctx,
                     &[
-                        layer.stats(&ctx, &k.stats),
-                        layer.elementwise(&ctx, &k.forward_train),
-                        layer.update_running(&ctx, &k.update_running),
+                        layer.stats(ctx, &k.stats),
+                        layer.elementwise(ctx, &k.forward_train),
+                        layer.update_running(ctx, &k.update_running),
                     ],
                 )
                 .unwrap();
@@ -523,7 +515,7 @@ fn batchnorm_running_update_and_eval_match_reference() {
                     q(precision, MOMENTUM),
                 );
             }
-            let got = layer.read(&ctx, &layer.running);
+            let got = layer.read(ctx, &layer.running);
             let t = tol(precision);
             let what = |name| format!("{precision} {shape:?} {name}");
             let col = |k: usize| got.chunks(2).map(|r| r[k]).collect::<Vec<_>>();
@@ -532,8 +524,8 @@ fn batchnorm_running_update_and_eval_match_reference() {
 
             // Evaluation on a fresh batch uses the running statistics, not the batch's.
             let x = qv(precision, &channel_input(&mut rng, 1, n, c, s));
-            layer.x.write_real(&ctx, 0, &x, precision);
-            kernel::run(&ctx, &[layer.elementwise(&ctx, &k.forward_eval)]).unwrap();
+            layer.x.write_real(ctx, 0, &x, precision);
+            kernel::run(ctx, &[layer.elementwise(ctx, &k.forward_eval)]).unwrap();
             let want = reference::batchnorm_forward_eval(
                 &x,
                 &gamma,
@@ -545,7 +537,7 @@ fn batchnorm_running_update_and_eval_match_reference() {
                 s,
                 q(precision, EPS),
             );
-            assert_close(&what("eval y"), &layer.read(&ctx, &layer.y), &want, 1.0, t);
+            assert_close(&what("eval y"), &layer.read(ctx, &layer.y), &want, 1.0, t);
         }
     }
 }
@@ -553,10 +545,10 @@ fn batchnorm_running_update_and_eval_match_reference() {
 #[test]
 fn batchnorm_perturbed_forward_moves_one_element_per_copy() {
     let ctx = ctx();
-    for precision in PRECISIONS {
-        let stats = bn_kernel(&ctx, "bn_stats", precision, false);
-        let train = bn_kernel(&ctx, "bn_forward_train", precision, true);
-        let eval = bn_kernel(&ctx, "bn_forward_eval", precision, true);
+    for precision in precisions() {
+        let stats = bn_kernel(ctx, "bn_stats", precision, false);
+        let train = bn_kernel(ctx, "bn_forward_train", precision, true);
+        let eval = bn_kernel(ctx, "bn_forward_eval", precision, true);
         let h = match precision {
             Precision::F32 => 1e-2,
             Precision::F64 => 1e-5,
@@ -590,22 +582,22 @@ fn batchnorm_perturbed_forward_moves_one_element_per_copy() {
             let running: Vec<f64> = rm.iter().zip(&rv).flat_map(|(&a, &b)| [a, b]).collect();
             let flat_pert: Vec<u32> = pert.iter().flatten().copied().collect();
             let layer = BnLayer::new(
-                &ctx, precision, shape, copies, &x, &theta, &running, &flat_pert, h,
+                ctx, precision, shape, copies, &x, &theta, &running, &flat_pert, h,
             );
-            let y_eval = GpuBuffer::real(&ctx, "y_eval", copies * per_copy, precision);
+            let y_eval = GpuBuffer::real(ctx, "y_eval", copies * per_copy, precision);
             kernel::run(
-                &ctx,
+                ctx,
                 &[
-                    layer.stats(&ctx, &stats),
-                    layer.elementwise(&ctx, &train),
-                    layer.dispatch(&ctx, &eval, &layer.x, &y_eval, grid(layer.count()).0),
+                    layer.stats(ctx, &stats),
+                    layer.elementwise(ctx, &train),
+                    layer.dispatch(ctx, &eval, &layer.x, &y_eval, grid(layer.count()).0),
                 ],
             )
             .unwrap();
-            let y = layer.read(&ctx, &layer.y);
-            let y_ev = layer.read(&ctx, &y_eval);
-            let means = layer.stats_column(&ctx, 0);
-            let inv_stds = layer.stats_column(&ctx, 1);
+            let y = layer.read(ctx, &layer.y);
+            let y_ev = layer.read(ctx, &y_eval);
+            let means = layer.stats_column(ctx, 0);
+            let inv_stds = layer.stats_column(ctx, 1);
             let hq = q(precision, h);
             let t = tol(precision);
             for (p, &[flat, sign]) in pert.iter().enumerate() {
@@ -657,7 +649,7 @@ fn batchnorm_perturbed_forward_moves_one_element_per_copy() {
                 assert_close(&what("eval y"), &y_ev[range], &want_eval, 1.0, t);
             }
             // The perturbed build has no backward pass and leaves xhat alone.
-            assert!(layer.read(&ctx, &layer.xhat).iter().all(|&v| v == 0.0));
+            assert!(layer.read(ctx, &layer.xhat).iter().all(|&v| v == 0.0));
         }
     }
 }
@@ -767,8 +759,8 @@ fn product(precision: Precision, a: f64, b: f64) -> f64 {
 #[test]
 fn dropout_masks_match_the_cpu_hash_bit_for_bit() {
     let ctx = ctx();
-    for precision in PRECISIONS {
-        let (forward, backward) = dropout_kernels(&ctx, precision);
+    for precision in precisions() {
+        let (forward, backward) = dropout_kernels(ctx, precision);
         for (case, (p, copies, per_copy)) in [
             (0.0, 1, 1000),
             (0.1, 1, 4099),
@@ -790,25 +782,25 @@ fn dropout_masks_match_the_cpu_hash_bit_for_bit() {
                 precision,
                 &uniform_values(&mut rng, copies * per_copy, -2.0, 2.0),
             );
-            let d = Dropout::new(&ctx, precision, copies, per_copy, seed, p, 0);
+            let d = Dropout::new(ctx, precision, copies, per_copy, seed, p, 0);
             // The trainer's word 0 is the completed-steps count.
-            let state = GpuBuffer::from_u32(&ctx, "state", &[step, 99, 0, 0]);
-            let x_buf = GpuBuffer::from_real(&ctx, "x", &x, precision);
-            let dy_buf = GpuBuffer::from_real(&ctx, "dy", &dy, precision);
-            let y_buf = GpuBuffer::real(&ctx, "y", d.count, precision);
-            let dx_buf = GpuBuffer::real(&ctx, "dx", d.count, precision);
-            let mask_buf = GpuBuffer::real(&ctx, "mask", per_copy, precision);
+            let state = GpuBuffer::from_u32(ctx, "state", &[step, 99, 0, 0]);
+            let x_buf = GpuBuffer::from_real(ctx, "x", &x, precision);
+            let dy_buf = GpuBuffer::from_real(ctx, "dy", &dy, precision);
+            let y_buf = GpuBuffer::real(ctx, "y", d.count, precision);
+            let dx_buf = GpuBuffer::real(ctx, "dx", d.count, precision);
+            let mask_buf = GpuBuffer::real(ctx, "mask", per_copy, precision);
             kernel::run(
-                &ctx,
+                ctx,
                 &[
-                    d.dispatch(&ctx, &forward, [&x_buf, &state, &y_buf, &mask_buf]),
-                    d.dispatch(&ctx, &backward, [&dy_buf, &state, &dx_buf, &mask_buf]),
+                    d.dispatch(ctx, &forward, [&x_buf, &state, &y_buf, &mask_buf]),
+                    d.dispatch(ctx, &backward, [&dy_buf, &state, &dx_buf, &mask_buf]),
                 ],
             )
             .unwrap();
-            let mask = mask_buf.read_real(&ctx, precision).unwrap();
-            let y = y_buf.read_real(&ctx, precision).unwrap();
-            let dx = dx_buf.read_real(&ctx, precision).unwrap();
+            let mask = mask_buf.read_real(ctx, precision).unwrap();
+            let y = y_buf.read_real(ctx, precision).unwrap();
+            let dx = dx_buf.read_real(ctx, precision).unwrap();
             let (_, want_mask) = reference::dropout_forward(&x[..per_copy], seed, step, p);
             let want_mask = qv(precision, &want_mask);
             let what = format!("{precision} p={p} copies={copies} per_copy={per_copy}");
@@ -834,30 +826,30 @@ fn dropout_masks_match_the_cpu_hash_bit_for_bit() {
 #[test]
 fn dropout_mask_follows_the_step_word() {
     let ctx = ctx();
-    for precision in PRECISIONS {
-        let (forward, _) = dropout_kernels(&ctx, precision);
+    for precision in precisions() {
+        let (forward, _) = dropout_kernels(ctx, precision);
         let per_copy = 2000;
         let (seed, p) = (77, 0.5);
         let x = vec![1.0; per_copy];
         // The step lives in word 1 here, to show the slot is honoured.
-        let d = Dropout::new(&ctx, precision, 1, per_copy, seed, p, 1);
-        let state = GpuBuffer::from_u32(&ctx, "state", &[1000, 5, 0, 0]);
-        let x_buf = GpuBuffer::from_real(&ctx, "x", &x, precision);
-        let y_buf = GpuBuffer::real(&ctx, "y", per_copy, precision);
-        let mask_buf = GpuBuffer::real(&ctx, "mask", per_copy, precision);
-        let step = [d.dispatch(&ctx, &forward, [&x_buf, &state, &y_buf, &mask_buf])];
+        let d = Dropout::new(ctx, precision, 1, per_copy, seed, p, 1);
+        let state = GpuBuffer::from_u32(ctx, "state", &[1000, 5, 0, 0]);
+        let x_buf = GpuBuffer::from_real(ctx, "x", &x, precision);
+        let y_buf = GpuBuffer::real(ctx, "y", per_copy, precision);
+        let mask_buf = GpuBuffer::real(ctx, "mask", per_copy, precision);
+        let step = [d.dispatch(ctx, &forward, [&x_buf, &state, &y_buf, &mask_buf])];
         let run = || {
-            kernel::run(&ctx, &step).unwrap();
-            mask_buf.read_real(&ctx, precision).unwrap()
+            kernel::run(ctx, &step).unwrap();
+            mask_buf.read_real(ctx, precision).unwrap()
         };
         let cpu = |step| qv(precision, &reference::dropout_forward(&x, seed, step, p).1);
 
         let at5 = run();
         assert_eq!(at5, cpu(5), "{precision}: step 5");
         // Another word changing leaves the mask alone.
-        state.write_u32(&ctx, 0, &[1001]);
+        state.write_u32(ctx, 0, &[1001]);
         assert_eq!(run(), at5, "{precision}: word 0 must not matter");
-        state.write_u32(&ctx, 1, &[6]);
+        state.write_u32(ctx, 1, &[6]);
         let at6 = run();
         assert_eq!(at6, cpu(6), "{precision}: step 6");
         let differ = at5.iter().zip(&at6).filter(|(a, b)| a != b).count();
@@ -866,16 +858,16 @@ fn dropout_mask_follows_the_step_word() {
             differ > per_copy / 3,
             "{precision}: steps 5 and 6 differ in only {differ} places"
         );
-        state.write_u32(&ctx, 1, &[5]);
+        state.write_u32(ctx, 1, &[5]);
         assert_eq!(run(), at5, "{precision}: step 5 again");
         // A different seed draws a different stream.
-        let other = Dropout::new(&ctx, precision, 1, per_copy, seed + 1, p, 1);
+        let other = Dropout::new(ctx, precision, 1, per_copy, seed + 1, p, 1);
         kernel::run(
-            &ctx,
-            &[other.dispatch(&ctx, &forward, [&x_buf, &state, &y_buf, &mask_buf])],
+            ctx,
+            &[other.dispatch(ctx, &forward, [&x_buf, &state, &y_buf, &mask_buf])],
         )
         .unwrap();
-        let reseeded = mask_buf.read_real(&ctx, precision).unwrap();
+        let reseeded = mask_buf.read_real(ctx, precision).unwrap();
         assert_ne!(reseeded, at5, "{precision}: seed must matter");
         assert_eq!(
             reseeded,
