@@ -10,13 +10,14 @@
 //!   by even 0.1 % fails by orders of magnitude.
 //! - f32 (h = 5e-3): per-element f32 central differences are unreliable (rounding ε·|L|/h ≈ 6e-5,
 //!   against gradients of 1e-4 and below), so only the norm-wise error counts, and elements are
-//!   reported without a verdict. The bounds come from measurement (README, "Tolerances"): over 16
-//!   nets (MLPs with ReLU, sigmoid, BatchNorm, dropout and weight decay; convnets with max and
-//!   average pooling; batches 1 to 100; at initialisation and after training) the difference
-//!   a − n behaved as absolute noise of RMS 1.2e-6 to 3.9e-5 per element, whatever the
-//!   gradient's size, with no relative part above 3e-4. So norm_atol = 6e-5 (1.5× the largest
-//!   noise) and norm_tol = 2e-3 (7× the largest relative error seen, and a fifth of the 1% error
-//!   that the previous bound of 2e-2 let through).
+//!   reported without a verdict. The noise floor is measured, not assumed: the check evaluates
+//!   the same differences again at 2h, where the rounding noise is about half as large, and
+//!   takes σ = ‖n(h) − n(2h)‖ / √(1.25·numel) as each tensor's noise per element. The bound is
+//!   ‖a − n‖ ≤ norm_tol·‖a‖ + (norm_atol + 3·σ)·√numel, with norm_tol = 2e-3 and norm_atol =
+//!   1e-6 for the analytic gradient's own rounding. Why (README, "Tolerances"):
+//!   over 14 nets the per-element noise ranged from 1.3e-6 to 4.6e-5 (a convolution's weights
+//!   touch many outputs and are the noisiest), so no fixed floor both passes every healthy tensor
+//!   and fails a 1% error; relative errors of tensors well above their noise stayed under 3e-4.
 //!
 //! Directional checks use JAX check_grads' tolerances: |a − n| ≤ t + t·|a|, t = 1e-5 (f64) or
 //! 2e-3 (f32).
@@ -40,6 +41,9 @@ pub struct Tolerance {
     pub norm_atol: f64,
     /// Whether single elements can fail the check.
     pub per_element: bool,
+    /// When > 0, the norm-wise floor also allows this many times the tensor's own noise,
+    /// measured by a second central difference at 2h.
+    pub noise_factor: f64,
 }
 
 impl Tolerance {
@@ -51,13 +55,17 @@ impl Tolerance {
                 norm_tol: 1e-6,
                 norm_atol: 1e-9,
                 per_element: true,
+                noise_factor: 0.0,
             },
             Precision::F32 => Tolerance {
                 atol: 1e-3,
                 rtol: 1e-1,
                 norm_tol: 2e-3,
-                norm_atol: 6e-5,
+                // The analytic gradient's own f32 rounding: a tensor whose true gradient is 0
+                // (a bias under BatchNorm) can measure no noise, n(h) = n(2h) = 0 exactly.
+                norm_atol: 1e-6,
                 per_element: false,
+                noise_factor: 3.0,
             },
         }
     }
@@ -92,6 +100,8 @@ pub struct TensorCheck {
     /// Flat position inside the tensor of the max relative error, and its shape index.
     pub max_rel_err_at: Vec<usize>,
     pub norm_rel_err: f64,
+    /// RMS rounding noise per element of the numerical gradient, measured at 2h (f32 only).
+    pub noise_rms: Option<f64>,
     pub kink_crossings: usize,
     /// Elements off kinks that break atol + rtol·max(|a|,|n|).
     pub elements_failed: usize,
@@ -187,6 +197,22 @@ pub fn check(
         .flat_map(|t| t.offset..t.offset + t.numel)
         .collect();
     let numeric_part = engine.gradient(&indices)?;
+    let tol = Tolerance::for_precision(config.precision);
+    let at_twice_h = if tol.noise_factor > 0.0 {
+        let wide = PerturbedLossEngine::new(
+            ctx,
+            &kernels,
+            &model,
+            x,
+            labels,
+            config.strategy,
+            2.0 * config.h,
+            config.chunk,
+        )?;
+        Some(wide.gradient(&indices)?)
+    } else {
+        None
+    };
     let seconds_numeric = start.elapsed().as_secs_f64();
     let before_params = model.read_params(ctx)?;
     if before_params
@@ -199,12 +225,17 @@ pub fn check(
         ));
     }
 
-    let tol = Tolerance::for_precision(config.precision);
     let mut numeric = vec![f64::NAN; layout.total];
+    let mut numeric_twice_h = vec![f64::NAN; layout.total];
     let mut kinks = vec![false; layout.total];
     for (k, &i) in indices.iter().enumerate() {
         numeric[i] = numeric_part.grad[k];
         kinks[i] = numeric_part.kinks[k];
+        if let Some(wide) = &at_twice_h {
+            numeric_twice_h[i] = wide.grad[k];
+            // A pair that straddles a kink at 2h measures no noise.
+            kinks[i] |= wide.kinks[k];
+        }
     }
     let tensors: Vec<TensorCheck> = selected
         .iter()
@@ -215,6 +246,7 @@ pub fn check(
                 &t.shape,
                 &analytic[range.clone()],
                 &numeric[range.clone()],
+                at_twice_h.as_ref().map(|_| &numeric_twice_h[range.clone()]),
                 &kinks[range],
                 &tol,
             )
@@ -235,7 +267,8 @@ pub fn check(
         seconds_numeric,
         seconds_numeric_setup,
         seconds_analytic,
-        perturbed_losses: numeric_part.perturbed_losses,
+        perturbed_losses: numeric_part.perturbed_losses
+            + at_twice_h.as_ref().map_or(0, |w| w.perturbed_losses),
         chunk: engine.chunk,
         tolerance: tol,
         tensors,
@@ -253,11 +286,13 @@ fn cast(v: f64, precision: Precision) -> f64 {
 }
 
 /// Figures for one tensor; elements on kinks are kept out of every figure but the count.
+/// `n_twice_h`, the same differences at 2h, gives the noise floor when `tol.noise_factor` > 0.
 pub fn tensor_check(
     name: &str,
     shape: &[usize],
     a: &[f64],
     n: &[f64],
+    n_twice_h: Option<&[f64]>,
     kinks: &[bool],
     tol: &Tolerance,
 ) -> TensorCheck {
@@ -293,8 +328,9 @@ pub fn tensor_check(
     } else {
         diff2.sqrt()
     };
-    let norm_ok =
-        diff2.sqrt() <= tol.norm_tol * a2.sqrt() + tol.norm_atol * (counted as f64).sqrt();
+    let noise_rms = n_twice_h.map(|wide| noise_rms(n, wide, kinks));
+    let floor = tol.norm_atol + tol.noise_factor * noise_rms.unwrap_or(0.0);
+    let norm_ok = diff2.sqrt() <= tol.norm_tol * a2.sqrt() + floor * (counted as f64).sqrt();
     let passed = norm_ok && (!tol.per_element || failed == 0);
     TensorCheck {
         name: name.to_string(),
@@ -307,9 +343,29 @@ pub fn tensor_check(
         max_rel_err: max_rel,
         max_rel_err_at: unravel(max_at, shape),
         norm_rel_err: norm_rel,
+        noise_rms,
         kink_crossings: kinks.iter().filter(|&&k| k).count(),
         elements_failed: failed,
         passed,
+    }
+}
+
+/// Rounding noise per element of central differences at h, from the same differences at 2h:
+/// the noise scales as 1/h, so n(h) − n(2h) carries σ² + σ²/4 of variance, while the
+/// derivative cancels (up to the truncation terms, which belong in the floor too).
+fn noise_rms(n: &[f64], n_twice_h: &[f64], kinks: &[bool]) -> f64 {
+    let (sum2, counted) = n
+        .iter()
+        .zip(n_twice_h)
+        .zip(kinks)
+        .filter(|(_, &kink)| !kink)
+        .fold((0.0, 0usize), |(s, c), ((a, b), _)| {
+            (s + (a - b) * (a - b), c + 1)
+        });
+    if counted == 0 {
+        0.0
+    } else {
+        (sum2 / (1.25 * counted as f64)).sqrt()
     }
 }
 

@@ -667,14 +667,21 @@ fn print_gradcheck(r: &gradcheck::GradcheckReport) {
     }
     let kinks: usize = r.tensors.iter().map(|t| t.kink_crossings).sum();
     println!(
-        "{} perturbed losses in {:.3} s (setup {:.3} s), analytic gradient {:.4} s; {} kink crossings excluded; tolerance: ‖a-n‖ ≤ {:e}·‖a‖ + {:e}·√numel{}",
+        "{} perturbed losses in {:.3} s (setup {:.3} s), analytic gradient {:.4} s; {} kink crossings excluded; tolerance: ‖a-n‖ ≤ {:e}·‖a‖ + {}·√numel{}",
         r.perturbed_losses,
         r.seconds_numeric,
         r.seconds_numeric_setup,
         r.seconds_analytic,
         kinks,
         r.tolerance.norm_tol,
-        r.tolerance.norm_atol,
+        if r.tolerance.noise_factor > 0.0 {
+            format!(
+                "({:e} + {}·noise measured at 2h)",
+                r.tolerance.norm_atol, r.tolerance.noise_factor
+            )
+        } else {
+            format!("{:e}", r.tolerance.norm_atol)
+        },
         if r.tolerance.per_element {
             format!(", |a-n| ≤ {:e} + {:e}·max(|a|,|n|)", r.tolerance.atol, r.tolerance.rtol)
         } else {

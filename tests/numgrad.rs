@@ -117,6 +117,7 @@ fn relu_twolayernet_passes_with_kinks_excluded() {
                 &t.shape,
                 &r.analytic[range.clone()],
                 &r.numeric[range],
+                None,
                 &none,
                 &r.tolerance,
             )
