@@ -1,6 +1,7 @@
 //! Direct convolution against im2col + matmul, for the book's SimpleConvNet layer (batch 100,
-//! 1×28×28 input, 30 filters of 5×5): the measurement behind shaders/conv.wgsl being a direct
-//! kernel. The im2col path is the classic one: unfold the input into [N·OH·OW, C·K·K] rows,
+//! 1×28×28 input, 30 filters of 5×5): the measurement behind training and evaluation running the
+//! convolution as im2col + matmul, while the perturbed copies of a gradient check keep the direct
+//! kernel of shaders/conv.wgsl. The im2col path is the classic one: unfold the input into [N·OH·OW, C·K·K] rows,
 //! multiply by Wᵀ with the (register-blocked) matmul kernel, and transpose NHWC back to NCHW.
 //!
 //! ```text

@@ -25,16 +25,12 @@ use wgrad::nn::{
     init_params, Activation, Copies, GpuDataset, Init, Kernels, Model, NetSpec, Recorder, Workspace,
 };
 use wgrad::optim::{GpuOptimizer, Optimizer};
-use wgrad::train::Evaluator;
+use wgrad::train::{Evaluator, STATE_WORDS, STATS_WORDS};
 
 const PRECISION: Precision = Precision::F32;
 const BATCH: usize = 100;
 /// Steps recorded per submit, as `wgrad train` does by default (`--steps-per-submit`).
 const STEPS_PER_SUBMIT: usize = 40;
-/// Words of the step-state buffer (u32) and of the stats buffer (real) that the metrics kernels
-/// use; see the layout at the top of shaders/metrics.wgsl.
-const STATE_WORDS: usize = 4;
-const STATS_WORDS: usize = 8;
 /// The state word holding the batch number within the epoch (the gather cursor).
 const BATCH_CURSOR: usize = 1;
 /// The state word holding the first non-finite step + 1 (0: none).

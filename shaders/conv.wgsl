@@ -2,9 +2,10 @@
 //
 //   y[p, n, f, oy, ox] = b[f] + Σ_{c, ky, kx} x[p, n, c, oy·s − pad + ky, ox·s − pad + kx] · W[f, c, ky, kx]
 //
-// Direct rather than im2col: an im2col matrix is KH·KW times the input, and the perturbed-loss
-// engine runs one forward per parameter copy, so it would be that much larger again; the nets
-// here are MNIST-sized, where the loops below are fast enough.
+// Training and evaluation unfold the input instead (`im2col` below, then matmul.wgsl), which
+// measured twice as fast on lavapipe (benches/conv_layout.rs). The direct forward serves the
+// perturbed-loss engine, which runs one forward per parameter copy: an im2col matrix is KH·KW
+// times the input, and would be that much larger again per copy.
 //
 // W: [F, C, KH, KW] and b: [F] are read from the flat parameter arena theta at w_off and b_off,
 // so that, as in matmul.wgsl, copy p can read them as the shared base plus its own one-element

@@ -1,5 +1,6 @@
 // Inverted dropout as PyTorch does it: in training each element is kept with probability 1 − p
-// and kept ones are scaled by 1/(1 − p), so evaluation is the identity (no dispatch at all).
+// and kept ones are scaled by 1/(1 − p), so evaluation is the identity: the model records the
+// same dispatch there with threshold 0 and a scale of 1, so one path serves both modes.
 //
 // The mask comes from a counter-based hash, not a stateful RNG, so runs repeat exactly and the
 // host never uploads anything per step:

@@ -1,13 +1,13 @@
 // Batched, strided matrix product with optional bias, the workhorse of Affine forward and
 // backward:
 //
-//   C[p] (= or +=) A[p] · B (+ bias)      A[p]: [M, K], B: [K, N], bias: [N], C[p]: [M, N]
+//   C[p] = A[p] · B (+ bias)      A[p]: [M, K], B: [K, N], bias: [N], C[p]: [M, N]
 //
 // Element (i, k) of A[p] sits at a_off + p·a_bs + i·a_rs + k·a_cs, so transposes are just
 // strides: Affine forward is X·W, dX = dY·Wᵀ, dW = Xᵀ·dY, all with this one kernel.
 //
 // Each invocation computes a 4×4 block of C in registers (on lavapipe register blocking ran
-// 6–10× faster than workgroup-shared tiles; see docs). The batch index p (grid z) serves the
+// 6–10× faster than workgroup-shared tiles; README, "Notes on lavapipe"). The batch index p (grid z) serves the
 // full-forward numerical gradient, where every p is one perturbed copy of the parameters: B and
 // bias are read as the shared base plus that copy's own one-element change, so no copy ever
 // writes what another reads.
@@ -20,7 +20,6 @@ struct Params {
 }
 
 const ADD_BIAS: u32 = 1u;
-const ACCUMULATE: u32 = 2u;
 
 // Set when built for the perturbed-loss engine: pert[2p] is copy p's flat parameter index,
 // pert[2p+1] its sign (0: +h, 1: −h), and hstep[0] is h.
@@ -112,11 +111,7 @@ fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
                 break;
             }
             let at = P.c_off + p * P.c_bs + row * P.c_rs + col;
-            var v = acc[r][c] + bias_v[c];
-            if ((P.flags & ACCUMULATE) != 0u) {
-                v = v + C[at];
-            }
-            C[at] = v;
+            C[at] = acc[r][c] + bias_v[c];
         }
     }
 }
@@ -133,9 +128,5 @@ fn column_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var i = 0u; i < P.m; i++) {
         s += A[P.a_off + i * P.a_rs + col * P.a_cs];
     }
-    let at = P.c_off + col;
-    if ((P.flags & ACCUMULATE) != 0u) {
-        s = s + C[at];
-    }
-    C[at] = s;
+    C[P.c_off + col] = s;
 }

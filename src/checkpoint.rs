@@ -18,7 +18,7 @@ use safetensors::tensor::View;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
-use crate::nn::ParamLayout;
+use crate::nn::{unravel, ParamLayout};
 
 /// Values of one tensor handed to [`save_tensors`]; the variant picks the dtype in the file.
 #[derive(Clone, Debug, PartialEq)]
@@ -559,18 +559,6 @@ fn f16_to_f64(h: u16) -> f64 {
         0x1f => f64::NAN,
         e => sign * (1.0 + frac / 1024.0) * 2f64.powi(e - 15),
     }
-}
-
-/// Row-major flat index → multi-index, so errors point at W1[i, j] rather than a flat offset.
-fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
-    let mut idx = vec![0; shape.len()];
-    for (k, &d) in shape.iter().enumerate().rev() {
-        if d > 0 {
-            idx[k] = i % d;
-            i /= d;
-        }
-    }
-    idx
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Precision};
-use crate::nn::{Kernels, Model, NetSpec};
+use crate::nn::{unravel, Kernels, Model, NetSpec};
 use crate::numgrad::{analytic_gradient, PerturbedLossEngine, Strategy};
 
 /// Pass/fail thresholds of one precision.
@@ -367,15 +367,6 @@ fn noise_rms(n: &[f64], n_twice_h: &[f64], kinks: &[bool]) -> f64 {
     } else {
         (sum2 / (1.25 * counted as f64)).sqrt()
     }
-}
-
-fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
-    let mut idx = vec![0; shape.len()];
-    for d in (0..shape.len()).rev() {
-        idx[d] = i % shape[d];
-        i /= shape[d];
-    }
-    idx
 }
 
 /// Central differences along random unit directions over the checked parameters, against the

@@ -268,9 +268,8 @@ impl Optimizer {
 /// and its update dispatches over a model's arena.
 pub struct GpuOptimizer {
     pub optimizer: Optimizer,
+    /// The update; its bind groups hold the state slots and powers alive.
     dispatches: Vec<crate::gpu::Dispatch>,
-    slots: Vec<crate::gpu::GpuBuffer>,
-    powers: crate::gpu::GpuBuffer,
 }
 
 impl GpuOptimizer {
@@ -401,23 +400,12 @@ impl GpuOptimizer {
         Ok(GpuOptimizer {
             optimizer: optimizer.clone(),
             dispatches,
-            slots,
-            powers,
         })
     }
 
     /// The update, to record after the backward pass of each step.
     pub fn dispatches(&self) -> &[crate::gpu::Dispatch] {
         &self.dispatches
-    }
-
-    /// Number of state slots allocated (for memory reporting).
-    pub fn state_bytes(&self) -> usize {
-        self.slots
-            .iter()
-            .map(|s| s.len * s.elem_bytes)
-            .sum::<usize>()
-            + self.powers.elem_bytes * 2
     }
 }
 

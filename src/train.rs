@@ -156,8 +156,10 @@ pub struct Evaluation {
     pub accuracy: f64,
 }
 
-const STATE_WORDS: usize = 4;
-const STATS_WORDS: usize = 8;
+/// u32 words of the GPU state buffer (the step counter and its bookkeeping; shaders/metrics.wgsl).
+pub const STATE_WORDS: usize = 4;
+/// Reals of the GPU stats buffer (losses, correct counts, the L2 penalty; shaders/metrics.wgsl).
+pub const STATS_WORDS: usize = 8;
 
 /// Forward passes over a whole data set in batches, summing loss and correct counts on the GPU.
 pub struct Evaluator {

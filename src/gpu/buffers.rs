@@ -28,14 +28,6 @@ impl Precision {
         }
     }
 
-    /// Unit roundoff, used to choose step sizes and tolerances.
-    pub fn epsilon(self) -> f64 {
-        match self {
-            Precision::F32 => f32::EPSILON as f64,
-            Precision::F64 => f64::EPSILON,
-        }
-    }
-
     /// Packs host values as this precision's bytes.
     pub fn encode(self, values: &[f64]) -> Vec<u8> {
         match self {

@@ -82,6 +82,12 @@ impl fmt::Display for LayerSpec {
     }
 }
 
+/// Whether `p` is a dropout probability wgrad takes: [0, 1), as PyTorch (p = 1 would zero every
+/// activation, and its 1/(1 − p) scale is infinite). NaN is outside.
+pub fn valid_dropout(p: f64) -> bool {
+    (0.0..1.0).contains(&p)
+}
+
 /// The book's SimpleConvNet: conv 30×5×5, ReLU, max-pool 2×2, affine 100, ReLU, affine 10.
 pub const SIMPLE_CONV: &str = "conv30x5,relu,maxpool2,affine100,relu,affine10";
 
@@ -167,7 +173,7 @@ fn parse_layer(item: &str) -> Result<LayerSpec, Error> {
     }
     if let Some(rest) = lower.strip_prefix("dropout") {
         return match rest.parse::<f64>() {
-            Ok(p) if (0.0..1.0).contains(&p) => Ok(LayerSpec::Dropout { p }),
+            Ok(p) if valid_dropout(p) => Ok(LayerSpec::Dropout { p }),
             _ => Err(bad(
                 "dropout takes a probability in [0, 1), e.g. dropout0.5",
             )),
@@ -350,7 +356,7 @@ pub fn resolve(spec: &NetSpec) -> Result<(Vec<Layer>, ParamLayout), Error> {
                 }
             }
             LayerSpec::Dropout { p } => {
-                if !(0.0..1.0).contains(&p) {
+                if !valid_dropout(p) {
                     return Err(at(format!("dropout must lie in [0, 1), got {p}")));
                 }
                 dropouts += 1;

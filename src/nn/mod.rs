@@ -6,4 +6,4 @@ pub mod spec;
 
 pub use layers::{Layer, LayerSpec};
 pub use model::{Copies, GpuDataset, Kernels, Model, Recorder, Workspace};
-pub use spec::{init_params, Activation, Init, NetSpec, ParamLayout, TensorInfo};
+pub use spec::{init_params, unravel, Activation, Init, NetSpec, ParamLayout, TensorInfo};

@@ -87,8 +87,9 @@ impl fmt::Display for Init {
     }
 }
 
-/// A multi-layer perceptron: Affine → act → … → Affine → SoftmaxWithLoss.
-/// TwoLayerNet is `hidden = [h]`.
+/// A net: an explicit layer list (`layers`), or the book's MultiLayerNet(Extend) described by
+/// `hidden`, `activation`, `batchnorm` and `dropout` (Affine → [BatchNorm] → act → [Dropout] →
+/// … → Affine), always ending in SoftmaxWithLoss. TwoLayerNet is `hidden = [h]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NetSpec {
     pub input: usize,
@@ -154,12 +155,6 @@ impl NetSpec {
         Ok(spec)
     }
 
-    /// True for a plain MLP (affine and activation layers only): the nets the incremental
-    /// perturbed-loss kernel and [`crate::reference::RefMlp`] handle.
-    pub fn is_plain_mlp(&self) -> bool {
-        self.layers.is_none() && !self.batchnorm && self.dropout == 0.0
-    }
-
     /// The layer list this spec describes: the explicit one, or the MLP built from `hidden`.
     pub fn layer_specs(&self) -> Vec<LayerSpec> {
         if let Some(layers) = &self.layers {
@@ -207,7 +202,7 @@ impl NetSpec {
                 self.weight_decay
             )));
         }
-        if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
+        if !crate::nn::layers::valid_dropout(self.dropout) {
             return Err(Error::InvalidArgument(format!(
                 "dropout must lie in [0, 1), got {} (--dropout)",
                 self.dropout
@@ -291,6 +286,18 @@ impl ParamLayout {
             .find(|t| (t.offset..t.offset + t.numel).contains(&i))
             .map(|t| (t, i - t.offset))
     }
+}
+
+/// Row-major flat index → multi-index, so reports point at W1[i, j] rather than a flat offset.
+pub fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for (k, &d) in shape.iter().enumerate().rev() {
+        if d > 0 {
+            idx[k] = i % d;
+            i /= d;
+        }
+    }
+    idx
 }
 
 /// Draws initial parameters (f64, so both precisions start from the same values) from a seeded,

@@ -18,9 +18,7 @@ use wgrad::nn::spec::standard_normal;
 use wgrad::nn::{Activation, Copies, Kernels, Model, NetSpec, Recorder, Workspace};
 use wgrad::reference::RefMlp;
 
-/// Words of the GPU step counter and reals of the stats buffer, as train.rs allocates them.
-pub const STATE_WORDS: usize = 4;
-pub const STATS_WORDS: usize = 8;
+pub use wgrad::train::{STATE_WORDS, STATS_WORDS};
 
 /// The device every test of this binary shares (opening one costs ~50 ms on lavapipe).
 pub fn ctx() -> &'static GpuContext {
