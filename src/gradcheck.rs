@@ -439,3 +439,73 @@ pub fn first_batch(data: &Dataset, n: usize) -> Result<(Vec<f64>, Vec<u32>)> {
         data.labels[..n].iter().map(|&l| u32::from(l)).collect(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A smooth-looking f64 gradient of `numel` elements of size about 1, and a copy of it.
+    fn pair(numel: usize) -> (Vec<f64>, Vec<f64>) {
+        let a: Vec<f64> = (0..numel).map(|i| 1.0 + (i % 7) as f64 * 0.1).collect();
+        (a.clone(), a)
+    }
+
+    fn verdict(a: &[f64], n: &[f64], kinks: &[bool]) -> TensorCheck {
+        let tol = Tolerance::for_precision(Precision::F64);
+        tensor_check("W1", &[a.len()], a, n, None, kinks, &tol)
+    }
+
+    #[test]
+    fn one_element_off_fails_even_when_the_norm_passes() {
+        // 40,000 elements, one off by 1e-4 of itself: norm-wise that is 5e-7 (under norm_tol
+        // 1e-6), per element 10× over rtol 1e-5. Both criteria must hold, so it fails.
+        let (a, mut n) = pair(40_000);
+        n[123] *= 1.0 + 1e-4;
+        let none = vec![false; a.len()];
+        let t = verdict(&a, &n, &none);
+        assert!(t.norm_rel_err < 1e-6, "{t:?}");
+        assert_eq!(t.elements_failed, 1, "{t:?}");
+        assert!(!t.passed, "{t:?}");
+        assert_eq!(t.max_rel_err_at, vec![123]);
+        // Off by 1e-6 of itself it is within rtol: a pass.
+        let (a, mut n) = pair(40_000);
+        n[123] *= 1.0 + 1e-6;
+        assert!(verdict(&a, &n, &none).passed);
+    }
+
+    #[test]
+    fn kink_elements_are_left_out_of_the_verdict_and_counted() {
+        let (a, mut n) = pair(50);
+        n[7] = -3.0;
+        n[20] = 0.0;
+        let mut kinks = vec![false; a.len()];
+        assert!(!verdict(&a, &n, &kinks).passed);
+        kinks[7] = true;
+        kinks[20] = true;
+        let t = verdict(&a, &n, &kinks);
+        assert!(t.passed, "{t:?}");
+        assert_eq!(t.kink_crossings, 2);
+        assert_eq!(t.norm_rel_err, 0.0);
+    }
+
+    #[test]
+    fn f32_floor_follows_the_measured_noise() {
+        // The same 1% error passes when the differences at h and 2h disagree by much more
+        // (noise too large to see it) and fails when they agree (noise small).
+        let tol = Tolerance::for_precision(Precision::F32);
+        let (a, _) = pair(1_000);
+        let n: Vec<f64> = a.iter().map(|v| v * 1.01).collect();
+        let none = vec![false; a.len()];
+        let quiet: Vec<f64> = n.iter().map(|v| v + 1e-6).collect();
+        let noisy: Vec<f64> = n
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + if i % 2 == 0 { 0.05 } else { -0.05 })
+            .collect();
+        let check = |wide: &[f64]| tensor_check("W1", &[1_000], &a, &n, Some(wide), &none, &tol);
+        let t = check(&quiet);
+        assert!(!t.passed, "{t:?}");
+        assert!((t.noise_rms.unwrap() - 1e-6 / 1.25f64.sqrt()).abs() < 1e-9, "{t:?}");
+        assert!(check(&noisy).passed);
+    }
+}
