@@ -505,7 +505,10 @@ mod tests {
         let check = |wide: &[f64]| tensor_check("W1", &[1_000], &a, &n, Some(wide), &none, &tol);
         let t = check(&quiet);
         assert!(!t.passed, "{t:?}");
-        assert!((t.noise_rms.unwrap() - 1e-6 / 1.25f64.sqrt()).abs() < 1e-9, "{t:?}");
+        assert!(
+            (t.noise_rms.unwrap() - 1e-6 / 1.25f64.sqrt()).abs() < 1e-9,
+            "{t:?}"
+        );
         assert!(check(&noisy).passed);
     }
 }
