@@ -467,6 +467,7 @@ mod tests {
         assert_eq!(t.elements_failed, 1, "{t:?}");
         assert!(!t.passed, "{t:?}");
         assert_eq!(t.max_rel_err_at, vec![123]);
+        assert!((t.max_rel_err - 1e-4 / (1.0 + 1e-4)).abs() < 1e-12, "{t:?}");
         // Off by 1e-6 of itself it is within rtol: a pass.
         let (a, mut n) = pair(40_000);
         n[123] *= 1.0 + 1e-6;
@@ -486,6 +487,10 @@ mod tests {
         assert!(t.passed, "{t:?}");
         assert_eq!(t.kink_crossings, 2);
         assert_eq!(t.norm_rel_err, 0.0);
+        // The book's mean |a − n| is over the 48 elements that count.
+        n[3] += 0.5;
+        let t = verdict(&a, &n, &kinks);
+        assert!((t.mean_abs_diff - 0.5 / 48.0).abs() < 1e-15, "{t:?}");
     }
 
     #[test]
