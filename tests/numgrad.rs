@@ -478,6 +478,14 @@ fn every_perturbed_loss_and_kink_count_matches_the_reference() {
     prob.x[2 * s.input + 4] = 0.7; // one sample sees input 4, the others skip it
     let h = 0.05;
     let reference = RefMlp::new(s.clone());
+    // Put each second-layer unit 0.01 above its kink for one sample, so that perturbing the first
+    // layer flips states in the layer above it, which the incremental kernel counts separately.
+    let layout = s.layout();
+    let b2 = layout.get("b2").unwrap().offset;
+    let pre2 = reference.forward(&prob.params, &prob.x, n).pre[1].clone();
+    for c in 0..7 {
+        prob.params[b2 + c] += 0.01 - pre2[(c % n) * 7 + c];
+    }
     let states = |p: &[f64]| -> Vec<bool> {
         let fwd = reference.forward(p, &prob.x, n);
         fwd.pre[..fwd.pre.len() - 1]
@@ -487,7 +495,7 @@ fn every_perturbed_loss_and_kink_count_matches_the_reference() {
             .collect()
     };
     let base_states = states(&prob.params);
-    let total = s.layout().total;
+    let total = layout.total;
     let perturbations: Vec<Perturbation> = (0..total)
         .flat_map(|index| [false, true].map(|minus| Perturbation { index, minus }))
         .collect();
@@ -504,6 +512,27 @@ fn every_perturbed_loss_and_kink_count_matches_the_reference() {
             (reference.loss(&theta, &prob.x, &prob.labels), flips)
         })
         .collect();
+    // Flips in the second layer caused by first-layer perturbations must occur here.
+    let second_layer_flips = |theta: &[f64]| -> usize {
+        let a = &reference.forward(theta, &prob.x, n).pre[1];
+        let b = &reference.forward(&prob.params, &prob.x, n).pre[1];
+        a.iter()
+            .zip(b)
+            .filter(|(u, v)| (**u > 0.0) != (**v > 0.0))
+            .count()
+    };
+    let w1 = layout.get("W1").unwrap();
+    let from_below = (w1.offset..w1.offset + w1.numel)
+        .filter(|&i| {
+            let mut theta = prob.params.clone();
+            theta[i] -= h;
+            second_layer_flips(&theta) > 0
+        })
+        .count();
+    assert!(
+        from_below > 0,
+        "first-layer perturbations should flip second-layer units"
+    );
     let one_sided = |minus: bool| {
         perturbations
             .iter()
