@@ -226,13 +226,13 @@ pub fn check(
     }
 
     let mut numeric = vec![f64::NAN; layout.total];
-    let mut numeric_twice_h = vec![f64::NAN; layout.total];
+    let mut numeric_twice_h = at_twice_h.as_ref().map(|_| vec![f64::NAN; layout.total]);
     let mut kinks = vec![false; layout.total];
     for (k, &i) in indices.iter().enumerate() {
         numeric[i] = numeric_part.grad[k];
         kinks[i] = numeric_part.kinks[k];
-        if let Some(wide) = &at_twice_h {
-            numeric_twice_h[i] = wide.grad[k];
+        if let (Some(wide), Some(twice_h)) = (&at_twice_h, &mut numeric_twice_h) {
+            twice_h[i] = wide.grad[k];
             // A pair that straddles a kink at 2h measures no noise.
             kinks[i] |= wide.kinks[k];
         }
@@ -246,7 +246,7 @@ pub fn check(
                 &t.shape,
                 &analytic[range.clone()],
                 &numeric[range.clone()],
-                at_twice_h.as_ref().map(|_| &numeric_twice_h[range.clone()]),
+                numeric_twice_h.as_ref().map(|n2| &n2[range.clone()]),
                 &kinks[range],
                 &tol,
             )

@@ -359,12 +359,18 @@ fn a_wrong_backward_pass_fails_the_check() {
     }
 }
 
-#[test]
-fn f32_check_passes_norm_wise() {
-    let ctx = common::ctx();
+/// The net of the f32 checks: 784-20-10 sigmoid, Xavier init (seed 6), the first 3 images.
+fn f32_probe() -> (NetSpec, Vec<f64>, Vec<f64>, Vec<u32>) {
     let s = spec(&[20], Activation::Sigmoid, 0.0);
     let params = init_params(&s, Init::Xavier, 6);
     let (x, t) = batch(3);
+    (s, params, x, t)
+}
+
+#[test]
+fn f32_check_passes_norm_wise() {
+    let ctx = common::ctx();
+    let (s, params, x, t) = f32_probe();
     let mut cfg = config(Precision::F32, Strategy::Incremental);
     cfg.directions = 2;
     let r = gradcheck::check(ctx, &s, &params, &x, &t, &cfg).unwrap();
@@ -380,9 +386,7 @@ fn a_one_percent_wrong_backward_pass_fails_in_f32() {
     // The mutation audit's misses: each of these passed under the old f32 bound (norm_tol 2e-2).
     // The same net as the passing f32 check above.
     let ctx = common::ctx();
-    let s = spec(&[20], Activation::Sigmoid, 0.0);
-    let params = init_params(&s, Init::Xavier, 6);
-    let (x, t) = batch(3);
+    let (s, params, x, t) = f32_probe();
     for (tensor, factor) in [("W1", 1.01), ("W1", 1.015), ("b2", 1.01), ("W2", 0.99)] {
         let mut cfg = config(Precision::F32, Strategy::Incremental);
         cfg.analytic_fault = Some((tensor.to_string(), factor));
@@ -499,35 +503,29 @@ fn every_perturbed_loss_and_kink_count_matches_the_reference() {
     let perturbations: Vec<Perturbation> = (0..total)
         .flat_map(|index| [false, true].map(|minus| Perturbation { index, minus }))
         .collect();
-    let want: Vec<(f64, u32)> = perturbations
+    // Per evaluation: the loss, the ReLU states that differ, and those of them in the second
+    // hidden layer (the states after the first layer's n·9).
+    let want: Vec<(f64, u32, u32)> = perturbations
         .iter()
         .map(|p| {
             let mut theta = prob.params.clone();
             theta[p.index] += if p.minus { -h } else { h };
-            let flips = states(&theta)
+            let differs: Vec<bool> = states(&theta)
                 .iter()
                 .zip(&base_states)
-                .filter(|(a, b)| a != b)
-                .count() as u32;
-            (reference.loss(&theta, &prob.x, &prob.labels), flips)
+                .map(|(a, b)| a != b)
+                .collect();
+            let count = |d: &[bool]| d.iter().filter(|&&x| x).count() as u32;
+            let loss = reference.loss(&theta, &prob.x, &prob.labels);
+            (loss, count(&differs), count(&differs[n * 9..]))
         })
         .collect();
     // Flips in the second layer caused by first-layer perturbations must occur here.
-    let second_layer_flips = |theta: &[f64]| -> usize {
-        let a = &reference.forward(theta, &prob.x, n).pre[1];
-        let b = &reference.forward(&prob.params, &prob.x, n).pre[1];
-        a.iter()
-            .zip(b)
-            .filter(|(u, v)| (**u > 0.0) != (**v > 0.0))
-            .count()
-    };
     let w1 = layout.get("W1").unwrap();
-    let from_below = (w1.offset..w1.offset + w1.numel)
-        .filter(|&i| {
-            let mut theta = prob.params.clone();
-            theta[i] -= h;
-            second_layer_flips(&theta) > 0
-        })
+    let from_below = perturbations
+        .iter()
+        .zip(&want)
+        .filter(|(p, w)| p.minus && (w1.offset..w1.offset + w1.numel).contains(&p.index) && w.2 > 0)
         .count();
     assert!(
         from_below > 0,
@@ -559,7 +557,7 @@ fn every_perturbed_loss_and_kink_count_matches_the_reference() {
         )
         .unwrap();
         let got = engine.losses(&perturbations).unwrap();
-        for ((p, g), (loss, flips)) in perturbations.iter().zip(&got).zip(&want) {
+        for ((p, g), (loss, flips, _)) in perturbations.iter().zip(&got).zip(&want) {
             assert!(
                 (g.loss - loss).abs() <= 1e-12 * loss.abs(),
                 "{strategy} {p:?}: loss {} against the reference's {loss}",
