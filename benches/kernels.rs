@@ -20,21 +20,18 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
 use wgrad::data;
+use wgrad::data::GpuDataset;
 use wgrad::gpu::{kernel, GpuBuffer, GpuContext, Precision};
 use wgrad::nn::{
-    init_params, Activation, Copies, GpuDataset, Init, Kernels, Model, NetSpec, Recorder, Workspace,
+    init_params, Activation, Copies, Init, Kernels, Model, NetSpec, Recorder, Workspace,
 };
 use wgrad::optim::{GpuOptimizer, Optimizer};
-use wgrad::train::{Evaluator, STATE_WORDS, STATS_WORDS};
+use wgrad::train::{step_dispatches, Evaluator, StateWord, STATE_WORDS, STATS_WORDS};
 
 const PRECISION: Precision = Precision::F32;
 const BATCH: usize = 100;
 /// Steps recorded per submit, as `wgrad train` does by default (`--steps-per-submit`).
 const STEPS_PER_SUBMIT: usize = 40;
-/// The state word holding the batch number within the epoch (the gather cursor).
-const BATCH_CURSOR: usize = 1;
-/// The state word holding the first non-finite step + 1 (0: none).
-const DIVERGED_AT: usize = 2;
 
 fn context() -> GpuContext {
     let ctx = GpuContext::new(&Default::default())
@@ -65,15 +62,10 @@ fn train_step(c: &mut Criterion) {
     let state = GpuBuffer::zeroed(&ctx, "state", STATE_WORDS, 4);
     let stats = GpuBuffer::real(&ctx, "stats", STATS_WORDS, PRECISION);
     let optimizer = Optimizer::from_name("momentum", Some(0.1)).unwrap();
-    let optimizer = GpuOptimizer::new(&ctx, &model, &optimizer, &state).unwrap();
+    let optimizer = GpuOptimizer::new(&rec.gpu(), &model, &optimizer, &state).unwrap();
 
-    // The same step list `train::train` records (without the L2 term, which is off here).
-    let mut step = vec![train_set.gather(&ctx, &kernels, &ws, &state, BATCH_CURSOR as u32)];
-    step.extend(rec.forward(&ws, &Copies::Single));
-    step.extend(rec.backward(&ws));
-    step.push(rec.train_metrics(&ws, &stats, &state));
-    step.extend(optimizer.dispatches().iter().cloned());
-    step.push(rec.advance(&ws, &stats, &state));
+    // The step list `train::train` records.
+    let step = step_dispatches(&rec, &train_set, &ws, (&state, &stats), &optimizer);
     let steps_per_epoch = train_set.len / BATCH;
     let chunk_max = STEPS_PER_SUBMIT.min(steps_per_epoch);
 
@@ -88,7 +80,7 @@ fn train_step(c: &mut Criterion) {
                 let chunk = left.min(chunk_max);
                 // Back to the first batch, so every step gathers real images rather than the
                 // padding rows past the end of the epoch.
-                state.write_u32(&ctx, BATCH_CURSOR, &[0]);
+                state.write_u32(&ctx, StateWord::Batch as usize, &[0]);
                 kernel::submit(&ctx, &step, chunk);
                 left -= chunk;
             }
@@ -100,7 +92,11 @@ fn train_step(c: &mut Criterion) {
 
     // Momentum SGD at lr 0.1 on real digits stays finite however many steps ran.
     let words = state.read_u32(&ctx).unwrap();
-    assert_eq!(words[DIVERGED_AT], 0, "the benchmark's training diverged");
+    assert_eq!(
+        words[StateWord::Diverged as usize],
+        0,
+        "the benchmark's training diverged"
+    );
 }
 
 fn matmul(c: &mut Criterion) {
@@ -161,7 +157,7 @@ fn evaluate(c: &mut Criterion) {
     let test_set = GpuDataset::new(&ctx, &mnist.test);
     // Batches of 1000 rows, as the trainer evaluates.
     let evaluator = Evaluator::new(&ctx, &model, 1000);
-    let dispatches = evaluator.batch_dispatches(&ctx, &rec, &test_set);
+    let dispatches = evaluator.batch_dispatches(&rec, &test_set);
 
     let mut group = c.benchmark_group("evaluate");
     group.throughput(Throughput::Elements(test_set.len as u64));

@@ -4,6 +4,8 @@
 //
 // λ_i = λ for weight-matrix elements and 0 for biases; `half_decay` holds λ_i / 2.
 
+#include "words.wgsl"
+
 struct Params {
     numel: u32,
     row_width: u32,
@@ -39,7 +41,7 @@ fn l2_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     }
 }
 
-// Pass 2: stats[3] = Σ partials (`grads` is bound to the partials buffer in both passes; P.numel
+// Pass 2: stats[STATS_L2_PENALTY] = Σ partials (`grads` is bound to the partials buffer in both passes; P.numel
 // is the arena size, so there are ceil(numel / BLOCK) partials).
 @compute @workgroup_size(64)
 fn l2_penalty(@builtin(local_invocation_index) lid: u32) {
@@ -50,7 +52,7 @@ fn l2_penalty(@builtin(local_invocation_index) lid: u32) {
     }
     reduce(lid, l);
     if (lid == 0u) {
-        stats[3] = part[0];
+        stats[STATS_L2_PENALTY] = part[0];
     }
 }
 

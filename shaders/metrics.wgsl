@@ -2,11 +2,9 @@
 // back between steps. Sums run in a fixed order (strided partial sums, then a fixed tree), so
 // results are deterministic.
 //
-// state (u32):  [0] completed steps t   [1] batch number in the epoch   [2] first non-finite
-//               step + 1 (0: none)      [3] evaluation batch number
-// stats (real): [0] Σ step losses   [1] last step loss   [2] Σ correct (training)
-//               [3] L2 penalty of this step   [4] Σ eval loss   [5] Σ eval correct
-//               [6] eval rows   [7] loss of the first non-finite step
+// The words of `state` and `stats` are named in words.wgsl.
+
+#include "words.wgsl"
 
 struct Params {
     rows: u32,       // rows to reduce (N), or copies for copy_loss
@@ -53,13 +51,13 @@ fn train_metrics(@builtin(local_invocation_index) lid: u32) {
     part_count[lid] = c;
     tree_sum(lid);
     if (lid == 0u) {
-        let loss = part_loss[0] / real(P.rows) + stats[3];
-        stats[0] += loss;
-        stats[1] = loss;
-        stats[2] += part_count[0];
-        if (!is_finite_r(loss) && state[2] == 0u) {
-            state[2] = state[0] + 1u;
-            stats[7] = loss;
+        let loss = part_loss[0] / real(P.rows) + stats[STATS_L2_PENALTY];
+        stats[STATS_LOSS_SUM] += loss;
+        stats[STATS_LAST_LOSS] = loss;
+        stats[STATS_CORRECT_SUM] += part_count[0];
+        if (!is_finite_r(loss) && state[STATE_DIVERGED] == 0u) {
+            state[STATE_DIVERGED] = state[STATE_STEP] + 1u;
+            stats[STATS_DIVERGED_LOSS] = loss;
         }
     }
 }
@@ -83,10 +81,10 @@ fn eval_metrics(@builtin(local_invocation_index) lid: u32) {
         for (var r = 0u; r < P.rows; r++) {
             valid += select(0u, 1u, labels[r] != INVALID);
         }
-        stats[4] += part_loss[0];
-        stats[5] += part_count[0];
-        stats[6] += real(valid);
-        state[3] += 1u;
+        stats[STATS_EVAL_LOSS] += part_loss[0];
+        stats[STATS_EVAL_CORRECT] += part_count[0];
+        stats[STATS_EVAL_ROWS] += real(valid);
+        state[STATE_EVAL_BATCH] += 1u;
     }
 }
 
@@ -108,6 +106,6 @@ fn copy_loss(@builtin(global_invocation_id) gid: vec3<u32>) {
 // End of a training step: t += 1, next batch.
 @compute @workgroup_size(1)
 fn advance() {
-    state[0] += 1u;
-    state[1] += 1u;
+    state[STATE_STEP] += 1u;
+    state[STATE_BATCH] += 1u;
 }

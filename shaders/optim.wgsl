@@ -3,6 +3,8 @@
 // working precision; the step count t comes from the GPU step counter, so many steps can be
 // recorded into one submit.
 
+#include "words.wgsl"
+
 struct Params {
     numel: u32,
     flags: u32,
@@ -49,7 +51,7 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>) {
     var g = grad[i] + hyper[3] * theta[i];
     if (mu != real(0.0)) {
         var b = g;
-        if (state[0] > 0u) {
+        if (state[STATE_STEP] > 0u) {
             b = mu * s1[i] + (real(1.0) - hyper[2]) * g;
         }
         s1[i] = b;
@@ -65,7 +67,7 @@ fn adagrad(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (i >= P.numel) {
         return;
     }
-    let clr = hyper[0] / (real(1.0) + real(state[0]) * hyper[8]);
+    let clr = hyper[0] / (real(1.0) + real(state[STATE_STEP]) * hyper[8]);
     let g = grad[i] + hyper[3] * theta[i];
     let sum = s1[i] + g * g;
     s1[i] = sum;

@@ -13,13 +13,15 @@
 //
 // layers[l]: in, out, W offset, b offset, pre offset, act offset (into `base`), 6 words a layer.
 
+#include "activations.wgsl"
+
 struct Params {
     perturbations: u32,   // invocations in this dispatch
     depth: u32,           // affine layers
     n: u32,               // batch rows
     classes: u32,
     scratch_stride: u32,  // reals of scratch per invocation (two rows of the widest layer)
-    relu: u32,            // 1: ReLU hidden layers, 0: sigmoid
+    activation: u32,      // the hidden layers' ACT_ kind (activations.wgsl)
     row_width: u32,
     // This dispatch's slice of the batch: lavapipe stops an invocation after 65,535 loop
     // iterations, so long batches of deep nets go in several dispatches that accumulate.
@@ -47,12 +49,6 @@ fn layer(l: u32, field: u32) -> u32 {
     return layers[6u * l + field];
 }
 
-fn activate(a: real) -> real {
-    if (P.relu == 1u) {
-        return max(a, real(0.0));
-    }
-    return real(1.0) / (real(1.0) + exp_r(-a));
-}
 
 // Softmax-CE of the row held in scratch[row_at .. row_at + classes].
 fn row_loss(row_at: u32, t: u32) -> real {
@@ -126,10 +122,10 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
             total += row_loss(row_a, labels[n]);
             continue;
         }
-        if (P.relu == 1u && ((a > real(0.0)) != (base_a > real(0.0)))) {
+        if (crosses_kink(P.activation, a, base_a)) {
             flips += 1u;
         }
-        let dz = activate(a) - base[layer(l, 5u) + n * outs + j];
+        let dz = activate(P.activation, a) - base[layer(l, 5u) + n * outs + j];
         // Layer l+1: its unperturbed pre-activation plus dz times row j of its W.
         let up = l + 1u;
         let up_out = layer(up, 1u);
@@ -154,10 +150,10 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
             let base_up = base[up_pre + c];
             let v = base_up + dz * theta[w_row + c];
             scratch[row_a + c] = v;
-            if (P.relu == 1u && ((v > real(0.0)) != (base_up > real(0.0)))) {
+            if (crosses_kink(P.activation, v, base_up)) {
                 flips += 1u;
             }
-            scratch[row_a + c] = activate(v);
+            scratch[row_a + c] = activate(P.activation, v);
         }
         // Layers above that: dense, per sample, ping-ponging between two scratch rows (which hold
         // activations, or logits for the last layer).
@@ -176,10 +172,10 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
                 scratch[dst + c] = s;
                 if (k < last) {
                     let base_k = base[layer(k, 4u) + n * k_out + c];
-                    if (P.relu == 1u && ((s > real(0.0)) != (base_k > real(0.0)))) {
+                    if (crosses_kink(P.activation, s, base_k)) {
                         flips += 1u;
                     }
-                    scratch[dst + c] = activate(s);
+                    scratch[dst + c] = activate(P.activation, s);
                 }
             }
             let t = src;

@@ -18,7 +18,7 @@ use safetensors::tensor::View;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
-use crate::nn::{unravel, ParamLayout};
+use crate::nn::{unravel, NamedTensor, ParamLayout};
 
 /// Values of one tensor handed to [`save_tensors`]; the variant picks the dtype in the file.
 #[derive(Clone, Debug, PartialEq)]
@@ -138,9 +138,6 @@ pub fn save(
     save_with_state(path, layout, params, &[], metadata)
 }
 
-/// A tensor by name: (name, shape, values).
-pub type NamedTensor = (String, Vec<usize>, Vec<f64>);
-
 /// [`save`], plus named state tensors that are not parameters (BatchNorm's running statistics),
 /// held to the same finiteness check.
 pub fn save_with_state(
@@ -167,13 +164,6 @@ pub fn save_with_state(
         .map(|t| (&t.name, &t.shape, &params[t.offset..t.offset + t.numel]))
         .chain(state.iter().map(|(n, s, v)| (n, s, v.as_slice())));
     for (name, shape, values) in named {
-        let t = crate::nn::TensorInfo {
-            name: name.clone(),
-            shape: shape.clone(),
-            offset: 0,
-            numel: values.len(),
-            fan_in: 0,
-        };
         // Checked after narrowing so that finite f64 values beyond f32's range are caught too.
         let narrowed: Vec<f32> = values.iter().map(|&v| v as f32).collect();
         if let Some(i) = narrowed.iter().position(|v| !v.is_finite()) {
@@ -187,12 +177,12 @@ pub fn save_with_state(
                 format!(
                     "refusing to write: tensor {} holds {what} at {:?}; training has diverged, so \
                      lower the learning rate rather than saving these weights",
-                    t.name,
-                    unravel(i, &t.shape)
+                    name,
+                    unravel(i, shape)
                 ),
             ));
         }
-        tensors.push((t.name.clone(), t.shape.clone(), TensorData::F32(narrowed)));
+        tensors.push((name.clone(), shape.clone(), TensorData::F32(narrowed)));
     }
     save_tensors(path, &tensors, metadata)
 }

@@ -29,8 +29,8 @@ use serde::Serialize;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Precision};
-use crate::nn::{unravel, Kernels, Model, NetSpec};
-use crate::numgrad::{analytic_gradient, PerturbedLossEngine, Strategy};
+use crate::nn::{unravel, Kernels, Model, NetSpec, ParamLayout, TensorInfo};
+use crate::numgrad::{analytic_gradient, NumericalGradient, PerturbedLossEngine, Strategy};
 
 /// Pass/fail thresholds of one precision.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -141,6 +141,45 @@ pub struct GradcheckReport {
     pub numeric: Vec<f64>,
 }
 
+/// The tensors `names` picks (all when empty), or which name this net lacks.
+fn selected_tensors<'l>(layout: &'l ParamLayout, names: &[String]) -> Result<Vec<&'l TensorInfo>> {
+    if let Some(name) = names.iter().find(|n| layout.get(n).is_none()) {
+        let all: Vec<&str> = layout.tensors.iter().map(|t| t.name.as_str()).collect();
+        return Err(Error::InvalidArgument(format!(
+            "unknown tensor '{name}' in --params: this net has {}",
+            all.join(", ")
+        )));
+    }
+    Ok(layout
+        .tensors
+        .iter()
+        .filter(|t| names.is_empty() || names.contains(&t.name))
+        .collect())
+}
+
+/// Numerical gradients over `indices`, placed at those indices of full-length vectors (NaN
+/// elsewhere): (at h, at 2h, whether a pair straddled a kink at either step).
+fn scatter(
+    total: usize,
+    indices: &[usize],
+    at_h: &NumericalGradient,
+    at_twice_h: Option<&NumericalGradient>,
+) -> (Vec<f64>, Option<Vec<f64>>, Vec<bool>) {
+    let mut numeric = vec![f64::NAN; total];
+    let mut numeric_twice_h = at_twice_h.map(|_| vec![f64::NAN; total]);
+    let mut kinks = vec![false; total];
+    for (k, &i) in indices.iter().enumerate() {
+        numeric[i] = at_h.grad[k];
+        kinks[i] = at_h.kinks[k];
+        if let (Some(wide), Some(twice_h)) = (at_twice_h, &mut numeric_twice_h) {
+            twice_h[i] = wide.grad[k];
+            // A pair that straddles a kink at 2h measures no noise.
+            kinks[i] |= wide.kinks[k];
+        }
+    }
+    (numeric, numeric_twice_h, kinks)
+}
+
 /// Checks the analytic gradient of `spec` at `params` on the batch (x, labels).
 pub fn check(
     ctx: &GpuContext,
@@ -152,20 +191,7 @@ pub fn check(
 ) -> Result<GradcheckReport> {
     ctx.require(config.precision)?;
     let layout = spec.layout();
-    for name in &config.tensors {
-        if layout.get(name).is_none() {
-            let names: Vec<&str> = layout.tensors.iter().map(|t| t.name.as_str()).collect();
-            return Err(Error::InvalidArgument(format!(
-                "unknown tensor '{name}' in --params: this net has {}",
-                names.join(", ")
-            )));
-        }
-    }
-    let selected: Vec<_> = layout
-        .tensors
-        .iter()
-        .filter(|t| config.tensors.is_empty() || config.tensors.contains(&t.name))
-        .collect();
+    let selected = selected_tensors(&layout, &config.tensors)?;
     let kernels = Kernels::new(ctx, config.precision)?;
     let model = Model::new(ctx, spec, params, config.precision)?;
 
@@ -181,16 +207,19 @@ pub fn check(
     let seconds_analytic = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
-    let engine = PerturbedLossEngine::new(
-        ctx,
-        &kernels,
-        &model,
-        x,
-        labels,
-        config.strategy,
-        config.h,
-        config.chunk,
-    )?;
+    let engine_at = |h| {
+        PerturbedLossEngine::new(
+            ctx,
+            &kernels,
+            &model,
+            x,
+            labels,
+            config.strategy,
+            h,
+            config.chunk,
+        )
+    };
+    let engine = engine_at(config.h)?;
     let seconds_numeric_setup = start.elapsed().as_secs_f64();
     let indices: Vec<usize> = selected
         .iter()
@@ -199,57 +228,27 @@ pub fn check(
     let numeric_part = engine.gradient(&indices)?;
     let tol = Tolerance::for_precision(config.precision);
     let at_twice_h = if tol.noise_factor > 0.0 {
-        let wide = PerturbedLossEngine::new(
-            ctx,
-            &kernels,
-            &model,
-            x,
-            labels,
-            config.strategy,
-            2.0 * config.h,
-            config.chunk,
-        )?;
-        Some(wide.gradient(&indices)?)
+        Some(engine_at(2.0 * config.h)?.gradient(&indices)?)
     } else {
         None
     };
     let seconds_numeric = start.elapsed().as_secs_f64();
-    let before_params = model.read_params(ctx)?;
-    if before_params
-        .iter()
-        .zip(params)
-        .any(|(a, b)| a.to_bits() != cast(*b, config.precision).to_bits())
-    {
+    // No perturbed evaluation may write what another reads: the shared base is unchanged.
+    if bits(&model.read_params(ctx)?) != bits(&cast_all(params, config.precision)) {
         return Err(Error::Gpu(
             "the base parameters changed during the numerical gradient".into(),
         ));
     }
 
-    let mut numeric = vec![f64::NAN; layout.total];
-    let mut numeric_twice_h = at_twice_h.as_ref().map(|_| vec![f64::NAN; layout.total]);
-    let mut kinks = vec![false; layout.total];
-    for (k, &i) in indices.iter().enumerate() {
-        numeric[i] = numeric_part.grad[k];
-        kinks[i] = numeric_part.kinks[k];
-        if let (Some(wide), Some(twice_h)) = (&at_twice_h, &mut numeric_twice_h) {
-            twice_h[i] = wide.grad[k];
-            // A pair that straddles a kink at 2h measures no noise.
-            kinks[i] |= wide.kinks[k];
-        }
-    }
+    let (numeric, numeric_twice_h, kinks) =
+        scatter(layout.total, &indices, &numeric_part, at_twice_h.as_ref());
     let tensors: Vec<TensorCheck> = selected
         .iter()
         .map(|t| {
-            let range = t.offset..t.offset + t.numel;
-            tensor_check(
-                &t.name,
-                &t.shape,
-                &analytic[range.clone()],
-                &numeric[range.clone()],
-                numeric_twice_h.as_ref().map(|n2| &n2[range.clone()]),
-                &kinks[range],
-                &tol,
-            )
+            let r = t.offset..t.offset + t.numel;
+            let twice_h = numeric_twice_h.as_ref().map(|n2| &n2[r.clone()]);
+            let (a, n, k) = (&analytic[r.clone()], &numeric[r.clone()], &kinks[r]);
+            tensor_check(&t.name, &t.shape, a, n, twice_h, k, &tol)
         })
         .collect();
 
@@ -276,6 +275,15 @@ pub fn check(
         analytic,
         numeric,
     })
+}
+
+fn bits(values: &[f64]) -> Vec<u64> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+/// `values` as the GPU holds them at `precision`.
+fn cast_all(values: &[f64], precision: Precision) -> Vec<f64> {
+    values.iter().map(|&v| cast(v, precision)).collect()
 }
 
 fn cast(v: f64, precision: Precision) -> f64 {
@@ -427,11 +435,11 @@ fn directional(
 
 /// The first `n` training images and labels, as the book's gradient check takes them.
 pub fn first_batch(data: &Dataset, n: usize) -> Result<(Vec<f64>, Vec<u32>)> {
-    let max = data.len().min(crate::nn::model::MAX_ROWS);
+    let max = data.len().min(crate::gpu::limits::MAX_ROWS);
     if n == 0 || n > max {
         return Err(Error::InvalidArgument(format!(
             "batch must be between 1 and {max} (the training set's size, at most {}), got {n} (--batch)",
-            crate::nn::model::MAX_ROWS
+            crate::gpu::limits::MAX_ROWS
         )));
     }
     Ok((

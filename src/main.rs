@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use wgrad::checkpoint::NamedTensor;
 use wgrad::gpu::{list_adapters, AdapterOptions, GpuContext, Precision};
+use wgrad::nn::NamedTensor;
 use wgrad::nn::{Activation, Init, NetSpec};
 use wgrad::numgrad::{self, Strategy};
 use wgrad::optim::Optimizer;

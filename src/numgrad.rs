@@ -11,12 +11,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use bytemuck::{Pod, Zeroable};
+
 use crate::error::{Error, Result};
-use crate::gpu::buffers::uniform;
-use crate::gpu::kernel::{self, grid, shaders, Binding};
-use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Kernel, Precision};
-use crate::nn::model::Mode;
-use crate::nn::{Activation, Copies, Kernels, Layer, Model, Recorder, Workspace};
+use crate::gpu::kernel::{self, grid, shaders, Binding, Entry, KernelBindings, Placeholders};
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, GpuContext, Precision};
+use crate::nn::{Activation, Copies, Kernels, Layer, Mode, Model, Recorder, Workspace};
+use crate::train::{copy_loss, train_metrics, StatsWord, STATE_WORDS, STATS_WORDS};
 
 /// How perturbed losses are evaluated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -91,9 +92,7 @@ pub struct PerturbedLossEngine<'a> {
     pub chunk: usize,
     host_params: Vec<f64>,
     base_penalty: f64,
-    pert: GpuBuffer,
-    out_loss: GpuBuffer,
-    out_flips: GpuBuffer,
+    bufs: EngineBuffers,
     /// (chunk, dispatches) per route: one per starting layer, then the MLP kernel's.
     routes: Vec<(usize, Vec<Dispatch>)>,
     /// First layer of the trailing MLP served by the incremental kernel.
@@ -133,7 +132,7 @@ impl<'a> PerturbedLossEngine<'a> {
         };
         // Dropout masks come from step word 0 of a zeroed state, here and in every perturbed
         // evaluation (and in the analytic gradient), so all of them see the same mask.
-        let state = GpuBuffer::zeroed(ctx, "check_state", 4, 4);
+        let state = GpuBuffer::zeroed(ctx, "check_state", STATE_WORDS, 4);
         let base = Workspace::new(ctx, model, n, 1, false);
         base.upload(ctx, x, labels, precision);
         kernel::run(
@@ -143,7 +142,6 @@ impl<'a> PerturbedLossEngine<'a> {
         let host_params = model.read_params(ctx)?;
         let base_penalty = penalty(model, &host_params);
 
-        let bytes = precision.bytes();
         // Incremental: the trailing affine/activation layers (all of a plain MLP, or the dense
         // head of a convnet) take the MLP kernel; a perturbation below them recomputes from its
         // own layer up. Full: every evaluation is a complete forward pass from layer 0.
@@ -152,84 +150,37 @@ impl<'a> PerturbedLossEngine<'a> {
             Strategy::Full => None,
         };
         let tail_start = tail.as_ref().map_or(model.layers.len(), |t| t.start);
-        let needs_recompute = (0..tail_start).any(|i| has_params(&model.layers[i]));
-        let limit = |elem_bytes: usize| ctx.max_binding_elems(elem_bytes.max(1)).clamp(1, 65_535);
-        let recompute_chunk = needs_recompute.then(|| {
-            let per_eval = n * model.sizes.iter().sum::<usize>() * 2 * bytes + n * 8;
-            let max_size = *model.sizes.iter().max().expect("at least one layer");
-            let auto = (CHUNK_BYTES / per_eval).clamp(1, limit(n * max_size * bytes));
-            chunk.unwrap_or(auto).clamp(1, limit(n * max_size * bytes))
-        });
-        let tail_chunk = tail.as_ref().map(|t| {
-            let per_eval = 2 * t.max_width() * bytes;
-            let auto = (CHUNK_BYTES / per_eval).clamp(1, limit(per_eval));
-            chunk.unwrap_or(auto).clamp(1, limit(per_eval))
-        });
+        let (recompute_chunk, tail_chunk) = chunk_sizes(ctx, model, n, tail.as_ref(), chunk);
         let chunk_max = recompute_chunk
             .unwrap_or(0)
             .max(tail_chunk.unwrap_or(0))
             .max(1);
-
-        let pert = GpuBuffer::zeroed(ctx, "perturbations", 2 * chunk_max, 4);
-        let h_buf = GpuBuffer::from_real(ctx, "h", &[h], precision);
-        let out_loss = GpuBuffer::real(ctx, "perturbed_loss", chunk_max, precision);
-        let out_flips = GpuBuffer::zeroed(ctx, "kink_flips", chunk_max, 4);
-        let mut work = Vec::new();
-        let mut full_ws = None;
+        let bufs = EngineBuffers {
+            pert: GpuBuffer::zeroed(ctx, "perturbations", 2 * chunk_max, 4),
+            h: GpuBuffer::from_real(ctx, "h", &[h], precision),
+            out_loss: GpuBuffer::real(ctx, "perturbed_loss", chunk_max, precision),
+            out_flips: GpuBuffer::zeroed(ctx, "kink_flips", chunk_max, 4),
+        };
         // Route i < layers.len(): start at layer i (or 0 for Full); the last: the MLP kernel.
-        let mut routes: Vec<(usize, Vec<Dispatch>)> = Vec::new();
-        if let Some(chunk) = recompute_chunk {
-            let ws = Workspace::new(ctx, model, n, chunk, false);
-            ws.upload(ctx, x, labels, precision);
-            let copies = Copies::Perturbed {
-                pert: &pert,
-                h: &h_buf,
-                flips: &out_flips,
-                base: &base,
-            };
-            for (start, layer) in model.layers.iter().enumerate() {
-                if !has_params(layer) || start >= tail_start {
-                    routes.push((chunk, Vec::new()));
-                    continue;
-                }
-                // Only affine and convolution layers read an input shared by all copies, so a
-                // route starts at one: the perturbed layer itself, or the nearest one below it
-                // (recomputed unperturbed); Full starts at the first, since parameter-free
-                // layers before it give every copy the same output.
-                let shared_reader =
-                    |j: usize| matches!(model.layers[j], Layer::Affine { .. } | Layer::Conv { .. });
-                let below = (0..=start).rev().find(|&j| shared_reader(j));
-                let from = match strategy {
-                    Strategy::Full => (0..model.layers.len()).find(|&j| shared_reader(j)).filter(|&j| j <= start),
-                    Strategy::Incremental => below,
-                }
-                .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "layer {} ({}) has no affine or convolution layer before it, which the perturbed-loss engine starts from: put one first",
-                        start + 1,
-                        model.spec.layer_specs()[start]
-                    ))
-                })?;
-                let mut d = rec.forward_with(&ws, &copies, Mode::Check, &state, from);
-                d.push(rec.copy_loss(&ws, &out_loss));
-                routes.push((chunk, d));
+        let mut full_ws = None;
+        let mut routes: Vec<(usize, Vec<Dispatch>)> = match recompute_chunk {
+            Some(chunk) => {
+                let ws = Workspace::new(ctx, model, n, chunk, false);
+                ws.upload(ctx, x, labels, precision);
+                let routes =
+                    recompute_routes(&rec, &ws, &base, &state, &bufs, strategy, tail_start)?;
+                full_ws = Some(ws);
+                routes
             }
-            full_ws = Some(ws);
-        } else {
-            routes.extend(model.layers.iter().map(|_| (1, Vec::new())));
-        }
+            None => model.layers.iter().map(|_| (1, Vec::new())).collect(),
+        };
+        let mut work = Vec::new();
         if let (Some(tail), Some(chunk)) = (&tail, tail_chunk) {
-            let bufs = TailBuffers {
-                pert: &pert,
-                h: &h_buf,
-                out_loss: &out_loss,
-                out_flips: &out_flips,
-            };
-            let (d, kept) = tail.dispatches(ctx, model, &base, n, chunk, &bufs)?;
+            let (d, kept) = tail.dispatches(&rec.gpu(), model, &base, n, chunk, &bufs)?;
             work.extend(kept);
             routes.push((chunk, d));
         }
-        work.extend([h_buf, state]);
+        work.push(state);
         ctx.wait()?;
         Ok(PerturbedLossEngine {
             ctx,
@@ -239,9 +190,7 @@ impl<'a> PerturbedLossEngine<'a> {
             chunk: chunk_max,
             host_params,
             base_penalty,
-            pert,
-            out_loss,
-            out_flips,
+            bufs,
             routes,
             tail_start: tail.map(|t| t.start),
             _base: base,
@@ -283,19 +232,20 @@ impl<'a> PerturbedLossEngine<'a> {
                         [p.index as u32, u32::from(p.minus)]
                     })
                     .collect();
-                self.pert.write_u32(self.ctx, 0, &words);
+                self.bufs.pert.write_u32(self.ctx, 0, &words);
                 let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
-                encoder.clear_buffer(&self.out_flips.buffer, 0, None);
+                encoder.clear_buffer(&self.bufs.out_flips.buffer, 0, None);
                 {
                     let mut pass = encoder.begin_compute_pass(&Default::default());
                     kernel::record_all(&mut pass, dispatches);
                 }
                 self.ctx.queue.submit([encoder.finish()]);
-                let losses = self
-                    .out_loss
-                    .read_real_range(self.ctx, precision, 0..part.len())?;
+                let losses =
+                    self.bufs
+                        .out_loss
+                        .read_real_range(self.ctx, precision, 0..part.len())?;
                 let flips = bytemuck::pod_collect_to_vec::<u8, u32>(
-                    &self.out_flips.read_bytes(self.ctx, 0..part.len())?,
+                    &self.bufs.out_flips.read_bytes(self.ctx, 0..part.len())?,
                 );
                 for ((&k, loss), kink_flips) in part.iter().zip(losses).zip(flips) {
                     let p = &perturbations[k];
@@ -370,18 +320,93 @@ impl<'a> PerturbedLossEngine<'a> {
 }
 
 fn has_params(layer: &Layer) -> bool {
-    matches!(
-        layer,
-        Layer::Affine { .. } | Layer::Conv { .. } | Layer::BatchNorm { .. }
-    )
+    !layer.tensors().is_empty()
 }
 
-/// Buffers the MLP kernel shares with the rest of the engine.
-struct TailBuffers<'a> {
-    pert: &'a GpuBuffer,
-    h: &'a GpuBuffer,
-    out_loss: &'a GpuBuffer,
-    out_flips: &'a GpuBuffer,
+/// What every route reads (the perturbations and h) and writes (each copy's loss and kink
+/// crossings).
+struct EngineBuffers {
+    /// (flat index, sign) per copy.
+    pert: GpuBuffer,
+    /// [h]
+    h: GpuBuffer,
+    out_loss: GpuBuffer,
+    out_flips: GpuBuffer,
+}
+
+/// Perturbations per chunk of the routes that recompute layers (when a parameter lies below
+/// the MLP tail) and of the MLP kernel (when there is a tail): as many as `CHUNK_BYTES` of
+/// activations hold, within the device's binding limit, or `chunk` when given.
+fn chunk_sizes(
+    ctx: &GpuContext,
+    model: &Model,
+    n: usize,
+    tail: Option<&MlpTail>,
+    chunk: Option<usize>,
+) -> (Option<usize>, Option<usize>) {
+    let bytes = model.precision.bytes();
+    let tail_start = tail.map_or(model.layers.len(), |t| t.start);
+    let needs_recompute = model.layers[..tail_start].iter().any(has_params);
+    let limit = |elem_bytes: usize| ctx.max_binding_elems(elem_bytes.max(1)).clamp(1, 65_535);
+    let recompute = needs_recompute.then(|| {
+        let per_eval = n * model.sizes.iter().sum::<usize>() * 2 * bytes + n * 8;
+        let max_size = *model.sizes.iter().max().expect("at least one layer");
+        let auto = (CHUNK_BYTES / per_eval).clamp(1, limit(n * max_size * bytes));
+        chunk.unwrap_or(auto).clamp(1, limit(n * max_size * bytes))
+    });
+    let tail_chunk = tail.map(|t| {
+        let per_eval = 2 * t.max_width() * bytes;
+        let auto = (CHUNK_BYTES / per_eval).clamp(1, limit(per_eval));
+        chunk.unwrap_or(auto).clamp(1, limit(per_eval))
+    });
+    (recompute, tail_chunk)
+}
+
+/// One dispatch list per layer below `tail_start` that owns parameters: a forward pass of the
+/// perturbed copies in `ws` from the layer a route may start at, then each copy's loss.
+fn recompute_routes(
+    rec: &Recorder,
+    ws: &Workspace,
+    base: &Workspace,
+    state: &GpuBuffer,
+    bufs: &EngineBuffers,
+    strategy: Strategy,
+    tail_start: usize,
+) -> Result<Vec<(usize, Vec<Dispatch>)>> {
+    let layers = &rec.model.layers;
+    let copies = Copies::Perturbed {
+        pert: &bufs.pert,
+        h: &bufs.h,
+        flips: &bufs.out_flips,
+        base,
+    };
+    // Only layers that read an input shared by all copies (affine and convolution) can start a
+    // route: the perturbed layer itself, or the nearest one below it (recomputed unperturbed);
+    // Full starts at the first, since parameter-free layers before it give every copy the same
+    // output.
+    let first_reader = layers.iter().position(|l| l.reads_shared_input());
+    let mut routes = Vec::new();
+    for (start, layer) in layers.iter().enumerate() {
+        if !has_params(layer) || start >= tail_start {
+            routes.push((ws.copies, Vec::new()));
+            continue;
+        }
+        let from = match strategy {
+            Strategy::Full => first_reader.filter(|&j| j <= start),
+            Strategy::Incremental => (0..=start).rev().find(|&j| layers[j].reads_shared_input()),
+        }
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "layer {} ({}) has no affine or convolution layer before it, which the perturbed-loss engine starts from: put one first",
+                start + 1,
+                rec.model.spec.layer_specs()[start]
+            ))
+        })?;
+        let mut d = rec.forward_with(ws, &copies, Mode::Check, state, from);
+        d.push(copy_loss(&rec.gpu(), ws, &bufs.out_loss));
+        routes.push((ws.copies, d));
+    }
+    Ok(routes)
 }
 
 /// The trailing affine/activation layers of a net (all of a plain MLP): where perturbed losses
@@ -402,13 +427,14 @@ impl MlpTail {
         let mut activation = None;
         // Walk back over Affine (Act Affine)*: an activation must sit between two affines.
         while start > 0 {
-            match layers[start - 1] {
-                Layer::Affine { .. } => start -= 1,
-                Layer::Act(a)
-                    if start < layers.len() && matches!(layers[start], Layer::Affine { .. }) =>
+            match &layers[start - 1] {
+                Layer::Affine(_) => start -= 1,
+                Layer::Activation(act)
+                    if start < layers.len() && matches!(layers[start], Layer::Affine(_)) =>
                 {
+                    let a = act.kind;
                     if start >= 2
-                        && matches!(layers[start - 2], Layer::Affine { .. })
+                        && matches!(layers[start - 2], Layer::Affine(_))
                         && activation.is_none_or(|x| x == a)
                     {
                         activation = Some(a);
@@ -425,7 +451,7 @@ impl MlpTail {
         let alternates = tail
             .iter()
             .enumerate()
-            .all(|(k, l)| matches!(l, Layer::Affine { .. }) == (k % 2 == 0));
+            .all(|(k, l)| matches!(l, Layer::Affine(_)) == (k % 2 == 0));
         if tail.is_empty() || !alternates {
             return None;
         }
@@ -448,131 +474,182 @@ impl MlpTail {
         *self.widths[1..].iter().max().expect("at least one layer")
     }
 
-    /// The kernel's dispatches (one per slice of the batch) and the buffers they keep alive.
-    fn dispatches(
+    /// The unperturbed pre-activations and activations of every tail layer, side by side in
+    /// one read-only buffer, and the layer table (6 words a layer) that locates them.
+    fn base_activations(
         &self,
         ctx: &GpuContext,
         model: &Model,
         base: &Workspace,
-        n: usize,
-        chunk: usize,
-        bufs: &TailBuffers,
-    ) -> Result<(Vec<Dispatch>, Vec<GpuBuffer>)> {
-        let precision = model.precision;
-        let bytes = precision.bytes();
+    ) -> (GpuBuffer, GpuBuffer) {
+        let (n, bytes) = (base.rows, model.precision.bytes());
         let widths = &self.widths;
-        let depth = self.affine.len();
-        // The unperturbed pre-activations and activations of every tail layer, side by side in
-        // one read-only buffer, and the layer table that locates them.
         let mut table = Vec::new();
         let mut offset = 0usize;
         let mut sources = Vec::new();
         for (l, &i) in self.affine.iter().enumerate() {
-            let Layer::Affine { w, b, .. } = model.layers[i] else {
+            let Layer::Affine(affine) = &model.layers[i] else {
                 unreachable!("tail layers alternate")
             };
             let pre_off = offset;
             offset += n * widths[l + 1];
             sources.push((&base.out[i], pre_off));
-            let act_off = if l + 1 < depth {
+            let act_off = if l + 1 < self.affine.len() {
                 sources.push((&base.out[i + 1], offset));
                 offset += n * widths[l + 1];
                 offset - n * widths[l + 1]
             } else {
                 0
             };
-            let (w, b) = (&model.layout.tensors[w], &model.layout.tensors[b]);
-            table.extend(
-                [
-                    widths[l],
-                    widths[l + 1],
-                    w.offset,
-                    b.offset,
-                    pre_off,
-                    act_off,
-                ]
-                .map(|v| v as u32),
-            );
+            let tensor = |t: usize| model.layout.tensors[t].offset;
+            let (w, b) = (tensor(affine.weight), tensor(affine.bias));
+            table.extend([widths[l], widths[l + 1], w, b, pre_off, act_off].map(|v| v as u32));
         }
-        let concat = GpuBuffer::real(ctx, "base_activations", offset, precision);
+        let concat = GpuBuffer::real(ctx, "base_activations", offset, model.precision);
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         for (src, at) in sources {
-            encoder.copy_buffer_to_buffer(
-                &src.buffer,
-                0,
-                &concat.buffer,
-                (at * bytes) as u64,
-                (src.len * bytes) as u64,
-            );
+            let (to, size) = ((at * bytes) as u64, (src.len * bytes) as u64);
+            encoder.copy_buffer_to_buffer(&src.buffer, 0, &concat.buffer, to, size);
         }
         ctx.queue.submit([encoder.finish()]);
+        (concat, GpuBuffer::from_u32(ctx, "layer_table", &table))
+    }
+
+    /// The kernel's dispatches (one per slice of the batch) and the buffers they keep alive.
+    fn dispatches(
+        &self,
+        gpu: &Gpu,
+        model: &Model,
+        base: &Workspace,
+        n: usize,
+        chunk: usize,
+        bufs: &EngineBuffers,
+    ) -> Result<(Vec<Dispatch>, Vec<GpuBuffer>)> {
+        let (concat, table) = self.base_activations(gpu.ctx, model, base);
         let input = if self.start == 0 {
             &base.x
         } else {
             &base.out[self.start - 1]
         };
-        let table = GpuBuffer::from_u32(ctx, "layer_table", &table);
         let max_width = self.max_width();
-        let scratch = GpuBuffer::real(ctx, "scratch", chunk * 2 * max_width, precision);
-        let (g, width) = grid(chunk);
-        use Binding::*;
-        let k = Kernel::new(
-            ctx,
-            shaders::PERTURBED_MLP,
-            "perturbed_losses",
-            precision,
-            &[
-                Uniform, Read, Read, Read, Read, Read, Read, Read, Read, ReadWrite, ReadWrite,
-                ReadWrite,
-            ],
-            &[],
-        );
-        let slice = samples_per_dispatch(widths).ok_or_else(|| {
+        let scratch = GpuBuffer::real(gpu.ctx, "scratch", chunk * 2 * max_width, model.precision);
+        let (groups, row_width) = grid(chunk);
+        let slice = samples_per_dispatch(&self.widths).ok_or_else(|| {
             Error::InvalidArgument(
                 "this net's layers are too wide for the incremental kernel (one sample's update exceeds the 65,535 loop iterations lavapipe allows an invocation): use --strategy full".into(),
             )
         })?;
+        let bindings = PerturbedMlpBindings {
+            layers: &table,
+            theta: &model.params,
+            x: input,
+            labels: &base.labels,
+            base: &concat,
+            base_loss: &base.row_loss,
+            pert: &bufs.pert,
+            h: &bufs.h,
+            out_loss: &bufs.out_loss,
+            out_flips: &bufs.out_flips,
+            scratch: &scratch,
+        };
         let dispatches = (0..n)
             .step_by(slice)
             .map(|begin| {
-                let params = [
-                    chunk as u32,
-                    depth as u32,
-                    n as u32,
-                    model.spec.output as u32,
-                    (2 * max_width) as u32,
-                    u32::from(self.activation == Activation::Relu),
-                    width,
-                    begin as u32,
-                    (begin + slice).min(n) as u32,
-                    0,
-                    0,
-                    0,
-                ];
-                let u = uniform(ctx, "perturbed_mlp", &params);
-                k.dispatch(
-                    ctx,
-                    &[
-                        &u,
-                        &table.buffer,
-                        &model.params.buffer,
-                        &input.buffer,
-                        &base.labels.buffer,
-                        &concat.buffer,
-                        &base.row_loss.buffer,
-                        &bufs.pert.buffer,
-                        &bufs.h.buffer,
-                        &bufs.out_loss.buffer,
-                        &bufs.out_flips.buffer,
-                        &scratch.buffer,
-                    ],
-                    g,
-                )
+                let params = PerturbedMlpParams {
+                    perturbations: chunk as u32,
+                    depth: self.affine.len() as u32,
+                    n: n as u32,
+                    classes: model.spec.output as u32,
+                    scratch_stride: (2 * max_width) as u32,
+                    activation: self.activation.code(),
+                    row_width,
+                    n_begin: begin as u32,
+                    n_end: (begin + slice).min(n) as u32,
+                    _pad: [0; 3],
+                };
+                gpu.kernels
+                    .dispatch(gpu.ctx, &PERTURBED_MLP, &params, &bindings, groups)
             })
             .collect();
         Ok((dispatches, vec![concat, table, scratch]))
     }
 }
+
+/// perturbed_mlp.wgsl's Params.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PerturbedMlpParams {
+    /// Invocations in this dispatch.
+    perturbations: u32,
+    /// Affine layers.
+    depth: u32,
+    n: u32,
+    classes: u32,
+    /// Reals of scratch per invocation.
+    scratch_stride: u32,
+    /// The hidden layers' [`Activation::code`].
+    activation: u32,
+    row_width: u32,
+    /// This dispatch's slice of the batch.
+    n_begin: u32,
+    n_end: u32,
+    _pad: [u32; 3],
+}
+
+/// perturbed_mlp.wgsl's buffers.
+struct PerturbedMlpBindings<'a> {
+    /// The layer table.
+    layers: &'a GpuBuffer,
+    theta: &'a GpuBuffer,
+    /// The tail's input [N, D].
+    x: &'a GpuBuffer,
+    labels: &'a GpuBuffer,
+    /// Pre-activations and activations of every tail layer.
+    base: &'a GpuBuffer,
+    /// [N] per-sample unperturbed loss.
+    base_loss: &'a GpuBuffer,
+    pert: &'a GpuBuffer,
+    h: &'a GpuBuffer,
+    out_loss: &'a GpuBuffer,
+    out_flips: &'a GpuBuffer,
+    scratch: &'a GpuBuffer,
+}
+
+impl KernelBindings for PerturbedMlpBindings<'_> {
+    type Params = PerturbedMlpParams;
+    const ACCESS: &'static [Binding] = &[
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+    ];
+    fn buffers<'a>(&'a self, _: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
+        [
+            self.layers,
+            self.theta,
+            self.x,
+            self.labels,
+            self.base,
+            self.base_loss,
+            self.pert,
+            self.h,
+            self.out_loss,
+            self.out_flips,
+            self.scratch,
+        ]
+        .map(|b| &b.buffer)
+        .to_vec()
+    }
+}
+
+const PERTURBED_MLP: Entry = Entry::new(shaders::PERTURBED_MLP, "perturbed_losses");
 
 /// Samples one incremental dispatch may take: lavapipe stops a shader invocation after 65,535
 /// loop iterations in all, and each sample costs up to the rank-one update of the layer above
@@ -625,13 +702,13 @@ pub fn analytic_gradient(
     };
     let ws = Workspace::new(ctx, model, labels.len(), 1, true);
     ws.upload(ctx, x, labels, model.precision);
-    let stats = GpuBuffer::real(ctx, "stats", 8, model.precision);
-    let state = GpuBuffer::zeroed(ctx, "state", 4, 4);
+    let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, model.precision);
+    let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
     let mut d: Vec<Dispatch> = rec.l2_penalty(&stats);
     d.extend(rec.forward_with(&ws, &Copies::Single, Mode::Check, &state, 0));
     d.extend(rec.backward(&ws));
-    d.push(rec.train_metrics(&ws, &stats, &state));
+    d.push(train_metrics(&rec.gpu(), &ws, &stats, &state));
     kernel::run(ctx, &d)?;
-    let loss = stats.read_real(ctx, model.precision)?[1];
+    let loss = stats.read_real(ctx, model.precision)?[StatsWord::LastLoss as usize];
     Ok((loss, model.read_grads(ctx)?))
 }

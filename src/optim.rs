@@ -12,6 +12,8 @@
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::gpu::kernel::{grid, shaders, Binding, Entry, KernelBindings, Placeholders};
+use crate::gpu::{Gpu, GpuBuffer};
 
 /// An optimizer and every hyperparameter it takes.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -272,55 +274,129 @@ pub struct GpuOptimizer {
     dispatches: Vec<crate::gpu::Dispatch>,
 }
 
-impl GpuOptimizer {
-    /// `state` is the GPU step counter (its word 0 is t, the steps completed).
-    pub fn new(
-        ctx: &crate::gpu::GpuContext,
-        model: &crate::nn::Model,
-        optimizer: &Optimizer,
-        state: &crate::gpu::GpuBuffer,
-    ) -> crate::Result<Self> {
-        use crate::gpu::kernel::{grid, shaders, Binding::*};
-        use crate::gpu::{buffers::uniform, GpuBuffer, Kernel};
-        optimizer.validate()?;
-        let precision = model.precision;
-        let numel = model.layout.total;
-        // hyper: lr, momentum, dampening, weight_decay, beta1, beta2, eps, alpha, lr_decay
-        let (entry, flags, hyper, initial) = match *optimizer {
+/// optim.wgsl's `hyper` buffer: every optimizer's hyperparameters in one layout, zero where an
+/// optimizer has none (uploaded in the working precision, so not a uniform).
+#[derive(Clone, Copy, Debug, Default)]
+struct Hyper {
+    lr: f64,
+    momentum: f64,
+    dampening: f64,
+    weight_decay: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    alpha: f64,
+    lr_decay: f64,
+}
+
+impl Hyper {
+    /// In optim.wgsl's order.
+    fn words(self) -> [f64; 9] {
+        [
+            self.lr,
+            self.momentum,
+            self.dampening,
+            self.weight_decay,
+            self.beta1,
+            self.beta2,
+            self.eps,
+            self.alpha,
+            self.lr_decay,
+        ]
+    }
+}
+
+/// optim.wgsl's Params.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct OptimParams {
+    numel: u32,
+    /// NESTEROV 1, AMSGRAD 2, CENTERED 4, DECOUPLED (AdamW) 8.
+    flags: u32,
+    row_width: u32,
+    _pad: u32,
+}
+
+/// optim.wgsl's buffers.
+struct OptimBindings<'a> {
+    hyper: &'a GpuBuffer,
+    theta: &'a GpuBuffer,
+    grad: &'a GpuBuffer,
+    /// Per-parameter state slots (momentum buffer, moments, square averages, …).
+    slots: &'a [GpuBuffer; 3],
+    /// [β1ᵗ, β2ᵗ]
+    powers: &'a GpuBuffer,
+    /// The GPU step counter.
+    state: &'a GpuBuffer,
+}
+
+impl KernelBindings for OptimBindings<'_> {
+    type Params = OptimParams;
+    const ACCESS: &'static [Binding] = &[
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+        Binding::Read,
+    ];
+    fn buffers<'a>(&'a self, _: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
+        let [s1, s2, s3] = self.slots;
+        [
+            self.hyper,
+            self.theta,
+            self.grad,
+            s1,
+            s2,
+            s3,
+            self.powers,
+            self.state,
+        ]
+        .map(|b| &b.buffer)
+        .to_vec()
+    }
+}
+
+impl Optimizer {
+    /// optim.wgsl's entry point, flags and hyperparameters for this optimizer, and the value
+    /// its first state slot starts from.
+    fn plan(&self) -> (&'static str, u32, Hyper, f64) {
+        let amsgrad_flag = |amsgrad: bool| if amsgrad { 2 } else { 0 };
+        match *self {
             Optimizer::Sgd {
                 lr,
                 momentum,
                 dampening,
                 nesterov,
                 weight_decay,
-            } => (
-                "sgd",
-                u32::from(nesterov),
-                [
+            } => {
+                let hyper = Hyper {
                     lr,
                     momentum,
                     dampening,
                     weight_decay,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                ],
-                0.0,
-            ),
+                    ..Default::default()
+                };
+                ("sgd", u32::from(nesterov), hyper, 0.0)
+            }
             Optimizer::Adagrad {
                 lr,
                 lr_decay,
                 eps,
                 initial_accumulator,
                 weight_decay,
-            } => (
-                "adagrad",
-                0,
-                [lr, 0.0, 0.0, weight_decay, 0.0, 0.0, eps, 0.0, lr_decay],
-                initial_accumulator,
-            ),
+            } => {
+                let hyper = Hyper {
+                    lr,
+                    weight_decay,
+                    eps,
+                    lr_decay,
+                    ..Default::default()
+                };
+                ("adagrad", 0, hyper, initial_accumulator)
+            }
             Optimizer::Rmsprop {
                 lr,
                 alpha,
@@ -328,12 +404,17 @@ impl GpuOptimizer {
                 momentum,
                 centered,
                 weight_decay,
-            } => (
-                "rmsprop",
-                if centered { 4 } else { 0 },
-                [lr, momentum, 0.0, weight_decay, 0.0, 0.0, eps, alpha, 0.0],
-                0.0,
-            ),
+            } => {
+                let hyper = Hyper {
+                    lr,
+                    momentum,
+                    weight_decay,
+                    eps,
+                    alpha,
+                    ..Default::default()
+                };
+                ("rmsprop", if centered { 4 } else { 0 }, hyper, 0.0)
+            }
             Optimizer::Adam {
                 lr,
                 beta1,
@@ -341,62 +422,79 @@ impl GpuOptimizer {
                 eps,
                 amsgrad,
                 weight_decay,
-            } => (
-                "adam",
-                if amsgrad { 2 } else { 0 },
-                [lr, 0.0, 0.0, weight_decay, beta1, beta2, eps, 0.0, 0.0],
-                0.0,
-            ),
-            Optimizer::Adamw {
+            }
+            | Optimizer::Adamw {
                 lr,
                 beta1,
                 beta2,
                 eps,
                 amsgrad,
                 weight_decay,
-            } => (
-                "adam",
-                8 | if amsgrad { 2 } else { 0 },
-                [lr, 0.0, 0.0, weight_decay, beta1, beta2, eps, 0.0, 0.0],
-                0.0,
-            ),
+            } => {
+                let hyper = Hyper {
+                    lr,
+                    weight_decay,
+                    beta1,
+                    beta2,
+                    eps,
+                    ..Default::default()
+                };
+                let decoupled = if matches!(self, Optimizer::Adamw { .. }) {
+                    8
+                } else {
+                    0
+                };
+                ("adam", decoupled | amsgrad_flag(amsgrad), hyper, 0.0)
+            }
+        }
+    }
+}
+
+impl GpuOptimizer {
+    /// `state` is the GPU step counter (its word 0 is t, the steps completed).
+    pub fn new(
+        gpu: &Gpu,
+        model: &crate::nn::Model,
+        optimizer: &Optimizer,
+        state: &GpuBuffer,
+    ) -> crate::Result<Self> {
+        optimizer.validate()?;
+        let (ctx, precision, numel) = (gpu.ctx, model.precision, model.layout.total);
+        let (entry, flags, hyper, initial) = optimizer.plan();
+        let slot = |i: usize, fill: f64| {
+            GpuBuffer::from_real(
+                ctx,
+                &format!("optim_state{i}"),
+                &vec![fill; numel],
+                precision,
+            )
         };
-        let bindings = [
-            Uniform, Read, ReadWrite, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite, Read,
-        ];
-        let update = Kernel::new(ctx, shaders::OPTIM, entry, precision, &bindings, &[]);
-        let prepare = Kernel::new(ctx, shaders::OPTIM, "prepare", precision, &bindings, &[]);
-        let hyper_buf = GpuBuffer::from_real(ctx, "hyper", &hyper, precision);
-        let slots: Vec<GpuBuffer> = (0..3)
-            .map(|i| {
-                let fill = if i == 0 { initial } else { 0.0 };
-                GpuBuffer::from_real(
-                    ctx,
-                    &format!("optim_state{i}"),
-                    &vec![fill; numel],
-                    precision,
-                )
-            })
-            .collect();
-        let powers = GpuBuffer::from_real(ctx, "powers", &[1.0, 1.0], precision);
-        let (g, width) = grid(numel);
-        let u = uniform(ctx, "optim", &[numel as u32, flags, width, 0]);
-        let buffers = [
-            &u,
-            &hyper_buf.buffer,
-            &model.params.buffer,
-            &model.grads.buffer,
-            &slots[0].buffer,
-            &slots[1].buffer,
-            &slots[2].buffer,
-            &powers.buffer,
-            &state.buffer,
-        ];
+        let bindings = OptimBindings {
+            hyper: &GpuBuffer::from_real(ctx, "hyper", &hyper.words(), precision),
+            theta: &model.params,
+            grad: &model.grads,
+            slots: &[slot(0, initial), slot(1, 0.0), slot(2, 0.0)],
+            powers: &GpuBuffer::from_real(ctx, "powers", &[1.0, 1.0], precision),
+            state,
+        };
+        let (groups, row_width) = grid(numel);
+        let params = OptimParams {
+            numel: numel as u32,
+            flags,
+            row_width,
+            _pad: 0,
+        };
+        let dispatch = |entry, groups| {
+            let entry = Entry::new(shaders::OPTIM, entry);
+            gpu.kernels
+                .dispatch(ctx, &entry, &params, &bindings, groups)
+        };
         let mut dispatches = Vec::new();
         if entry == "adam" {
-            dispatches.push(prepare.dispatch(ctx, &buffers, [1, 1, 1]));
+            // β1ᵗ and β2ᵗ advance before each update.
+            dispatches.push(dispatch("prepare", [1, 1, 1]));
         }
-        dispatches.push(update.dispatch(ctx, &buffers, g));
+        dispatches.push(dispatch(entry, groups));
         Ok(GpuOptimizer {
             optimizer: optimizer.clone(),
             dispatches,

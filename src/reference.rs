@@ -172,6 +172,25 @@ pub fn sigmoid_backward(y: &[f64], dy: &[f64]) -> Vec<f64> {
     y.iter().zip(dy).map(|(&y, &g)| g * y * (1.0 - y)).collect()
 }
 
+/// The nonlinearity `kind`, elementwise.
+// x: [*] -> y: [*]
+pub fn activation_forward(kind: Activation, x: &[f64]) -> Vec<f64> {
+    match kind {
+        Activation::Relu => relu_forward(x),
+        Activation::Sigmoid => sigmoid_forward(x),
+    }
+}
+
+/// Backward of [`activation_forward`], from its input `x` (ReLU's mask) or output `y` (the
+/// others' derivative).
+// x, y, dy: [*] -> dx: [*]
+pub fn activation_backward(kind: Activation, x: &[f64], y: &[f64], dy: &[f64]) -> Vec<f64> {
+    match kind {
+        Activation::Relu => relu_backward(x, dy),
+        Activation::Sigmoid => sigmoid_backward(y, dy),
+    }
+}
+
 /// Softmax followed by cross-entropy against integer labels, averaged over the batch.
 ///
 /// Returns (mean loss, dlogits, per-sample loss). Each sample's loss is the log-softmax form
@@ -310,10 +329,7 @@ impl RefMlp {
             let z = affine_forward(input, w, b, n, d, h);
             // The last affine layer feeds the loss directly: no activation after it.
             if l + 1 < depth {
-                act.push(match self.spec.activation {
-                    Activation::Relu => relu_forward(&z),
-                    Activation::Sigmoid => sigmoid_forward(&z),
-                });
+                act.push(activation_forward(self.spec.activation, &z));
             }
             pre.push(z);
         }
@@ -385,10 +401,8 @@ impl RefMlp {
 
             if l > 0 {
                 // Through the hidden activation that produced `input` = act[l − 1].
-                dz = match self.spec.activation {
-                    Activation::Relu => relu_backward(&fwd.pre[l - 1], &dinput),
-                    Activation::Sigmoid => sigmoid_backward(&fwd.act[l - 1], &dinput),
-                };
+                let (x, y) = (&fwd.pre[l - 1], &fwd.act[l - 1]);
+                dz = activation_backward(self.spec.activation, x, y, &dinput);
             }
         }
         (loss, grad)
@@ -521,144 +535,174 @@ impl RefOptimizer {
         self.t += 1;
         let t = self.t;
         match (&self.opt, &mut self.state) {
-            (
-                &Optimizer::Sgd {
-                    lr,
-                    momentum,
-                    dampening,
-                    nesterov,
-                    weight_decay,
-                },
-                State::Sgd { momentum_buffer },
-            ) => {
-                if momentum == 0.0 {
-                    // Plain SGD keeps no state, as in PyTorch.
-                    for i in 0..params.len() {
-                        let g = grads[i] + weight_decay * params[i];
-                        params[i] -= lr * g;
-                    }
-                } else {
-                    let first = momentum_buffer.is_none();
-                    let buf = momentum_buffer.get_or_insert_with(|| vec![0.0; params.len()]);
-                    for i in 0..params.len() {
-                        let g = grads[i] + weight_decay * params[i];
-                        buf[i] = if first {
-                            g
-                        } else {
-                            momentum * buf[i] + (1.0 - dampening) * g
-                        };
-                        let d = if nesterov {
-                            g + momentum * buf[i]
-                        } else {
-                            buf[i]
-                        };
-                        params[i] -= lr * d;
-                    }
-                }
+            (opt @ Optimizer::Sgd { .. }, State::Sgd { momentum_buffer }) => {
+                sgd_step(opt, momentum_buffer, params, grads)
             }
-            (
-                &Optimizer::Adagrad {
-                    lr,
-                    lr_decay,
-                    eps,
-                    weight_decay,
-                    ..
-                },
-                State::Adagrad { sum },
-            ) => {
-                let clr = lr / (1.0 + (t - 1) as f64 * lr_decay);
-                for i in 0..params.len() {
-                    let g = grads[i] + weight_decay * params[i];
-                    sum[i] += g * g;
-                    params[i] -= clr * g / (sum[i].sqrt() + eps);
-                }
+            (opt @ Optimizer::Adagrad { .. }, State::Adagrad { sum }) => {
+                adagrad_step(opt, t, sum, params, grads)
             }
-            (
-                &Optimizer::Rmsprop {
-                    lr,
-                    alpha,
-                    eps,
-                    momentum,
-                    centered,
-                    weight_decay,
-                },
-                State::Rmsprop {
-                    square_avg,
-                    grad_avg,
-                    momentum_buffer,
-                },
-            ) => {
-                for i in 0..params.len() {
-                    let g = grads[i] + weight_decay * params[i];
-                    square_avg[i] = alpha * square_avg[i] + (1.0 - alpha) * g * g;
-                    let avg = if centered {
-                        grad_avg[i] = alpha * grad_avg[i] + (1.0 - alpha) * g;
-                        (square_avg[i] - grad_avg[i] * grad_avg[i]).sqrt() + eps
-                    } else {
-                        square_avg[i].sqrt() + eps
-                    };
-                    if momentum > 0.0 {
-                        momentum_buffer[i] = momentum * momentum_buffer[i] + g / avg;
-                        params[i] -= lr * momentum_buffer[i];
-                    } else {
-                        params[i] -= lr * g / avg;
-                    }
-                }
+            (opt @ Optimizer::Rmsprop { .. }, State::Rmsprop { .. }) => {
+                rmsprop_step(opt, &mut self.state, params, grads)
             }
-            (
-                opt @ (Optimizer::Adam { .. } | Optimizer::Adamw { .. }),
-                State::Adam {
-                    exp_avg,
-                    exp_avg_sq,
-                    max_exp_avg_sq,
-                },
-            ) => {
-                let (lr, beta1, beta2, eps, amsgrad, weight_decay, decoupled) = match *opt {
-                    Optimizer::Adam {
-                        lr,
-                        beta1,
-                        beta2,
-                        eps,
-                        amsgrad,
-                        weight_decay,
-                    } => (lr, beta1, beta2, eps, amsgrad, weight_decay, false),
-                    Optimizer::Adamw {
-                        lr,
-                        beta1,
-                        beta2,
-                        eps,
-                        amsgrad,
-                        weight_decay,
-                    } => (lr, beta1, beta2, eps, amsgrad, weight_decay, true),
-                    _ => unreachable!("matched Adam or AdamW above"),
-                };
-                // PyTorch evaluates `beta ** step` with a float step, i.e. C's pow; powf is the
-                // same function, where powi could differ in the last bit.
-                let bias_correction1 = 1.0 - beta1.powf(t as f64);
-                let bias_correction2 = 1.0 - beta2.powf(t as f64);
-                let step_size = lr / bias_correction1;
-                let bias_correction2_sqrt = bias_correction2.sqrt();
-                for i in 0..params.len() {
-                    let mut g = grads[i];
-                    if decoupled {
-                        // AdamW decays θ itself before the step; the gradient stays untouched.
-                        params[i] *= 1.0 - lr * weight_decay;
-                    } else {
-                        g += weight_decay * params[i];
-                    }
-                    exp_avg[i] = beta1 * exp_avg[i] + (1.0 - beta1) * g;
-                    exp_avg_sq[i] = beta2 * exp_avg_sq[i] + (1.0 - beta2) * g * g;
-                    let denom = if amsgrad {
-                        max_exp_avg_sq[i] = max_exp_avg_sq[i].max(exp_avg_sq[i]);
-                        max_exp_avg_sq[i].sqrt() / bias_correction2_sqrt + eps
-                    } else {
-                        exp_avg_sq[i].sqrt() / bias_correction2_sqrt + eps
-                    };
-                    params[i] -= step_size * exp_avg[i] / denom;
-                }
+            (opt @ (Optimizer::Adam { .. } | Optimizer::Adamw { .. }), State::Adam { .. }) => {
+                adam_step(opt, t, &mut self.state, params, grads)
             }
             _ => unreachable!("state is built from the optimizer in new()"),
         }
+    }
+}
+
+// torch.optim's single-tensor updates, one function per optimizer; `t` is the step, from 1.
+
+fn sgd_step(
+    opt: &Optimizer,
+    momentum_buffer: &mut Option<Vec<f64>>,
+    params: &mut [f64],
+    grads: &[f64],
+) {
+    let Optimizer::Sgd {
+        lr,
+        momentum,
+        dampening,
+        nesterov,
+        weight_decay,
+    } = *opt
+    else {
+        unreachable!("an SGD optimizer")
+    };
+    if momentum == 0.0 {
+        // Plain SGD keeps no state, as in PyTorch.
+        for i in 0..params.len() {
+            let g = grads[i] + weight_decay * params[i];
+            params[i] -= lr * g;
+        }
+        return;
+    }
+    let first = momentum_buffer.is_none();
+    let buf = momentum_buffer.get_or_insert_with(|| vec![0.0; params.len()]);
+    for i in 0..params.len() {
+        let g = grads[i] + weight_decay * params[i];
+        buf[i] = if first {
+            g
+        } else {
+            momentum * buf[i] + (1.0 - dampening) * g
+        };
+        let d = if nesterov {
+            g + momentum * buf[i]
+        } else {
+            buf[i]
+        };
+        params[i] -= lr * d;
+    }
+}
+
+fn adagrad_step(opt: &Optimizer, t: u64, sum: &mut [f64], params: &mut [f64], grads: &[f64]) {
+    let Optimizer::Adagrad {
+        lr,
+        lr_decay,
+        eps,
+        weight_decay,
+        ..
+    } = *opt
+    else {
+        unreachable!("an AdaGrad optimizer")
+    };
+    let clr = lr / (1.0 + (t - 1) as f64 * lr_decay);
+    for i in 0..params.len() {
+        let g = grads[i] + weight_decay * params[i];
+        sum[i] += g * g;
+        params[i] -= clr * g / (sum[i].sqrt() + eps);
+    }
+}
+
+fn rmsprop_step(opt: &Optimizer, state: &mut State, params: &mut [f64], grads: &[f64]) {
+    let (
+        &Optimizer::Rmsprop {
+            lr,
+            alpha,
+            eps,
+            momentum,
+            centered,
+            weight_decay,
+        },
+        State::Rmsprop {
+            square_avg,
+            grad_avg,
+            momentum_buffer,
+        },
+    ) = (opt, state)
+    else {
+        unreachable!("an RMSprop optimizer and its state")
+    };
+    for i in 0..params.len() {
+        let g = grads[i] + weight_decay * params[i];
+        square_avg[i] = alpha * square_avg[i] + (1.0 - alpha) * g * g;
+        let avg = if centered {
+            grad_avg[i] = alpha * grad_avg[i] + (1.0 - alpha) * g;
+            (square_avg[i] - grad_avg[i] * grad_avg[i]).sqrt() + eps
+        } else {
+            square_avg[i].sqrt() + eps
+        };
+        if momentum > 0.0 {
+            momentum_buffer[i] = momentum * momentum_buffer[i] + g / avg;
+            params[i] -= lr * momentum_buffer[i];
+        } else {
+            params[i] -= lr * g / avg;
+        }
+    }
+}
+
+fn adam_step(opt: &Optimizer, t: u64, state: &mut State, params: &mut [f64], grads: &[f64]) {
+    let State::Adam {
+        exp_avg,
+        exp_avg_sq,
+        max_exp_avg_sq,
+    } = state
+    else {
+        unreachable!("Adam's state")
+    };
+    let (lr, beta1, beta2, eps, amsgrad, weight_decay, decoupled) = match *opt {
+        Optimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            amsgrad,
+            weight_decay,
+        } => (lr, beta1, beta2, eps, amsgrad, weight_decay, false),
+        Optimizer::Adamw {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            amsgrad,
+            weight_decay,
+        } => (lr, beta1, beta2, eps, amsgrad, weight_decay, true),
+        _ => unreachable!("an Adam or AdamW optimizer"),
+    };
+    // PyTorch evaluates `beta ** step` with a float step, i.e. C's pow; powf is the same
+    // function, where powi could differ in the last bit.
+    let bias_correction1 = 1.0 - beta1.powf(t as f64);
+    let bias_correction2 = 1.0 - beta2.powf(t as f64);
+    let step_size = lr / bias_correction1;
+    let bias_correction2_sqrt = bias_correction2.sqrt();
+    for i in 0..params.len() {
+        let mut g = grads[i];
+        if decoupled {
+            // AdamW decays θ itself before the step; the gradient stays untouched.
+            params[i] *= 1.0 - lr * weight_decay;
+        } else {
+            g += weight_decay * params[i];
+        }
+        exp_avg[i] = beta1 * exp_avg[i] + (1.0 - beta1) * g;
+        exp_avg_sq[i] = beta2 * exp_avg_sq[i] + (1.0 - beta2) * g * g;
+        let denom = if amsgrad {
+            max_exp_avg_sq[i] = max_exp_avg_sq[i].max(exp_avg_sq[i]);
+            max_exp_avg_sq[i].sqrt() / bias_correction2_sqrt + eps
+        } else {
+            exp_avg_sq[i].sqrt() / bias_correction2_sqrt + eps
+        };
+        params[i] -= step_size * exp_avg[i] / denom;
     }
 }
 

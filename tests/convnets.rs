@@ -324,19 +324,11 @@ fn the_unfolded_training_forward_matches_the_reference_convolution() {
         };
         kernel::run(ctx, &rec.forward(&ws, &Copies::Single)).unwrap();
         let got = ws.out[0].read_real(ctx, Precision::F64).unwrap();
-        let wgrad::nn::Layer::Conv {
-            c,
-            h,
-            w,
-            f,
-            k,
-            stride,
-            pad,
-            ..
-        } = model.layers[0]
-        else {
+        let wgrad::nn::Layer::Conv(conv) = &model.layers[0] else {
             unreachable!()
         };
+        let (c, h, w, f, k) = (conv.c, conv.h, conv.w, conv.f, conv.k);
+        let (stride, pad) = (conv.stride, conv.pad);
         let (wt, b) = (&model.layout.tensors[0], &model.layout.tensors[1]);
         let want = wgrad::reference::conv::conv2d_forward(
             &x,

@@ -509,7 +509,7 @@ fn l2_penalty_sums_more_than_64x65535_parameters() {
     // early and the tree reduction after it runs one round only. Found by this test: with
     // H = 1,400,000 stats[3] reads 87,500 instead of 4,200,000.
     for precision in precisions() {
-        let h = wgrad::nn::model::MAX_WIDTH;
+        let h = wgrad::gpu::limits::MAX_WIDTH;
         for d in [2, 80] {
             let mut spec = NetSpec::mlp(d, &[h], 1, Activation::Relu);
             spec.weight_decay = 2.0;
@@ -536,7 +536,10 @@ fn layers_at_the_width_limit_are_computed_and_wider_ones_refused() {
     // loops under that. At the limits every input and class must still count, so the last input
     // column and the last class carry large values that a truncated loop would drop; one unit
     // wider, the net is refused with the limit named. (This test found both limits set too high.)
-    let (max, classes) = (wgrad::nn::model::MAX_WIDTH, wgrad::nn::model::MAX_CLASSES);
+    let (max, classes) = (
+        wgrad::gpu::limits::MAX_WIDTH,
+        wgrad::gpu::limits::MAX_CLASSES,
+    );
     for (input, output) in [(max, 3), (2, classes)] {
         let spec = NetSpec::mlp(input, &[], output, Activation::Relu);
         for precision in precisions() {

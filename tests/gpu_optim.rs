@@ -15,10 +15,11 @@
 mod common;
 
 use common::*;
-use wgrad::gpu::{kernel, GpuBuffer, Precision};
+use wgrad::gpu::{kernel, Gpu, GpuBuffer, Precision};
 use wgrad::nn::{Activation, Copies, Model, NetSpec, Recorder, Workspace};
 use wgrad::optim::{GpuOptimizer, Optimizer};
 use wgrad::reference::RefOptimizer;
+use wgrad::train::advance;
 
 const STEPS: usize = 5;
 
@@ -50,7 +51,7 @@ fn gpu_trajectory(
     ws.upload(ctx, &prob.x, &prob.labels, precision);
     let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
     let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
-    let optimizer = GpuOptimizer::new(ctx, &model, opt, &state).unwrap();
+    let optimizer = GpuOptimizer::new(&gpu(precision), &model, opt, &state).unwrap();
     let step = train_step(precision, &model, &ws, &optimizer, &state, &stats);
     let trajectory = (0..steps)
         .map(|_| {
@@ -81,9 +82,9 @@ fn train_step(
     step.extend(rec.l2_penalty(stats));
     step.extend(rec.forward(ws, &Copies::Single));
     step.extend(rec.backward(ws));
-    step.push(rec.train_metrics(ws, stats, state));
+    step.push(train_metrics(&rec.gpu(), ws, stats, state));
     step.extend(optimizer.dispatches().iter().cloned());
-    step.push(rec.advance(ws, stats, state));
+    step.push(advance(&rec.gpu(), ws, stats, state));
     step
 }
 
@@ -426,7 +427,7 @@ fn steps_recorded_into_one_submit_match_one_submit_per_step() {
             ws.upload(ctx, &prob.x, &prob.labels, precision);
             let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
             let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
-            let optimizer = GpuOptimizer::new(ctx, &model, &opt, &state).unwrap();
+            let optimizer = GpuOptimizer::new(&gpu(precision), &model, &opt, &state).unwrap();
             let step = train_step(precision, &model, &ws, &optimizer, &state, &stats);
             kernel::submit(ctx, &step, STEPS);
             ctx.wait().unwrap();
@@ -463,14 +464,14 @@ fn optimizer_update_folds_its_grid_past_65535_workgroups() {
     let ws = Workspace::new(ctx, &model, 1, 1, false);
     let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
     let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
-    let optimizer = GpuOptimizer::new(ctx, &model, &opt, &state).unwrap();
+    let optimizer = GpuOptimizer::new(&gpu(precision), &model, &opt, &state).unwrap();
     let rec = Recorder {
         ctx,
         kernels: kernels(precision),
         model: &model,
     };
     let mut step = optimizer.dispatches().to_vec();
-    step.push(rec.advance(&ws, &stats, &state));
+    step.push(advance(&rec.gpu(), &ws, &stats, &state));
 
     let mut theta = theta0.clone();
     let mut ropt = RefOptimizer::new(&opt, numel);
@@ -493,5 +494,13 @@ fn optimizer_update_folds_its_grid_past_65535_workgroups() {
             rel_err(&displacement(&got, &theta0), &displacement(&theta, &theta0)),
             tol(precision),
         );
+    }
+}
+
+/// The device and the `precision` pipelines, as layers and optimizers record with them.
+fn gpu(precision: Precision) -> Gpu<'static> {
+    Gpu {
+        ctx: ctx(),
+        kernels: kernels(precision),
     }
 }

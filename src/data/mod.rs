@@ -2,7 +2,10 @@
 //! 10k-image subset compiled into the binary, so that training works from any directory and
 //! without a download.
 
+mod gpu;
 mod idx;
+
+pub use gpu::GpuDataset;
 
 use std::borrow::Cow;
 use std::fmt;

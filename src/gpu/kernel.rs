@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{GpuContext, Precision};
+use super::buffers::uniform;
+use super::{GpuBuffer, GpuContext, Precision};
+use crate::error::Result;
 
 /// One WGSL file of shaders/, embedded so the binary runs from anywhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -42,13 +44,43 @@ pub mod shaders {
 const PRELUDE_F32: &str = include_str!("../../shaders/precision_f32.wgsl");
 const PRELUDE_F64: &str = include_str!("../../shaders/precision_f64.wgsl");
 
+/// Files a shader may pull in with a line `#include "name"`: WGSL has no includes, so what
+/// several shaders share (the trainer's word layout, the activation functions) is written once
+/// here and pasted in. An include that is not listed fails loudly instead of compiling without it.
+pub const INCLUDES: &[(&str, &str)] = &[
+    ("words.wgsl", include_str!("../../shaders/words.wgsl")),
+    (
+        "activations.wgsl",
+        include_str!("../../shaders/activations.wgsl"),
+    ),
+];
+
+/// `source` with each `#include "name"` line replaced by that file.
+fn expand_includes(source: &str) -> String {
+    source
+        .lines()
+        .map(|line| match line.trim().strip_prefix("#include ") {
+            Some(name) => {
+                let name = name.trim().trim_matches('"');
+                INCLUDES
+                    .iter()
+                    .find(|(file, _)| *file == name)
+                    .unwrap_or_else(|| panic!("shader include \"{name}\" is not in INCLUDES"))
+                    .1
+            }
+            None => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Full WGSL text of `shader` built for `precision`.
 pub fn source_for(shader: Shader, precision: Precision) -> String {
     let prelude = match precision {
         Precision::F32 => PRELUDE_F32,
         Precision::F64 => PRELUDE_F64,
     };
-    format!("{prelude}\n{}", shader.source)
+    format!("{prelude}\n{}", expand_includes(shader.source))
 }
 
 /// Shader modules compiled so far, per file and precision: a net builds dozens of pipelines
@@ -217,7 +249,7 @@ pub fn record_all(pass: &mut wgpu::ComputePass<'_>, dispatches: &[Dispatch]) {
 }
 
 /// Runs `dispatches` as one submit and waits for them.
-pub fn run(ctx: &GpuContext, dispatches: &[Dispatch]) -> crate::Result<()> {
+pub fn run(ctx: &GpuContext, dispatches: &[Dispatch]) -> Result<()> {
     submit(ctx, dispatches, 1);
     ctx.wait()
 }
@@ -249,4 +281,147 @@ pub fn grid(n: usize) -> ([u32; 3], u32) {
     let x = g.min(65_535);
     let y = g.div_ceil(x);
     ([x as u32, y as u32, 1], (x * ELEMENTWISE_GROUP) as u32)
+}
+
+/// One entry point of a shader file, with the override constants it is built with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Entry {
+    pub shader: Shader,
+    pub name: &'static str,
+    pub constants: &'static [(&'static str, f64)],
+}
+
+impl Entry {
+    pub const fn new(shader: Shader, name: &'static str) -> Entry {
+        Entry {
+            shader,
+            name,
+            constants: &[],
+        }
+    }
+
+    /// The same entry point built with override constants (a kink-counting or perturbed variant).
+    pub const fn with(self, constants: &'static [(&'static str, f64)]) -> Entry {
+        Entry { constants, ..self }
+    }
+}
+
+/// A kernel's buffers, by name. Each shader's bind-group table has one bindings struct, whose
+/// fields name the buffers at bindings 1, 2, … (binding 0 is the `Params` uniform, built from
+/// [`KernelBindings::Params`]). A binding that an entry point of the table does not use is an
+/// `Option` field; [`Kernels`] binds a placeholder there, so no call site fills slots by position.
+pub trait KernelBindings {
+    /// The shader's `Params` struct, `#[repr(C)]` and field for field.
+    type Params: bytemuck::Pod;
+    /// How the shader declares bindings 1, 2, …
+    const ACCESS: &'static [Binding];
+    /// The buffers of bindings 1, 2, …, with `unused` standing in for absent options.
+    fn buffers<'a>(&'a self, unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer>;
+}
+
+/// One-element buffers bound where an entry point's table has a binding it does not use (every
+/// binding needs a buffer). Read and read-write ones are distinct, since one buffer may not be
+/// bound both ways in one dispatch.
+pub struct Placeholders {
+    pub real: GpuBuffer,
+    pub real_rw: GpuBuffer,
+    pub word: GpuBuffer,
+    pub word_rw: GpuBuffer,
+}
+
+impl Placeholders {
+    /// `buffer`'s wgpu buffer, or the placeholder of that access.
+    pub fn real<'a>(&'a self, buffer: Option<&'a GpuBuffer>) -> &'a wgpu::Buffer {
+        &buffer.unwrap_or(&self.real).buffer
+    }
+    pub fn real_rw<'a>(&'a self, buffer: Option<&'a GpuBuffer>) -> &'a wgpu::Buffer {
+        &buffer.unwrap_or(&self.real_rw).buffer
+    }
+    pub fn word<'a>(&'a self, buffer: Option<&'a GpuBuffer>) -> &'a wgpu::Buffer {
+        &buffer.unwrap_or(&self.word).buffer
+    }
+    pub fn word_rw<'a>(&'a self, buffer: Option<&'a GpuBuffer>) -> &'a wgpu::Buffer {
+        &buffer.unwrap_or(&self.word_rw).buffer
+    }
+}
+
+/// A device and the pipelines built on it: what recording a dispatch needs.
+#[derive(Clone, Copy)]
+pub struct Gpu<'a> {
+    pub ctx: &'a GpuContext,
+    pub kernels: &'a Kernels,
+}
+
+impl Gpu<'_> {
+    pub fn precision(&self) -> Precision {
+        self.kernels.precision
+    }
+}
+
+/// The compute pipelines of one device and precision, built on first use and kept: layers ask
+/// for their entry points by [`Entry`] and get a ready [`Dispatch`] back.
+pub struct Kernels {
+    pub precision: Precision,
+    built: Mutex<HashMap<String, Kernel>>,
+    pub unused: Placeholders,
+}
+
+impl Kernels {
+    /// Fails when the adapter cannot run `precision` (f64 needs SHADER_F64).
+    pub fn new(ctx: &GpuContext, precision: Precision) -> Result<Kernels> {
+        ctx.require(precision)?;
+        Ok(Kernels {
+            precision,
+            built: Mutex::new(HashMap::new()),
+            unused: Placeholders {
+                real: GpuBuffer::real(ctx, "unused", 1, precision),
+                real_rw: GpuBuffer::real(ctx, "unused_rw", 1, precision),
+                word: GpuBuffer::zeroed(ctx, "unused_u32", 1, 4),
+                word_rw: GpuBuffer::zeroed(ctx, "unused_u32_rw", 1, 4),
+            },
+        })
+    }
+
+    /// The pipeline of `entry` over the binding table `access`. A shader that fails validation
+    /// is a bug in wgrad, not in the input, so it panics with wgpu's message.
+    pub fn kernel(&self, ctx: &GpuContext, entry: &Entry, access: &[Binding]) -> Kernel {
+        let key = format!("{}::{}{:?}", entry.shader.name, entry.name, entry.constants);
+        let mut built = self.built.lock().expect("kernel cache poisoned");
+        built
+            .entry(key)
+            .or_insert_with(|| {
+                let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+                let mut bindings = vec![Binding::Uniform];
+                bindings.extend_from_slice(access);
+                let kernel = Kernel::new(
+                    ctx,
+                    entry.shader,
+                    entry.name,
+                    self.precision,
+                    &bindings,
+                    entry.constants,
+                );
+                if let Some(e) = pollster::block_on(scope.pop()) {
+                    panic!("building kernel {}: {e}", kernel.name);
+                }
+                kernel
+            })
+            .clone()
+    }
+
+    /// A dispatch of `entry` with its `Params` uniform and named buffers over `workgroups`.
+    pub fn dispatch<B: KernelBindings>(
+        &self,
+        ctx: &GpuContext,
+        entry: &Entry,
+        params: &B::Params,
+        bindings: &B,
+        workgroups: [u32; 3],
+    ) -> Dispatch {
+        let kernel = self.kernel(ctx, entry, B::ACCESS);
+        let params = uniform(ctx, entry.name, params);
+        let mut buffers = vec![&params];
+        buffers.extend(bindings.buffers(&self.unused));
+        kernel.dispatch(ctx, &buffers, workgroups)
+    }
 }

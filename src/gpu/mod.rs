@@ -4,7 +4,8 @@
 pub mod buffers;
 pub mod context;
 pub mod kernel;
+pub mod limits;
 
 pub use buffers::{GpuBuffer, Precision};
 pub use context::{list_adapters, AdapterOptions, AdapterSummary, GpuContext};
-pub use kernel::{Binding, Dispatch, Kernel};
+pub use kernel::{Binding, Dispatch, Entry, Gpu, Kernel, KernelBindings, Kernels};

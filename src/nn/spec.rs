@@ -7,37 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::nn::layers::{Layer, LayerSpec};
-
-/// Hidden-layer nonlinearity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Activation {
-    Relu,
-    Sigmoid,
-}
-
-impl FromStr for Activation {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        match s.to_ascii_lowercase().as_str() {
-            "relu" => Ok(Activation::Relu),
-            "sigmoid" => Ok(Activation::Sigmoid),
-            other => Err(Error::InvalidArgument(format!(
-                "unknown activation '{other}': use 'relu' or 'sigmoid'"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for Activation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Activation::Relu => "relu",
-            Activation::Sigmoid => "sigmoid",
-        })
-    }
-}
+use crate::nn::layers::{Activation, Layer, LayerSpec};
 
 /// Weight initialisation, as the book's MultiLayerNet names it. Biases always start at zero.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -160,10 +130,7 @@ impl NetSpec {
         if let Some(layers) = &self.layers {
             return layers.clone();
         }
-        let act = match self.activation {
-            Activation::Relu => LayerSpec::Relu,
-            Activation::Sigmoid => LayerSpec::Sigmoid,
-        };
+        let act = self.activation.spec();
         let mut out = Vec::new();
         for &h in &self.hidden {
             out.push(LayerSpec::Affine { units: h });
@@ -209,17 +176,17 @@ impl NetSpec {
             )));
         }
         let (layers, _) = self.resolve()?;
-        let classes = crate::nn::model::MAX_CLASSES;
+        let classes = crate::gpu::limits::MAX_CLASSES;
         if self.output > classes {
             return Err(Error::InvalidArgument(format!(
                 "a net of {} classes is above the {classes} that wgrad supports: use fewer classes",
                 self.output
             )));
         }
-        let max = crate::nn::model::MAX_WIDTH;
+        let max = crate::gpu::limits::MAX_WIDTH;
         for layer in &layers {
-            if let Layer::Affine { d_in, d_out, .. } = *layer {
-                if let Some(w) = [d_in, d_out].into_iter().find(|&w| w > max) {
+            if let Layer::Affine(a) = layer {
+                if let Some(w) = [a.d_in, a.d_out].into_iter().find(|&w| w > max) {
                     return Err(Error::InvalidArgument(format!(
                         "a layer of {w} units is wider than the {max} that wgrad supports: use narrower layers"
                     )));
@@ -249,10 +216,41 @@ impl NetSpec {
     }
 }
 
+/// What a parameter tensor is to its layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamRole {
+    /// A weight matrix or filter bank: initialised from N(0, std²), decayed by weight decay.
+    Weight,
+    /// A bias: starts at 0, not decayed.
+    Bias,
+    /// A normalisation's scale γ: starts at 1, not decayed.
+    Gamma,
+    /// A normalisation's shift β: starts at 0, not decayed.
+    Beta,
+}
+
+impl ParamRole {
+    /// The name prefix in checkpoints: W1, b1, gamma1, beta1.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            ParamRole::Weight => "W",
+            ParamRole::Bias => "b",
+            ParamRole::Gamma => "gamma",
+            ParamRole::Beta => "beta",
+        }
+    }
+}
+
+/// A tensor by name, outside the parameter arena (BatchNorm's running statistics):
+/// (name, shape, values).
+pub type NamedTensor = (String, Vec<usize>, Vec<f64>);
+
 /// One named tensor inside the flat parameter arena (row-major).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TensorInfo {
     pub name: String,
+    pub role: ParamRole,
     pub shape: Vec<usize>,
     pub offset: usize,
     pub numel: usize,
@@ -261,9 +259,9 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    /// Weight matrices get weight decay; biases do not.
+    /// Weight matrices get weight decay; biases, γ and β do not.
     pub fn is_weight(&self) -> bool {
-        self.name.starts_with('W')
+        self.role == ParamRole::Weight
     }
 }
 
@@ -307,11 +305,7 @@ pub fn init_params(spec: &NetSpec, init: Init, seed: u64) -> Vec<f64> {
     let layout = spec.layout();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut params = vec![0.0; layout.total];
-    for t in layout
-        .tensors
-        .iter()
-        .filter(|t| t.name.starts_with("gamma"))
-    {
+    for t in layout.tensors.iter().filter(|t| t.role == ParamRole::Gamma) {
         params[t.offset..t.offset + t.numel].fill(1.0);
     }
     for t in layout.tensors.iter().filter(|t| t.is_weight()) {

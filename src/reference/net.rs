@@ -21,11 +21,11 @@ use super::norm::{
     BatchNormForward, BATCHNORM_EPS,
 };
 use super::{
-    affine_backward, affine_forward, relu_backward, relu_forward, sigmoid_backward,
-    sigmoid_forward, softmax_cross_entropy,
+    activation_backward, activation_forward, affine_backward, affine_forward, softmax_cross_entropy,
 };
 use crate::error::Result;
-use crate::nn::{Activation, Layer, NetSpec, ParamLayout};
+use crate::nn::layers::{Pool, PoolKind};
+use crate::nn::{Layer, NetSpec, ParamLayout};
 
 /// Which dropout masks the net uses: the (seed, step) of the hash in shaders/dropout.wgsl.
 ///
@@ -149,59 +149,55 @@ impl RefNet {
         n: usize,
     ) -> (Vec<f64>, Saved) {
         let p = |t| self.tensor(params, t);
-        match *layer {
+        match layer {
             // input: [N, d_in], W: [d_in, d_out], b: [d_out] -> [N, d_out]
-            Layer::Affine { d_in, d_out, w, b } => (
-                affine_forward(input, p(w), p(b), n, d_in, d_out),
+            Layer::Affine(a) => (
+                affine_forward(input, p(a.weight), p(a.bias), n, a.d_in, a.d_out),
                 Saved::Nothing,
             ),
             // input: [N, C, H, W], W: [F, C, K, K], b: [F] -> [N, F, OH, OW]
-            Layer::Conv {
-                c,
-                h,
-                w,
-                f,
-                k,
-                stride,
-                pad,
-                wt,
-                b,
-                ..
-            } => (
-                conv2d_forward(input, p(wt), p(b), n, c, h, w, f, k, k, stride, pad),
+            Layer::Conv(cv) => (
+                conv2d_forward(
+                    input,
+                    p(cv.weight),
+                    p(cv.bias),
+                    n,
+                    cv.c,
+                    cv.h,
+                    cv.w,
+                    cv.f,
+                    cv.k,
+                    cv.k,
+                    cv.stride,
+                    cv.pad,
+                ),
                 Saved::Nothing,
             ),
             // input: [*] -> [*]
-            Layer::Act(Activation::Relu) => (relu_forward(input), Saved::Nothing),
-            Layer::Act(Activation::Sigmoid) => (sigmoid_forward(input), Saved::Nothing),
+            Layer::Activation(a) => (activation_forward(a.kind, input), Saved::Nothing),
             // input: [N, C, H, W] -> [N, C, OH, OW]
-            Layer::Pool {
-                max,
-                c,
-                h,
-                w,
-                size,
-                stride,
-                ..
-            } => {
-                if max {
-                    let (y, argmax) = max_pool_forward(input, n, c, h, w, size, stride);
-                    (y, Saved::Argmax(argmax))
-                } else {
-                    let y = avg_pool_forward(input, n, c, h, w, size, stride);
-                    (y, Saved::Nothing)
+            Layer::Pool(pl) => {
+                let (c, h, w, size, stride) = (pl.c, pl.h, pl.w, pl.size, pl.stride);
+                match pl.kind {
+                    PoolKind::Max => {
+                        let (y, argmax) = max_pool_forward(input, n, c, h, w, size, stride);
+                        (y, Saved::Argmax(argmax))
+                    }
+                    PoolKind::Avg => {
+                        let y = avg_pool_forward(input, n, c, h, w, size, stride);
+                        (y, Saved::Nothing)
+                    }
                 }
             }
             // input: [N, C, S], γ, β: [C] -> [N, C, S], statistics per channel over (N, S)
-            Layer::BatchNorm {
-                c, s, gamma, beta, ..
-            } => {
-                let bn = batchnorm_forward_train(input, p(gamma), p(beta), n, c, s, BATCHNORM_EPS);
-                (bn.y.clone(), Saved::BatchNorm(bn))
+            Layer::BatchNorm(bn) => {
+                let (gamma, beta) = (p(bn.gamma), p(bn.beta));
+                let fwd = batchnorm_forward_train(input, gamma, beta, n, bn.c, bn.s, BATCHNORM_EPS);
+                (fwd.y.clone(), Saved::BatchNorm(fwd))
             }
             // input: [N, size] (one copy, as the GPU indexes its mask) -> [N, size]
-            Layer::Dropout { p: prob, .. } => {
-                let (y, mask) = dropout_forward(input, self.masks.seed, self.masks.step, prob);
+            Layer::Dropout(d) => {
+                let (y, mask) = dropout_forward(input, self.masks.seed, self.masks.step, d.p);
                 (y, Saved::Mask(mask))
             }
         }
@@ -222,68 +218,48 @@ impl RefNet {
         let (input, n) = (fwd.input(x, l), fwd.n);
         match (&self.layers[l], &fwd.saved[l]) {
             // input: [N, d_in], dy: [N, d_out] -> dx: [N, d_in], dW: [d_in, d_out], db: [d_out]
-            (&Layer::Affine { d_in, d_out, w, b }, _) => {
-                let (dx, dw, db) = affine_backward(input, p(w), dy, n, d_in, d_out);
-                self.set_tensor(grad, w, &dw);
-                self.set_tensor(grad, b, &db);
+            (Layer::Affine(a), _) => {
+                let (dx, dw, db) = affine_backward(input, p(a.weight), dy, n, a.d_in, a.d_out);
+                self.set_tensor(grad, a.weight, &dw);
+                self.set_tensor(grad, a.bias, &db);
                 dx
             }
             // input: [N, C, H, W], dy: [N, F, OH, OW] -> dx: [N, C, H, W], dW: [F, C, K, K], db: [F]
-            (
-                &Layer::Conv {
+            (Layer::Conv(cv), _) => {
+                let (c, h, w, f, k) = (cv.c, cv.h, cv.w, cv.f, cv.k);
+                let (dx, dw, db) = conv2d_backward(
+                    input,
+                    p(cv.weight),
+                    dy,
+                    n,
                     c,
                     h,
                     w,
                     f,
                     k,
-                    stride,
-                    pad,
-                    wt,
-                    b,
-                    ..
-                },
-                _,
-            ) => {
-                let (dx, dw, db) =
-                    conv2d_backward(input, p(wt), dy, n, c, h, w, f, k, k, stride, pad);
-                self.set_tensor(grad, wt, &dw);
-                self.set_tensor(grad, b, &db);
+                    k,
+                    cv.stride,
+                    cv.pad,
+                );
+                self.set_tensor(grad, cv.weight, &dw);
+                self.set_tensor(grad, cv.bias, &db);
                 dx
             }
-            // dy: [*] -> dx: [*]; ReLU reads its input, sigmoid its output
-            (Layer::Act(Activation::Relu), _) => relu_backward(input, dy),
-            (Layer::Act(Activation::Sigmoid), _) => sigmoid_backward(&fwd.outputs[l], dy),
+            // dy: [*] -> dx: [*]
+            (Layer::Activation(a), _) => activation_backward(a.kind, input, &fwd.outputs[l], dy),
             // dy: [N, C, OH, OW] -> dx: [N, C, H, W]
-            (Layer::Pool { .. }, Saved::Argmax(argmax)) => {
-                max_pool_backward(dy, argmax, input.len())
-            }
-            (
-                &Layer::Pool {
-                    max: false,
-                    c,
-                    h,
-                    w,
-                    size,
-                    stride,
-                    ..
-                },
-                _,
-            ) => avg_pool_backward(dy, n, c, h, w, size, stride),
+            (Layer::Pool(_), Saved::Argmax(argmax)) => max_pool_backward(dy, argmax, input.len()),
+            (Layer::Pool(pl), _) => avg_pool_backward(dy, n, pl.c, pl.h, pl.w, pl.size, pl.stride),
             // dy: [N, C, S] -> dx: [N, C, S], dγ, dβ: [C]
-            (
-                &Layer::BatchNorm {
-                    c, s, gamma, beta, ..
-                },
-                Saved::BatchNorm(bn),
-            ) => {
+            (Layer::BatchNorm(bn), Saved::BatchNorm(fwd)) => {
                 let (dx, dgamma, dbeta) =
-                    batchnorm_backward(dy, &bn.xhat, &bn.inv_std, p(gamma), n, c, s);
-                self.set_tensor(grad, gamma, &dgamma);
-                self.set_tensor(grad, beta, &dbeta);
+                    batchnorm_backward(dy, &fwd.xhat, &fwd.inv_std, p(bn.gamma), n, bn.c, bn.s);
+                self.set_tensor(grad, bn.gamma, &dgamma);
+                self.set_tensor(grad, bn.beta, &dbeta);
                 dx
             }
             // dy: [N, size] -> dx: [N, size]
-            (Layer::Dropout { .. }, Saved::Mask(mask)) => dropout_backward(dy, mask),
+            (Layer::Dropout(_), Saved::Mask(mask)) => dropout_backward(dy, mask),
             (layer, _) => unreachable!("forward saves what {layer:?} needs"),
         }
     }
@@ -345,12 +321,12 @@ impl RefNet {
         let mut margin = f64::INFINITY;
         for (l, layer) in self.layers.iter().enumerate() {
             let input = fwd.input(x, l);
-            match *layer {
-                Layer::Act(Activation::Relu) => {
+            match layer {
+                Layer::Activation(a) if a.kind.has_kink() => {
                     margin = input.iter().fold(margin, |m, v| m.min(v.abs()));
                 }
-                Layer::Pool { max: true, .. } => {
-                    margin = margin.min(max_pool_tie_gap(layer, input, n));
+                Layer::Pool(pool) if pool.kind == PoolKind::Max => {
+                    margin = margin.min(max_pool_tie_gap(pool, input, n));
                 }
                 _ => {}
             }
@@ -362,20 +338,16 @@ impl RefNet {
 /// The smallest gap between the largest and second-largest value of any window of a max-pool
 /// layer (∞ with one-element windows), skipping ties at exactly 0 (see [`RefNet::kink_margin`]).
 // x: [N, C, H, W]
-fn max_pool_tie_gap(layer: &Layer, x: &[f64], n: usize) -> f64 {
-    let Layer::Pool {
-        c,
-        h,
-        w,
-        size,
-        stride,
-        oh,
-        ow,
-        ..
-    } = *layer
-    else {
-        unreachable!("a pooling layer")
-    };
+fn max_pool_tie_gap(pool: &Pool, x: &[f64], n: usize) -> f64 {
+    let (c, h, w, size, stride, oh, ow) = (
+        pool.c,
+        pool.h,
+        pool.w,
+        pool.size,
+        pool.stride,
+        pool.oh,
+        pool.ow,
+    );
     let mut gap = f64::INFINITY;
     for plane in 0..n * c {
         for oy in 0..oh {
@@ -405,6 +377,7 @@ mod tests {
     use super::*;
     use crate::nn::layers::parse_layers;
     use crate::nn::spec::standard_normal;
+    use crate::nn::Activation;
     use crate::reference::norm::{dropout_keep, dropout_threshold};
     use crate::reference::RefMlp;
     use rand::SeedableRng;

@@ -15,10 +15,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use wgrad::gpu::{kernel, AdapterOptions, GpuBuffer, GpuContext, Precision};
 use wgrad::nn::spec::standard_normal;
-use wgrad::nn::{Activation, Copies, Kernels, Model, NetSpec, Recorder, Workspace};
+use wgrad::nn::{Activation, Copies, Kernels, Layer, Model, NetSpec, Recorder, Workspace};
 use wgrad::reference::RefMlp;
 
-pub use wgrad::train::{STATE_WORDS, STATS_WORDS};
+pub use wgrad::train::{train_metrics, STATE_WORDS, STATS_WORDS};
 
 /// The device every test of this binary shares (opening one costs ~50 ms on lavapipe).
 pub fn ctx() -> &'static GpuContext {
@@ -263,13 +263,21 @@ pub fn run_on(
     if with_grads {
         d.extend(rec.backward(ws));
     }
-    d.push(rec.train_metrics(ws, &stats, &state));
+    d.push(train_metrics(&rec.gpu(), ws, &stats, &state));
     kernel::run(ctx, &d).expect("GPU run");
     let read = |b: &GpuBuffer| b.read_real(ctx, precision).expect("readback");
     let stats = read(&stats);
+    // An MLP's pre-activations are its affine layers' outputs (the last being the logits), its
+    // hidden activations its activation layers' outputs.
+    let outputs_of = |kind: fn(&Layer) -> bool| -> Vec<Vec<f64>> {
+        (model.layers.iter().zip(&ws.out))
+            .filter(|(layer, _)| kind(layer))
+            .map(|(_, out)| read(out))
+            .collect()
+    };
     GpuOut {
-        pre: ws.pre().into_iter().map(read).collect(),
-        act: ws.act().into_iter().map(read).collect(),
+        pre: outputs_of(|l| matches!(l, Layer::Affine(_))),
+        act: outputs_of(|l| matches!(l, Layer::Activation(_))),
         row_loss: read(&ws.row_loss),
         row_correct: ws.row_correct.read_u32(ctx).expect("readback"),
         grads: with_grads.then(|| model.read_grads(ctx).expect("readback")),

@@ -8,13 +8,17 @@ use std::time::Instant;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::checkpoint::NamedTensor;
-use crate::data::{Dataset, Mnist};
+mod metrics;
+
+pub use metrics::{
+    advance, copy_loss, eval_metrics, train_metrics, StateWord, StatsWord, STATE_WORDS, STATS_WORDS,
+};
+
+use crate::data::{Dataset, GpuDataset, Mnist};
 use crate::error::{Error, Result};
 use crate::gpu::{kernel, Dispatch, GpuBuffer, GpuContext, Precision};
-use crate::nn::model::Mode;
 use crate::nn::{
-    init_params, Copies, GpuDataset, Init, Kernels, Model, NetSpec, Recorder, Workspace,
+    init_params, Copies, Init, Kernels, Mode, Model, NamedTensor, NetSpec, Recorder, Workspace,
 };
 use crate::optim::{GpuOptimizer, Optimizer};
 
@@ -67,6 +71,19 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The net to train: its starting parameters (given, or drawn from `init`), its starting
+    /// state, and dropout masks seeded from `seed`.
+    fn model(&self, ctx: &GpuContext) -> Result<Model> {
+        let params = match &self.initial_params {
+            Some(p) => p.clone(),
+            None => init_params(&self.spec, self.init, self.seed),
+        };
+        let mut model = Model::new(ctx, &self.spec, &params, self.precision)?;
+        model.dropout_seed = self.seed as u32 ^ (self.seed >> 32) as u32;
+        model.write_state(ctx, &self.initial_state);
+        Ok(model)
+    }
+
     pub fn validate(&self, train: &Dataset) -> Result<()> {
         self.spec.validate()?;
         self.optimizer.validate()?;
@@ -149,17 +166,22 @@ pub struct TrainReport {
     pub state: Vec<NamedTensor>,
 }
 
+impl EpochReport {
+    /// The epoch's line on the terminal.
+    fn line(&self, epochs: usize) -> String {
+        format!(
+            "epoch {:>3}/{epochs}  loss {:.4}  train acc {:.4}  test acc {:.4}  ({:.2} s)",
+            self.epoch, self.train_loss, self.train_accuracy, self.test_accuracy, self.seconds
+        )
+    }
+}
+
 /// Accuracy and mean loss of `params` on a data set.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Evaluation {
     pub loss: f64,
     pub accuracy: f64,
 }
-
-/// u32 words of the GPU state buffer (the step counter and its bookkeeping; shaders/metrics.wgsl).
-pub const STATE_WORDS: usize = 4;
-/// Reals of the GPU stats buffer (losses, correct counts, the L2 penalty; shaders/metrics.wgsl).
-pub const STATS_WORDS: usize = 8;
 
 /// Forward passes over a whole data set in batches, summing loss and correct counts on the GPU.
 pub struct Evaluator {
@@ -181,15 +203,13 @@ impl Evaluator {
 
     /// The dispatches of one evaluation batch of `data` (gather at the eval cursor, forward,
     /// metrics), recorded once per data set and replayed.
-    pub fn batch_dispatches(
-        &self,
-        ctx: &GpuContext,
-        rec: &Recorder,
-        data: &GpuDataset,
-    ) -> Vec<Dispatch> {
-        let mut d = vec![data.gather(ctx, rec.kernels, &self.ws, &self.state, 3)];
+    pub fn batch_dispatches(&self, rec: &Recorder, data: &GpuDataset) -> Vec<Dispatch> {
+        let gpu = rec.gpu();
+        let batch = (&self.ws.x, &self.ws.labels);
+        let cursor = StateWord::EvalBatch as u32;
+        let mut d = vec![data.gather(&gpu, batch, &self.state, cursor)];
         d.extend(rec.forward(&self.ws, &Copies::Single));
-        d.push(rec.eval_metrics(&self.ws, &self.stats, &self.state));
+        d.push(eval_metrics(&gpu, &self.ws, &self.stats, &self.state));
         d
     }
 
@@ -204,11 +224,72 @@ impl Evaluator {
             .write_real(ctx, 0, &[0.0; STATS_WORDS], self.precision);
         kernel::submit(ctx, dispatches, data.len.div_ceil(self.ws.rows));
         let stats = self.stats.read_real(ctx, self.precision)?;
-        let rows = stats[6].max(1.0);
+        let rows = stats[StatsWord::EvalRows as usize].max(1.0);
         Ok(Evaluation {
-            loss: stats[4] / rows,
-            accuracy: stats[5] / rows,
+            loss: stats[StatsWord::EvalLoss as usize] / rows,
+            accuracy: stats[StatsWord::EvalCorrect as usize] / rows,
         })
+    }
+}
+
+/// One training step, recorded once and replayed: gather the batch at the cursor, the L2
+/// penalty, forward, backward, metrics, the update, and the step counter moved on.
+pub fn step_dispatches(
+    rec: &Recorder,
+    data: &GpuDataset,
+    ws: &Workspace,
+    (state, stats): (&GpuBuffer, &GpuBuffer),
+    optimizer: &GpuOptimizer,
+) -> Vec<Dispatch> {
+    let gpu = rec.gpu();
+    let cursor = StateWord::Batch as u32;
+    let mut step = vec![data.gather(&gpu, (&ws.x, &ws.labels), state, cursor)];
+    step.extend(rec.l2_penalty(stats));
+    // Dropout draws a new mask each step from the GPU step counter (state word 0).
+    step.extend(rec.forward_with(ws, &Copies::Single, Mode::Train, state, 0));
+    step.extend(rec.backward(ws));
+    step.push(train_metrics(&gpu, ws, stats, state));
+    step.extend(optimizer.dispatches().iter().cloned());
+    step.push(advance(&gpu, ws, stats, state));
+    step
+}
+
+/// A recorded training step and the buffers the host watches between submits.
+struct Steps<'a> {
+    dispatches: &'a [Dispatch],
+    state: &'a GpuBuffer,
+    stats: &'a GpuBuffer,
+    per_submit: usize,
+}
+
+impl Steps<'_> {
+    /// Runs `count` steps, `per_submit` to a submit, reading the state words after each submit
+    /// to stop at divergence and to move the progress bar.
+    fn run(
+        &self,
+        ctx: &GpuContext,
+        count: usize,
+        precision: Precision,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<()> {
+        let mut done = 0;
+        while done < count {
+            let chunk = self.per_submit.min(count - done);
+            kernel::submit(ctx, self.dispatches, chunk);
+            done += chunk;
+            let words = self.state.read_u32(ctx)?;
+            let diverged = words[StateWord::Diverged as usize];
+            if diverged != 0 {
+                bar.finish_and_clear();
+                let stats = self.stats.read_real(ctx, precision)?;
+                return Err(Error::Diverged {
+                    step: u64::from(diverged),
+                    value: format!("{}", stats[StatsWord::DivergedLoss as usize]),
+                });
+            }
+            bar.set_position(u64::from(words[StateWord::Step as usize]));
+        }
+        Ok(())
     }
 }
 
@@ -232,15 +313,8 @@ pub fn train(
     config.validate(&data.train)?;
     let start = Instant::now();
     let precision = config.precision;
-    let params = match &config.initial_params {
-        Some(p) => p.clone(),
-        None => init_params(&config.spec, config.init, config.seed),
-    };
     let kernels = Kernels::new(ctx, precision)?;
-    let mut model = Model::new(ctx, &config.spec, &params, precision)?;
-    model.dropout_seed = config.seed as u32 ^ (config.seed >> 32) as u32;
-    model.write_state(ctx, &config.initial_state);
-    let model = model;
+    let model = config.model(ctx)?;
     let rec = Recorder {
         ctx,
         kernels: &kernels,
@@ -252,24 +326,14 @@ pub fn train(
     let ws = Workspace::new(ctx, &model, config.batch_size, 1, true);
     let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
     let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
-    let optimizer = GpuOptimizer::new(ctx, &model, &config.optimizer, &state)?;
+    let optimizer = GpuOptimizer::new(&rec.gpu(), &model, &config.optimizer, &state)?;
 
-    let mut step = vec![train_set.gather(ctx, &kernels, &ws, &state, 1)];
-    step.extend(rec.l2_penalty(&stats));
-    // Dropout draws a new mask each step from the GPU step counter (state word 0).
-    step.extend(rec.forward_with(&ws, &Copies::Single, Mode::Train, &state, 0));
-    step.extend(rec.backward(&ws));
-    step.push(rec.train_metrics(&ws, &stats, &state));
-    step.extend(optimizer.dispatches().iter().cloned());
-    step.push(rec.advance(&ws, &stats, &state));
+    let step = step_dispatches(&rec, &train_set, &ws, (&state, &stats), &optimizer);
 
-    let evaluator = Evaluator::new(
-        ctx,
-        &model,
-        config.eval_batch.min(data.train.len().max(data.test.len())),
-    );
-    let eval_train = evaluator.batch_dispatches(ctx, &rec, &train_set);
-    let eval_test = evaluator.batch_dispatches(ctx, &rec, &test_set);
+    let eval_rows = config.eval_batch.min(data.train.len().max(data.test.len()));
+    let evaluator = Evaluator::new(ctx, &model, eval_rows);
+    let eval_train = evaluator.batch_dispatches(&rec, &train_set);
+    let eval_test = evaluator.batch_dispatches(&rec, &test_set);
 
     // drop_last: every step sees a full batch; reshuffling each epoch covers the rest.
     let steps_per_epoch = data.train.len() / config.batch_size;
@@ -288,49 +352,32 @@ pub fn train(
         let epoch_start = Instant::now();
         shuffle(&mut rng, &mut order);
         train_set.index.write_u32(ctx, 0, &order);
-        state.write_u32(ctx, 1, &[0]);
+        state.write_u32(ctx, StateWord::Batch as usize, &[0]);
+        // The epoch's sums (loss, last loss, correct) start again.
         stats.write_real(ctx, 0, &[0.0; 3], precision);
         let steps_before = (epoch - 1) * steps_per_epoch;
         let this_epoch = steps_per_epoch.min(total_steps as usize - steps_before);
-        let mut done = 0;
-        while done < this_epoch {
-            let chunk = config.steps_per_submit.min(this_epoch - done);
-            kernel::submit(ctx, &step, chunk);
-            done += chunk;
-            let words = state.read_u32(ctx)?;
-            if words[2] != 0 {
-                bar.finish_and_clear();
-                let value = stats.read_real(ctx, precision)?[7];
-                return Err(Error::Diverged {
-                    step: u64::from(words[2]),
-                    value: format!("{value}"),
-                });
-            }
-            bar.set_position(u64::from(words[0]));
-        }
+        let steps = Steps {
+            dispatches: &step,
+            state: &state,
+            stats: &stats,
+            per_submit: config.steps_per_submit,
+        };
+        steps.run(ctx, this_epoch, precision, &bar)?;
         train_seconds += epoch_start.elapsed().as_secs_f64();
         let epoch_stats = stats.read_real(ctx, precision)?;
         let train_eval = evaluator.run(ctx, &eval_train, &train_set)?;
         let test_eval = evaluator.run(ctx, &eval_test, &test_set)?;
         let report = EpochReport {
             epoch,
-            train_loss: epoch_stats[0] / this_epoch as f64,
+            train_loss: epoch_stats[StatsWord::LossSum as usize] / this_epoch as f64,
             train_accuracy: train_eval.accuracy,
             test_loss: test_eval.loss,
             test_accuracy: test_eval.accuracy,
             seconds: epoch_start.elapsed().as_secs_f64(),
         };
         if config.verbose {
-            bar.suspend(|| {
-                eprintln!(
-                    "epoch {epoch:>3}/{}  loss {:.4}  train acc {:.4}  test acc {:.4}  ({:.2} s)",
-                    epochs,
-                    report.train_loss,
-                    report.train_accuracy,
-                    report.test_accuracy,
-                    report.seconds
-                )
-            });
+            bar.suspend(|| eprintln!("{}", report.line(epochs)));
         }
         if let Some(f) = on_epoch.as_deref_mut() {
             f(&report);
@@ -387,7 +434,7 @@ pub fn evaluate_with_state(
     };
     let set = GpuDataset::new(ctx, data);
     let evaluator = Evaluator::new(ctx, &model, 1000.min(data.len().max(1)));
-    let dispatches = evaluator.batch_dispatches(ctx, &rec, &set);
+    let dispatches = evaluator.batch_dispatches(&rec, &set);
     evaluator.run(ctx, &dispatches, &set)
 }
 

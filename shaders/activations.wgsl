@@ -1,0 +1,37 @@
+// The nonlinearities, written once: activation.wgsl's layers and perturbed_mlp.wgsl's incremental
+// losses both include this file. The host names a kind by its ACT_ code
+// (src/nn/layers/activation.rs, whose test checks that the codes agree).
+
+const ACT_RELU: u32 = 0u;
+const ACT_SIGMOID: u32 = 1u;
+
+// y = f(x)
+fn activate(kind: u32, x: real) -> real {
+    switch kind {
+        case ACT_SIGMOID: {
+            return real(1.0) / (real(1.0) + exp_r(-x));
+        }
+        default: {
+            return max(x, real(0.0));
+        }
+    }
+}
+
+// dy·f′, with f′ from what the forward saved for it: the input x for ReLU (zero at x = 0, as the
+// book's mask), the output y for the others (src/nn/layers/activation.rs binds the right one).
+fn backpropagate(kind: u32, dy: real, saved: real) -> real {
+    switch kind {
+        case ACT_SIGMOID: {
+            return dy * saved * (real(1.0) - saved);
+        }
+        default: {
+            return select(real(0.0), dy, saved > real(0.0));
+        }
+    }
+}
+
+// Whether f has a kink between a and b (their sides of it differ): a central difference across
+// it does not estimate the derivative.
+fn crosses_kink(kind: u32, a: real, b: real) -> bool {
+    return kind == ACT_RELU && ((a > real(0.0)) != (b > real(0.0)));
+}

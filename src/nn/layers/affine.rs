@@ -1,0 +1,256 @@
+//! Affine (fully connected) layer, `affine<N>`: y = x·W + b, and the matmul kernel it runs on.
+//!
+//! Shapes: x [N, d_in] (the previous output flattened per sample), W [d_in, d_out], b [d_out],
+//! y [N, d_out]; with P perturbed copies, x is [P, N, d_in] or shared, y [P, N, d_out].
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{Backward, Forward, Gpu, Layer, LayerOps, LayerSpec, TensorPlacer};
+use crate::gpu::kernel::{self, shaders, Binding, Entry, KernelBindings, Placeholders};
+use crate::gpu::{Dispatch, GpuBuffer};
+use crate::nn::ParamRole;
+
+/// The spec words, as error messages list them.
+pub(super) const SYNTAX: &[&str] = &["affine<N>"];
+
+/// `affine<N>`
+pub(super) fn parse(word: &str) -> Option<Result<LayerSpec, String>> {
+    let units = word.strip_prefix("affine")?;
+    Some(super::positive(units).map(|units| LayerSpec::Affine { units }))
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Affine {
+    pub d_in: usize,
+    pub d_out: usize,
+    /// Tensor indices of W [d_in, d_out] and b [d_out].
+    pub weight: usize,
+    pub bias: usize,
+}
+
+pub(super) fn resolve(
+    units: usize,
+    [c, h, w]: [usize; 3],
+    placer: &mut TensorPlacer,
+) -> Result<(Layer, [usize; 3]), String> {
+    let d_in = c * h * w;
+    placer.next_layer();
+    let weight = placer.add(ParamRole::Weight, vec![d_in, units], d_in);
+    let bias = placer.add(ParamRole::Bias, vec![units], d_in);
+    let layer = Affine {
+        d_in,
+        d_out: units,
+        weight,
+        bias,
+    };
+    Ok((Layer::Affine(layer), [units, 1, 1]))
+}
+
+/// matmul.wgsl's Params: C[p] = A[p]·B (+ bias), every operand located by offset and strides.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+pub struct MatmulParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub flags: u32,
+    pub a_off: u32,
+    pub a_rs: u32,
+    pub a_cs: u32,
+    pub a_bs: u32,
+    pub b_off: u32,
+    pub b_rs: u32,
+    pub b_cs: u32,
+    pub bias_off: u32,
+    pub c_off: u32,
+    pub c_rs: u32,
+    pub c_bs: u32,
+    pub _pad: u32,
+}
+
+/// MatmulParams::flags: add the bias row.
+pub const ADD_BIAS: u32 = 1;
+
+pub const MATMUL: Entry = Entry::new(shaders::MATMUL, "matmul");
+/// Each copy p reads B and bias as the shared base plus its own one-element change.
+pub const MATMUL_PERTURBED: Entry = MATMUL.with(&[("PERTURBED", 1.0)]);
+/// C[j] = Σ_i A[i, j]: a bias gradient.
+pub const COLUMN_SUM: Entry = Entry::new(shaders::MATMUL, "column_sum");
+
+/// matmul.wgsl's buffers.
+pub struct MatmulBindings<'a> {
+    pub a: &'a GpuBuffer,
+    pub b: Option<&'a GpuBuffer>,
+    pub bias: Option<&'a GpuBuffer>,
+    pub c: &'a GpuBuffer,
+    /// MATMUL_PERTURBED: (flat index, sign) per copy, and [h].
+    pub pert: Option<&'a GpuBuffer>,
+    pub h: Option<&'a GpuBuffer>,
+}
+
+impl KernelBindings for MatmulBindings<'_> {
+    type Params = MatmulParams;
+    const ACCESS: &'static [Binding] = &[
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::Read,
+        Binding::Read,
+    ];
+    fn buffers<'a>(&'a self, unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
+        vec![
+            &self.a.buffer,
+            unused.real(self.b),
+            unused.real(self.bias),
+            &self.c.buffer,
+            unused.word(self.pert),
+            unused.real(self.h),
+        ]
+    }
+}
+
+/// A matmul over `batch` copies (grid z), 4×4 outputs an invocation in 8×8 workgroups.
+pub fn matmul(
+    gpu: &Gpu,
+    entry: &Entry,
+    params: MatmulParams,
+    batch: usize,
+    bindings: &MatmulBindings,
+) -> Dispatch {
+    let groups = [
+        kernel::groups(params.n as usize, 32),
+        kernel::groups(params.m as usize, 32),
+        batch as u32,
+    ];
+    gpu.kernels
+        .dispatch(gpu.ctx, entry, &params, bindings, groups)
+}
+
+impl LayerOps for Affine {
+    fn output_size(&self) -> usize {
+        self.d_out
+    }
+
+    fn tensors(&self) -> Vec<usize> {
+        vec![self.weight, self.bias]
+    }
+
+    fn reads_shared_input(&self) -> bool {
+        true
+    }
+
+    // y [P, N, d_out] = x [P or shared, N, d_in] · W + b
+    fn forward(&self, io: &Forward) -> Vec<Dispatch> {
+        let (n, d_in, d_out) = (io.rows, self.d_in, self.d_out);
+        let params = MatmulParams {
+            m: n as u32,
+            n: d_out as u32,
+            k: d_in as u32,
+            flags: ADD_BIAS,
+            a_rs: d_in as u32,
+            a_cs: 1,
+            a_bs: if io.input_shared {
+                0
+            } else {
+                (n * d_in) as u32
+            },
+            b_off: io.layout.tensors[self.weight].offset as u32,
+            b_rs: d_out as u32,
+            b_cs: 1,
+            bias_off: io.layout.tensors[self.bias].offset as u32,
+            c_rs: d_out as u32,
+            c_bs: (n * d_out) as u32,
+            ..Default::default()
+        };
+        let entry = match io.perturbation {
+            Some(_) => &MATMUL_PERTURBED,
+            None => &MATMUL,
+        };
+        let bindings = MatmulBindings {
+            a: io.input,
+            b: Some(io.theta),
+            bias: Some(io.theta),
+            c: io.output,
+            pert: io.pert(),
+            h: io.h(),
+        };
+        vec![matmul(&io.gpu, entry, params, io.copies, &bindings)]
+    }
+
+    fn backward(&self, io: &Backward) -> Vec<Dispatch> {
+        let (n, d_in, d_out) = (io.rows, self.d_in, self.d_out);
+        let w = &io.layout.tensors[self.weight];
+        let b = &io.layout.tensors[self.bias];
+        // dW [d_in, d_out] = xᵀ [d_in, N] · dy [N, d_out]
+        let dw = MatmulParams {
+            m: d_in as u32,
+            n: d_out as u32,
+            k: n as u32,
+            a_rs: 1,
+            a_cs: d_in as u32,
+            b_rs: d_out as u32,
+            b_cs: 1,
+            c_off: w.offset as u32,
+            c_rs: d_out as u32,
+            ..Default::default()
+        };
+        let dw_bindings = MatmulBindings {
+            a: io.input,
+            b: Some(io.dy),
+            bias: None,
+            c: io.grads,
+            pert: None,
+            h: None,
+        };
+        // db [d_out] = Σ_n dy[n, :]
+        let db = MatmulParams {
+            m: n as u32,
+            n: d_out as u32,
+            a_rs: d_out as u32,
+            a_cs: 1,
+            c_off: b.offset as u32,
+            ..Default::default()
+        };
+        let db_bindings = MatmulBindings {
+            a: io.dy,
+            b: None,
+            bias: None,
+            c: io.grads,
+            pert: None,
+            h: None,
+        };
+        let column_groups = [kernel::groups(d_out, 64), 1, 1];
+        let mut out = vec![
+            matmul(&io.gpu, &MATMUL, dw, 1, &dw_bindings),
+            io.gpu
+                .kernels
+                .dispatch(io.gpu.ctx, &COLUMN_SUM, &db, &db_bindings, column_groups),
+        ];
+        if let Some(dx) = io.dx {
+            // dx [N, d_in] = dy [N, d_out] · Wᵀ [d_out, d_in]
+            let params = MatmulParams {
+                m: n as u32,
+                n: d_in as u32,
+                k: d_out as u32,
+                a_rs: d_out as u32,
+                a_cs: 1,
+                b_off: w.offset as u32,
+                b_rs: 1,
+                b_cs: d_out as u32,
+                c_rs: d_in as u32,
+                ..Default::default()
+            };
+            let bindings = MatmulBindings {
+                a: io.dy,
+                b: Some(io.theta),
+                bias: None,
+                c: dx,
+                pert: None,
+                h: None,
+            };
+            out.push(matmul(&io.gpu, &MATMUL, params, 1, &bindings));
+        }
+        out
+    }
+}

@@ -1,0 +1,510 @@
+//! Layers, one module each: how a layer's spec word parses and resolves to shapes, its parameter
+//! tensors, its kernels with their typed uniforms and bindings, its recorded forward and
+//! backward passes, and what the numerical-gradient engine needs to know about it. This file only
+//! delegates.
+//!
+//! Spec strings are comma-separated layers:
+//! `conv30x5` (30 filters of 5×5; `conv30x5s2p1`: stride 2, padding 1), `maxpool2` / `avgpool2`
+//! (window 2, stride = window; `maxpool3s2`: stride 2), `affine100`, `relu`, `sigmoid`, `bn`
+//! (BatchNorm over the channels or features of the layer before), `dropout0.5`.
+//! The book's SimpleConvNet is `conv30x5,relu,maxpool2,affine100,relu,affine10`.
+
+pub mod activation;
+pub mod affine;
+pub mod batchnorm;
+pub mod conv;
+pub mod dropout;
+pub mod pool;
+pub mod softmax_loss;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use activation::{Activation, ActivationLayer};
+pub use affine::Affine;
+pub use batchnorm::BatchNorm;
+pub use conv::Conv;
+pub use dropout::{valid_dropout, Dropout};
+pub use pool::{Pool, PoolKind};
+
+use crate::error::{Error, Result};
+pub use crate::gpu::Gpu;
+use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Precision};
+use crate::nn::{NetSpec, ParamLayout, ParamRole, TensorInfo};
+
+/// One layer as a user describes it (and as checkpoints store it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum LayerSpec {
+    Conv {
+        filters: usize,
+        size: usize,
+        stride: usize,
+        pad: usize,
+    },
+    MaxPool {
+        size: usize,
+        stride: usize,
+    },
+    AvgPool {
+        size: usize,
+        stride: usize,
+    },
+    Affine {
+        units: usize,
+    },
+    Relu,
+    Sigmoid,
+    BatchNorm,
+    Dropout {
+        p: f64,
+    },
+}
+
+impl fmt::Display for LayerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            LayerSpec::Conv {
+                filters,
+                size,
+                stride,
+                pad,
+            } => conv::write_spec(f, filters, size, stride, pad),
+            LayerSpec::MaxPool { size, stride } => pool::write_spec(f, PoolKind::Max, size, stride),
+            LayerSpec::AvgPool { size, stride } => pool::write_spec(f, PoolKind::Avg, size, stride),
+            LayerSpec::Affine { units } => write!(f, "affine{units}"),
+            LayerSpec::Relu | LayerSpec::Sigmoid => f.write_str(activation::word(self)),
+            LayerSpec::BatchNorm => f.write_str("bn"),
+            LayerSpec::Dropout { p } => write!(f, "dropout{p}"),
+        }
+    }
+}
+
+/// The book's SimpleConvNet: conv 30×5×5, ReLU, max-pool 2×2, affine 100, ReLU, affine 10.
+pub const SIMPLE_CONV: &str = "conv30x5,relu,maxpool2,affine100,relu,affine10";
+
+/// Named models for `--model`.
+pub fn named_model(name: &str) -> Result<&'static str> {
+    match name {
+        "simple-conv" | "simpleconvnet" => Ok(SIMPLE_CONV),
+        other => Err(Error::InvalidArgument(format!(
+            "unknown model '{other}': use 'mlp' (the default, shaped by --hidden) or 'simple-conv', or give --layers"
+        ))),
+    }
+}
+
+/// Parses a spec string such as `conv30x5,relu,maxpool2,affine100,relu,affine10`.
+pub fn parse_layers(spec: &str) -> Result<Vec<LayerSpec>> {
+    spec.split(',')
+        .map(|item| parse_layer(item.trim()))
+        .collect()
+}
+
+/// Asks each layer module whether `item` is its word.
+fn parse_layer(item: &str) -> Result<LayerSpec> {
+    let word = item.to_ascii_lowercase();
+    let parsed = [
+        conv::parse,
+        pool::parse,
+        affine::parse,
+        dropout::parse,
+        activation::parse,
+        batchnorm::parse,
+    ]
+    .iter()
+    .find_map(|parse| parse(&word))
+    .unwrap_or_else(|| {
+        Err(if word.is_empty() {
+            "empty layer".into()
+        } else {
+            "unknown layer".into()
+        })
+    });
+    parsed.map_err(|why| {
+        let words: Vec<&str> = [
+            conv::SYNTAX,
+            pool::SYNTAX,
+            affine::SYNTAX,
+            activation::syntax(),
+            batchnorm::SYNTAX,
+            dropout::SYNTAX,
+        ]
+        .concat();
+        Error::InvalidArgument(format!(
+            "bad layer '{item}' in the layer spec: {why} (layers: {})",
+            words.join(", ")
+        ))
+    })
+}
+
+/// A positive whole number of a spec word, or why not.
+fn positive(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(format!("'{text}' is not a positive whole number")),
+    }
+}
+
+/// "5s2p1" → (5, stride 2, pad 1), the stride defaulting to `default_stride` (the size if None).
+fn size_stride_pad(
+    text: &str,
+    default_stride: Option<usize>,
+) -> std::result::Result<(usize, usize, usize), String> {
+    let (main, pad) = match text.split_once('p') {
+        Some((m, p)) => (
+            m,
+            p.parse::<usize>()
+                .map_err(|_| "padding must be a whole number".to_string())?,
+        ),
+        None => (text, 0),
+    };
+    let (size, stride) = match main.split_once('s') {
+        Some((k, s)) => (positive(k)?, positive(s)?),
+        None => {
+            let k = positive(main)?;
+            (k, default_stride.unwrap_or(k))
+        }
+    };
+    Ok((size, stride, pad))
+}
+
+/// A layer with its shapes resolved and its parameter tensors placed in the layout.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Layer {
+    Affine(Affine),
+    Conv(Conv),
+    Activation(ActivationLayer),
+    Pool(Pool),
+    BatchNorm(BatchNorm),
+    Dropout(Dropout),
+}
+
+impl std::ops::Deref for Layer {
+    type Target = dyn LayerOps;
+
+    /// Every layer kind answers the same questions; this is the one place that tells them apart.
+    fn deref(&self) -> &(dyn LayerOps + 'static) {
+        match self {
+            Layer::Affine(l) => l,
+            Layer::Conv(l) => l,
+            Layer::Activation(l) => l,
+            Layer::Pool(l) => l,
+            Layer::BatchNorm(l) => l,
+            Layer::Dropout(l) => l,
+        }
+    }
+}
+
+/// What every layer module provides.
+pub trait LayerOps {
+    /// Elements per sample of the output.
+    fn output_size(&self) -> usize;
+    /// Indices (into the layout) of the parameter tensors this layer owns.
+    fn tensors(&self) -> Vec<usize> {
+        Vec::new()
+    }
+    /// The tensors the forward pass keeps for the backward pass or for kink counting, for a
+    /// workspace of `rows` samples and `copies` parameter copies.
+    fn saved(
+        &self,
+        _ctx: &GpuContext,
+        _precision: Precision,
+        _rows: usize,
+        _copies: usize,
+    ) -> Saved {
+        Saved::Nothing
+    }
+    /// State the layer keeps across steps, or constants its kernels read.
+    fn state(&self, _ctx: &GpuContext, _precision: Precision) -> LayerState {
+        LayerState::None
+    }
+    /// Whether a batch of `rows` fits this layer's kernels (lavapipe's loop limit).
+    fn check_batch(&self, _rows: usize) -> Result<()> {
+        Ok(())
+    }
+    fn forward(&self, io: &Forward) -> Vec<Dispatch>;
+    /// Writes (not accumulates) this layer's parameter gradients, and dx when asked for.
+    fn backward(&self, io: &Backward) -> Vec<Dispatch>;
+    /// Numerical gradients: whether the layer can read one input shared by every perturbed
+    /// copy (so a perturbed route may start at it).
+    fn reads_shared_input(&self) -> bool {
+        false
+    }
+    /// Numerical gradients: whether the layer counts kink crossings (units or windows whose
+    /// state differs from the unperturbed pass).
+    fn counts_kinks(&self) -> bool {
+        false
+    }
+}
+
+/// What BatchNorm and Dropout do in a forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Batch statistics (and a running-statistics update); a fresh dropout mask each step.
+    Train,
+    /// Running statistics; no dropout.
+    Eval,
+    /// Batch statistics without touching the running ones; the dropout mask of the step word
+    /// given (the same for every evaluation of a gradient check).
+    Check,
+}
+
+/// The perturbed-loss engine's side of a forward pass: each of the P copies reads the shared
+/// parameters plus its own one-element change.
+#[derive(Clone, Copy)]
+pub struct Perturbation<'a> {
+    /// (flat index, sign) per copy: u32 pairs, sign 0 for +h and 1 for −h.
+    pub pert: &'a GpuBuffer,
+    /// [h]
+    pub h: &'a GpuBuffer,
+    /// Per copy: kink crossings counted so far.
+    pub flips: &'a GpuBuffer,
+    /// This layer's input in the unperturbed pass, [N, in].
+    pub base_input: &'a GpuBuffer,
+    /// What this layer saved in the unperturbed pass.
+    pub base_saved: &'a Saved,
+}
+
+/// What a layer's forward pass reads and writes.
+pub struct Forward<'a> {
+    pub gpu: Gpu<'a>,
+    /// The parameter arena and its layout.
+    pub theta: &'a GpuBuffer,
+    pub layout: &'a ParamLayout,
+    pub rows: usize,
+    pub copies: usize,
+    /// [P, N, in], or [N, in] shared by every copy when `input_shared`.
+    pub input: &'a GpuBuffer,
+    pub input_shared: bool,
+    /// [P, N, out]
+    pub output: &'a GpuBuffer,
+    pub saved: &'a Saved,
+    pub state: &'a LayerState,
+    pub mode: Mode,
+    /// Step words: word 0 is the step that seeds dropout masks.
+    pub step: &'a GpuBuffer,
+    pub dropout_seed: u32,
+    pub perturbation: Option<Perturbation<'a>>,
+}
+
+impl Forward<'_> {
+    /// Output elements of all copies.
+    pub fn count(&self, size: usize) -> usize {
+        self.copies * self.rows * size
+    }
+
+    fn pert(&self) -> Option<&GpuBuffer> {
+        self.perturbation.map(|p| p.pert)
+    }
+
+    fn h(&self) -> Option<&GpuBuffer> {
+        self.perturbation.map(|p| p.h)
+    }
+}
+
+/// What a layer's backward pass reads and writes (one copy).
+pub struct Backward<'a> {
+    pub gpu: Gpu<'a>,
+    pub theta: &'a GpuBuffer,
+    pub grads: &'a GpuBuffer,
+    pub layout: &'a ParamLayout,
+    pub rows: usize,
+    /// The forward pass's input and output, [N, in] and [N, out].
+    pub input: &'a GpuBuffer,
+    pub output: &'a GpuBuffer,
+    pub dy: &'a GpuBuffer,
+    /// The input gradient, None for the first layer (never needed).
+    pub dx: Option<&'a GpuBuffer>,
+    pub saved: &'a Saved,
+    pub state: &'a LayerState,
+}
+
+/// What a forward pass keeps, per layer.
+pub enum Saved {
+    Nothing,
+    /// Max pooling: the arg-max of each output, [P, N, C, OH, OW] (u32).
+    Argmax(GpuBuffer),
+    /// BatchNorm: per (copy, channel) mean, 1/std, var; and x̂ [P, N, C, S].
+    Norm {
+        stats: GpuBuffer,
+        xhat: GpuBuffer,
+    },
+    /// Dropout: the mask of one copy, 0 or 1/(1 − p).
+    Mask(GpuBuffer),
+    /// Convolution of a single copy: the unfolded input [N·OH·OW, C·K·K] and the matmul's
+    /// NHWC output [N·OH·OW, F].
+    Unfolded {
+        col: GpuBuffer,
+        nhwc: GpuBuffer,
+    },
+}
+
+/// What a layer keeps on the GPU across steps.
+pub enum LayerState {
+    None,
+    /// BatchNorm: running (mean, var) per channel [C, 2], and [eps, momentum].
+    BatchNorm {
+        running: GpuBuffer,
+        consts: GpuBuffer,
+    },
+    /// Dropout: [1/(1 − p)] in training, and [1] for evaluation, where it is the identity.
+    Dropout {
+        scale: GpuBuffer,
+        one: GpuBuffer,
+    },
+}
+
+/// Places parameter tensors in the flat layout as layers resolve.
+#[derive(Default)]
+pub struct TensorPlacer {
+    tensors: Vec<TensorInfo>,
+    offset: usize,
+    /// Affine and convolution layers so far: the K of WK and bK.
+    param_layers: usize,
+}
+
+impl TensorPlacer {
+    /// Adds a tensor and returns its index in the layout.
+    pub fn add(&mut self, role: ParamRole, shape: Vec<usize>, fan_in: usize) -> usize {
+        let numel: usize = shape.iter().product();
+        self.tensors.push(TensorInfo {
+            name: format!("{}{}", role.prefix(), self.param_layers),
+            role,
+            shape,
+            offset: self.offset,
+            numel,
+            fan_in,
+        });
+        self.offset += numel;
+        self.tensors.len() - 1
+    }
+
+    /// Starts the tensors of the next affine or convolution layer (W2, b2, …).
+    pub fn next_layer(&mut self) {
+        self.param_layers += 1;
+    }
+}
+
+/// Counters that number the layers of one kind (the running statistics and dropout masks).
+#[derive(Default)]
+pub struct KindCounts {
+    pub norms: usize,
+    pub dropouts: usize,
+}
+
+/// Resolves a spec into layers and the parameter layout, or says which layer does not fit and
+/// why.
+pub fn resolve(spec: &NetSpec) -> Result<(Vec<Layer>, ParamLayout)> {
+    let mut shape = spec.image.unwrap_or([1, 1, spec.input]);
+    if shape.iter().product::<usize>() != spec.input {
+        return Err(Error::InvalidArgument(format!(
+            "the image shape {shape:?} does not hold the net's {} inputs",
+            spec.input
+        )));
+    }
+    let mut placer = TensorPlacer::default();
+    let mut counts = KindCounts::default();
+    let mut layers = Vec::new();
+    for (i, layer) in spec.layer_specs().iter().enumerate() {
+        let at = |why: String| Error::InvalidArgument(format!("layer {} ({layer}): {why}", i + 1));
+        let resolved = match *layer {
+            LayerSpec::Affine { units } => affine::resolve(units, shape, &mut placer),
+            LayerSpec::Conv {
+                filters,
+                size,
+                stride,
+                pad,
+            } => conv::resolve(filters, size, stride, pad, shape, &mut placer),
+            LayerSpec::MaxPool { size, stride } => {
+                pool::resolve(PoolKind::Max, size, stride, shape)
+            }
+            LayerSpec::AvgPool { size, stride } => {
+                pool::resolve(PoolKind::Avg, size, stride, shape)
+            }
+            LayerSpec::Relu | LayerSpec::Sigmoid => Ok(activation::resolve(layer, shape)),
+            LayerSpec::BatchNorm => Ok(batchnorm::resolve(shape, &mut placer, &mut counts)),
+            LayerSpec::Dropout { p } => dropout::resolve(p, shape, &mut counts),
+        }
+        .map_err(at)?;
+        shape = resolved.1;
+        layers.push(resolved.0);
+    }
+    match layers.last() {
+        Some(Layer::Affine(a)) if a.d_out == spec.output => {}
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "the net must end with an affine layer of {} units (the class scores)",
+                spec.output
+            )))
+        }
+    }
+    Ok((
+        layers,
+        ParamLayout {
+            tensors: placer.tensors,
+            total: placer.offset,
+        },
+    ))
+}
+
+/// Output elements per sample of each layer, in order.
+pub fn output_sizes(layers: &[Layer]) -> Vec<usize> {
+    layers.iter().map(|l| l.output_size()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simple_conv_resolves_to_the_book_shapes() {
+        let spec = NetSpec::sequential([1, 28, 28], parse_layers(SIMPLE_CONV).unwrap()).unwrap();
+        let (layers, layout) = spec.resolve().unwrap();
+        assert_eq!(
+            output_sizes(&layers),
+            vec![30 * 24 * 24, 30 * 24 * 24, 30 * 12 * 12, 100, 100, 10]
+        );
+        let names: Vec<_> = layout
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), t.shape.clone()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("W1", vec![30, 1, 5, 5]),
+                ("b1", vec![30]),
+                ("W2", vec![4320, 100]),
+                ("b2", vec![100]),
+                ("W3", vec![100, 10]),
+                ("b3", vec![10])
+            ]
+        );
+    }
+
+    #[test]
+    fn spec_strings_round_trip() {
+        let text =
+            "conv8x3s2p1,bn,relu,maxpool3s2,avgpool2,affine20,bn,sigmoid,dropout0.25,affine10";
+        let layers = parse_layers(text).unwrap();
+        let back: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
+        assert_eq!(back.join(","), text);
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        let err = |s: &str| parse_layers(s).unwrap_err().to_string();
+        assert!(err("conv30x5,frobnicate").contains("unknown layer"));
+        assert!(err("dropout1.5").contains("[0, 1)"));
+        assert!(err("convx5").contains("positive whole number"));
+        let fit = |s: &str, image| {
+            NetSpec::sequential(image, parse_layers(s).unwrap())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(fit("conv4x7,affine10", [1, 5, 5]).contains("larger than its 5×5 input"));
+        assert!(fit("maxpool6,affine10", [1, 5, 5]).contains("window is larger"));
+        assert!(fit("conv4x3,relu", [1, 5, 5]).contains("end with an affine layer"));
+    }
+}

@@ -1,0 +1,267 @@
+//! Max and average pooling, `maxpool<K>[s<S>]` and `avgpool<K>[s<S>]`, size×size windows with
+//! stride S (default K), no padding, NCHW, on shaders/pool.wgsl.
+//!
+//! Shapes: x [P, N, C, H, W] -> y [P, N, C, OH, OW], OH = (H − K)/S + 1 (likewise OW).
+
+use std::fmt;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{Backward, Forward, Layer, LayerOps, LayerSpec, Saved};
+use crate::gpu::kernel::{grid, shaders, Binding, Entry, KernelBindings, Placeholders};
+use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Precision};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    Max,
+    Avg,
+}
+
+impl PoolKind {
+    fn word(self) -> &'static str {
+        match self {
+            PoolKind::Max => "maxpool",
+            PoolKind::Avg => "avgpool",
+        }
+    }
+}
+
+/// The spec words, as error messages list them.
+pub(super) const SYNTAX: &[&str] = &["maxpool<K>[s<S>]", "avgpool<K>[s<S>]"];
+
+/// `maxpool<K>[s<S>]`, `avgpool<K>[s<S>]`
+pub(super) fn parse(word: &str) -> Option<Result<LayerSpec, String>> {
+    [PoolKind::Max, PoolKind::Avg].into_iter().find_map(|kind| {
+        let rest = word.strip_prefix(kind.word())?;
+        Some(
+            super::size_stride_pad(rest, None).and_then(|(size, stride, pad)| {
+                if pad != 0 {
+                    return Err("pooling takes no padding".into());
+                }
+                Ok(match kind {
+                    PoolKind::Max => LayerSpec::MaxPool { size, stride },
+                    PoolKind::Avg => LayerSpec::AvgPool { size, stride },
+                })
+            }),
+        )
+    })
+}
+
+pub(super) fn write_spec(
+    f: &mut fmt::Formatter<'_>,
+    kind: PoolKind,
+    size: usize,
+    stride: usize,
+) -> fmt::Result {
+    write!(f, "{}{size}", kind.word())?;
+    if stride != size {
+        write!(f, "s{stride}")?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pool {
+    pub kind: PoolKind,
+    /// Input channels, height and width.
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub size: usize,
+    pub stride: usize,
+    /// Output height and width.
+    pub oh: usize,
+    pub ow: usize,
+}
+
+pub(super) fn resolve(
+    kind: PoolKind,
+    size: usize,
+    stride: usize,
+    [c, h, w]: [usize; 3],
+) -> Result<(Layer, [usize; 3]), String> {
+    if size > h || size > w {
+        return Err(format!(
+            "a {size}×{size} window is larger than its {h}×{w} input"
+        ));
+    }
+    let (oh, ow) = ((h - size) / stride + 1, (w - size) / stride + 1);
+    let layer = Pool {
+        kind,
+        c,
+        h,
+        w,
+        size,
+        stride,
+        oh,
+        ow,
+    };
+    Ok((Layer::Pool(layer), [c, oh, ow]))
+}
+
+/// pool.wgsl's Params.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct PoolParams {
+    /// N·C planes per copy.
+    pub nc: u32,
+    pub h: u32,
+    pub w: u32,
+    pub size: u32,
+    pub stride: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub copies: u32,
+    /// Invocations: output elements (forward) or input elements (backward), all copies.
+    pub count: u32,
+    /// N·C·OH·OW
+    pub per_copy: u32,
+    pub row_width: u32,
+    pub _pad: u32,
+}
+
+/// pool.wgsl's forward buffers.
+pub struct PoolForwardBindings<'a> {
+    pub x: &'a GpuBuffer,
+    pub y: &'a GpuBuffer,
+    /// Max pooling: the arg-max of each output (u32).
+    pub argmax: Option<&'a GpuBuffer>,
+    /// Kink counting: the unperturbed pass's arg-max, and the crossings per copy.
+    pub base_argmax: Option<&'a GpuBuffer>,
+    pub flips: Option<&'a GpuBuffer>,
+}
+
+impl KernelBindings for PoolForwardBindings<'_> {
+    type Params = PoolParams;
+    const ACCESS: &'static [Binding] = &[
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+        Binding::Read,
+        Binding::ReadWrite,
+    ];
+    fn buffers<'a>(&'a self, unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
+        vec![
+            &self.x.buffer,
+            &self.y.buffer,
+            unused.word_rw(self.argmax),
+            unused.word(self.base_argmax),
+            unused.word_rw(self.flips),
+        ]
+    }
+}
+
+/// pool.wgsl's backward buffers.
+pub struct PoolBackwardBindings<'a> {
+    pub dy: &'a GpuBuffer,
+    /// Max pooling: the forward's arg-max.
+    pub argmax: Option<&'a GpuBuffer>,
+    pub dx: &'a GpuBuffer,
+}
+
+impl KernelBindings for PoolBackwardBindings<'_> {
+    type Params = PoolParams;
+    const ACCESS: &'static [Binding] = &[Binding::Read, Binding::Read, Binding::ReadWrite];
+    fn buffers<'a>(&'a self, unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
+        vec![&self.dy.buffer, unused.word(self.argmax), &self.dx.buffer]
+    }
+}
+
+const MAX_FORWARD: Entry = Entry::new(shaders::POOL, "max_forward");
+const MAX_FORWARD_KINKS: Entry = MAX_FORWARD.with(&[("COUNT_KINKS", 1.0)]);
+const MAX_BACKWARD: Entry = Entry::new(shaders::POOL, "max_backward");
+const AVG_FORWARD: Entry = Entry::new(shaders::POOL, "avg_forward");
+const AVG_BACKWARD: Entry = Entry::new(shaders::POOL, "avg_backward");
+
+impl Pool {
+    /// Params for `count` invocations over `copies` copies of N·C planes.
+    fn params(&self, n: usize, copies: usize, count: usize) -> PoolParams {
+        let u = |v: usize| v as u32;
+        PoolParams {
+            nc: u(n * self.c),
+            h: u(self.h),
+            w: u(self.w),
+            size: u(self.size),
+            stride: u(self.stride),
+            oh: u(self.oh),
+            ow: u(self.ow),
+            copies: u(copies),
+            count: u(count),
+            per_copy: u(n * self.c * self.oh * self.ow),
+            row_width: grid(count).1,
+            _pad: 0,
+        }
+    }
+
+    fn argmax(saved: &Saved) -> Option<&GpuBuffer> {
+        match saved {
+            Saved::Argmax(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+impl LayerOps for Pool {
+    fn output_size(&self) -> usize {
+        self.c * self.oh * self.ow
+    }
+
+    fn counts_kinks(&self) -> bool {
+        self.kind == PoolKind::Max
+    }
+
+    fn saved(&self, ctx: &GpuContext, _: Precision, rows: usize, copies: usize) -> Saved {
+        match self.kind {
+            PoolKind::Max => Saved::Argmax(GpuBuffer::zeroed(
+                ctx,
+                "argmax",
+                copies * rows * self.output_size(),
+                4,
+            )),
+            PoolKind::Avg => Saved::Nothing,
+        }
+    }
+
+    fn forward(&self, io: &Forward) -> Vec<Dispatch> {
+        let count = io.count(self.output_size());
+        let params = self.params(io.rows, io.copies, count);
+        let counting = io.perturbation.filter(|_| self.counts_kinks());
+        let entry = match (self.kind, counting) {
+            (PoolKind::Max, Some(_)) => &MAX_FORWARD_KINKS,
+            (PoolKind::Max, None) => &MAX_FORWARD,
+            (PoolKind::Avg, _) => &AVG_FORWARD,
+        };
+        let bindings = PoolForwardBindings {
+            x: io.input,
+            y: io.output,
+            argmax: Pool::argmax(io.saved),
+            base_argmax: counting.and_then(|p| Pool::argmax(p.base_saved)),
+            flips: counting.map(|p| p.flips),
+        };
+        vec![io
+            .gpu
+            .kernels
+            .dispatch(io.gpu.ctx, entry, &params, &bindings, grid(count).0)]
+    }
+
+    fn backward(&self, io: &Backward) -> Vec<Dispatch> {
+        let Some(dx) = io.dx else {
+            return Vec::new();
+        };
+        let count = io.rows * self.c * self.h * self.w;
+        let params = self.params(io.rows, 1, count);
+        let entry = match self.kind {
+            PoolKind::Max => &MAX_BACKWARD,
+            PoolKind::Avg => &AVG_BACKWARD,
+        };
+        let bindings = PoolBackwardBindings {
+            dy: io.dy,
+            argmax: Pool::argmax(io.saved),
+            dx,
+        };
+        vec![io
+            .gpu
+            .kernels
+            .dispatch(io.gpu.ctx, entry, &params, &bindings, grid(count).0)]
+    }
+}
