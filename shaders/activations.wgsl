@@ -4,12 +4,18 @@
 
 const ACT_RELU: u32 = 0u;
 const ACT_SIGMOID: u32 = 1u;
+const ACT_TANH: u32 = 2u;
 
 // y = f(x)
 fn activate(kind: u32, x: real) -> real {
     switch kind {
         case ACT_SIGMOID: {
             return real(1.0) / (real(1.0) + exp_r(-x));
+        }
+        case ACT_TANH: {
+            // Through exp_r, as Vulkan has no f64 tanh: 1 − 2/(e^{2x} + 1), which saturates to
+            // ±1 without overflow (e^{2x} = ∞ gives 1, 0 gives −1).
+            return real(1.0) - real(2.0) / (exp_r(real(2.0) * x) + real(1.0));
         }
         default: {
             return max(x, real(0.0));
@@ -23,6 +29,9 @@ fn backpropagate(kind: u32, dy: real, saved: real) -> real {
     switch kind {
         case ACT_SIGMOID: {
             return dy * saved * (real(1.0) - saved);
+        }
+        case ACT_TANH: {
+            return dy * (real(1.0) - saved * saved);
         }
         default: {
             return select(real(0.0), dy, saved > real(0.0));

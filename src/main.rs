@@ -62,7 +62,7 @@ struct NetArgs {
     /// Dropout probability after every hidden activation (mlp).
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     dropout: f64,
-    /// Hidden nonlinearity: relu or sigmoid.
+    /// Hidden nonlinearity: any activation layer's word (relu, sigmoid, …; see --layers).
     #[arg(long, default_value = "relu")]
     activation: String,
     /// Weight init: he, xavier, or a standard deviation such as 0.01 [default: train he;

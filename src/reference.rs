@@ -178,6 +178,7 @@ pub fn activation_forward(kind: Activation, x: &[f64]) -> Vec<f64> {
     match kind {
         Activation::Relu => relu_forward(x),
         Activation::Sigmoid => sigmoid_forward(x),
+        Activation::Tanh => x.iter().map(|v| v.tanh()).collect(),
     }
 }
 
@@ -188,6 +189,8 @@ pub fn activation_backward(kind: Activation, x: &[f64], y: &[f64], dy: &[f64]) -
     match kind {
         Activation::Relu => relu_backward(x, dy),
         Activation::Sigmoid => sigmoid_backward(y, dy),
+        // tanh′ = 1 − y²
+        Activation::Tanh => y.iter().zip(dy).map(|(&y, &g)| g * (1.0 - y * y)).collect(),
     }
 }
 

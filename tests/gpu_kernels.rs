@@ -174,6 +174,11 @@ fn sigmoid_layer_forward_backward_match_reference_at_ragged_shapes() {
     check_hidden_layer(Activation::Sigmoid);
 }
 
+#[test]
+fn tanh_layer_forward_backward_match_reference_at_ragged_shapes() {
+    check_hidden_layer(Activation::Tanh);
+}
+
 /// A 1-[H]-C net fed x = 1 with W1 = `pre`, b1 = 0, so the hidden pre-activations are exactly
 /// `pre`; the output layer is random.
 fn unit_probe(activation: Activation, pre: &[f64], c: usize, n: usize) -> Problem {

@@ -87,6 +87,36 @@ fn sigmoid_nets_pass_in_f64_at_several_sizes() {
 }
 
 #[test]
+fn tanh_nets_pass_in_f64_through_both_routes() {
+    let Some(ctx) = f64_ctx() else { return };
+    for (hidden, n, wd) in [(vec![7], 1, 0.0), (vec![16, 9], 5, 0.01)] {
+        let s = spec(&hidden, Activation::Tanh, wd);
+        let params = init_params(&s, Init::Xavier, 5);
+        let (x, t) = batch(n);
+        let cpu = RefMlp::new(s.clone()).numerical_gradient(&params, &x, &t, 1e-5);
+        // Incremental takes the MLP kernel (tanh from activations.wgsl), Full the layers.
+        for strategy in [Strategy::Incremental, Strategy::Full] {
+            let cfg = config(Precision::F64, strategy);
+            let r = gradcheck::check(ctx, &s, &params, &x, &t, &cfg).unwrap();
+            for tc in &r.tensors {
+                assert!(
+                    tc.passed && tc.norm_rel_err < 1e-6,
+                    "{hidden:?} {strategy}: {tc:?}"
+                );
+                assert_eq!(tc.kink_crossings, 0, "tanh has no kinks");
+            }
+            let err = (r.numeric.iter().zip(&cpu))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                err < 1e-8,
+                "{hidden:?} {strategy}: GPU vs CPU numerical gradient {err}"
+            );
+        }
+    }
+}
+
+#[test]
 fn relu_twolayernet_passes_with_kinks_excluded() {
     let Some(ctx) = f64_ctx() else { return };
     let s = spec(&[50], Activation::Relu, 0.0);

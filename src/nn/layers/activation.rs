@@ -1,4 +1,5 @@
-//! Elementwise nonlinearities, `relu` and `sigmoid`: y = f(x), dx = dy·f′, on shaders/activation.wgsl.
+//! Elementwise nonlinearities, `relu`, `sigmoid` and `tanh` (PyTorch's `torch.tanh`):
+//! y = f(x), dx = dy·f′, on shaders/activation.wgsl.
 //!
 //! Shapes: x, y [P, N, size]; backward on one copy, [N, size].
 
@@ -19,15 +20,17 @@ use crate::gpu::{Dispatch, GpuBuffer};
 pub enum Activation {
     Relu,
     Sigmoid,
+    Tanh,
 }
 
 impl Activation {
-    const ALL: [Activation; 2] = [Activation::Relu, Activation::Sigmoid];
+    const ALL: [Activation; 3] = [Activation::Relu, Activation::Sigmoid, Activation::Tanh];
 
     const fn word(self) -> &'static str {
         match self {
             Activation::Relu => "relu",
             Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
         }
     }
 
@@ -36,6 +39,7 @@ impl Activation {
         match self {
             Activation::Relu => LayerSpec::Relu,
             Activation::Sigmoid => LayerSpec::Sigmoid,
+            Activation::Tanh => LayerSpec::Tanh,
         }
     }
 
@@ -43,9 +47,10 @@ impl Activation {
         Activation::ALL.into_iter().find(|a| a.spec() == *spec)
     }
 
-    /// The backward kernel reads the forward's input (ReLU's mask) or its output (σ′ = y(1 − y)).
+    /// The backward kernel reads the forward's input (ReLU's mask) or its output (σ′ = y(1 − y),
+    /// tanh′ = 1 − y²).
     fn backward_reads_output(self) -> bool {
-        matches!(self, Activation::Sigmoid)
+        matches!(self, Activation::Sigmoid | Activation::Tanh)
     }
 
     /// Its ACT_ code in shaders/activations.wgsl.
@@ -53,6 +58,7 @@ impl Activation {
         match self {
             Activation::Relu => 0,
             Activation::Sigmoid => 1,
+            Activation::Tanh => 2,
         }
     }
 

@@ -5,7 +5,7 @@
 //!
 //! Spec strings are comma-separated layers:
 //! `conv30x5` (30 filters of 5×5; `conv30x5s2p1`: stride 2, padding 1), `maxpool2` / `avgpool2`
-//! (window 2, stride = window; `maxpool3s2`: stride 2), `affine100`, `relu`, `sigmoid`, `bn`
+//! (window 2, stride = window; `maxpool3s2`: stride 2), `affine100`, `relu`, `sigmoid`, `tanh`, `bn`
 //! (BatchNorm over the channels or features of the layer before), `dropout0.5`.
 //! The book's SimpleConvNet is `conv30x5,relu,maxpool2,affine100,relu,affine10`.
 
@@ -56,6 +56,7 @@ pub enum LayerSpec {
     },
     Relu,
     Sigmoid,
+    Tanh,
     BatchNorm,
     Dropout {
         p: f64,
@@ -74,7 +75,9 @@ impl fmt::Display for LayerSpec {
             LayerSpec::MaxPool { size, stride } => pool::write_spec(f, PoolKind::Max, size, stride),
             LayerSpec::AvgPool { size, stride } => pool::write_spec(f, PoolKind::Avg, size, stride),
             LayerSpec::Affine { units } => write!(f, "affine{units}"),
-            LayerSpec::Relu | LayerSpec::Sigmoid => f.write_str(activation::word(self)),
+            LayerSpec::Relu | LayerSpec::Sigmoid | LayerSpec::Tanh => {
+                f.write_str(activation::word(self))
+            }
             LayerSpec::BatchNorm => f.write_str("bn"),
             LayerSpec::Dropout { p } => write!(f, "dropout{p}"),
         }
@@ -422,7 +425,9 @@ pub fn resolve(spec: &NetSpec) -> Result<(Vec<Layer>, ParamLayout)> {
             LayerSpec::AvgPool { size, stride } => {
                 pool::resolve(PoolKind::Avg, size, stride, shape)
             }
-            LayerSpec::Relu | LayerSpec::Sigmoid => Ok(activation::resolve(layer, shape)),
+            LayerSpec::Relu | LayerSpec::Sigmoid | LayerSpec::Tanh => {
+                Ok(activation::resolve(layer, shape))
+            }
             LayerSpec::BatchNorm => Ok(batchnorm::resolve(shape, &mut placer, &mut counts)),
             LayerSpec::Dropout { p } => dropout::resolve(p, shape, &mut counts),
         }
