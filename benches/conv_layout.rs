@@ -16,6 +16,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use wgrad::gpu::buffers::uniform;
 use wgrad::gpu::kernel::{self, grid, shaders, Binding, Shader};
 use wgrad::gpu::{GpuBuffer, GpuContext, Kernel, Precision};
+use wgrad::nn::layers::conv;
 
 const IM2COL: Shader = Shader {
     name: "bench_im2col",
@@ -98,7 +99,7 @@ fn conv(c: &mut Criterion) {
     // Direct: one invocation per output element.
     let direct = Kernel::new(
         &ctx,
-        shaders::CONV,
+        conv::SHADER,
         "conv_forward",
         p,
         &[Uniform, Read, Read, ReadWrite, Read, Read],

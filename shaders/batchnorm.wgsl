@@ -9,8 +9,8 @@
 //   backward:   dγ = Σ dy·xhat,  dβ = Σ dy,  dx = γ·inv_std/M·(M·dy − dβ − xhat·dγ)
 //
 // Every entry point shares this one binding table, so the host builds one buffer list per
-// layer and binds dy at `x` and dx at `y` for the backward pass. Unused slots take any buffer of
-// the right access (one dummy for read slots, another for read_write ones). Likewise one Params
+// layer and binds dy at `x` and dx at `y` for the backward pass; the slots an entry point does
+// not use get the host's placeholders (kernel::Placeholders). Likewise one Params
 // serves all entries; elementwise entries dispatch kernel::grid(count) and unfold with
 // row_width, per-channel ones dispatch kernel::grid(k·64) (one workgroup, or invocation, each)
 // and unfold with num_workgroups, so they need no row width of their own.

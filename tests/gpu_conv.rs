@@ -8,8 +8,9 @@ mod common;
 use bytemuck::{Pod, Zeroable};
 use common::{ctx, precisions};
 use wgrad::gpu::buffers::uniform;
-use wgrad::gpu::kernel::{self, grid, shaders, Binding};
+use wgrad::gpu::kernel::{self, grid, Binding};
 use wgrad::gpu::{GpuBuffer, Kernel, Precision};
+use wgrad::nn::layers::{conv, pool};
 use wgrad::reference::conv::{self as r, conv_out};
 use Binding::{Read, ReadWrite, Uniform};
 
@@ -279,7 +280,7 @@ fn conv_kernel(precision: Precision, entry: &str, perturbed: bool) -> Kernel {
         ("conv_forward", true) => (&CONV_BINDINGS, &[("PERTURBED", 1.0)]),
         _ => (&CONV_BACKWARD_BINDINGS, &[]),
     };
-    Kernel::new(ctx(), shaders::CONV, entry, precision, bindings, constants)
+    Kernel::new(ctx(), conv::SHADER, entry, precision, bindings, constants)
 }
 
 /// Runs conv_forward over `copies` copies; `pert` is (flat index, sign) per copy and h for the
@@ -659,7 +660,7 @@ fn pool_kernel(precision: Precision, entry: &str, count_kinks: bool) -> Kernel {
     } else {
         &[]
     };
-    Kernel::new(ctx(), shaders::POOL, entry, precision, bindings, constants)
+    Kernel::new(ctx(), pool::SHADER, entry, precision, bindings, constants)
 }
 
 #[test]

@@ -9,8 +9,9 @@ use common::{ctx, precisions};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use wgrad::gpu::buffers::uniform;
-use wgrad::gpu::kernel::{self, grid, shaders};
+use wgrad::gpu::kernel::{self, grid};
 use wgrad::gpu::{Binding, Dispatch, GpuBuffer, GpuContext, Kernel, Precision};
+use wgrad::nn::layers::{batchnorm, dropout};
 use wgrad::reference::norm as reference;
 
 const EPS: f64 = reference::BATCHNORM_EPS;
@@ -132,7 +133,7 @@ fn bn_kernel(ctx: &GpuContext, entry: &str, precision: Precision, perturbed: boo
     };
     Kernel::new(
         ctx,
-        shaders::BATCHNORM,
+        batchnorm::SHADER,
         entry,
         precision,
         &BN_BINDINGS,
@@ -740,7 +741,7 @@ fn dropout_kernels(ctx: &GpuContext, precision: Precision) -> (Kernel, Kernel) {
     let k = |entry| {
         Kernel::new(
             ctx,
-            shaders::DROPOUT,
+            dropout::SHADER,
             entry,
             precision,
             &DROPOUT_BINDINGS,

@@ -15,30 +15,29 @@ pub struct Shader {
     pub source: &'static str,
 }
 
+/// The [`Shader`] of a file in shaders/. A shader that one layer alone uses is declared in that
+/// layer's module (`src/nn/layers/`); the ones several parts share are in [`shaders`].
+#[macro_export]
 macro_rules! shader {
-    ($const:ident, $file:literal) => {
-        pub const $const: Shader = Shader {
+    ($file:literal) => {
+        $crate::gpu::kernel::Shader {
             name: $file,
-            source: include_str!(concat!("../../shaders/", $file)),
-        };
+            source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)),
+        }
     };
 }
 
-/// The shader files.
+/// The shader files that several layers or modules share.
 pub mod shaders {
     use super::Shader;
-    shader!(MATMUL, "matmul.wgsl");
-    shader!(ACTIVATION, "activation.wgsl");
-    shader!(SOFTMAX_CE, "softmax_ce.wgsl");
-    shader!(METRICS, "metrics.wgsl");
-    shader!(L2, "l2.wgsl");
-    shader!(GATHER, "gather.wgsl");
-    shader!(OPTIM, "optim.wgsl");
-    shader!(PERTURBED_MLP, "perturbed_mlp.wgsl");
-    shader!(CONV, "conv.wgsl");
-    shader!(POOL, "pool.wgsl");
-    shader!(BATCHNORM, "batchnorm.wgsl");
-    shader!(DROPOUT, "dropout.wgsl");
+    pub const MATMUL: Shader = shader!("matmul.wgsl");
+    pub const ACTIVATION: Shader = shader!("activation.wgsl");
+    pub const SOFTMAX_CE: Shader = shader!("softmax_ce.wgsl");
+    pub const METRICS: Shader = shader!("metrics.wgsl");
+    pub const L2: Shader = shader!("l2.wgsl");
+    pub const GATHER: Shader = shader!("gather.wgsl");
+    pub const OPTIM: Shader = shader!("optim.wgsl");
+    pub const PERTURBED_MLP: Shader = shader!("perturbed_mlp.wgsl");
 }
 
 const PRELUDE_F32: &str = include_str!("../../shaders/precision_f32.wgsl");

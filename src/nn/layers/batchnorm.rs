@@ -11,7 +11,7 @@ use super::{
     TensorPlacer,
 };
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{grid, shaders, Binding, Entry, KernelBindings, Placeholders};
+use crate::gpu::kernel::{grid, Binding, Entry, KernelBindings, Placeholders, Shader};
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Precision};
 use crate::nn::{ParamLayout, ParamRole};
 
@@ -125,13 +125,16 @@ impl KernelBindings for BatchNormBindings<'_> {
     }
 }
 
-const STATS: Entry = Entry::new(shaders::BATCHNORM, "bn_stats");
-const FORWARD_TRAIN: Entry = Entry::new(shaders::BATCHNORM, "bn_forward_train");
+/// shaders/batchnorm.wgsl, which this layer alone uses.
+pub const SHADER: Shader = crate::shader!("batchnorm.wgsl");
+
+const STATS: Entry = Entry::new(SHADER, "bn_stats");
+const FORWARD_TRAIN: Entry = Entry::new(SHADER, "bn_forward_train");
 const FORWARD_PERTURBED: Entry = FORWARD_TRAIN.with(&[("PERTURBED", 1.0)]);
-const UPDATE_RUNNING: Entry = Entry::new(shaders::BATCHNORM, "bn_update_running");
-const FORWARD_EVAL: Entry = Entry::new(shaders::BATCHNORM, "bn_forward_eval");
-const BACKWARD_PARAMS: Entry = Entry::new(shaders::BATCHNORM, "bn_backward_params");
-const BACKWARD_INPUT: Entry = Entry::new(shaders::BATCHNORM, "bn_backward_input");
+const UPDATE_RUNNING: Entry = Entry::new(SHADER, "bn_update_running");
+const FORWARD_EVAL: Entry = Entry::new(SHADER, "bn_forward_eval");
+const BACKWARD_PARAMS: Entry = Entry::new(SHADER, "bn_backward_params");
+const BACKWARD_INPUT: Entry = Entry::new(SHADER, "bn_backward_input");
 
 impl BatchNorm {
     fn params(&self, layout: &ParamLayout, n: usize, copies: usize) -> BatchNormParams {

@@ -10,7 +10,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::affine::{matmul, MatmulBindings, MatmulParams, ADD_BIAS, MATMUL};
 use super::{Backward, Forward, Layer, LayerOps, LayerSpec, Saved, TensorPlacer};
-use crate::gpu::kernel::{grid, shaders, Binding, Entry, KernelBindings, Placeholders};
+use crate::gpu::kernel::{grid, Binding, Entry, KernelBindings, Placeholders, Shader};
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Precision};
 use crate::nn::{ParamLayout, ParamRole};
 
@@ -167,12 +167,15 @@ impl KernelBindings for ConvBindings<'_> {
     }
 }
 
-const CONV_FORWARD: Entry = Entry::new(shaders::CONV, "conv_forward");
+/// shaders/conv.wgsl, which this layer alone uses.
+pub const SHADER: Shader = crate::shader!("conv.wgsl");
+
+const CONV_FORWARD: Entry = Entry::new(SHADER, "conv_forward");
 const CONV_FORWARD_PERTURBED: Entry = CONV_FORWARD.with(&[("PERTURBED", 1.0)]);
-const IM2COL: Entry = Entry::new(shaders::CONV, "im2col");
-const NHWC_TO_NCHW: Entry = Entry::new(shaders::CONV, "nhwc_to_nchw");
-const BACKWARD_INPUT: Entry = Entry::new(shaders::CONV, "conv_backward_input");
-const BACKWARD_PARAMS: Entry = Entry::new(shaders::CONV, "conv_backward_params");
+const IM2COL: Entry = Entry::new(SHADER, "im2col");
+const NHWC_TO_NCHW: Entry = Entry::new(SHADER, "nhwc_to_nchw");
+const BACKWARD_INPUT: Entry = Entry::new(SHADER, "conv_backward_input");
+const BACKWARD_PARAMS: Entry = Entry::new(SHADER, "conv_backward_params");
 
 impl Conv {
     /// Params for `copies` outputs from inputs `x_copy_stride` apart, over an elementwise grid

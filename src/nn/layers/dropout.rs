@@ -8,7 +8,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{Backward, Forward, KindCounts, Layer, LayerOps, LayerSpec, LayerState, Mode, Saved};
-use crate::gpu::kernel::{grid, shaders, Binding, Entry, KernelBindings, Placeholders};
+use crate::gpu::kernel::{grid, Binding, Entry, KernelBindings, Placeholders, Shader};
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Precision};
 
 /// Whether `p` is a dropout probability wgrad takes: [0, 1), as PyTorch (p = 1 would zero every
@@ -107,8 +107,11 @@ impl KernelBindings for DropoutBindings<'_> {
     }
 }
 
-const FORWARD: Entry = Entry::new(shaders::DROPOUT, "dropout_forward");
-const BACKWARD: Entry = Entry::new(shaders::DROPOUT, "dropout_backward");
+/// shaders/dropout.wgsl, which this layer alone uses.
+pub const SHADER: Shader = crate::shader!("dropout.wgsl");
+
+const FORWARD: Entry = Entry::new(SHADER, "dropout_forward");
+const BACKWARD: Entry = Entry::new(SHADER, "dropout_backward");
 
 impl Dropout {
     fn mask(saved: &Saved) -> &GpuBuffer {

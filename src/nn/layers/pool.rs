@@ -8,7 +8,7 @@ use std::fmt;
 use bytemuck::{Pod, Zeroable};
 
 use super::{Backward, Forward, Layer, LayerOps, LayerSpec, Saved};
-use crate::gpu::kernel::{grid, shaders, Binding, Entry, KernelBindings, Placeholders};
+use crate::gpu::kernel::{grid, Binding, Entry, KernelBindings, Placeholders, Shader};
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Precision};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,11 +167,14 @@ impl KernelBindings for PoolBackwardBindings<'_> {
     }
 }
 
-const MAX_FORWARD: Entry = Entry::new(shaders::POOL, "max_forward");
+/// shaders/pool.wgsl, which this layer alone uses.
+pub const SHADER: Shader = crate::shader!("pool.wgsl");
+
+const MAX_FORWARD: Entry = Entry::new(SHADER, "max_forward");
 const MAX_FORWARD_KINKS: Entry = MAX_FORWARD.with(&[("COUNT_KINKS", 1.0)]);
-const MAX_BACKWARD: Entry = Entry::new(shaders::POOL, "max_backward");
-const AVG_FORWARD: Entry = Entry::new(shaders::POOL, "avg_forward");
-const AVG_BACKWARD: Entry = Entry::new(shaders::POOL, "avg_backward");
+const MAX_BACKWARD: Entry = Entry::new(SHADER, "max_backward");
+const AVG_FORWARD: Entry = Entry::new(SHADER, "avg_forward");
+const AVG_BACKWARD: Entry = Entry::new(SHADER, "avg_backward");
 
 impl Pool {
     /// Params for `count` invocations over `copies` copies of N·C planes.
