@@ -113,6 +113,23 @@ fn batchnorm_and_dropout_nets_pass_gradcheck_in_f64() {
     }
 }
 
+/// LayerNorm after an affine layer and after a convolution (over C·H·W), with tanh: the
+/// acceptance nets of the per-layer design, trained a little so the check is not at init.
+#[test]
+fn layernorm_and_tanh_nets_pass_gradcheck_in_f64() {
+    let Some(ctx) = f64_ctx() else { return };
+    let data = cropped(10);
+    for layers in [
+        "affine12,ln,tanh,affine10",
+        "affine9,ln,relu,affine10",
+        "conv4x3,ln,relu,maxpool2,affine10",
+    ] {
+        let spec = NetSpec::sequential([1, 10, 10], parse_layers(layers).unwrap()).unwrap();
+        let params = trained(ctx, &spec, &data, 30);
+        check_both_strategies(ctx, &spec, &params, &data, 3);
+    }
+}
+
 #[test]
 fn simple_conv_gradcheck_on_mnist_batch_3_passes() {
     // The book's SimpleConvNet on full 28×28 MNIST (433,890 parameters): the dense head goes

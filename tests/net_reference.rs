@@ -157,6 +157,22 @@ fn stacked_strided_padded_convs_match_reference() {
     check_against_reference(&sequential(layers, [2, 8, 8], 0.0), 5, 10);
 }
 
+/// LayerNorm over an affine layer's units (at one sample too, where BatchNorm would have no
+/// batch) and over a convolution's C·H·W, with a convolution after it so its input gradient is
+/// checked; tanh before and after.
+#[test]
+fn layernorm_and_tanh_nets_match_reference() {
+    check_against_reference(
+        &sequential("affine7,ln,tanh,affine10", [1, 1, 13], 0.0),
+        1,
+        11,
+    );
+    let mlp = "affine33,ln,tanh,dropout0.2,affine7,ln,relu,affine10";
+    check_against_reference(&sequential(mlp, [1, 1, 20], 0.05), 5, 12);
+    let conv = "conv3x3p1,ln,tanh,conv4x3,ln,relu,maxpool2,affine10";
+    check_against_reference(&sequential(conv, [2, 9, 9], 0.0), 3, 13);
+}
+
 #[test]
 fn mlp_with_batchnorm_dropout_and_weight_decay_matches_reference() {
     check_against_reference(&mlp(13, &[9, 6], Activation::Relu), 5, 7);

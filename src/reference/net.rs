@@ -18,7 +18,8 @@ use super::conv::{
 };
 use super::norm::{
     batchnorm_backward, batchnorm_forward_train, dropout_backward, dropout_forward,
-    BatchNormForward, BATCHNORM_EPS,
+    layernorm_backward, layernorm_forward, BatchNormForward, LayerNormForward, BATCHNORM_EPS,
+    LAYERNORM_EPS,
 };
 use super::{
     activation_backward, activation_forward, affine_backward, affine_forward, softmax_cross_entropy,
@@ -56,6 +57,7 @@ enum Saved {
     /// Max pooling: the flat input index of each output's maximum.
     Argmax(Vec<usize>),
     BatchNorm(BatchNormForward),
+    LayerNorm(LayerNormForward),
     /// Dropout: 0 or 1/(1 − p) per element.
     Mask(Vec<f64>),
 }
@@ -195,6 +197,12 @@ impl RefNet {
                 let fwd = batchnorm_forward_train(input, gamma, beta, n, bn.c, bn.s, BATCHNORM_EPS);
                 (fwd.y.clone(), Saved::BatchNorm(fwd))
             }
+            // input: [N, F], γ, β: [F] -> [N, F], statistics per sample over its F features
+            Layer::LayerNorm(ln) => {
+                let (gamma, beta) = (p(ln.gamma), p(ln.beta));
+                let fwd = layernorm_forward(input, gamma, beta, n, ln.f, LAYERNORM_EPS);
+                (fwd.y.clone(), Saved::LayerNorm(fwd))
+            }
             // input: [N, size] (one copy, as the GPU indexes its mask) -> [N, size]
             Layer::Dropout(d) => {
                 let (y, mask) = dropout_forward(input, self.masks.seed, self.masks.step, d.p);
@@ -256,6 +264,14 @@ impl RefNet {
                     batchnorm_backward(dy, &fwd.xhat, &fwd.inv_std, p(bn.gamma), n, bn.c, bn.s);
                 self.set_tensor(grad, bn.gamma, &dgamma);
                 self.set_tensor(grad, bn.beta, &dbeta);
+                dx
+            }
+            // dy: [N, F] -> dx: [N, F], dγ, dβ: [F]
+            (Layer::LayerNorm(ln), Saved::LayerNorm(fwd)) => {
+                let (dx, dgamma, dbeta) =
+                    layernorm_backward(dy, &fwd.xhat, &fwd.inv_std, p(ln.gamma), n, ln.f);
+                self.set_tensor(grad, ln.gamma, &dgamma);
+                self.set_tensor(grad, ln.beta, &dbeta);
                 dx
             }
             // dy: [N, size] -> dx: [N, size]

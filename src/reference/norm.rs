@@ -1,10 +1,13 @@
-//! BatchNorm and Dropout references (f64), forward and backward side by side, with PyTorch's
-//! semantics: BatchNorm{1d,2d} normalise over (N, H·W) per channel with the biased variance and
-//! keep running statistics with the unbiased one; dropout is inverted (kept elements scaled by
-//! 1/(1 − p)) and its mask comes from the same counter-based hash as shaders/dropout.wgsl.
+//! BatchNorm, LayerNorm and Dropout references (f64), forward and backward side by side, with
+//! PyTorch's semantics: BatchNorm{1d,2d} normalise over (N, H·W) per channel with the biased
+//! variance and keep running statistics with the unbiased one; LayerNorm (elementwise affine)
+//! normalises each sample over its F features (F = C·H·W after a conv) with the biased variance;
+//! dropout is inverted (kept elements scaled by 1/(1 − p)) and its mask comes from the same
+//! counter-based hash as shaders/dropout.wgsl.
 //!
 //! Layout: NCHW row-major with S = H·W (S = 1 after an affine layer, where C is the feature
-//! count), so element (n, c, s) of a [N, C, S] tensor sits at (n·C + c)·S + s.
+//! count), so element (n, c, s) of a [N, C, S] tensor sits at (n·C + c)·S + s; LayerNorm sees the
+//! same memory as [N, F] rows.
 
 // Index loops mirror the subscripts of the formulas, as in the rest of the oracle.
 #![allow(clippy::needless_range_loop)]
@@ -12,6 +15,7 @@
 /// PyTorch's defaults.
 pub const BATCHNORM_EPS: f64 = 1e-5;
 pub const BATCHNORM_MOMENTUM: f64 = 0.1;
+pub const LAYERNORM_EPS: f64 = 1e-5;
 
 /// What the training forward keeps: the output and everything backward and the running update
 /// need.
@@ -189,6 +193,111 @@ pub fn batchnorm_forward_eval(
         }
     }
     y
+}
+
+/// What the LayerNorm forward keeps: the output and everything backward needs, per row.
+#[derive(Clone, Debug)]
+pub struct LayerNormForward {
+    pub y: Vec<f64>,
+    pub xhat: Vec<f64>,
+    pub mean: Vec<f64>,
+    /// Biased variance of each row (divided by F).
+    pub var: Vec<f64>,
+    /// 1/√(var + eps).
+    pub inv_std: Vec<f64>,
+}
+
+/// LayerNorm forward: per row i over its F values,
+/// xhat = (x − mean)·inv_std, inv_std = 1/√(var + eps), y = γ·xhat + β (γ, β per feature).
+// x: [N, F], gamma, beta: [F] -> y, xhat: [N, F], mean, var, inv_std: [N]
+pub fn layernorm_forward(
+    x: &[f64],
+    gamma: &[f64],
+    beta: &[f64],
+    n: usize,
+    f: usize,
+    eps: f64,
+) -> LayerNormForward {
+    assert_eq!(x.len(), n * f, "layernorm: x must be [N, F]");
+    assert_eq!(gamma.len(), f, "layernorm: gamma must be [F]");
+    assert_eq!(beta.len(), f, "layernorm: beta must be [F]");
+    let ff = f as f64;
+    let mut mean = vec![0.0; n];
+    let mut var = vec![0.0; n];
+    let mut inv_std = vec![0.0; n];
+    let mut xhat = vec![0.0; x.len()];
+    let mut y = vec![0.0; x.len()];
+    for i in 0..n {
+        let mut sum = 0.0;
+        for k in 0..f {
+            sum += x[i * f + k];
+        }
+        mean[i] = sum / ff;
+        let mut sq = 0.0;
+        for k in 0..f {
+            let d = x[i * f + k] - mean[i];
+            sq += d * d;
+        }
+        var[i] = sq / ff;
+        inv_std[i] = 1.0 / (var[i] + eps).sqrt();
+        for k in 0..f {
+            let at = i * f + k;
+            xhat[at] = (x[at] - mean[i]) * inv_std[i];
+            y[at] = gamma[k] * xhat[at] + beta[k];
+        }
+    }
+    LayerNormForward {
+        y,
+        xhat,
+        mean,
+        var,
+        inv_std,
+    }
+}
+
+/// Backward of [`layernorm_forward`] (each row's statistics depend on that row's x, so every dx
+/// of a row depends on every dy of it): returns (dx, dγ, dβ) with dγ = Σ_i dy·xhat,
+/// dβ = Σ_i dy over the rows, and per row, with g = dy·γ, A = Σ_k g, B = Σ_k g·xhat,
+/// dx = inv_std/F·(F·g − A − xhat·B).
+// dy, xhat: [N, F], inv_std: [N], gamma: [F] -> dx: [N, F], dgamma, dbeta: [F]
+pub fn layernorm_backward(
+    dy: &[f64],
+    xhat: &[f64],
+    inv_std: &[f64],
+    gamma: &[f64],
+    n: usize,
+    f: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    assert_eq!(dy.len(), n * f, "layernorm_backward: dy must be [N, F]");
+    assert_eq!(xhat.len(), n * f, "layernorm_backward: xhat must be [N, F]");
+    assert_eq!(inv_std.len(), n, "layernorm_backward: inv_std must be [N]");
+    assert_eq!(gamma.len(), f, "layernorm_backward: gamma must be [F]");
+    let ff = f as f64;
+    let mut dgamma = vec![0.0; f];
+    let mut dbeta = vec![0.0; f];
+    for i in 0..n {
+        for k in 0..f {
+            let at = i * f + k;
+            dgamma[k] += dy[at] * xhat[at];
+            dbeta[k] += dy[at];
+        }
+    }
+    let mut dx = vec![0.0; dy.len()];
+    for i in 0..n {
+        let mut a = 0.0;
+        let mut b = 0.0;
+        for k in 0..f {
+            let g = dy[i * f + k] * gamma[k];
+            a += g;
+            b += g * xhat[i * f + k];
+        }
+        for k in 0..f {
+            let at = i * f + k;
+            let g = dy[at] * gamma[k];
+            dx[at] = inv_std[i] / ff * (ff * g - a - xhat[at] * b);
+        }
+    }
+    (dx, dgamma, dbeta)
 }
 
 /// PCG's output permutation (RXS-M-XS) of one LCG step; the hash behind dropout masks, the
@@ -393,6 +502,90 @@ mod tests {
         let y =
             batchnorm_forward_eval(&[2.0], &[3.0], &[1.0], &[1.0], &[4.0 - 1e-5], 1, 1, 1, 1e-5);
         assert!((y[0] - (3.0 * 0.5 + 1.0)).abs() < 1e-15, "{}", y[0]);
+    }
+
+    #[test]
+    fn layernorm_backward_matches_central_differences() {
+        let loss = |x: &[f64], gamma: &[f64], beta: &[f64], w: &[f64], n, f| -> f64 {
+            let y = layernorm_forward(x, gamma, beta, n, f, LAYERNORM_EPS).y;
+            y.iter().zip(w).map(|(a, b)| a * b).sum()
+        };
+        let mut case = 0;
+        for n in [1, 3, 7] {
+            for f in [2, 7, 33] {
+                case += 1;
+                let mut rng = ChaCha8Rng::seed_from_u64(200 + case);
+                let x = normals(&mut rng, n * f, 0.5, 1.5);
+                let gamma = normals(&mut rng, f, 1.0, 0.5);
+                let beta = normals(&mut rng, f, 0.0, 0.5);
+                // Non-uniform weights: uniform ones would make A and B hide a wrong sum.
+                let w = normals(&mut rng, n * f, 0.0, 1.0);
+                let fwd = layernorm_forward(&x, &gamma, &beta, n, f, LAYERNORM_EPS);
+                let (dx, dgamma, dbeta) =
+                    layernorm_backward(&w, &fwd.xhat, &fwd.inv_std, &gamma, n, f);
+                let h = 1e-6;
+                let num_dx = central_difference(|v| loss(v, &gamma, &beta, &w, n, f), &x, h);
+                let num_dg = central_difference(|v| loss(&x, v, &beta, &w, n, f), &gamma, h);
+                let num_db = central_difference(|v| loss(&x, &gamma, v, &w, n, f), &beta, h);
+                // Rounding noise of the differences is ~ε·|L|/h ≈ 1e-9; truncation ~h² ≈ 1e-12.
+                for (name, analytic, numeric) in [
+                    ("dx", &dx, &num_dx),
+                    ("dgamma", &dgamma, &num_dg),
+                    ("dbeta", &dbeta, &num_db),
+                ] {
+                    let err = max_abs_diff(analytic, numeric);
+                    assert!(err < 1e-7, "({n}, {f}) {name}: max abs err {err:e}");
+                }
+                // The input gradient of a normalised row sums to zero (shifting x changes
+                // nothing).
+                for i in 0..n {
+                    let sum: f64 = dx[i * f..(i + 1) * f].iter().sum();
+                    assert!(sum.abs() < 1e-12, "({n}, {f}): Σ dx of row {i} = {sum:e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn layernorm_rows_are_standardised() {
+        for (case, (n, f)) in [(1, 2), (3, 7), (7, 33), (2, 784)].into_iter().enumerate() {
+            let mut rng = ChaCha8Rng::seed_from_u64(300 + case as u64);
+            // Rows with different offsets and spreads, one of them nearly constant (where eps
+            // matters).
+            let mut x = normals(&mut rng, n * f, 0.0, 1.0);
+            for i in 0..n {
+                let (offset, spread) = if i == 1 {
+                    (4.0, 1e-3)
+                } else {
+                    (i as f64 - 2.0, 0.5 + i as f64)
+                };
+                for k in 0..f {
+                    x[i * f + k] = offset + spread * x[i * f + k];
+                }
+            }
+            let gamma = normals(&mut rng, f, 1.0, 0.5);
+            let beta = normals(&mut rng, f, 0.0, 0.5);
+            let fwd = layernorm_forward(&x, &gamma, &beta, n, f, LAYERNORM_EPS);
+            for i in 0..n {
+                let row = &fwd.xhat[i * f..(i + 1) * f];
+                let mean = row.iter().sum::<f64>() / f as f64;
+                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / f as f64;
+                let want = fwd.var[i] / (fwd.var[i] + LAYERNORM_EPS);
+                assert!(mean.abs() < 1e-12, "({n}, {f}) row {i}: mean {mean:e}");
+                assert!(
+                    (var - want).abs() < 1e-12,
+                    "({n}, {f}) row {i}: var {var} want {want}"
+                );
+                assert!((fwd.inv_std[i] - 1.0 / (fwd.var[i] + LAYERNORM_EPS).sqrt()).abs() < 1e-12);
+                for k in 0..f {
+                    let at = i * f + k;
+                    assert_eq!(fwd.y[at], gamma[k] * fwd.xhat[at] + beta[k]);
+                }
+            }
+        }
+        // By hand: one row 1, 2, 3, 4 has mean 2.5 and biased var 1.25.
+        let fwd = layernorm_forward(&[1.0, 2.0, 3.0, 4.0], &[1.0; 4], &[0.0; 4], 1, 4, 0.0);
+        assert_eq!((fwd.mean[0], fwd.var[0]), (2.5, 1.25));
     }
 
     #[test]

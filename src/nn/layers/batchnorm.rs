@@ -43,10 +43,9 @@ pub(super) fn resolve(
     [c, h, w]: [usize; 3],
     placer: &mut TensorPlacer,
     counts: &mut KindCounts,
-) -> (Layer, [usize; 3]) {
+) -> Result<(Layer, [usize; 3]), String> {
     // After an affine layer the channels are its units (S = 1).
-    let gamma = placer.add(ParamRole::Gamma, vec![c], 0);
-    let beta = placer.add(ParamRole::Beta, vec![c], 0);
+    let (gamma, beta) = placer.add_scale_and_shift(vec![c])?;
     counts.norms += 1;
     let layer = BatchNorm {
         c,
@@ -55,7 +54,7 @@ pub(super) fn resolve(
         beta,
         index: counts.norms - 1,
     };
-    (Layer::BatchNorm(layer), [c, h, w])
+    Ok((Layer::BatchNorm(layer), [c, h, w]))
 }
 
 /// batchnorm.wgsl's Params.

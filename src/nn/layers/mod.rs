@@ -6,7 +6,8 @@
 //! Spec strings are comma-separated layers:
 //! `conv30x5` (30 filters of 5×5; `conv30x5s2p1`: stride 2, padding 1), `maxpool2` / `avgpool2`
 //! (window 2, stride = window; `maxpool3s2`: stride 2), `affine100`, `relu`, `sigmoid`, `tanh`, `bn`
-//! (BatchNorm over the channels or features of the layer before), `dropout0.5`.
+//! (BatchNorm over the channels or features of the layer before), `ln` (LayerNorm over each
+//! sample's features), `dropout0.5`.
 //! The book's SimpleConvNet is `conv30x5,relu,maxpool2,affine100,relu,affine10`.
 
 pub mod activation;
@@ -14,6 +15,7 @@ pub mod affine;
 pub mod batchnorm;
 pub mod conv;
 pub mod dropout;
+pub mod layernorm;
 pub mod pool;
 pub mod softmax_loss;
 
@@ -26,6 +28,7 @@ pub use affine::Affine;
 pub use batchnorm::BatchNorm;
 pub use conv::Conv;
 pub use dropout::{valid_dropout, Dropout};
+pub use layernorm::LayerNorm;
 pub use pool::{Pool, PoolKind};
 
 use crate::error::{Error, Result};
@@ -58,6 +61,8 @@ pub enum LayerSpec {
     Sigmoid,
     Tanh,
     BatchNorm,
+    #[serde(rename = "layernorm")]
+    LayerNorm,
     Dropout {
         p: f64,
     },
@@ -79,6 +84,7 @@ impl fmt::Display for LayerSpec {
                 f.write_str(activation::word(self))
             }
             LayerSpec::BatchNorm => f.write_str("bn"),
+            LayerSpec::LayerNorm => f.write_str("ln"),
             LayerSpec::Dropout { p } => write!(f, "dropout{p}"),
         }
     }
@@ -114,6 +120,7 @@ fn parse_layer(item: &str) -> Result<LayerSpec> {
         dropout::parse,
         activation::parse,
         batchnorm::parse,
+        layernorm::parse,
     ]
     .iter()
     .find_map(|parse| parse(&word))
@@ -131,6 +138,7 @@ fn parse_layer(item: &str) -> Result<LayerSpec> {
             affine::SYNTAX,
             activation::syntax(),
             batchnorm::SYNTAX,
+            layernorm::SYNTAX,
             dropout::SYNTAX,
         ]
         .concat();
@@ -180,6 +188,7 @@ pub enum Layer {
     Activation(ActivationLayer),
     Pool(Pool),
     BatchNorm(BatchNorm),
+    LayerNorm(LayerNorm),
     Dropout(Dropout),
 }
 
@@ -194,6 +203,7 @@ impl std::ops::Deref for Layer {
             Layer::Activation(l) => l,
             Layer::Pool(l) => l,
             Layer::BatchNorm(l) => l,
+            Layer::LayerNorm(l) => l,
             Layer::Dropout(l) => l,
         }
     }
@@ -356,6 +366,10 @@ pub enum LayerState {
         scale: GpuBuffer,
         one: GpuBuffer,
     },
+    /// LayerNorm: [eps].
+    LayerNorm {
+        consts: GpuBuffer,
+    },
 }
 
 /// Places parameter tensors in the flat layout as layers resolve.
@@ -381,6 +395,21 @@ impl TensorPlacer {
         });
         self.offset += numel;
         self.tensors.len() - 1
+    }
+
+    /// A normalisation's γ and β of `shape`, named after the affine or convolution layer before
+    /// it (gammaK, betaK), as the book and PyTorch's checkpoints of it do; a second
+    /// normalisation of the same layer would reuse the names, so it is refused.
+    pub fn add_scale_and_shift(&mut self, shape: Vec<usize>) -> Result<(usize, usize), String> {
+        let name = format!("{}{}", ParamRole::Gamma.prefix(), self.param_layers);
+        if self.tensors.iter().any(|t| t.name == name) {
+            return Err(format!(
+                "a second normalisation of the same layer ({name} is taken): put an affine or convolution layer between them"
+            ));
+        }
+        let gamma = self.add(ParamRole::Gamma, shape.clone(), 0);
+        let beta = self.add(ParamRole::Beta, shape, 0);
+        Ok((gamma, beta))
     }
 
     /// Starts the tensors of the next affine or convolution layer (W2, b2, …).
@@ -428,7 +457,8 @@ pub fn resolve(spec: &NetSpec) -> Result<(Vec<Layer>, ParamLayout)> {
             LayerSpec::Relu | LayerSpec::Sigmoid | LayerSpec::Tanh => {
                 Ok(activation::resolve(layer, shape))
             }
-            LayerSpec::BatchNorm => Ok(batchnorm::resolve(shape, &mut placer, &mut counts)),
+            LayerSpec::BatchNorm => batchnorm::resolve(shape, &mut placer, &mut counts),
+            LayerSpec::LayerNorm => layernorm::resolve(shape, &mut placer),
             LayerSpec::Dropout { p } => dropout::resolve(p, shape, &mut counts),
         }
         .map_err(at)?;
@@ -495,6 +525,36 @@ mod tests {
         let layers = parse_layers(text).unwrap();
         let back: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
         assert_eq!(back.join(","), text);
+    }
+
+    #[test]
+    fn layernorm_follows_pytorchs_shapes_and_names() {
+        let spec = |s: &str| NetSpec::sequential([2, 6, 6], parse_layers(s).unwrap());
+        let (_, layout) = spec("conv3x3,ln,tanh,affine5,ln,affine10")
+            .unwrap()
+            .resolve()
+            .unwrap();
+        let shapes: Vec<_> = (layout.tensors.iter())
+            .filter(|t| matches!(t.role, ParamRole::Gamma | ParamRole::Beta))
+            .map(|t| (t.name.as_str(), t.shape.clone()))
+            .collect();
+        // After a convolution: nn.LayerNorm([C, H, W]); after an affine layer: its units.
+        assert_eq!(
+            shapes,
+            vec![
+                ("gamma1", vec![3, 4, 4]),
+                ("beta1", vec![3, 4, 4]),
+                ("gamma2", vec![5]),
+                ("beta2", vec![5])
+            ]
+        );
+        assert_eq!(
+            parse_layers("layernorm,tanh").unwrap(),
+            parse_layers("ln,TANH").unwrap()
+        );
+        // Two normalisations of one layer would both be gamma1 and beta1.
+        let err = spec("conv3x3,bn,ln,affine10").unwrap_err().to_string();
+        assert!(err.contains("gamma1 is taken"), "{err}");
     }
 
     #[test]
