@@ -460,15 +460,54 @@ fn first_line(text: &str) -> &str {
         .trim()
 }
 
-/// Parses and validates a shader as the crate builds it (prelude + file, in both precisions),
-/// so a mutant that would only fail at pipeline creation is reported as invalid, not caught.
-/// The precision preludes are not standalone shaders and are not checked.
+/// Parses and validates a shader as the crate builds it (prelude + file with its `#include`s
+/// pasted in, in both precisions), so a mutant that would only fail at pipeline creation is
+/// reported as invalid, not caught. An included file is checked inside every shader that
+/// includes it; the precision preludes are not standalone shaders and are not checked.
 fn wgsl_error(tree: &Path, file: &str, text: &str) -> Option<String> {
-    use wgpu::naga::front::wgsl;
-    use wgpu::naga::valid::{Capabilities, ValidationFlags, Validator};
     if file.contains("precision_") {
         return None;
     }
+    let name = file.trim_start_matches("shaders/");
+    let included = wgrad::gpu::kernel::INCLUDES.iter().any(|(f, _)| *f == name);
+    if !included {
+        return validate(tree, &expand_includes(tree, text, None));
+    }
+    let directive = format!("#include \"{name}\"");
+    let mut shaders: Vec<PathBuf> = fs::read_dir(tree.join("shaders"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    shaders.sort();
+    shaders
+        .iter()
+        .map(|path| fs::read_to_string(path).unwrap())
+        .filter(|shader| shader.contains(&directive))
+        .find_map(|shader| validate(tree, &expand_includes(tree, &shader, Some((name, text)))))
+}
+
+/// `text` with each `#include "name"` line replaced by that file of the tree (or by
+/// `replacement` for the file it names), as the crate's shader loader does.
+fn expand_includes(tree: &Path, text: &str, replacement: Option<(&str, &str)>) -> String {
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| match line.trim().strip_prefix("#include ") {
+            Some(name) => {
+                let name = name.trim().trim_matches('"');
+                match replacement {
+                    Some((file, body)) if file == name => body.to_string(),
+                    _ => fs::read_to_string(tree.join("shaders").join(name)).unwrap(),
+                }
+            }
+            None => line.to_string(),
+        })
+        .collect();
+    lines.join("\n")
+}
+
+fn validate(tree: &Path, text: &str) -> Option<String> {
+    use wgpu::naga::front::wgsl;
+    use wgpu::naga::valid::{Capabilities, ValidationFlags, Validator};
     for prelude in ["precision_f32.wgsl", "precision_f64.wgsl"] {
         let prelude = fs::read_to_string(tree.join("shaders").join(prelude)).unwrap();
         let source = format!("{prelude}\n{text}");
