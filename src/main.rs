@@ -355,10 +355,11 @@ impl NetArgs {
             None => {
                 let hidden = self.hidden.as_deref().unwrap_or(defaults.hidden);
                 let mut spec = NetSpec::mlp(data.image_size(), hidden, 10, activation);
-                spec.image = Some(image);
-                spec.batchnorm = self.batchnorm || (self.hidden.is_none() && defaults.batchnorm);
-                spec.dropout = self.dropout;
-                spec
+                spec.image = image;
+                if self.batchnorm || (self.hidden.is_none() && defaults.batchnorm) {
+                    spec = spec.with_batchnorm();
+                }
+                spec.with_dropout(self.dropout)
             }
         };
         spec.weight_decay = self.weight_decay;
@@ -555,6 +556,8 @@ fn run_train(args: TrainArgs) -> Result<ExitCode> {
         value["adapter"] = ctx.adapter_json();
         value["optimizer"] = serde_json::to_value(&config.optimizer).expect("serialisable");
         value["spec"] = serde_json::to_value(&spec).expect("serialisable");
+        // The widths --hidden gives, readable without walking the layer list.
+        value["spec"]["hidden"] = serde_json::json!(spec.hidden_units());
         value["precision"] = serde_json::json!(precision);
         println!("{value}");
     }

@@ -399,7 +399,7 @@ fn recompute_routes(
             Error::InvalidArgument(format!(
                 "layer {} ({}) has no affine or convolution layer before it, which the perturbed-loss engine starts from: put one first",
                 start + 1,
-                rec.model.spec.layer_specs()[start]
+                rec.model.spec.layers[start]
             ))
         })?;
         let mut d = rec.forward_with(ws, &copies, Mode::Check, state, from);

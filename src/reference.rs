@@ -15,7 +15,7 @@ pub mod conv;
 pub mod net;
 pub mod norm;
 
-use crate::nn::{Activation, NetSpec};
+use crate::nn::{Activation, LayerSpec, NetSpec};
 use crate::optim::Optimizer;
 
 // ---------------------------------------------------------------------------------------------
@@ -268,11 +268,37 @@ pub struct Forward {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RefMlp {
     pub spec: NetSpec,
+    /// [input, hidden…, output]
+    widths: Vec<usize>,
+    /// The hidden layers' nonlinearity.
+    activation: Activation,
 }
 
 impl RefMlp {
+    /// Panics unless `spec` is a plain MLP (as [`NetSpec::mlp`] builds): affine layers with one
+    /// kind of activation between them; [`net::RefNet`] takes any layer list.
     pub fn new(spec: NetSpec) -> Self {
-        RefMlp { spec }
+        let mut widths = vec![spec.input];
+        let mut activation = None;
+        for (i, layer) in spec.layers.iter().enumerate() {
+            match (layer, Activation::of(layer)) {
+                (LayerSpec::Affine { units }, _) if i % 2 == 0 => widths.push(*units),
+                (_, Some(a)) if i % 2 == 1 && activation.is_none_or(|x| x == a) => {
+                    activation = Some(a)
+                }
+                _ => panic!("RefMlp takes a plain MLP, not {:?}", spec.layers),
+            }
+        }
+        RefMlp {
+            spec,
+            widths,
+            activation: activation.unwrap_or(Activation::Relu),
+        }
+    }
+
+    /// Affine layers.
+    fn depth(&self) -> usize {
+        self.widths.len() - 1
     }
 
     /// Layer `l`'s (W, b) slices inside the flat parameter vector.
@@ -306,7 +332,7 @@ impl RefMlp {
             return 0.0;
         }
         let mut sum_sq = 0.0;
-        for l in 0..self.spec.depth() {
+        for l in 0..self.depth() {
             let (w, _) = self.layer(params, l);
             sum_sq += w.iter().map(|v| v * v).sum::<f64>();
         }
@@ -314,8 +340,8 @@ impl RefMlp {
     }
 
     pub fn forward(&self, params: &[f64], x: &[f64], n: usize) -> Forward {
-        let widths = self.spec.widths();
-        let depth = self.spec.depth();
+        let widths = &self.widths;
+        let depth = self.depth();
         assert_eq!(
             x.len(),
             n * widths[0],
@@ -332,7 +358,7 @@ impl RefMlp {
             let z = affine_forward(input, w, b, n, d, h);
             // The last affine layer feeds the loss directly: no activation after it.
             if l + 1 < depth {
-                act.push(activation_forward(self.spec.activation, &z));
+                act.push(activation_forward(self.activation, &z));
             }
             pre.push(z);
         }
@@ -370,8 +396,8 @@ impl RefMlp {
     /// [`Self::loss`] and its exact gradient by backprop, in the flat parameter layout.
     pub fn loss_and_grad(&self, params: &[f64], x: &[f64], labels: &[u32]) -> (f64, Vec<f64>) {
         let n = labels.len();
-        let widths = self.spec.widths();
-        let depth = self.spec.depth();
+        let widths = &self.widths;
+        let depth = self.depth();
         let lambda = self.spec.weight_decay;
         let layout = self.spec.layout();
 
@@ -405,7 +431,7 @@ impl RefMlp {
             if l > 0 {
                 // Through the hidden activation that produced `input` = act[l − 1].
                 let (x, y) = (&fwd.pre[l - 1], &fwd.act[l - 1]);
-                dz = activation_backward(self.spec.activation, x, y, &dinput);
+                dz = activation_backward(self.activation, x, y, &dinput);
             }
         }
         (loss, grad)

@@ -98,10 +98,10 @@ fn conv_pool_nets_pass_gradcheck_in_f64() {
 fn batchnorm_and_dropout_nets_pass_gradcheck_in_f64() {
     let Some(ctx) = f64_ctx() else { return };
     let data = cropped(8);
-    let mut mlp = NetSpec::mlp(64, &[12, 9], 10, Activation::Relu);
-    mlp.batchnorm = true;
-    mlp.dropout = 0.3;
-    mlp.image = Some([1, 8, 8]);
+    let mut mlp = NetSpec::mlp(64, &[12, 9], 10, Activation::Relu)
+        .with_batchnorm()
+        .with_dropout(0.3);
+    mlp.image = [1, 8, 8];
     let conv = NetSpec::sequential(
         [1, 8, 8],
         parse_layers("conv4x3,bn,relu,maxpool2,affine10,bn,sigmoid,dropout0.2,affine10").unwrap(),
@@ -204,9 +204,9 @@ fn batchnorm_and_dropout_nets_train_and_infer_deterministically() {
         train: mnist.train.take(2000),
         test: mnist.test.take(500),
     };
-    let mut spec = NetSpec::mlp(784, &[64, 32], 10, Activation::Relu);
-    spec.batchnorm = true;
-    spec.dropout = 0.2;
+    let spec = NetSpec::mlp(784, &[64, 32], 10, Activation::Relu)
+        .with_batchnorm()
+        .with_dropout(0.2);
     let cfg = TrainConfig {
         spec: spec.clone(),
         init: Init::He,
@@ -254,8 +254,7 @@ fn bad_specs_get_clear_errors() {
     assert!(err("affine100,dropout1.0,affine10", [1, 28, 28]).contains("[0, 1)"));
     assert!(err("affine100,dropout-0.1,affine10", [1, 28, 28]).contains("[0, 1)"));
     assert!(err("conv8x3,relu", [1, 28, 28]).contains("end with an affine layer"));
-    let mut mlp = NetSpec::mlp(784, &[10], 10, Activation::Relu);
-    mlp.dropout = 1.0;
+    let mlp = NetSpec::mlp(784, &[10], 10, Activation::Relu).with_dropout(1.0);
     assert!(mlp
         .validate()
         .unwrap_err()

@@ -44,9 +44,9 @@ fn sequential(layers: &str, image: [usize; 3], weight_decay: f64) -> NetSpec {
 }
 
 fn mlp(input: usize, hidden: &[usize], activation: Activation) -> NetSpec {
-    let mut spec = NetSpec::mlp(input, hidden, 10, activation);
-    spec.batchnorm = true;
-    spec.dropout = 0.3;
+    let mut spec = NetSpec::mlp(input, hidden, 10, activation)
+        .with_batchnorm()
+        .with_dropout(0.3);
     spec.weight_decay = 0.1;
     spec
 }
@@ -100,7 +100,7 @@ fn check_against_reference(spec: &NetSpec, n: usize, seed: u64) {
         let (gpu_loss, gpu_grad) =
             analytic_gradient(ctx(), kernels(precision), &model, &prob.x, &prob.labels).unwrap();
         let (ref_loss, ref_grad) = net.loss_and_grad(&prob.params, &prob.x, &prob.labels);
-        let case = format!("{precision} n={n} {:?}", spec.layer_specs());
+        let case = format!("{precision} n={n} {:?}", spec.layers);
         check(
             &format!("{case}: loss"),
             (gpu_loss - ref_loss).abs() / ref_loss.abs(),

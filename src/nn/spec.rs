@@ -57,47 +57,70 @@ impl fmt::Display for Init {
     }
 }
 
-/// A net: an explicit layer list (`layers`), or the book's MultiLayerNet(Extend) described by
-/// `hidden`, `activation`, `batchnorm` and `dropout` (Affine → [BatchNorm] → act → [Dropout] →
-/// … → Affine), always ending in SoftmaxWithLoss. TwoLayerNet is `hidden = [h]`.
+/// A net: a layer list over inputs of one shape, ending in an affine layer of class scores and,
+/// always, SoftmaxWithLoss. [`NetSpec::mlp`] builds the book's MultiLayerNet (TwoLayerNet is one
+/// hidden layer), [`NetSpec::with_batchnorm`] and [`NetSpec::with_dropout`] its Extend
+/// variant (Affine → BatchNorm → act → Dropout → … → Affine), [`NetSpec::sequential`] any list.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NetSpec {
+    /// Shape (C, H, W) of one input; `input` = C·H·W.
+    pub image: [usize; 3],
     pub input: usize,
-    pub hidden: Vec<usize>,
+    /// Class scores: the last affine layer's units.
     pub output: usize,
-    pub activation: Activation,
+    pub layers: Vec<LayerSpec>,
     /// L2 penalty λ: the loss gains 0.5·λ·Σ‖W‖² over weight matrices (not biases), as in the book.
     pub weight_decay: f64,
-    /// BatchNorm after every hidden affine layer, before its activation (the book's
-    /// MultiLayerNetExtend).
-    #[serde(default)]
-    pub batchnorm: bool,
-    /// Dropout probability after every hidden activation (0: none).
-    #[serde(default)]
-    pub dropout: f64,
-    /// Shape (C, H, W) of one input; `input` = C·H·W. Needed by convolution and pooling.
-    #[serde(default)]
-    pub image: Option<[usize; 3]>,
-    /// An explicit layer list (a `--model` or `--layers` spec). When set, `hidden`,
-    /// `activation`, `batchnorm` and `dropout` are not used; the last layer must be an affine
-    /// layer with `output` units.
-    #[serde(default)]
-    pub layers: Option<Vec<LayerSpec>>,
 }
 
 impl NetSpec {
+    /// The book's MultiLayerNet: Affine → act for each hidden size, then Affine to `output`.
     pub fn mlp(input: usize, hidden: &[usize], output: usize, activation: Activation) -> Self {
-        NetSpec {
-            input,
-            hidden: hidden.to_vec(),
-            output,
-            activation,
-            weight_decay: 0.0,
-            batchnorm: false,
-            dropout: 0.0,
-            image: None,
-            layers: None,
+        let mut layers = Vec::new();
+        for &units in hidden {
+            layers.extend([LayerSpec::Affine { units }, activation.spec()]);
         }
+        layers.push(LayerSpec::Affine { units: output });
+        NetSpec {
+            image: [1, 1, input],
+            input,
+            output,
+            layers,
+            weight_decay: 0.0,
+        }
+    }
+
+    /// BatchNorm after every affine layer but the last, before its activation (the book's
+    /// MultiLayerNetExtend).
+    pub fn with_batchnorm(mut self) -> Self {
+        let last = self.layers.len() - 1;
+        let mut layers = Vec::new();
+        for (i, layer) in self.layers.into_iter().enumerate() {
+            let affine = matches!(layer, LayerSpec::Affine { .. });
+            layers.push(layer);
+            if affine && i < last {
+                layers.push(LayerSpec::BatchNorm);
+            }
+        }
+        self.layers = layers;
+        self
+    }
+
+    /// Dropout with probability `p` after every activation layer (none when `p` is 0).
+    pub fn with_dropout(mut self, p: f64) -> Self {
+        if p == 0.0 {
+            return self;
+        }
+        let mut layers = Vec::new();
+        for layer in self.layers {
+            let act = Activation::of(&layer).is_some();
+            layers.push(layer);
+            if act {
+                layers.push(LayerSpec::Dropout { p });
+            }
+        }
+        self.layers = layers;
+        self
     }
 
     /// A net given as an explicit layer list over images of shape (C, H, W).
@@ -111,39 +134,27 @@ impl NetSpec {
             }
         };
         let spec = NetSpec {
+            image,
             input: image.iter().product(),
-            hidden: Vec::new(),
             output,
-            activation: Activation::Relu,
+            layers,
             weight_decay: 0.0,
-            batchnorm: false,
-            dropout: 0.0,
-            image: Some(image),
-            layers: Some(layers),
         };
         spec.resolve()?;
         Ok(spec)
     }
 
-    /// The layer list this spec describes: the explicit one, or the MLP built from `hidden`.
-    pub fn layer_specs(&self) -> Vec<LayerSpec> {
-        if let Some(layers) = &self.layers {
-            return layers.clone();
-        }
-        let act = self.activation.spec();
-        let mut out = Vec::new();
-        for &h in &self.hidden {
-            out.push(LayerSpec::Affine { units: h });
-            if self.batchnorm {
-                out.push(LayerSpec::BatchNorm);
-            }
-            out.push(act.clone());
-            if self.dropout > 0.0 {
-                out.push(LayerSpec::Dropout { p: self.dropout });
-            }
-        }
-        out.push(LayerSpec::Affine { units: self.output });
-        out
+    /// Units of every affine layer but the last (an MLP's hidden widths, as `--hidden` gives
+    /// them).
+    pub fn hidden_units(&self) -> Vec<usize> {
+        let mut units: Vec<usize> = (self.layers.iter())
+            .filter_map(|l| match l {
+                LayerSpec::Affine { units } => Some(*units),
+                _ => None,
+            })
+            .collect();
+        units.pop();
+        units
     }
 
     /// Shapes, parameter tensors and layers, checked against each other.
@@ -157,7 +168,11 @@ impl NetSpec {
                 "input and output sizes must be positive".into(),
             ));
         }
-        if let Some(pos) = self.hidden.iter().position(|&h| h == 0) {
+        let units = self.layers.iter().filter_map(|l| match l {
+            LayerSpec::Affine { units } => Some(*units),
+            _ => None,
+        });
+        if let Some(pos) = units.collect::<Vec<_>>().iter().position(|&u| u == 0) {
             return Err(Error::InvalidArgument(format!(
                 "hidden layer {} has size 0: every hidden size must be at least 1 (e.g. --hidden 100,100)",
                 pos + 1
@@ -167,12 +182,6 @@ impl NetSpec {
             return Err(Error::InvalidArgument(format!(
                 "weight decay must be a finite number ≥ 0, got {}",
                 self.weight_decay
-            )));
-        }
-        if !crate::nn::layers::valid_dropout(self.dropout) {
-            return Err(Error::InvalidArgument(format!(
-                "dropout must lie in [0, 1), got {} (--dropout)",
-                self.dropout
             )));
         }
         let (layers, _) = self.resolve()?;
@@ -194,19 +203,6 @@ impl NetSpec {
             }
         }
         Ok(())
-    }
-
-    /// Layer widths from input to output: [input, hidden…, output].
-    pub fn widths(&self) -> Vec<usize> {
-        let mut w = vec![self.input];
-        w.extend(&self.hidden);
-        w.push(self.output);
-        w
-    }
-
-    /// Number of affine layers.
-    pub fn depth(&self) -> usize {
-        self.hidden.len() + 1
     }
 
     /// The flat parameter layout. Panics on a spec that does not resolve; call

@@ -50,10 +50,9 @@ impl Default for TrainConfig {
     /// The bare `wgrad train`: 784-256-128-10 ReLU with BatchNorm (He init), SGD with momentum
     /// 0.9 and lr 0.1, batch 100, 20 epochs.
     fn default() -> Self {
-        let mut spec = NetSpec::mlp(784, &[256, 128], 10, crate::nn::Activation::Relu);
-        spec.batchnorm = true;
+        let spec = NetSpec::mlp(784, &[256, 128], 10, crate::nn::Activation::Relu);
         TrainConfig {
-            spec,
+            spec: spec.with_batchnorm(),
             init: Init::He,
             optimizer: Optimizer::from_name("momentum", Some(0.1)).expect("valid defaults"),
             epochs: 20,

@@ -183,7 +183,7 @@ impl Problem {
 
     /// Smallest |pre-activation| / largest, over every hidden ReLU layer (∞ without any).
     pub fn relu_margin(&self) -> f64 {
-        if self.spec.activation != Activation::Relu {
+        if !self.spec.layers.contains(&Activation::Relu.spec()) {
             return f64::INFINITY;
         }
         let fwd = self.reference().forward(&self.params, &self.x, self.n());

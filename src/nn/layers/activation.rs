@@ -43,7 +43,8 @@ impl Activation {
         }
     }
 
-    fn of(spec: &LayerSpec) -> Option<Activation> {
+    /// The kind of an activation layer (None for other layers).
+    pub fn of(spec: &LayerSpec) -> Option<Activation> {
         Activation::ALL.into_iter().find(|a| a.spec() == *spec)
     }
 

@@ -46,7 +46,9 @@ pub(super) fn resolve(
     counts: &mut KindCounts,
 ) -> Result<(Layer, [usize; 3]), String> {
     if !valid_dropout(p) {
-        return Err(format!("dropout must lie in [0, 1), got {p}"));
+        return Err(format!(
+            "dropout must lie in [0, 1), got {p} (dropout<P> in --layers, or --dropout)"
+        ));
     }
     counts.dropouts += 1;
     let layer = Dropout {

@@ -428,7 +428,7 @@ pub struct KindCounts {
 /// Resolves a spec into layers and the parameter layout, or says which layer does not fit and
 /// why.
 pub fn resolve(spec: &NetSpec) -> Result<(Vec<Layer>, ParamLayout)> {
-    let mut shape = spec.image.unwrap_or([1, 1, spec.input]);
+    let mut shape = spec.image;
     if shape.iter().product::<usize>() != spec.input {
         return Err(Error::InvalidArgument(format!(
             "the image shape {shape:?} does not hold the net's {} inputs",
@@ -438,7 +438,7 @@ pub fn resolve(spec: &NetSpec) -> Result<(Vec<Layer>, ParamLayout)> {
     let mut placer = TensorPlacer::default();
     let mut counts = KindCounts::default();
     let mut layers = Vec::new();
-    for (i, layer) in spec.layer_specs().iter().enumerate() {
+    for (i, layer) in spec.layers.iter().enumerate() {
         let at = |why: String| Error::InvalidArgument(format!("layer {} ({layer}): {why}", i + 1));
         let resolved = match *layer {
             LayerSpec::Affine { units } => affine::resolve(units, shape, &mut placer),
