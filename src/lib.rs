@@ -1,20 +1,43 @@
 //! wgrad: train MNIST-sized neural nets on any GPU through wgpu and WGSL compute shaders, and
 //! check every analytic gradient against numerical gradients evaluated in parallel on the GPU.
 //!
+//! Training through the library rather than the CLI: the book's 784-100-100-10 ReLU net on the
+//! bundled MNIST subset, then evaluation, a checkpoint and a reload (tests/checkpoint_roundtrip.rs
+//! runs the same flow on a smaller net).
+//!
 //! ```no_run
-//! use wgrad::{data, gpu::GpuContext, nn::{Activation, Init, NetSpec}, optim::Optimizer, train};
+//! use std::collections::BTreeMap;
+//! use wgrad::{checkpoint, data, gpu::GpuContext, train};
+//! use wgrad::nn::{Activation, Init, NetSpec};
+//! use wgrad::optim::Optimizer;
 //! # fn main() -> wgrad::Result<()> {
+//! // The best adapter wgpu sees: a real GPU, else software Vulkan (lavapipe).
 //! let ctx = GpuContext::new(&Default::default())?;
+//! // 8,004 training and 1,996 test images compiled into the library; `data::load_dir(path)`
+//! // reads the full MNIST from a folder instead.
 //! let mnist = data::bundled()?;
 //! let spec = NetSpec::mlp(784, &[100, 100], 10, Activation::Relu);
 //! let config = train::TrainConfig {
-//!     spec,
+//!     spec: spec.clone(),
 //!     init: Init::He,
+//!     // PyTorch's SGD with momentum 0.9; every optimizer the CLI knows, PyTorch's defaults.
 //!     optimizer: Optimizer::from_name("momentum", Some(0.1))?,
+//!     epochs: 2,
 //!     ..Default::default()
 //! };
-//! let report = train::train(&ctx, &mnist, &config, None)?;
-//! println!("test accuracy {:.4}", report.test_accuracy);
+//! let mut show = |e: &train::EpochReport| println!("epoch {}: test {:.4}", e.epoch, e.test_accuracy);
+//! let report = train::train(&ctx, &mnist, &config, Some(&mut show))?;
+//!
+//! // The parameters come back as one flat vector laid out as `spec.layout()` (W1, b1, …).
+//! let test = train::evaluate(&ctx, &spec, &report.params, &mnist.test, config.precision)?;
+//! let path = std::env::temp_dir().join("mlp.safetensors");
+//! let metadata = BTreeMap::from([("test_accuracy".to_string(), test.accuracy.to_string())]);
+//! checkpoint::save(&path, &spec.layout(), &report.params, &metadata)?;
+//! // Loading checks every tensor's name and shape against the net it is meant for; the
+//! // parameters can seed another run, as `wgrad train --init-from` does.
+//! let loaded = checkpoint::load(&path, &spec.layout())?;
+//! let resumed = train::TrainConfig { initial_params: Some(loaded.params), ..config };
+//! # let _ = resumed;
 //! # Ok(()) }
 //! ```
 

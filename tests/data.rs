@@ -105,7 +105,7 @@ fn bundled_images_look_like_digits() {
 
 #[test]
 fn raw_and_gzip_folders_load_the_same_as_bundled() {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist-10k");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/data/mnist-10k");
     let gz_dir = TempDir::new().unwrap();
     let raw_dir = TempDir::new().unwrap();
     for name in [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS] {

@@ -25,7 +25,7 @@ const STANDARD_FILES: &str = "the folder must hold the four standard MNIST files
 const REDOWNLOAD: &str = "download the file again";
 
 /// Where the bundled files live in the repository, so that errors point at something findable.
-const BUNDLED_DIR: &str = "data/mnist-10k";
+const BUNDLED_DIR: &str = "src/data/mnist-10k";
 
 /// Why MNIST could not be loaded. Every message names the file (or folder) and, where there is
 /// one, the fix.
@@ -335,7 +335,7 @@ fn read_standard_file(dir: &Path, name: &str) -> Result<IdxFile<'static>, DataEr
     })
 }
 
-/// The real MNIST subset in `data/mnist-10k` (8,004 train / 1,996 test, 28×28), compiled into
+/// The real MNIST subset in `src/data/mnist-10k` (8,004 train / 1,996 test, 28×28), compiled into
 /// the binary so that it needs no files at run time.
 pub fn bundled() -> Result<Mnist, DataError> {
     let bundled_file = |name: &str, bytes: &'static [u8]| IdxFile {
@@ -345,19 +345,19 @@ pub fn bundled() -> Result<Mnist, DataError> {
     parse_four([
         bundled_file(
             TRAIN_IMAGES,
-            include_bytes!("../../data/mnist-10k/train-images-idx3-ubyte.gz"),
+            include_bytes!("mnist-10k/train-images-idx3-ubyte.gz"),
         ),
         bundled_file(
             TRAIN_LABELS,
-            include_bytes!("../../data/mnist-10k/train-labels-idx1-ubyte.gz"),
+            include_bytes!("mnist-10k/train-labels-idx1-ubyte.gz"),
         ),
         bundled_file(
             TEST_IMAGES,
-            include_bytes!("../../data/mnist-10k/t10k-images-idx3-ubyte.gz"),
+            include_bytes!("mnist-10k/t10k-images-idx3-ubyte.gz"),
         ),
         bundled_file(
             TEST_LABELS,
-            include_bytes!("../../data/mnist-10k/t10k-labels-idx1-ubyte.gz"),
+            include_bytes!("mnist-10k/t10k-labels-idx1-ubyte.gz"),
         ),
     ])
 }
