@@ -13,7 +13,7 @@ use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Precision};
 
 /// Whether `p` is a dropout probability wgrad takes: [0, 1), as PyTorch (p = 1 would zero every
 /// activation, and its 1/(1 − p) scale is infinite). NaN is outside.
-pub fn valid_dropout(p: f64) -> bool {
+fn valid_dropout(p: f64) -> bool {
     (0.0..1.0).contains(&p)
 }
 

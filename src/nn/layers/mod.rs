@@ -27,7 +27,7 @@ pub use activation::{Activation, ActivationLayer};
 pub use affine::Affine;
 pub use batchnorm::BatchNorm;
 pub use conv::Conv;
-pub use dropout::{valid_dropout, Dropout};
+pub use dropout::Dropout;
 pub use layernorm::LayerNorm;
 pub use pool::{Pool, PoolKind};
 
