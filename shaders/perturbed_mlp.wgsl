@@ -11,7 +11,11 @@
 // shared; each invocation writes only its own loss, kink count and scratch rows, so no
 // evaluation can see another's change.
 //
-// layers[l]: in, out, W offset, b offset, pre offset, act offset (into `base`), 6 words a layer.
+// Dropout after a hidden activation is a fixed mask during a check: the unit's output is
+// mask·f(a), with the mask the unperturbed pass drew, so a masked unit changes nothing above.
+//
+// layers[l]: in, out, W offset, b offset, pre offset, act offset (after dropout), mask offset
+// (NONE: no dropout), all into `base`; 7 words a layer.
 
 #include "activations.wgsl"
 
@@ -46,7 +50,16 @@ struct Params {
 @group(0) @binding(11) var<storage, read_write> scratch: array<real>;
 
 fn layer(l: u32, field: u32) -> u32 {
-    return layers[6u * l + field];
+    return layers[7u * l + field];
+}
+
+// The dropout mask of hidden layer l at (sample n, unit c): 0 or 1/(1 − p), 1 without dropout.
+fn mask(l: u32, n: u32, c: u32) -> real {
+    let at = layer(l, 6u);
+    if (at == 0xffffffffu) {
+        return real(1.0);
+    }
+    return base[at + n * layer(l, 1u) + c];
 }
 
 
@@ -125,7 +138,7 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
         if (crosses_kink(P.activation, a, base_a)) {
             flips += 1u;
         }
-        let dz = activate(P.activation, a) - base[layer(l, 5u) + n * outs + j];
+        let dz = activate(P.activation, a) * mask(l, n, j) - base[layer(l, 5u) + n * outs + j];
         // Layer l+1: its unperturbed pre-activation plus dz times row j of its W.
         let up = l + 1u;
         let up_out = layer(up, 1u);
@@ -153,7 +166,7 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
             if (crosses_kink(P.activation, v, base_up)) {
                 flips += 1u;
             }
-            scratch[row_a + c] = activate(P.activation, v);
+            scratch[row_a + c] = activate(P.activation, v) * mask(up, n, c);
         }
         // Layers above that: dense, per sample, ping-ponging between two scratch rows (which hold
         // activations, or logits for the last layer).
@@ -175,7 +188,7 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
                     if (crosses_kink(P.activation, s, base_k)) {
                         flips += 1u;
                     }
-                    scratch[dst + c] = activate(P.activation, s);
+                    scratch[dst + c] = activate(P.activation, s) * mask(k, n, c);
                 }
             }
             let t = src;

@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Precision};
-use crate::nn::{unravel, Kernels, Model, NetSpec, ParamLayout, TensorInfo};
+use crate::nn::{unravel, Kernels, Layer, Model, NetSpec, ParamLayout, TensorInfo};
 use crate::numgrad::{analytic_gradient, NumericalGradient, PerturbedLossEngine, Strategy};
 
 /// Pass/fail thresholds of one precision.
@@ -134,6 +134,9 @@ pub struct GradcheckReport {
     pub tolerance: Tolerance,
     pub tensors: Vec<TensorCheck>,
     pub directions: Vec<DirectionCheck>,
+    /// Why this check proves less than its verdict says, if it does: BatchNorm at batch 1, or
+    /// tensors whose analytic and numerical gradients are both exactly zero.
+    pub degenerate: Option<String>,
     #[serde(skip)]
     pub analytic: Vec<f64>,
     /// Numerical gradient in the arena layout (NaN for unchecked tensors).
@@ -256,6 +259,7 @@ pub fn check(
         ctx, &kernels, &model, spec, x, labels, &analytic, &indices, config,
     )?;
     let passed = tensors.iter().all(|t| t.passed) && directions.iter().all(|d| d.passed);
+    let degenerate = degeneracy(spec, labels.len(), &selected, &analytic, &numeric);
     Ok(GradcheckReport {
         passed,
         precision: config.precision,
@@ -272,9 +276,48 @@ pub fn check(
         tolerance: tol,
         tensors,
         directions,
+        degenerate,
         analytic,
         numeric,
     })
+}
+
+/// What makes a check vacuous: BatchNorm over a batch of one (each feature's batch variance is
+/// 0, so it outputs β whatever its input, and every gradient below it is exactly 0, as in the
+/// book's ch06 check), and any tensor whose analytic and numerical gradients are both
+/// identically 0, which agree without showing anything.
+fn degeneracy(
+    spec: &NetSpec,
+    batch: usize,
+    selected: &[&TensorInfo],
+    analytic: &[f64],
+    numeric: &[f64],
+) -> Option<String> {
+    let mut why = Vec::new();
+    // Each BatchNorm channel normalises over N·S values (S = H·W after a convolution).
+    let (layers, _) = spec.resolve().expect("a checked net");
+    let batchnorm_over_one =
+        (layers.iter()).any(|l| matches!(l, Layer::BatchNorm(bn) if bn.s * batch == 1));
+    if batchnorm_over_one {
+        why.push(
+            "BatchNorm over a batch of 1 has zero batch variance, so the gradients below it are exactly 0: use --batch 2 or more".to_string(),
+        );
+    }
+    let zero: Vec<&str> = (selected.iter())
+        .filter(|t| {
+            let r = t.offset..t.offset + t.numel;
+            analytic[r.clone()].iter().all(|&a| a == 0.0) && numeric[r].iter().all(|&n| n == 0.0)
+        })
+        .map(|t| t.name.as_str())
+        .collect();
+    if !zero.is_empty() {
+        why.push(format!(
+            "{} {} analytic and numerical gradients that are both identically 0, which agree without checking anything",
+            zero.join(", "),
+            if zero.len() == 1 { "has" } else { "have" }
+        ));
+    }
+    (!why.is_empty()).then(|| why.join("; "))
 }
 
 fn bits(values: &[f64]) -> Vec<u64> {

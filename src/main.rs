@@ -691,6 +691,9 @@ fn print_gradcheck(r: &gradcheck::GradcheckReport) {
             String::new()
         }
     );
+    if let Some(why) = &r.degenerate {
+        println!("DEGENERATE: {why}");
+    }
     println!("{}", if r.passed { "PASSED" } else { "FAILED" });
 }
 

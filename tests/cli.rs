@@ -958,3 +958,37 @@ fn gradcheck_saves_both_gradients_in_f64() {
         }
     }
 }
+
+/// BatchNorm over one sample makes every gradient below it exactly 0, so the check passes
+/// without checking anything (the book's ch06 check does this): the report says so, and says
+/// nothing when the batch has two samples.
+#[test]
+fn gradcheck_flags_batchnorm_over_a_batch_of_one() {
+    if !common::f64_runs() {
+        return;
+    }
+    let check = |batch: &str| -> Value {
+        let run = wgrad(&[
+            "gradcheck",
+            "--hidden",
+            "6",
+            "--batchnorm",
+            "--crop",
+            "8",
+            "--batch",
+            batch,
+            "--json",
+        ]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        serde_json::from_str(run.stdout.trim()).unwrap()
+    };
+    let one = check("1");
+    let why = one["degenerate"]
+        .as_str()
+        .expect("a batch of one is degenerate");
+    assert!(why.contains("--batch 2"), "{why}");
+    assert!(why.contains("W1, b1"), "{why}");
+    let two = check("2");
+    assert!(two["degenerate"].is_null(), "{two}");
+    assert_eq!(two["passed"], true, "{two}");
+}

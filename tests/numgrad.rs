@@ -7,6 +7,7 @@ mod common;
 use wgrad::data;
 use wgrad::gpu::{GpuContext, Precision};
 use wgrad::gradcheck::{self, GradcheckConfig};
+use wgrad::nn::layers::parse_layers;
 use wgrad::nn::{init_params, Activation, Init, Kernels, Model, NetSpec};
 use wgrad::numgrad::{default_h, Perturbation, PerturbedLossEngine, Strategy};
 use wgrad::reference::RefMlp;
@@ -307,6 +308,104 @@ fn results_do_not_depend_on_chunk_size_or_order() {
                 "{strategy} reversed order"
             );
         }
+    }
+}
+
+/// Dropout inside the incremental kernel's MLP (its fixed mask applied to each hidden unit):
+/// the same numerical gradient as complete forward passes, at one sample and at several.
+#[test]
+fn dropout_mlps_agree_between_incremental_and_full() {
+    let Some(ctx) = f64_ctx() else { return };
+    for (hidden, activation, n) in [
+        (vec![12, 9], Activation::Relu, 6),
+        (vec![11], Activation::Sigmoid, 1),
+        (vec![7, 8], Activation::Tanh, 3),
+    ] {
+        let mut s = NetSpec::mlp(30, &hidden, 10, activation).with_dropout(0.3);
+        s.weight_decay = 0.01;
+        let params = init_params(&s, Init::He, 4);
+        let x: Vec<f64> = (0..n * 30)
+            .map(|i| ((i * 37 % 23) as f64 - 11.0) / 7.0)
+            .collect();
+        let t: Vec<u32> = (0..n as u32).map(|i| (i * 3) % 10).collect();
+        let run = |strategy| {
+            let cfg = config(Precision::F64, strategy);
+            gradcheck::check(ctx, &s, &params, &x, &t, &cfg).unwrap()
+        };
+        let (full, inc) = (run(Strategy::Full), run(Strategy::Incremental));
+        assert!(full.passed && inc.passed, "{hidden:?}: {:?}", inc.tensors);
+        let diff = (full.numeric.iter().zip(&inc.numeric))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(diff < 1e-9, "{hidden:?}: strategies differ by {diff}");
+        let kinks = |r: &gradcheck::GradcheckReport| {
+            r.tensors
+                .iter()
+                .map(|t| t.kink_crossings)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kinks(&full), kinks(&inc), "{hidden:?}");
+    }
+}
+
+/// BatchNorm and LayerNorm inside the incremental kernel's MLP (shaders/perturbed_norm_mlp.wgsl):
+/// the same numerical gradient and kink counts as complete forward passes, for a perturbation
+/// in every kind of tensor (W, b, γ, β), with dropout, weight decay, a convolution head below the
+/// tail, and BatchNorm over a batch of one.
+#[test]
+fn normalised_mlps_agree_between_incremental_and_full() {
+    let Some(ctx) = f64_ctx() else { return };
+    let cases: [(&str, [usize; 3], usize); 5] = [
+        ("affine12,bn,relu,affine9,bn,relu,affine10", [1, 1, 30], 5),
+        (
+            "affine11,ln,tanh,affine8,ln,tanh,dropout0.3,affine10",
+            [1, 1, 30],
+            3,
+        ),
+        (
+            "affine7,bn,sigmoid,affine6,ln,sigmoid,dropout0.2,affine10",
+            [1, 1, 30],
+            4,
+        ),
+        ("affine9,bn,relu,affine10", [1, 1, 30], 1),
+        (
+            "conv3x3,relu,affine8,bn,relu,dropout0.25,affine10",
+            [1, 6, 6],
+            6,
+        ),
+    ];
+    for (layers, image, n) in cases {
+        let mut s = NetSpec::sequential(image, parse_layers(layers).unwrap()).unwrap();
+        s.weight_decay = 0.01;
+        let mut params = init_params(&s, Init::He, 6);
+        // γ and β away from their initial 1 and 0, so a mix-up between them shows.
+        for t in s.layout().tensors.iter().filter(|t| !t.is_weight()) {
+            for (k, v) in params[t.offset..t.offset + t.numel].iter_mut().enumerate() {
+                *v += 0.1 * ((k % 5) as f64 - 2.0);
+            }
+        }
+        let d = s.input;
+        let x: Vec<f64> = (0..n * d)
+            .map(|i| ((i * 37 % 23) as f64 - 11.0) / 7.0)
+            .collect();
+        let t: Vec<u32> = (0..n as u32).map(|i| (i * 3) % 10).collect();
+        let run = |strategy| {
+            let cfg = config(Precision::F64, strategy);
+            gradcheck::check(ctx, &s, &params, &x, &t, &cfg).unwrap()
+        };
+        let (full, inc) = (run(Strategy::Full), run(Strategy::Incremental));
+        assert!(full.passed && inc.passed, "{layers}: {:?}", inc.tensors);
+        let diff = (full.numeric.iter().zip(&inc.numeric))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(diff < 1e-9, "{layers} n={n}: strategies differ by {diff}");
+        let kinks = |r: &gradcheck::GradcheckReport| {
+            r.tensors
+                .iter()
+                .map(|t| t.kink_crossings)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kinks(&full), kinks(&inc), "{layers}");
     }
 }
 

@@ -205,6 +205,11 @@ impl Workspace {
         self.labels.write_u32(ctx, 0, labels);
     }
 
+    /// What layer `i`'s forward kept (the numerical gradient reads the unperturbed pass's).
+    pub fn saved(&self, i: usize) -> &Saved {
+        &self.saved[i]
+    }
+
     fn has_grads(&self) -> bool {
         !self.d_out.is_empty()
     }

@@ -11,12 +11,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{self, grid, shaders, Binding, Entry, KernelBindings, Placeholders};
-use crate::gpu::{Dispatch, Gpu, GpuBuffer, GpuContext, Precision};
-use crate::nn::{Activation, Copies, Kernels, Layer, Mode, Model, Recorder, Workspace};
+use crate::gpu::kernel;
+use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Precision};
+use crate::nn::{Copies, Kernels, Layer, Mode, Model, Recorder, Workspace};
 use crate::train::{copy_loss, train_metrics, StatsWord, STATE_WORDS, STATS_WORDS};
 
 /// How perturbed losses are evaluated.
@@ -146,7 +144,7 @@ impl<'a> PerturbedLossEngine<'a> {
         // head of a convnet) take the MLP kernel; a perturbation below them recomputes from its
         // own layer up. Full: every evaluation is a complete forward pass from layer 0.
         let tail = match strategy {
-            Strategy::Incremental => MlpTail::of(model),
+            Strategy::Incremental => MlpTail::of(model, n),
             Strategy::Full => None,
         };
         let tail_start = tail.as_ref().map_or(model.layers.len(), |t| t.start);
@@ -176,7 +174,7 @@ impl<'a> PerturbedLossEngine<'a> {
         };
         let mut work = Vec::new();
         if let (Some(tail), Some(chunk)) = (&tail, tail_chunk) {
-            let (d, kept) = tail.dispatches(&rec.gpu(), model, &base, n, chunk, &bufs)?;
+            let (d, kept) = tail.dispatches(&rec.gpu(), model, &base, chunk, &bufs)?;
             work.extend(kept);
             routes.push((chunk, d));
         }
@@ -334,6 +332,9 @@ struct EngineBuffers {
     out_flips: GpuBuffer,
 }
 
+mod tail;
+use tail::MlpTail;
+
 /// Perturbations per chunk of the routes that recompute layers (when a parameter lies below
 /// the MLP tail) and of the MLP kernel (when there is a tail): as many as `CHUNK_BYTES` of
 /// activations hold, within the device's binding limit, or `chunk` when given.
@@ -348,15 +349,25 @@ fn chunk_sizes(
     let tail_start = tail.map_or(model.layers.len(), |t| t.start);
     let needs_recompute = model.layers[..tail_start].iter().any(has_params);
     let limit = |elem_bytes: usize| ctx.max_binding_elems(elem_bytes.max(1)).clamp(1, 65_535);
+    // A chunk is padded to its full size, so none is larger than its route can ever fill: two
+    // perturbations for each parameter of the layer (or of the tail) it serves.
+    let numel = |layers: &[Layer]| -> usize {
+        let tensors = layers.iter().flat_map(|l| l.tensors());
+        tensors.map(|t| model.layout.tensors[t].numel).sum()
+    };
     let recompute = needs_recompute.then(|| {
         let per_eval = n * model.sizes.iter().sum::<usize>() * 2 * bytes + n * 8;
         let max_size = *model.sizes.iter().max().expect("at least one layer");
-        let auto = (CHUNK_BYTES / per_eval).clamp(1, limit(n * max_size * bytes));
+        let fill = (model.layers[..tail_start].iter())
+            .map(|l| 2 * numel(std::slice::from_ref(l)))
+            .max()
+            .unwrap_or(1);
+        let auto = (CHUNK_BYTES / per_eval).min(fill);
         chunk.unwrap_or(auto).clamp(1, limit(n * max_size * bytes))
     });
     let tail_chunk = tail.map(|t| {
-        let per_eval = 2 * t.max_width() * bytes;
-        let auto = (CHUNK_BYTES / per_eval).clamp(1, limit(per_eval));
+        let per_eval = t.scratch_per_eval(n) * bytes;
+        let auto = (CHUNK_BYTES / per_eval).min(2 * numel(&model.layers[t.start..]));
         chunk.unwrap_or(auto).clamp(1, limit(per_eval))
     });
     (recompute, tail_chunk)
@@ -407,258 +418,6 @@ fn recompute_routes(
         routes.push((ws.copies, d));
     }
     Ok(routes)
-}
-
-/// The trailing affine/activation layers of a net (all of a plain MLP): where perturbed losses
-/// can be evaluated incrementally by shaders/perturbed_mlp.wgsl.
-struct MlpTail {
-    /// Index of its first (affine) layer.
-    start: usize,
-    /// Its affine layers' indices, and their widths [input, out₁, …, classes].
-    affine: Vec<usize>,
-    widths: Vec<usize>,
-    activation: Activation,
-}
-
-impl MlpTail {
-    fn of(model: &Model) -> Option<MlpTail> {
-        let layers = &model.layers;
-        let mut start = layers.len();
-        let mut activation = None;
-        // Walk back over Affine (Act Affine)*: an activation must sit between two affines.
-        while start > 0 {
-            match &layers[start - 1] {
-                Layer::Affine(_) => start -= 1,
-                Layer::Activation(act)
-                    if start < layers.len() && matches!(layers[start], Layer::Affine(_)) =>
-                {
-                    let a = act.kind;
-                    if start >= 2
-                        && matches!(layers[start - 2], Layer::Affine(_))
-                        && activation.is_none_or(|x| x == a)
-                    {
-                        activation = Some(a);
-                        start -= 1;
-                    } else {
-                        break;
-                    }
-                }
-                _ => break,
-            }
-        }
-        // Two affines in a row cannot be split by the kernel's layer table; require alternation.
-        let tail = &layers[start..];
-        let alternates = tail
-            .iter()
-            .enumerate()
-            .all(|(k, l)| matches!(l, Layer::Affine(_)) == (k % 2 == 0));
-        if tail.is_empty() || !alternates {
-            return None;
-        }
-        let affine: Vec<usize> = (start..layers.len()).step_by(2).collect();
-        let mut widths = vec![if start == 0 {
-            model.spec.input
-        } else {
-            model.sizes[start - 1]
-        }];
-        widths.extend(affine.iter().map(|&i| model.sizes[i]));
-        Some(MlpTail {
-            start,
-            affine,
-            widths,
-            activation: activation.unwrap_or(Activation::Relu),
-        })
-    }
-
-    fn max_width(&self) -> usize {
-        *self.widths[1..].iter().max().expect("at least one layer")
-    }
-
-    /// The unperturbed pre-activations and activations of every tail layer, side by side in
-    /// one read-only buffer, and the layer table (6 words a layer) that locates them.
-    fn base_activations(
-        &self,
-        ctx: &GpuContext,
-        model: &Model,
-        base: &Workspace,
-    ) -> (GpuBuffer, GpuBuffer) {
-        let (n, bytes) = (base.rows, model.precision.bytes());
-        let widths = &self.widths;
-        let mut table = Vec::new();
-        let mut offset = 0usize;
-        let mut sources = Vec::new();
-        for (l, &i) in self.affine.iter().enumerate() {
-            let Layer::Affine(affine) = &model.layers[i] else {
-                unreachable!("tail layers alternate")
-            };
-            let pre_off = offset;
-            offset += n * widths[l + 1];
-            sources.push((&base.out[i], pre_off));
-            let act_off = if l + 1 < self.affine.len() {
-                sources.push((&base.out[i + 1], offset));
-                offset += n * widths[l + 1];
-                offset - n * widths[l + 1]
-            } else {
-                0
-            };
-            let tensor = |t: usize| model.layout.tensors[t].offset;
-            let (w, b) = (tensor(affine.weight), tensor(affine.bias));
-            table.extend([widths[l], widths[l + 1], w, b, pre_off, act_off].map(|v| v as u32));
-        }
-        let concat = GpuBuffer::real(ctx, "base_activations", offset, model.precision);
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        for (src, at) in sources {
-            let (to, size) = ((at * bytes) as u64, (src.len * bytes) as u64);
-            encoder.copy_buffer_to_buffer(&src.buffer, 0, &concat.buffer, to, size);
-        }
-        ctx.queue.submit([encoder.finish()]);
-        (concat, GpuBuffer::from_u32(ctx, "layer_table", &table))
-    }
-
-    /// The kernel's dispatches (one per slice of the batch) and the buffers they keep alive.
-    fn dispatches(
-        &self,
-        gpu: &Gpu,
-        model: &Model,
-        base: &Workspace,
-        n: usize,
-        chunk: usize,
-        bufs: &EngineBuffers,
-    ) -> Result<(Vec<Dispatch>, Vec<GpuBuffer>)> {
-        let (concat, table) = self.base_activations(gpu.ctx, model, base);
-        let input = if self.start == 0 {
-            &base.x
-        } else {
-            &base.out[self.start - 1]
-        };
-        let max_width = self.max_width();
-        let scratch = GpuBuffer::real(gpu.ctx, "scratch", chunk * 2 * max_width, model.precision);
-        let (groups, row_width) = grid(chunk);
-        let slice = samples_per_dispatch(&self.widths).ok_or_else(|| {
-            Error::InvalidArgument(
-                "this net's layers are too wide for the incremental kernel (one sample's update exceeds the 65,535 loop iterations lavapipe allows an invocation): use --strategy full".into(),
-            )
-        })?;
-        let bindings = PerturbedMlpBindings {
-            layers: &table,
-            theta: &model.params,
-            x: input,
-            labels: &base.labels,
-            base: &concat,
-            base_loss: &base.row_loss,
-            pert: &bufs.pert,
-            h: &bufs.h,
-            out_loss: &bufs.out_loss,
-            out_flips: &bufs.out_flips,
-            scratch: &scratch,
-        };
-        let dispatches = (0..n)
-            .step_by(slice)
-            .map(|begin| {
-                let params = PerturbedMlpParams {
-                    perturbations: chunk as u32,
-                    depth: self.affine.len() as u32,
-                    n: n as u32,
-                    classes: model.spec.output as u32,
-                    scratch_stride: (2 * max_width) as u32,
-                    activation: self.activation.code(),
-                    row_width,
-                    n_begin: begin as u32,
-                    n_end: (begin + slice).min(n) as u32,
-                    _pad: [0; 3],
-                };
-                gpu.kernels
-                    .dispatch(gpu.ctx, &PERTURBED_MLP, &params, &bindings, groups)
-            })
-            .collect();
-        Ok((dispatches, vec![concat, table, scratch]))
-    }
-}
-
-/// perturbed_mlp.wgsl's Params.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct PerturbedMlpParams {
-    /// Invocations in this dispatch.
-    perturbations: u32,
-    /// Affine layers.
-    depth: u32,
-    n: u32,
-    classes: u32,
-    /// Reals of scratch per invocation.
-    scratch_stride: u32,
-    /// The hidden layers' [`Activation::code`].
-    activation: u32,
-    row_width: u32,
-    /// This dispatch's slice of the batch.
-    n_begin: u32,
-    n_end: u32,
-    _pad: [u32; 3],
-}
-
-/// perturbed_mlp.wgsl's buffers.
-struct PerturbedMlpBindings<'a> {
-    /// The layer table.
-    layers: &'a GpuBuffer,
-    theta: &'a GpuBuffer,
-    /// The tail's input [N, D].
-    x: &'a GpuBuffer,
-    labels: &'a GpuBuffer,
-    /// Pre-activations and activations of every tail layer.
-    base: &'a GpuBuffer,
-    /// [N] per-sample unperturbed loss.
-    base_loss: &'a GpuBuffer,
-    pert: &'a GpuBuffer,
-    h: &'a GpuBuffer,
-    out_loss: &'a GpuBuffer,
-    out_flips: &'a GpuBuffer,
-    scratch: &'a GpuBuffer,
-}
-
-impl KernelBindings for PerturbedMlpBindings<'_> {
-    type Params = PerturbedMlpParams;
-    const ACCESS: &'static [Binding] = &[
-        Binding::Read,
-        Binding::Read,
-        Binding::Read,
-        Binding::Read,
-        Binding::Read,
-        Binding::Read,
-        Binding::Read,
-        Binding::Read,
-        Binding::ReadWrite,
-        Binding::ReadWrite,
-        Binding::ReadWrite,
-    ];
-    fn buffers<'a>(&'a self, _: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
-        [
-            self.layers,
-            self.theta,
-            self.x,
-            self.labels,
-            self.base,
-            self.base_loss,
-            self.pert,
-            self.h,
-            self.out_loss,
-            self.out_flips,
-            self.scratch,
-        ]
-        .map(|b| &b.buffer)
-        .to_vec()
-    }
-}
-
-const PERTURBED_MLP: Entry = Entry::new(shaders::PERTURBED_MLP, "perturbed_losses");
-
-/// Samples one incremental dispatch may take: lavapipe stops a shader invocation after 65,535
-/// loop iterations in all, and each sample costs up to the rank-one update of the layer above
-/// the perturbed one, the dense layers above that, and three passes over the classes.
-fn samples_per_dispatch(widths: &[usize]) -> Option<usize> {
-    let dense: usize = widths.windows(2).skip(2).map(|w| w[0] * w[1] + w[1]).sum();
-    let per_sample =
-        widths[1..].iter().max().copied().unwrap_or(1) + dense + 3 * widths[widths.len() - 1] + 8;
-    (per_sample <= 60_000).then(|| (30_000 / per_sample).max(1))
 }
 
 fn penalty(model: &Model, params: &[f64]) -> f64 {

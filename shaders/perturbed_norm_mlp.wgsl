@@ -1,0 +1,366 @@
+// Incremental perturbed losses for an MLP with BatchNorm or LayerNorm: one invocation per
+// perturbation (flat parameter index, sign), each evaluating the real loss L(θ ± h·e_i) over the
+// whole batch. Blocks are Affine → [BatchNorm | LayerNorm] → act → [Dropout], the last one an
+// Affine alone (the logits).
+//
+// Perturbing W_l[i, j] or b_l[j] changes column j of block l's affine output z_l, for every
+// sample (by ±h·in[n, i], or ±h); perturbing γ_l[j] or β_l[j] changes column j of its norm.
+//   - BatchNorm normalises per feature over the batch: column j's statistics are recomputed in
+//     O(N), and the change stays in column j. The activation and dropout mask keep it there, so
+//     block l + 1's affine output changes by a rank-one update, Δa[:, j] ⊗ W_{l+1}[j, :].
+//   - LayerNorm normalises per sample over the features: a change to one unit moves its sample's
+//     mean and variance, so that sample's whole row is recomputed (no other sample's), and block
+//     l + 1's affine output is a dense product for that row.
+// From block l + 1 on, every row is recomputed densely: BatchNorm's statistics there couple all
+// samples, so the invocation keeps all N rows in its scratch (two [N, Fmax] buffers).
+// Everything unperturbed (inputs, activations, masks, per-sample losses, parameters) is read-only
+// and shared; each invocation writes only its own loss, kink count and scratch, so no evaluation
+// can see another's change. Samples whose input to a perturbed weight is 0 keep their base row
+// where nothing couples them (the perturbed block has no BatchNorm).
+//
+// layers[l] (12 words): in, out, W offset, b offset, z offset (affine output), norm kind (0 none,
+// 1 BatchNorm, 2 LayerNorm), γ offset, β offset, y offset (the norm's output: the activation's
+// input), a offset (after activation and dropout), mask offset (NONE: no dropout), unused. The
+// offsets of z, y, a and the mask point into `base`, of W, b, γ, β into θ.
+
+#include "activations.wgsl"
+
+struct Params {
+    perturbations: u32,   // invocations in this dispatch
+    depth: u32,           // blocks (affine layers)
+    n: u32,               // batch rows
+    classes: u32,
+    scratch_stride: u32,  // reals of scratch per invocation: N + 2·N·max_width
+    max_width: u32,
+    activation: u32,      // the hidden layers' ACT_ kind (activations.wgsl)
+    row_width: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> layers: array<u32>;
+@group(0) @binding(2) var<storage, read> theta: array<real>;
+@group(0) @binding(3) var<storage, read> x: array<real>;         // [N, D]: the tail's input
+@group(0) @binding(4) var<storage, read> labels: array<u32>;     // [N]
+@group(0) @binding(5) var<storage, read> base: array<real>;      // z, y, a, masks of every block
+@group(0) @binding(6) var<storage, read> base_loss: array<real>; // [N] per-sample loss
+@group(0) @binding(7) var<storage, read> pert: array<u32>;       // (flat index, sign) pairs
+@group(0) @binding(8) var<storage, read> hstep: array<real>;     // [h]
+@group(0) @binding(9) var<storage, read> eps: array<real>;       // [BatchNorm eps, LayerNorm eps]
+@group(0) @binding(10) var<storage, read_write> out_loss: array<real>;
+@group(0) @binding(11) var<storage, read_write> out_flips: array<u32>;
+@group(0) @binding(12) var<storage, read_write> scratch: array<real>;
+
+const NONE: u32 = 0xffffffffu;
+const NO_NORM: u32 = 0u;
+const BATCH_NORM: u32 = 1u;
+const LAYER_NORM: u32 = 2u;
+// What the perturbation moves.
+const MOVES_W: u32 = 0u;
+const MOVES_B: u32 = 1u;
+const MOVES_GAMMA: u32 = 2u;
+const MOVES_BETA: u32 = 3u;
+
+fn layer(l: u32, field: u32) -> u32 {
+    return layers[12u * l + field];
+}
+
+// The dropout mask of block l at (sample n, unit c): 0 or 1/(1 − p), 1 without dropout.
+fn mask(l: u32, n: u32, c: u32) -> real {
+    let at = layer(l, 10u);
+    if (at == NONE) {
+        return real(1.0);
+    }
+    return base[at + n * layer(l, 1u) + c];
+}
+
+// Block l's input at (sample n, unit i): the tail's input, or block l − 1's activations.
+fn block_input(l: u32, n: u32, i: u32) -> real {
+    if (l == 0u) {
+        return x[n * layer(0u, 0u) + i];
+    }
+    return base[layer(l - 1u, 9u) + n * layer(l, 0u) + i];
+}
+
+// Softmax-CE of the row of `classes` logits at scratch[at ..].
+fn row_loss(at: u32, t: u32) -> real {
+    var m = scratch[at];
+    for (var c = 1u; c < P.classes; c++) {
+        m = max(m, scratch[at + c]);
+    }
+    var s = real(0.0);
+    for (var c = 0u; c < P.classes; c++) {
+        s += exp_r(scratch[at + c] - m);
+    }
+    return (m - scratch[at + t]) + log_r(s);
+}
+
+// Normalises, activates and masks block k's rows [N, out] in place at scratch[rows ..]
+// (γ and β as θ holds them), counting the units whose side of a kink differs from the base
+// pass. Returns the count.
+fn finish_block(k: u32, rows: u32) -> u32 {
+    let outs = layer(k, 1u);
+    let kind = layer(k, 5u);
+    let g = layer(k, 6u);
+    let b = layer(k, 7u);
+    if (kind == BATCH_NORM) {
+        for (var c = 0u; c < outs; c++) {
+            var mean = real(0.0);
+            for (var n = 0u; n < P.n; n++) {
+                mean += scratch[rows + n * outs + c];
+            }
+            mean = mean / real(P.n);
+            var var_ = real(0.0);
+            for (var n = 0u; n < P.n; n++) {
+                let d = scratch[rows + n * outs + c] - mean;
+                var_ += d * d;
+            }
+            let inv = real(1.0) / sqrt(var_ / real(P.n) + eps[0]);
+            for (var n = 0u; n < P.n; n++) {
+                let at = rows + n * outs + c;
+                scratch[at] = theta[g + c] * ((scratch[at] - mean) * inv) + theta[b + c];
+            }
+        }
+    } else if (kind == LAYER_NORM) {
+        for (var n = 0u; n < P.n; n++) {
+            normalise_row(rows + n * outs, outs, g, b, NONE, real(0.0), real(0.0));
+        }
+    }
+    var flips = 0u;
+    for (var n = 0u; n < P.n; n++) {
+        for (var c = 0u; c < outs; c++) {
+            let at = rows + n * outs + c;
+            let y = scratch[at];
+            if (crosses_kink(P.activation, y, base[layer(k, 8u) + n * outs + c])) {
+                flips += 1u;
+            }
+            scratch[at] = activate(P.activation, y) * mask(k, n, c);
+        }
+    }
+    return flips;
+}
+
+// LayerNorm of the row of `f` values at scratch[at ..], in place, with γ_j and β_j moved by
+// dg and db at unit j (NONE: none moved).
+fn normalise_row(at: u32, f: u32, g: u32, b: u32, j: u32, dg: real, db: real) {
+    var mean = real(0.0);
+    for (var c = 0u; c < f; c++) {
+        mean += scratch[at + c];
+    }
+    mean = mean / real(f);
+    var var_ = real(0.0);
+    for (var c = 0u; c < f; c++) {
+        let d = scratch[at + c] - mean;
+        var_ += d * d;
+    }
+    let inv = real(1.0) / sqrt(var_ / real(f) + eps[1]);
+    for (var c = 0u; c < f; c++) {
+        var gamma = theta[g + c];
+        var beta = theta[b + c];
+        if (c == j) {
+            gamma += dg;
+            beta += db;
+        }
+        scratch[at + c] = gamma * ((scratch[at + c] - mean) * inv) + beta;
+    }
+}
+
+// rows_out [N, out_k] = rows_in [N, in_k] · W_k + b_k
+fn dense(k: u32, rows_in: u32, rows_out: u32) {
+    let ins = layer(k, 0u);
+    let outs = layer(k, 1u);
+    let w = layer(k, 2u);
+    let b = layer(k, 3u);
+    for (var n = 0u; n < P.n; n++) {
+        for (var c = 0u; c < outs; c++) {
+            var s = theta[b + c];
+            for (var r = 0u; r < ins; r++) {
+                s += scratch[rows_in + n * ins + r] * theta[w + r * outs + c];
+            }
+            scratch[rows_out + n * outs + c] = s;
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let q = gid.y * P.row_width + gid.x;
+    if (q >= P.perturbations) {
+        return;
+    }
+    let flat = pert[2u * q];
+    let delta = select(hstep[0], -hstep[0], pert[2u * q + 1u] == 1u);
+
+    // Which block, what it moves, and which (input i, unit j).
+    var l = 0u;
+    var moves = MOVES_W;
+    var i = 0u;
+    var j = 0u;
+    for (var k = 0u; k < P.depth; k++) {
+        let ins = layer(k, 0u);
+        let outs = layer(k, 1u);
+        let w = layer(k, 2u);
+        let b = layer(k, 3u);
+        if (flat >= w && flat < w + ins * outs) {
+            l = k;
+            moves = MOVES_W;
+            i = (flat - w) / outs;
+            j = (flat - w) % outs;
+        } else if (flat >= b && flat < b + outs) {
+            l = k;
+            moves = MOVES_B;
+            j = flat - b;
+        } else if (layer(k, 5u) != NO_NORM && flat >= layer(k, 6u) && flat < layer(k, 6u) + outs) {
+            l = k;
+            moves = MOVES_GAMMA;
+            j = flat - layer(k, 6u);
+        } else if (layer(k, 5u) != NO_NORM && flat >= layer(k, 7u) && flat < layer(k, 7u) + outs) {
+            l = k;
+            moves = MOVES_BETA;
+            j = flat - layer(k, 7u);
+        }
+    }
+
+    let outs = layer(l, 1u);
+    let last = P.depth - 1u;
+    let norm = layer(l, 5u);
+    let col = q * P.scratch_stride;
+    let rows_a = col + P.n;
+    let rows_b = rows_a + P.n * P.max_width;
+
+    // Column j of z_l, per sample, into scratch[col ..]; `moved` says whether any changed.
+    var moved = moves == MOVES_GAMMA || moves == MOVES_BETA;
+    for (var n = 0u; n < P.n; n++) {
+        var dz = real(0.0);
+        if (moves == MOVES_W) {
+            dz = delta * block_input(l, n, i);
+        } else if (moves == MOVES_B) {
+            dz = delta;
+        }
+        moved = moved || dz != real(0.0);
+        scratch[col + n] = base[layer(l, 4u) + n * outs + j] + dz;
+    }
+    var total = real(0.0);
+    if (!moved) {
+        // A weight whose input is 0 in every sample changes nothing.
+        for (var n = 0u; n < P.n; n++) {
+            total += base_loss[n];
+        }
+        out_loss[q] = total / real(P.n);
+        out_flips[q] = 0u;
+        return;
+    }
+    var flips = 0u;
+    if (l == last) {
+        // The logits themselves: copy each row, change unit j.
+        for (var n = 0u; n < P.n; n++) {
+            for (var c = 0u; c < outs; c++) {
+                scratch[rows_a + c] = base[layer(l, 4u) + n * outs + c];
+            }
+            scratch[rows_a + j] = scratch[col + n];
+            total += row_loss(rows_a, labels[n]);
+        }
+        out_loss[q] = total / real(P.n);
+        out_flips[q] = 0u;
+        return;
+    }
+
+    let dg = select(real(0.0), delta, moves == MOVES_GAMMA);
+    let db = select(real(0.0), delta, moves == MOVES_BETA);
+    let next_outs = layer(l + 1u, 1u);
+    if (norm == LAYER_NORM) {
+        // Each sample's whole row: its statistics move with unit j. A sample whose unit j did
+        // not move (its input to the weight is 0) keeps its rows, up to block l + 1's affine
+        // output, which is copied from the base pass instead of recomputed.
+        let gamma_or_beta = moves == MOVES_GAMMA || moves == MOVES_BETA;
+        for (var n = 0u; n < P.n; n++) {
+            let row = rows_a + n * outs;
+            if (!gamma_or_beta && scratch[col + n] == base[layer(l, 4u) + n * outs + j]) {
+                continue;
+            }
+            for (var c = 0u; c < outs; c++) {
+                scratch[row + c] = base[layer(l, 4u) + n * outs + c];
+            }
+            scratch[row + j] = scratch[col + n];
+            normalise_row(row, outs, layer(l, 6u), layer(l, 7u), j, dg, db);
+            for (var c = 0u; c < outs; c++) {
+                let y = scratch[row + c];
+                if (crosses_kink(P.activation, y, base[layer(l, 8u) + n * outs + c])) {
+                    flips += 1u;
+                }
+                scratch[row + c] = activate(P.activation, y) * mask(l, n, c);
+            }
+        }
+        let next_w = layer(l + 1u, 2u);
+        let next_b = layer(l + 1u, 3u);
+        for (var n = 0u; n < P.n; n++) {
+            let out_row = rows_b + n * next_outs;
+            let kept = !gamma_or_beta && scratch[col + n] == base[layer(l, 4u) + n * outs + j];
+            for (var c = 0u; c < next_outs; c++) {
+                if (kept) {
+                    scratch[out_row + c] = base[layer(l + 1u, 4u) + n * next_outs + c];
+                    continue;
+                }
+                var s = theta[next_b + c];
+                for (var r = 0u; r < outs; r++) {
+                    s += scratch[rows_a + n * outs + r] * theta[next_w + r * next_outs + c];
+                }
+                scratch[out_row + c] = s;
+            }
+        }
+    } else {
+        // Column j alone: BatchNorm's statistics of that column over the batch.
+        var gamma = real(1.0);
+        var beta = real(0.0);
+        var mean = real(0.0);
+        var inv = real(1.0);
+        if (norm == BATCH_NORM) {
+            gamma = theta[layer(l, 6u) + j] + dg;
+            beta = theta[layer(l, 7u) + j] + db;
+            for (var n = 0u; n < P.n; n++) {
+                mean += scratch[col + n];
+            }
+            mean = mean / real(P.n);
+            var spread = real(0.0);
+            for (var n = 0u; n < P.n; n++) {
+                let d = scratch[col + n] - mean;
+                spread += d * d;
+            }
+            inv = real(1.0) / sqrt(spread / real(P.n) + eps[0]);
+        }
+        for (var n = 0u; n < P.n; n++) {
+            var y = scratch[col + n];
+            if (norm == BATCH_NORM) {
+                y = gamma * ((y - mean) * inv) + beta;
+            }
+            if (crosses_kink(P.activation, y, base[layer(l, 8u) + n * outs + j])) {
+                flips += 1u;
+            }
+            let a = activate(P.activation, y) * mask(l, n, j);
+            scratch[col + n] = a - base[layer(l, 9u) + n * outs + j];
+        }
+        // Block l + 1's affine output: its base plus Δa[:, j] ⊗ W_{l+1}[j, :].
+        let w_row = layer(l + 1u, 2u) + j * next_outs;
+        for (var n = 0u; n < P.n; n++) {
+            for (var c = 0u; c < next_outs; c++) {
+                let z = base[layer(l + 1u, 4u) + n * next_outs + c];
+                scratch[rows_b + n * next_outs + c] = z + scratch[col + n] * theta[w_row + c];
+            }
+        }
+    }
+
+    // Blocks l + 1 … last, every row, ping-ponging between the two scratch buffers.
+    var cur = rows_b;
+    var other = rows_a;
+    for (var k = l + 1u; k < last; k++) {
+        flips += finish_block(k, cur);
+        dense(k + 1u, cur, other);
+        let t = cur;
+        cur = other;
+        other = t;
+    }
+    for (var n = 0u; n < P.n; n++) {
+        total += row_loss(cur + n * P.classes, labels[n]);
+    }
+    out_loss[q] = total / real(P.n);
+    out_flips[q] = flips;
+}

@@ -1,0 +1,502 @@
+//! The incremental routes through a net's trailing MLP: perturbed losses computed from the
+//! unperturbed activations, recomputing only what a one-element change touches.
+//!
+//! Two kernels serve a tail of blocks Affine → [BatchNorm | LayerNorm] → act → [Dropout], ending
+//! in an Affine: shaders/perturbed_mlp.wgsl when no block normalises (each sample on its own, so
+//! samples whose input to the perturbed weight is 0 cost nothing and long batches split across
+//! dispatches), shaders/perturbed_norm_mlp.wgsl when one does (BatchNorm couples the samples, so
+//! an invocation keeps all N rows; a tail whose invocation would pass lavapipe's loop limit is
+//! left to the recomputing routes). Dropout is its fixed mask during a check, in both.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::EngineBuffers;
+use crate::error::Result;
+use crate::gpu::kernel::{grid, shaders, Binding, Entry, KernelBindings, Placeholders};
+use crate::gpu::{Dispatch, Gpu, GpuBuffer, GpuContext};
+use crate::nn::layers::batchnorm::BATCHNORM_EPS;
+use crate::nn::layers::layernorm::LAYERNORM_EPS;
+use crate::nn::layers::Saved;
+use crate::nn::{Activation, Layer, Model, Workspace};
+
+/// One block of the tail.
+struct Block {
+    /// Its affine layer.
+    affine: usize,
+    /// Its BatchNorm or LayerNorm layer (None: none; never in the last block).
+    norm: Option<usize>,
+    /// Whether a change to one unit changes whole rows (LayerNorm), not one column.
+    row_mode: bool,
+    /// Its activation layer (None in the last block).
+    act: Option<usize>,
+    /// Its dropout layer, whose mask the kernels apply.
+    dropout: Option<usize>,
+}
+
+/// The trailing blocks of a net (all of an MLP) that a kernel evaluates incrementally.
+pub(super) struct MlpTail {
+    /// Index of its first (affine) layer.
+    pub start: usize,
+    blocks: Vec<Block>,
+    /// Block widths [input, out₁, …, classes].
+    widths: Vec<usize>,
+    activation: Activation,
+    /// Whether a block normalises (the norm kernel's tail).
+    normalised: bool,
+}
+
+impl MlpTail {
+    /// The longest tail of `model` that a kernel serves, one kind of activation throughout.
+    pub fn of(model: &Model, rows: usize) -> Option<MlpTail> {
+        (0..model.layers.len())
+            .filter_map(|start| MlpTail::from(model, start))
+            .find(|tail| !tail.normalised || tail.norm_iterations(rows) <= LOOP_BUDGET)
+    }
+
+    /// The tail from layer `start`, if the layers from there on are one.
+    fn from(model: &Model, start: usize) -> Option<MlpTail> {
+        let layers = &model.layers;
+        let mut blocks = Vec::new();
+        let mut activation = None;
+        let mut i = start;
+        let at = |i: usize, kind: fn(&Layer) -> bool| layers.get(i).filter(|l| kind(l)).map(|_| i);
+        loop {
+            let affine = at(i, |l| matches!(l, Layer::Affine(_)))?;
+            i += 1;
+            if i == layers.len() {
+                blocks.push(Block {
+                    affine,
+                    norm: None,
+                    row_mode: false,
+                    act: None,
+                    dropout: None,
+                });
+                break;
+            }
+            let norm = at(i, |l| {
+                matches!(l, Layer::BatchNorm(_) | Layer::LayerNorm(_))
+            });
+            i += usize::from(norm.is_some());
+            let Some(Layer::Activation(act)) = layers.get(i) else {
+                return None;
+            };
+            if activation.is_some_and(|a| a != act.kind) {
+                return None;
+            }
+            activation = Some(act.kind);
+            let act = Some(i);
+            i += 1;
+            let dropout = at(i, |l| matches!(l, Layer::Dropout(_)));
+            i += usize::from(dropout.is_some());
+            blocks.push(Block {
+                affine,
+                norm,
+                row_mode: norm.is_some_and(|i| matches!(layers[i], Layer::LayerNorm(_))),
+                act,
+                dropout,
+            });
+        }
+        let mut widths = vec![if start == 0 {
+            model.spec.input
+        } else {
+            model.sizes[start - 1]
+        }];
+        widths.extend(blocks.iter().map(|b| model.sizes[b.affine]));
+        Some(MlpTail {
+            start,
+            normalised: blocks.iter().any(|b| b.norm.is_some()),
+            blocks,
+            widths,
+            activation: activation.unwrap_or(Activation::Relu),
+        })
+    }
+
+    pub fn max_width(&self) -> usize {
+        *self.widths[1..].iter().max().expect("at least one layer")
+    }
+
+    /// Reals of scratch one perturbation needs.
+    pub fn scratch_per_eval(&self, rows: usize) -> usize {
+        if self.normalised {
+            rows + 2 * rows * self.max_width()
+        } else {
+            2 * self.max_width()
+        }
+    }
+
+    /// The most loop iterations one invocation of the norm kernel runs (the perturbed block's
+    /// column or rows, the next affine, every block above densely, the loss), over where the
+    /// perturbation may lie.
+    fn norm_iterations(&self, n: usize) -> usize {
+        let w = &self.widths;
+        let depth = self.blocks.len();
+        let above = |l: usize| -> usize {
+            (l + 1..depth - 1)
+                .map(|k| 5 * n * w[k + 1] + n * w[k + 1] * w[k + 2])
+                .sum::<usize>()
+                + 3 * n * w[depth]
+        };
+        (0..depth)
+            .map(|l| {
+                let here = match &self.blocks[l] {
+                    _ if l + 1 == depth => n * w[l + 1],
+                    // LayerNorm: each row recomputed, then a dense product for it.
+                    Block {
+                        norm: Some(_),
+                        row_mode: true,
+                        ..
+                    } => 4 * n * w[l + 1] + n * w[l + 1] * w[l + 2],
+                    // One column, then a rank-one update of the next affine output.
+                    _ => 6 * n + n * w[l + 2],
+                };
+                here + above(l)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The unperturbed affine outputs, norm outputs, activations (after dropout) and dropout
+    /// masks of every block, side by side in one read-only buffer, and the layer table (`words`
+    /// a block) that locates them.
+    fn base_activations(
+        &self,
+        ctx: &GpuContext,
+        model: &Model,
+        base: &Workspace,
+    ) -> (GpuBuffer, GpuBuffer) {
+        let bytes = model.precision.bytes();
+        let mut table = Vec::new();
+        let mut concat = Concat::default();
+        let tensor = |t: usize| model.layout.tensors[t].offset;
+        for (l, block) in self.blocks.iter().enumerate() {
+            let Layer::Affine(affine) = &model.layers[block.affine] else {
+                unreachable!("a block starts with its affine layer")
+            };
+            let z = concat.place(&base.out[block.affine]);
+            let (norm_kind, gamma, beta, y) = match block.norm.map(|i| (i, &model.layers[i])) {
+                Some((i, Layer::BatchNorm(bn))) => (1, tensor(bn.gamma), tensor(bn.beta), i),
+                Some((i, Layer::LayerNorm(ln))) => (2, tensor(ln.gamma), tensor(ln.beta), i),
+                _ => (0, 0, 0, block.affine),
+            };
+            let y = if block.norm.is_some() {
+                concat.place(&base.out[y])
+            } else {
+                z
+            };
+            let a = match (block.act, block.dropout) {
+                (_, Some(d)) => concat.place(&base.out[d]),
+                (Some(act), None) => concat.place(&base.out[act]),
+                (None, None) => 0,
+            };
+            let mask = match block.dropout.map(|d| base.saved(d)) {
+                Some(Saved::Mask(mask)) => concat.place(mask),
+                _ => NO_MASK as usize,
+            };
+            let (w, b) = (tensor(affine.weight), tensor(affine.bias));
+            let (ins, outs) = (self.widths[l], self.widths[l + 1]);
+            if self.normalised {
+                let row = [ins, outs, w, b, z, norm_kind, gamma, beta, y, a, mask, 0];
+                table.extend(row.map(|v| v as u32));
+            } else {
+                table.extend([ins, outs, w, b, z, a, mask].map(|v| v as u32));
+            }
+        }
+        let joined = GpuBuffer::real(ctx, "base_activations", concat.len, model.precision);
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        for (src, at) in concat.sources {
+            let (to, size) = ((at * bytes) as u64, (src.len * bytes) as u64);
+            encoder.copy_buffer_to_buffer(&src.buffer, 0, &joined.buffer, to, size);
+        }
+        ctx.queue.submit([encoder.finish()]);
+        (joined, GpuBuffer::from_u32(ctx, "layer_table", &table))
+    }
+
+    /// The kernel's dispatches and the buffers they keep alive.
+    pub fn dispatches(
+        &self,
+        gpu: &Gpu,
+        model: &Model,
+        base: &Workspace,
+        chunk: usize,
+        bufs: &EngineBuffers,
+    ) -> Result<(Vec<Dispatch>, Vec<GpuBuffer>)> {
+        let (concat, table) = self.base_activations(gpu.ctx, model, base);
+        let input = if self.start == 0 {
+            &base.x
+        } else {
+            &base.out[self.start - 1]
+        };
+        let n = base.rows;
+        let scratch_len = chunk * self.scratch_per_eval(n);
+        let scratch = GpuBuffer::real(gpu.ctx, "scratch", scratch_len, model.precision);
+        let shared = Shared {
+            layers: &table,
+            theta: &model.params,
+            x: input,
+            labels: &base.labels,
+            base: &concat,
+            base_loss: &base.row_loss,
+            bufs,
+            scratch: &scratch,
+        };
+        let (dispatches, eps) = if self.normalised {
+            let eps = GpuBuffer::from_real(
+                gpu.ctx,
+                "norm_eps",
+                &[BATCHNORM_EPS, LAYERNORM_EPS],
+                model.precision,
+            );
+            (
+                vec![self.norm_dispatch(gpu, model, n, chunk, &shared, &eps)],
+                Some(eps),
+            )
+        } else {
+            (self.mlp_dispatches(gpu, model, n, chunk, &shared)?, None)
+        };
+        let mut kept = vec![concat, table, scratch];
+        kept.extend(eps);
+        Ok((dispatches, kept))
+    }
+
+    /// perturbed_mlp.wgsl, one dispatch per slice of the batch.
+    fn mlp_dispatches(
+        &self,
+        gpu: &Gpu,
+        model: &Model,
+        n: usize,
+        chunk: usize,
+        shared: &Shared,
+    ) -> Result<Vec<Dispatch>> {
+        let (groups, row_width) = grid(chunk);
+        let slice = samples_per_dispatch(&self.widths).ok_or_else(|| {
+            crate::Error::InvalidArgument(
+                "this net's layers are too wide for the incremental kernel (one sample's update exceeds the 65,535 loop iterations lavapipe allows an invocation): use --strategy full".into(),
+            )
+        })?;
+        let bindings = PerturbedMlpBindings { shared };
+        Ok((0..n)
+            .step_by(slice)
+            .map(|begin| {
+                let params = PerturbedMlpParams {
+                    perturbations: chunk as u32,
+                    depth: self.blocks.len() as u32,
+                    n: n as u32,
+                    classes: model.spec.output as u32,
+                    scratch_stride: self.scratch_per_eval(n) as u32,
+                    activation: self.activation.code(),
+                    row_width,
+                    n_begin: begin as u32,
+                    n_end: (begin + slice).min(n) as u32,
+                    _pad: [0; 3],
+                };
+                gpu.kernels
+                    .dispatch(gpu.ctx, &PERTURBED_MLP, &params, &bindings, groups)
+            })
+            .collect())
+    }
+
+    /// perturbed_norm_mlp.wgsl over the whole batch.
+    fn norm_dispatch(
+        &self,
+        gpu: &Gpu,
+        model: &Model,
+        n: usize,
+        chunk: usize,
+        shared: &Shared,
+        eps: &GpuBuffer,
+    ) -> Dispatch {
+        let (groups, row_width) = grid(chunk);
+        let params = PerturbedNormParams {
+            perturbations: chunk as u32,
+            depth: self.blocks.len() as u32,
+            n: n as u32,
+            classes: model.spec.output as u32,
+            scratch_stride: self.scratch_per_eval(n) as u32,
+            max_width: self.max_width() as u32,
+            activation: self.activation.code(),
+            row_width,
+        };
+        let bindings = PerturbedNormBindings { shared, eps };
+        gpu.kernels
+            .dispatch(gpu.ctx, &PERTURBED_NORM_MLP, &params, &bindings, groups)
+    }
+}
+
+/// What both kernels read and write.
+struct Shared<'a> {
+    /// The layer table.
+    layers: &'a GpuBuffer,
+    theta: &'a GpuBuffer,
+    /// The tail's input [N, D].
+    x: &'a GpuBuffer,
+    labels: &'a GpuBuffer,
+    /// The unperturbed activations and masks of every block.
+    base: &'a GpuBuffer,
+    /// [N] per-sample unperturbed loss.
+    base_loss: &'a GpuBuffer,
+    bufs: &'a EngineBuffers,
+    scratch: &'a GpuBuffer,
+}
+
+/// Elements of a layer table row that is not a dropout layer's mask.
+const NO_MASK: u32 = u32::MAX;
+
+/// Loop iterations an invocation may run on lavapipe (65,535, with room for the bookkeeping).
+const LOOP_BUDGET: usize = 60_000;
+
+/// perturbed_mlp.wgsl's Params.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PerturbedMlpParams {
+    /// Invocations in this dispatch.
+    perturbations: u32,
+    /// Affine layers.
+    depth: u32,
+    n: u32,
+    classes: u32,
+    /// Reals of scratch per invocation.
+    scratch_stride: u32,
+    /// The hidden layers' [`Activation::code`].
+    activation: u32,
+    row_width: u32,
+    /// This dispatch's slice of the batch.
+    n_begin: u32,
+    n_end: u32,
+    _pad: [u32; 3],
+}
+
+/// perturbed_mlp.wgsl's buffers.
+struct PerturbedMlpBindings<'a> {
+    shared: &'a Shared<'a>,
+}
+
+impl KernelBindings for PerturbedMlpBindings<'_> {
+    type Params = PerturbedMlpParams;
+    const ACCESS: &'static [Binding] = &[
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+    ];
+    fn buffers<'a>(&'a self, _: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
+        let s = self.shared;
+        [
+            s.layers,
+            s.theta,
+            s.x,
+            s.labels,
+            s.base,
+            s.base_loss,
+            &s.bufs.pert,
+            &s.bufs.h,
+            &s.bufs.out_loss,
+            &s.bufs.out_flips,
+            s.scratch,
+        ]
+        .map(|b| &b.buffer)
+        .to_vec()
+    }
+}
+
+const PERTURBED_MLP: Entry = Entry::new(shaders::PERTURBED_MLP, "perturbed_losses");
+
+/// perturbed_norm_mlp.wgsl's Params.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PerturbedNormParams {
+    /// Invocations in this dispatch.
+    perturbations: u32,
+    /// Blocks.
+    depth: u32,
+    n: u32,
+    classes: u32,
+    /// Reals of scratch per invocation: N + 2·N·max_width.
+    scratch_stride: u32,
+    max_width: u32,
+    /// The hidden layers' [`Activation::code`].
+    activation: u32,
+    row_width: u32,
+}
+
+/// perturbed_norm_mlp.wgsl's buffers: perturbed_mlp.wgsl's, and the norms' eps.
+struct PerturbedNormBindings<'a> {
+    shared: &'a Shared<'a>,
+    /// [BatchNorm eps, LayerNorm eps]
+    eps: &'a GpuBuffer,
+}
+
+impl KernelBindings for PerturbedNormBindings<'_> {
+    type Params = PerturbedNormParams;
+    const ACCESS: &'static [Binding] = &[
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+        Binding::ReadWrite,
+    ];
+    fn buffers<'a>(&'a self, _: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
+        let s = self.shared;
+        [
+            s.layers,
+            s.theta,
+            s.x,
+            s.labels,
+            s.base,
+            s.base_loss,
+            &s.bufs.pert,
+            &s.bufs.h,
+            self.eps,
+            &s.bufs.out_loss,
+            &s.bufs.out_flips,
+            s.scratch,
+        ]
+        .map(|b| &b.buffer)
+        .to_vec()
+    }
+}
+
+const PERTURBED_NORM_MLP: Entry = Entry::new(
+    crate::shader!("perturbed_norm_mlp.wgsl"),
+    "perturbed_losses",
+);
+
+/// Buffers to be copied one after another into one, and where each lands.
+#[derive(Default)]
+struct Concat<'a> {
+    sources: Vec<(&'a GpuBuffer, usize)>,
+    len: usize,
+}
+
+impl<'a> Concat<'a> {
+    /// Appends `src`; returns its offset in the joined buffer.
+    fn place(&mut self, src: &'a GpuBuffer) -> usize {
+        let at = self.len;
+        self.sources.push((src, at));
+        self.len += src.len;
+        at
+    }
+}
+
+/// Samples one incremental dispatch may take: lavapipe stops a shader invocation after 65,535
+/// loop iterations in all, and each sample costs up to the rank-one update of the layer above
+/// the perturbed one, the dense layers above that, and three passes over the classes.
+fn samples_per_dispatch(widths: &[usize]) -> Option<usize> {
+    let dense: usize = widths.windows(2).skip(2).map(|w| w[0] * w[1] + w[1]).sum();
+    let per_sample =
+        widths[1..].iter().max().copied().unwrap_or(1) + dense + 3 * widths[widths.len() - 1] + 8;
+    (per_sample <= 60_000).then(|| (30_000 / per_sample).max(1))
+}
