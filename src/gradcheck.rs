@@ -193,6 +193,7 @@ pub fn check(
     config: &GradcheckConfig,
 ) -> Result<GradcheckReport> {
     ctx.require(config.precision)?;
+    crate::nn::model::check_fits(ctx, spec, labels.len(), config.precision)?;
     let layout = spec.layout();
     let selected = selected_tensors(&layout, &config.tensors)?;
     let kernels = Kernels::new(ctx, config.precision)?;

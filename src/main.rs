@@ -572,6 +572,7 @@ fn check_params(
     mnist: &data::Mnist,
     after_steps: usize,
 ) -> Result<Vec<f64>> {
+    wgrad::nn::model::check_fits(ctx, spec, 1, Precision::F32)?;
     let params = match net.initial_params(spec)? {
         Some(p) => p,
         None => wgrad::nn::init_params(spec, net.init(&CHECK_NET)?, net.seed),

@@ -992,3 +992,14 @@ fn gradcheck_flags_batchnorm_over_a_batch_of_one() {
     assert!(two["degenerate"].is_null(), "{two}");
     assert_eq!(two["passed"], true, "{two}");
 }
+
+/// A net too large for the adapter is refused before anything is allocated: 784-60000-60000-10
+/// has 3.6e9 parameters (14 GB in f32, 29 GB as the host's f64), past any adapter's 4 GiB
+/// binding limit. It used to abort in the host allocator, or, smaller, panic inside wgpu.
+#[test]
+fn a_net_too_large_for_the_adapter_is_refused_before_allocation() {
+    let run = wgrad(&["train", "--hidden", "60000,60000", "--epochs", "1"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_mentions(&run.stderr, &["parameters", "binds at once", "narrower"]);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+}

@@ -44,6 +44,46 @@ pub fn check_batch(layers: &[Layer], rows: usize) -> Result<()> {
     layers.iter().try_for_each(|l| l.check_batch(rows))
 }
 
+/// Checks, before anything is allocated, that the largest buffer a net binds at a batch of
+/// `rows` fits the adapter: the parameter arena (and its gradient and optimizer slots, the same
+/// size) and each layer's output and saved tensors. A net too large for the adapter gets an
+/// error that names the buffer and the limit, not an abort in the allocator or a panic in wgpu.
+pub fn check_fits(
+    ctx: &GpuContext,
+    spec: &NetSpec,
+    rows: usize,
+    precision: Precision,
+) -> Result<()> {
+    let (layers, layout) = spec.resolve()?;
+    let limit = ctx.max_binding_elems(precision.bytes());
+    let mib = |elems: usize| (elems * precision.bytes()) as f64 / (1 << 20) as f64;
+    let too_big = |what: String, elems: usize, fix: &str| {
+        Error::InvalidArgument(format!(
+            "{what}: {:.0} MiB in {precision}, more than the {:.0} MiB this adapter binds at once: {fix}",
+            mib(elems),
+            mib(limit)
+        ))
+    };
+    if layout.total > limit {
+        return Err(too_big(
+            format!("the net's {} parameters", layout.total),
+            layout.total,
+            "use narrower or fewer layers",
+        ));
+    }
+    for (i, layer) in layers.iter().enumerate() {
+        let elems = rows * layer.largest_buffer();
+        if elems > limit {
+            return Err(too_big(
+                format!("layer {} at a batch of {rows}", i + 1),
+                elems,
+                "use a smaller batch or narrower layers",
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Model {
     pub fn new(
         ctx: &GpuContext,
@@ -52,6 +92,7 @@ impl Model {
         precision: Precision,
     ) -> Result<Model> {
         spec.validate()?;
+        check_fits(ctx, spec, 1, precision)?;
         let (layers, layout) = spec.resolve()?;
         if params.len() != layout.total {
             return Err(Error::InvalidArgument(format!(

@@ -312,6 +312,11 @@ pub fn train(
     config.validate(&data.train)?;
     let start = Instant::now();
     let precision = config.precision;
+    // Before the parameters are drawn: a net too large for the adapter is an error, not an
+    // abort in the host allocator.
+    let eval_rows = config.eval_batch.min(data.train.len().max(data.test.len()));
+    let rows = config.batch_size.max(eval_rows);
+    crate::nn::model::check_fits(ctx, &config.spec, rows, precision)?;
     let kernels = Kernels::new(ctx, precision)?;
     let model = config.model(ctx)?;
     let rec = Recorder {
@@ -329,7 +334,6 @@ pub fn train(
 
     let step = step_dispatches(&rec, &train_set, &ws, (&state, &stats), &optimizer);
 
-    let eval_rows = config.eval_batch.min(data.train.len().max(data.test.len()));
     let evaluator = Evaluator::new(ctx, &model, eval_rows);
     let eval_train = evaluator.batch_dispatches(&rec, &train_set);
     let eval_test = evaluator.batch_dispatches(&rec, &test_set);

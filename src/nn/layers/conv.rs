@@ -285,6 +285,12 @@ impl LayerOps for Conv {
         true
     }
 
+    // The unfolded input holds C·K·K values per output position.
+    fn largest_buffer(&self) -> usize {
+        let positions = self.oh * self.ow;
+        (positions * self.c * self.k * self.k).max(self.output_size())
+    }
+
     fn saved(&self, ctx: &GpuContext, p: Precision, rows: usize, copies: usize) -> Saved {
         // Only a single copy unfolds its input; perturbed copies run the direct kernel.
         if copies != 1 {

@@ -232,6 +232,11 @@ pub trait LayerOps {
     fn state(&self, _ctx: &GpuContext, _precision: Precision) -> LayerState {
         LayerState::None
     }
+    /// Elements per sample of the largest buffer the layer binds: its output, or a saved tensor
+    /// larger than it (a convolution's unfolded input).
+    fn largest_buffer(&self) -> usize {
+        self.output_size()
+    }
     /// Whether a batch of `rows` fits this layer's kernels (lavapipe's loop limit).
     fn check_batch(&self, _rows: usize) -> Result<()> {
         Ok(())
