@@ -527,11 +527,24 @@ fn run_train(args: TrainArgs) -> Result<ExitCode> {
         initial_state,
         steps_per_submit: args.steps_per_submit,
         verbose: true,
+        interrupt: Some(stop_on_signal()),
         ..Default::default()
     };
     config.validate(&mnist.train)?;
     let ctx = args.net.context()?;
     let report = train::train(&ctx, &mnist, &config, None)?;
+    if report.interrupted {
+        eprintln!(
+            "wgrad: interrupted after step {} of {}: evaluated and {} as it stands",
+            report.steps,
+            config.epochs * (mnist.train.len() / config.batch_size),
+            if args.save.is_some() {
+                "saved"
+            } else {
+                "reported"
+            }
+        );
+    }
     eprintln!(
         "wgrad: test accuracy {:.4}, train accuracy {:.4}, {:.1} s ({:.0} samples/s)",
         report.test_accuracy, report.train_accuracy, report.seconds, report.samples_per_second
@@ -561,7 +574,31 @@ fn run_train(args: TrainArgs) -> Result<ExitCode> {
         value["precision"] = serde_json::json!(precision);
         println!("{value}");
     }
-    Ok(ExitCode::SUCCESS)
+    // 128 + SIGINT, as a shell reports a process that Ctrl-C ended.
+    Ok(if report.interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A flag that Ctrl-C, SIGTERM or SIGHUP sets, so that training stops after the submit in
+/// flight and the run is evaluated and saved rather than lost. A second signal ends the process
+/// at once.
+fn stop_on_signal() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let installed = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nwgrad: stopping after the current steps (again to quit at once)");
+    });
+    if let Err(e) = installed {
+        eprintln!("wgrad: Ctrl-C will not save the run: {e}");
+    }
+    stop
 }
 
 /// Parameters for a check: a checkpoint, or the init; then `after_steps` of training.

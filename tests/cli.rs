@@ -1003,3 +1003,56 @@ fn a_net_too_large_for_the_adapter_is_refused_before_allocation() {
     assert_mentions(&run.stderr, &["parameters", "binds at once", "narrower"]);
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
 }
+
+/// Ctrl-C (SIGINT) during training stops after the submit in flight: the run is evaluated,
+/// reported as interrupted, saved to --save, and exits 130, where it used to be lost.
+#[test]
+fn an_interrupted_run_is_evaluated_saved_and_exits_130() {
+    use std::io::{BufRead, BufReader};
+    let out = TempDir::new().unwrap();
+    let save = out.path().join("interrupted.safetensors");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgrad"))
+        .args([
+            "train",
+            "--hidden",
+            "32",
+            "--epochs",
+            "500",
+            "--steps-per-submit",
+            "5",
+            "--json",
+            "--save",
+            path_str(&save),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the wgrad binary runs");
+    // Wait until training is under way (its first epoch line), then interrupt it.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("epoch ") {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no epoch line: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(sent.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{seen}{rest}");
+    assert_mentions(&rest, &["interrupted after step", "saved"]);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["interrupted"], true, "{report}");
+    let steps = report["steps"].as_u64().unwrap();
+    assert!(steps > 0 && steps < 500 * 80, "{report}");
+    let bytes = std::fs::read(&save).expect("the interrupted run was saved");
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(file.tensor("W1").unwrap().shape(), &[784, 32]);
+}

@@ -44,6 +44,9 @@ pub struct TrainConfig {
     pub max_steps: Option<usize>,
     /// Show a progress bar on stderr (only drawn when stderr is a terminal) and epoch lines.
     pub verbose: bool,
+    /// When set (by a Ctrl-C or SIGTERM handler), training stops after the submit in flight,
+    /// evaluates, and returns what it has, marked interrupted.
+    pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for TrainConfig {
@@ -64,6 +67,7 @@ impl Default for TrainConfig {
             eval_batch: 1000,
             steps_per_submit: 40,
             max_steps: None,
+            interrupt: None,
             verbose: false,
         }
     }
@@ -71,8 +75,10 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// The net to train: its starting parameters (given, or drawn from `init`), its starting
-    /// state, and dropout masks seeded from `seed`.
-    fn model(&self, ctx: &GpuContext) -> Result<Model> {
+    /// state, and dropout masks seeded from `seed`. A net too large for the adapter at batches of
+    /// `rows` is refused before the parameters are drawn (not left to abort the allocator).
+    fn model(&self, ctx: &GpuContext, rows: usize) -> Result<Model> {
+        crate::nn::model::check_fits(ctx, &self.spec, rows, self.precision)?;
         let params = match &self.initial_params {
             Some(p) => p.clone(),
             None => init_params(&self.spec, self.init, self.seed),
@@ -157,6 +163,8 @@ pub struct TrainReport {
     /// Seconds spent in training steps (evaluation excluded).
     pub train_seconds: f64,
     pub samples_per_second: f64,
+    /// Training stopped early at an interrupt (`steps` says where).
+    pub interrupted: bool,
     pub history: Vec<EpochReport>,
     #[serde(skip)]
     pub params: Vec<f64>,
@@ -231,6 +239,29 @@ impl Evaluator {
     }
 }
 
+impl Evaluator {
+    /// Epoch `epoch`'s figures: its steps' mean loss, and accuracy and loss on the training and
+    /// test sets (`seconds` is left for the caller).
+    fn epoch(
+        &self,
+        ctx: &GpuContext,
+        [train, test]: [(&[Dispatch], &GpuDataset); 2],
+        epoch: usize,
+        train_loss: f64,
+    ) -> Result<EpochReport> {
+        let train_eval = self.run(ctx, train.0, train.1)?;
+        let test_eval = self.run(ctx, test.0, test.1)?;
+        Ok(EpochReport {
+            epoch,
+            train_loss,
+            train_accuracy: train_eval.accuracy,
+            test_loss: test_eval.loss,
+            test_accuracy: test_eval.accuracy,
+            seconds: 0.0,
+        })
+    }
+}
+
 /// One training step, recorded once and replayed: gather the batch at the cursor, the L2
 /// penalty, forward, backward, metrics, the update, and the step counter moved on.
 pub fn step_dispatches(
@@ -259,6 +290,8 @@ struct Steps<'a> {
     state: &'a GpuBuffer,
     stats: &'a GpuBuffer,
     per_submit: usize,
+    /// Stop between submits when this is set.
+    interrupt: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 impl Steps<'_> {
@@ -270,9 +303,10 @@ impl Steps<'_> {
         count: usize,
         precision: Precision,
         bar: &indicatif::ProgressBar,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let mut done = 0;
-        while done < count {
+        // An interrupt is seen after a submit, so every call makes progress.
+        while done < count && (done == 0 || !self.interrupted()) {
             let chunk = self.per_submit.min(count - done);
             kernel::submit(ctx, self.dispatches, chunk);
             done += chunk;
@@ -288,7 +322,11 @@ impl Steps<'_> {
             }
             bar.set_position(u64::from(words[StateWord::Step as usize]));
         }
-        Ok(())
+        Ok(done)
+    }
+
+    fn interrupted(&self) -> bool {
+        (self.interrupt).is_some_and(|flag| flag.load(std::sync::atomic::Ordering::SeqCst))
     }
 }
 
@@ -312,21 +350,18 @@ pub fn train(
     config.validate(&data.train)?;
     let start = Instant::now();
     let precision = config.precision;
-    // Before the parameters are drawn: a net too large for the adapter is an error, not an
-    // abort in the host allocator.
     let eval_rows = config.eval_batch.min(data.train.len().max(data.test.len()));
-    let rows = config.batch_size.max(eval_rows);
-    crate::nn::model::check_fits(ctx, &config.spec, rows, precision)?;
     let kernels = Kernels::new(ctx, precision)?;
-    let model = config.model(ctx)?;
+    let model = config.model(ctx, config.batch_size.max(eval_rows))?;
     let rec = Recorder {
         ctx,
         kernels: &kernels,
         model: &model,
     };
-    let train_set = GpuDataset::new(ctx, &data.train);
-    let test_set = GpuDataset::new(ctx, &data.test);
-
+    let (train_set, test_set) = (
+        GpuDataset::new(ctx, &data.train),
+        GpuDataset::new(ctx, &data.test),
+    );
     let ws = Workspace::new(ctx, &model, config.batch_size, 1, true);
     let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
     let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
@@ -348,7 +383,7 @@ pub fn train(
     // --max-steps may end training before `config.epochs` (the last epoch cut short).
     let epochs = (total_steps as usize).div_ceil(steps_per_epoch);
     let mut history = Vec::with_capacity(epochs);
-    let mut train_seconds = 0.0;
+    let (mut train_seconds, mut steps_done) = (0.0, 0u64);
     ctx.wait()?;
 
     for epoch in 1..=epochs {
@@ -365,20 +400,15 @@ pub fn train(
             state: &state,
             stats: &stats,
             per_submit: config.steps_per_submit,
+            interrupt: config.interrupt.as_deref(),
         };
-        steps.run(ctx, this_epoch, precision, &bar)?;
+        let done = steps.run(ctx, this_epoch, precision, &bar)?;
+        steps_done += done as u64;
         train_seconds += epoch_start.elapsed().as_secs_f64();
-        let epoch_stats = stats.read_real(ctx, precision)?;
-        let train_eval = evaluator.run(ctx, &eval_train, &train_set)?;
-        let test_eval = evaluator.run(ctx, &eval_test, &test_set)?;
-        let report = EpochReport {
-            epoch,
-            train_loss: epoch_stats[StatsWord::LossSum as usize] / this_epoch as f64,
-            train_accuracy: train_eval.accuracy,
-            test_loss: test_eval.loss,
-            test_accuracy: test_eval.accuracy,
-            seconds: epoch_start.elapsed().as_secs_f64(),
-        };
+        let loss_sum = stats.read_real(ctx, precision)?[StatsWord::LossSum as usize];
+        let sets = [(&eval_train[..], &train_set), (&eval_test[..], &test_set)];
+        let mut report = evaluator.epoch(ctx, sets, epoch, loss_sum / done as f64)?;
+        report.seconds = epoch_start.elapsed().as_secs_f64();
         if config.verbose {
             bar.suspend(|| eprintln!("{}", report.line(epochs)));
         }
@@ -386,6 +416,9 @@ pub fn train(
             f(&report);
         }
         history.push(report);
+        if done < this_epoch {
+            break;
+        }
     }
     bar.finish_and_clear();
     let params = model.read_params(ctx)?;
@@ -397,10 +430,11 @@ pub fn train(
         final_loss: last.train_loss,
         test_loss: last.test_loss,
         epochs: history.len(),
-        steps: total_steps,
+        steps: steps_done,
         seconds: start.elapsed().as_secs_f64(),
         train_seconds,
-        samples_per_second: (total_steps as f64 * config.batch_size as f64) / train_seconds,
+        samples_per_second: (steps_done as f64 * config.batch_size as f64) / train_seconds,
+        interrupted: steps_done < total_steps,
         history,
         params,
         state,
