@@ -1040,8 +1040,9 @@ fn an_interrupted_run_is_evaluated_saved_and_exits_130() {
         );
         seen.push_str(&line);
     }
-    let pid = child.id().to_string();
-    let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    // The shell's builtin kill: a bare CI image may lack procps' /usr/bin/kill.
+    let kill = format!("kill -INT {}", child.id());
+    let sent = Command::new("sh").args(["-c", &kill]).status().unwrap();
     assert!(sent.success());
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
