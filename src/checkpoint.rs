@@ -1,7 +1,7 @@
 //! Checkpoints as safetensors files, so that numpy and PyTorch can read what we train and we can
 //! read what they write.
 //!
-//! Parameters are stored as F32, one tensor per layout entry (`W1` [in, out], `b1` [out], …), with
+//! Parameters are stored as F32, one tensor per layout entry (`W1` [in, out], `b1` \[out], …), with
 //! free-form string metadata in the header. Writes go to a sibling temp file that is renamed over
 //! the target, so a crash or a full disk never leaves a half-written checkpoint where a good one
 //! used to be.

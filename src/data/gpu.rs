@@ -82,7 +82,7 @@ impl GpuDataset {
         }
     }
 
-    /// Gathers batch number `state[cursor_slot]` of `index` into `x` and `labels` ([rows, D], [rows]).
+    /// Gathers batch number `state[cursor_slot]` of `index` into `x` and `labels` ([rows, D], \[rows]).
     pub fn gather(
         &self,
         gpu: &Gpu,

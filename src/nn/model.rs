@@ -195,7 +195,7 @@ pub struct Workspace {
     pub copies: usize,
     /// Input [N, D]: shared by every copy.
     pub x: GpuBuffer,
-    /// Labels [N] (u32; 0xffffffff marks padding).
+    /// Labels \[N] (u32; 0xffffffff marks padding).
     pub labels: GpuBuffer,
     /// Each layer's output, [P, N, size]; the last is the logits.
     pub out: Vec<GpuBuffer>,

@@ -1,7 +1,7 @@
 //! The book's weight decay as an L2 term of the loss, on shaders/l2.wgsl: penalty =
 //! Σ (λ_i/2)·θ_i² and dθ_i += λ_i·θ_i, with λ_i = λ on weights and 0 on biases, γ and β.
 //!
-//! Shapes: θ, half_decay (λ_i/2), grads [numel]; the penalty lands in stats word
+//! Shapes: θ, half_decay (λ_i/2), grads \[numel]; the penalty lands in stats word
 //! [`crate::train::StatsWord::L2Penalty`].
 
 use bytemuck::{Pod, Zeroable};
@@ -87,7 +87,7 @@ impl WeightDecay {
         })
     }
 
-    /// stats[L2Penalty] = Σ (λ_i/2)·θ_i², in two passes (per block, then the blocks).
+    /// stats\[L2Penalty] = Σ (λ_i/2)·θ_i², in two passes (per block, then the blocks).
     pub fn penalty(&self, gpu: &Gpu, theta: &GpuBuffer, stats: &GpuBuffer) -> Vec<Dispatch> {
         let params = L2Params {
             numel: self.numel as u32,

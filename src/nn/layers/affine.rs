@@ -1,6 +1,6 @@
 //! Affine (fully connected) layer, `affine<N>`: y = x·W + b, and the matmul kernel it runs on.
 //!
-//! Shapes: x [N, d_in] (the previous output flattened per sample), W [d_in, d_out], b [d_out],
+//! Shapes: x [N, d_in] (the previous output flattened per sample), W [d_in, d_out], b \[d_out],
 //! y [N, d_out]; with P perturbed copies, x is [P, N, d_in] or shared, y [P, N, d_out].
 
 use bytemuck::{Pod, Zeroable};
@@ -23,7 +23,7 @@ pub(super) fn parse(word: &str) -> Option<Result<LayerSpec, String>> {
 pub struct Affine {
     pub d_in: usize,
     pub d_out: usize,
-    /// Tensor indices of W [d_in, d_out] and b [d_out].
+    /// Tensor indices of W [d_in, d_out] and b \[d_out].
     pub weight: usize,
     pub bias: usize,
 }
@@ -46,7 +46,7 @@ pub(super) fn resolve(
     Ok((Layer::Affine(layer), [units, 1, 1]))
 }
 
-/// matmul.wgsl's Params: C[p] = A[p]·B (+ bias), every operand located by offset and strides.
+/// matmul.wgsl's Params: C\[p] = A\[p]·B (+ bias), every operand located by offset and strides.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Default)]
 pub struct MatmulParams {
@@ -74,7 +74,7 @@ pub const ADD_BIAS: u32 = 1;
 pub const MATMUL: Entry = Entry::new(shaders::MATMUL, "matmul");
 /// Each copy p reads B and bias as the shared base plus its own one-element change.
 pub const MATMUL_PERTURBED: Entry = MATMUL.with(&[("PERTURBED", 1.0)]);
-/// C[j] = Σ_i A[i, j]: a bias gradient.
+/// C\[j] = Σ_i A[i, j]: a bias gradient.
 pub const COLUMN_SUM: Entry = Entry::new(shaders::MATMUL, "column_sum");
 
 /// matmul.wgsl's buffers.
@@ -83,7 +83,7 @@ pub struct MatmulBindings<'a> {
     pub b: Option<&'a GpuBuffer>,
     pub bias: Option<&'a GpuBuffer>,
     pub c: &'a GpuBuffer,
-    /// MATMUL_PERTURBED: (flat index, sign) per copy, and [h].
+    /// MATMUL_PERTURBED: (flat index, sign) per copy, and \[h].
     pub pert: Option<&'a GpuBuffer>,
     pub h: Option<&'a GpuBuffer>,
 }

@@ -1,7 +1,7 @@
 //! BatchNorm, `bn`, with PyTorch's BatchNorm{1d,2d} semantics, on shaders/batchnorm.wgsl: per
 //! channel over (N, H·W) after a convolution, per feature over N after an affine layer.
 //!
-//! Shapes: x, y [P, N, C, S] (S = H·W, or 1 after an affine layer), γ and β [C] (named gammaK and
+//! Shapes: x, y [P, N, C, S] (S = H·W, or 1 after an affine layer), γ and β \[C] (named gammaK and
 //! betaK after the K-th affine or convolution layer), running (mean, var) [C, 2].
 
 use bytemuck::{Pod, Zeroable};
@@ -32,7 +32,7 @@ pub struct BatchNorm {
     /// Channels, and positions per channel and sample.
     pub c: usize,
     pub s: usize,
-    /// Tensor indices of γ and β [C].
+    /// Tensor indices of γ and β \[C].
     pub gamma: usize,
     pub beta: usize,
     /// Which BatchNorm layer of the net this is (0, 1, …).
@@ -89,7 +89,7 @@ pub struct BatchNormBindings<'a> {
     pub grads: Option<&'a GpuBuffer>,
     /// Running (mean, var) [C, 2].
     pub running: &'a GpuBuffer,
-    /// BN_FORWARD_PERTURBED: (flat index, sign) per copy, and [h].
+    /// BN_FORWARD_PERTURBED: (flat index, sign) per copy, and \[h].
     pub pert: Option<&'a GpuBuffer>,
     pub h: Option<&'a GpuBuffer>,
 }

@@ -1,7 +1,7 @@
 //! 2-D convolution, `conv<F>x<K>[s<S>][p<P>]`, NCHW, on shaders/conv.wgsl (and matmul.wgsl for
 //! the unfolded forward).
 //!
-//! Shapes: x [P, N, C, H, W] ⊛ W [F, C, K, K] + b [F] -> y [P, N, F, OH, OW],
+//! Shapes: x [P, N, C, H, W] ⊛ W [F, C, K, K] + b \[F] -> y [P, N, F, OH, OW],
 //! OH = (H + 2·pad − K)/stride + 1 (likewise OW).
 
 use std::fmt;
@@ -65,7 +65,7 @@ pub struct Conv {
     /// Output height and width.
     pub oh: usize,
     pub ow: usize,
-    /// Tensor indices of W [F, C, K, K] and b [F].
+    /// Tensor indices of W [F, C, K, K] and b \[F].
     pub weight: usize,
     pub bias: usize,
 }
@@ -142,7 +142,7 @@ pub struct ConvBindings<'a> {
     pub theta: Option<&'a GpuBuffer>,
     /// y, dx, the unfolded input (im2col) or the gradient arena (conv_backward_params).
     pub y: &'a GpuBuffer,
-    /// CONV_FORWARD_PERTURBED: (flat index, sign) per copy, and [h].
+    /// CONV_FORWARD_PERTURBED: (flat index, sign) per copy, and \[h].
     pub pert: Option<&'a GpuBuffer>,
     pub h: Option<&'a GpuBuffer>,
 }

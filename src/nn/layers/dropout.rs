@@ -85,7 +85,7 @@ pub struct DropoutBindings<'a> {
     pub y: &'a GpuBuffer,
     /// [N, size]: 0 or 1/(1 − p).
     pub mask: &'a GpuBuffer,
-    /// Forward: [1/(1 − p)], or [1] in evaluation.
+    /// Forward: [1/(1 − p)], or \[1] in evaluation.
     pub scale: Option<&'a GpuBuffer>,
 }
 

@@ -3,7 +3,7 @@
 //! after a convolution (as `nn.LayerNorm([C, H, W])`), its units after an affine layer. Training
 //! and evaluation compute the same thing; there are no running statistics.
 //!
-//! Shapes: x, y [P, N, F] with F = C·H·W; γ and β [F] ([C, H, W] after a convolution), named
+//! Shapes: x, y [P, N, F] with F = C·H·W; γ and β \[F] ([C, H, W] after a convolution), named
 //! gammaK and betaK after the K-th affine or convolution layer, γ = 1 and β = 0 at start.
 
 use bytemuck::{Pod, Zeroable};
@@ -28,7 +28,7 @@ pub(super) fn parse(word: &str) -> Option<Result<LayerSpec, String>> {
 pub struct LayerNorm {
     /// Features per sample.
     pub f: usize,
-    /// Tensor indices of γ and β [F].
+    /// Tensor indices of γ and β \[F].
     pub gamma: usize,
     pub beta: usize,
 }
@@ -65,7 +65,7 @@ pub struct LayerNormParams {
 
 /// layernorm.wgsl's one binding table, shared by all its entry points.
 pub struct LayerNormBindings<'a> {
-    /// [eps]
+    /// \[eps]
     pub consts: &'a GpuBuffer,
     /// x, or dy in backward.
     pub x: &'a GpuBuffer,
@@ -78,7 +78,7 @@ pub struct LayerNormBindings<'a> {
     pub y: Option<&'a GpuBuffer>,
     /// Backward: the gradient arena.
     pub grads: Option<&'a GpuBuffer>,
-    /// FORWARD_PERTURBED: (flat index, sign) per copy, and [h].
+    /// FORWARD_PERTURBED: (flat index, sign) per copy, and \[h].
     pub pert: Option<&'a GpuBuffer>,
     pub h: Option<&'a GpuBuffer>,
 }

@@ -274,7 +274,7 @@ pub enum Mode {
 pub struct Perturbation<'a> {
     /// (flat index, sign) per copy: u32 pairs, sign 0 for +h and 1 for −h.
     pub pert: &'a GpuBuffer,
-    /// [h]
+    /// \[h]
     pub h: &'a GpuBuffer,
     /// Per copy: kink crossings counted so far.
     pub flips: &'a GpuBuffer,
@@ -366,12 +366,12 @@ pub enum LayerState {
         running: GpuBuffer,
         consts: GpuBuffer,
     },
-    /// Dropout: [1/(1 − p)] in training, and [1] for evaluation, where it is the identity.
+    /// Dropout: [1/(1 − p)] in training, and \[1] for evaluation, where it is the identity.
     Dropout {
         scale: GpuBuffer,
         one: GpuBuffer,
     },
-    /// LayerNorm: [eps].
+    /// LayerNorm: \[eps].
     LayerNorm {
         consts: GpuBuffer,
     },

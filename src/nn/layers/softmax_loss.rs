@@ -2,7 +2,7 @@
 //! row, loss = log Σ exp(z) − z_label, correct = [argmax z = label], and in training
 //! dlogits = (softmax(z) − onehot(label)) / N.
 //!
-//! Shapes: logits [P, N, classes], labels [N] (0xffffffff marks padding) -> row_loss,
+//! Shapes: logits [P, N, classes], labels \[N] (0xffffffff marks padding) -> row_loss,
 //! row_correct [P, N], dlogits [N, classes].
 
 use bytemuck::{Pod, Zeroable};
