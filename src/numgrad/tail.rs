@@ -338,6 +338,27 @@ struct Shared<'a> {
     scratch: &'a GpuBuffer,
 }
 
+impl Shared<'_> {
+    /// Both kernels' binding order: the read-only inputs, then `extra` (the norm kernel's eps),
+    /// then the per-perturbation outputs and scratch.
+    fn buffers<'b>(&'b self, extra: Option<&'b GpuBuffer>) -> Vec<&'b wgpu::Buffer> {
+        let reads = [
+            self.layers,
+            self.theta,
+            self.x,
+            self.labels,
+            self.base,
+            self.base_loss,
+            &self.bufs.pert,
+            &self.bufs.h,
+        ];
+        let writes = [&self.bufs.out_loss, &self.bufs.out_flips, self.scratch];
+        (reads.into_iter().chain(extra).chain(writes))
+            .map(|b| &b.buffer)
+            .collect()
+    }
+}
+
 /// Elements of a layer table row that is not a dropout layer's mask.
 const NO_MASK: u32 = u32::MAX;
 
@@ -386,22 +407,7 @@ impl KernelBindings for PerturbedMlpBindings<'_> {
         Binding::ReadWrite,
     ];
     fn buffers<'a>(&'a self, _: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
-        let s = self.shared;
-        [
-            s.layers,
-            s.theta,
-            s.x,
-            s.labels,
-            s.base,
-            s.base_loss,
-            &s.bufs.pert,
-            &s.bufs.h,
-            &s.bufs.out_loss,
-            &s.bufs.out_flips,
-            s.scratch,
-        ]
-        .map(|b| &b.buffer)
-        .to_vec()
+        self.shared.buffers(None)
     }
 }
 
@@ -449,23 +455,7 @@ impl KernelBindings for PerturbedNormBindings<'_> {
         Binding::ReadWrite,
     ];
     fn buffers<'a>(&'a self, _: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
-        let s = self.shared;
-        [
-            s.layers,
-            s.theta,
-            s.x,
-            s.labels,
-            s.base,
-            s.base_loss,
-            &s.bufs.pert,
-            &s.bufs.h,
-            self.eps,
-            &s.bufs.out_loss,
-            &s.bufs.out_flips,
-            s.scratch,
-        ]
-        .map(|b| &b.buffer)
-        .to_vec()
+        self.shared.buffers(Some(self.eps))
     }
 }
 
