@@ -312,6 +312,32 @@ fn results_do_not_depend_on_chunk_size_or_order() {
     }
 }
 
+/// Both strategies on `n` signed, deterministic samples: both pass, their numerical gradients
+/// agree to 1e-9 (rounding of the loss divided by 2h), and they count the same kink crossings.
+fn assert_strategies_agree(ctx: &GpuContext, s: &NetSpec, params: &[f64], n: usize, what: &str) {
+    let x: Vec<f64> = (0..n * s.input)
+        .map(|i| ((i * 37 % 23) as f64 - 11.0) / 7.0)
+        .collect();
+    let t: Vec<u32> = (0..n as u32).map(|i| (i * 3) % 10).collect();
+    let run = |strategy| {
+        let cfg = config(Precision::F64, strategy);
+        gradcheck::check(ctx, s, params, &x, &t, &cfg).unwrap()
+    };
+    let (full, inc) = (run(Strategy::Full), run(Strategy::Incremental));
+    assert!(full.passed && inc.passed, "{what}: {:?}", inc.tensors);
+    let diff = (full.numeric.iter().zip(&inc.numeric))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-9, "{what}: strategies differ by {diff}");
+    let kinks = |r: &gradcheck::GradcheckReport| {
+        r.tensors
+            .iter()
+            .map(|t| t.kink_crossings)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinks(&full), kinks(&inc), "{what}");
+}
+
 /// Dropout inside the incremental kernel's MLP (its fixed mask applied to each hidden unit):
 /// the same numerical gradient as complete forward passes, at one sample and at several.
 #[test]
@@ -325,27 +351,7 @@ fn dropout_mlps_agree_between_incremental_and_full() {
         let mut s = NetSpec::mlp(30, &hidden, 10, activation).with_dropout(0.3);
         s.weight_decay = 0.01;
         let params = init_params(&s, Init::He, 4);
-        let x: Vec<f64> = (0..n * 30)
-            .map(|i| ((i * 37 % 23) as f64 - 11.0) / 7.0)
-            .collect();
-        let t: Vec<u32> = (0..n as u32).map(|i| (i * 3) % 10).collect();
-        let run = |strategy| {
-            let cfg = config(Precision::F64, strategy);
-            gradcheck::check(ctx, &s, &params, &x, &t, &cfg).unwrap()
-        };
-        let (full, inc) = (run(Strategy::Full), run(Strategy::Incremental));
-        assert!(full.passed && inc.passed, "{hidden:?}: {:?}", inc.tensors);
-        let diff = (full.numeric.iter().zip(&inc.numeric))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
-        assert!(diff < 1e-9, "{hidden:?}: strategies differ by {diff}");
-        let kinks = |r: &gradcheck::GradcheckReport| {
-            r.tensors
-                .iter()
-                .map(|t| t.kink_crossings)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(kinks(&full), kinks(&inc), "{hidden:?}");
+        assert_strategies_agree(ctx, &s, &params, n, &format!("{hidden:?}"));
     }
 }
 
@@ -385,28 +391,7 @@ fn normalised_mlps_agree_between_incremental_and_full() {
                 *v += 0.1 * ((k % 5) as f64 - 2.0);
             }
         }
-        let d = s.input;
-        let x: Vec<f64> = (0..n * d)
-            .map(|i| ((i * 37 % 23) as f64 - 11.0) / 7.0)
-            .collect();
-        let t: Vec<u32> = (0..n as u32).map(|i| (i * 3) % 10).collect();
-        let run = |strategy| {
-            let cfg = config(Precision::F64, strategy);
-            gradcheck::check(ctx, &s, &params, &x, &t, &cfg).unwrap()
-        };
-        let (full, inc) = (run(Strategy::Full), run(Strategy::Incremental));
-        assert!(full.passed && inc.passed, "{layers}: {:?}", inc.tensors);
-        let diff = (full.numeric.iter().zip(&inc.numeric))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
-        assert!(diff < 1e-9, "{layers} n={n}: strategies differ by {diff}");
-        let kinks = |r: &gradcheck::GradcheckReport| {
-            r.tensors
-                .iter()
-                .map(|t| t.kink_crossings)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(kinks(&full), kinks(&inc), "{layers}");
+        assert_strategies_agree(ctx, &s, &params, n, &format!("{layers} n={n}"));
     }
 }
 
