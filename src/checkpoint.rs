@@ -18,7 +18,10 @@ use safetensors::tensor::View;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::gpu::Precision;
 use crate::nn::{unravel, NamedTensor, ParamLayout};
+use crate::optim::OptimizerState;
+use crate::train::{RunRecord, RunState};
 
 /// Values of one tensor handed to [`save_tensors`]; the variant picks the dtype in the file.
 #[derive(Clone, Debug, PartialEq)]
@@ -147,26 +150,205 @@ pub fn save_with_state(
     state: &[NamedTensor],
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
-    if params.len() != layout.total {
+    let named = named_params(path, layout, params)?
+        .chain(state.iter().map(|(n, s, v)| (n.clone(), s, v.as_slice())));
+    let tensors = finite_tensors(path, named, Precision::F32)?;
+    save_tensors(path, &tensors, metadata)
+}
+
+/// A full-state checkpoint: the parameters and BatchNorm statistics under the names [`save`]
+/// gives them, each optimizer slot per tensor as `{slot}.{tensor}` (`exp_avg.W1`, as
+/// `torch.optim`'s `state_dict` names its state), all in the run's precision so that nothing is
+/// rounded, and the [`RunRecord`] as JSON metadata under [`RunRecord::KEY`], beside `metadata`.
+pub fn save_run(
+    path: &Path,
+    run: &RunState,
+    record: &RunRecord,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let layout = record.config.spec.layout();
+    let mut named: Vec<(String, &Vec<usize>, &[f64])> =
+        named_params(path, &layout, &run.params)?.collect();
+    named.extend(
+        run.state
+            .iter()
+            .map(|(n, s, v)| (n.clone(), s, v.as_slice())),
+    );
+    for (slot, values) in &run.optimizer.slots {
+        named.extend(
+            named_params(path, &layout, values)?.map(|(n, s, v)| (format!("{slot}.{n}"), s, v)),
+        );
+    }
+    let tensors = finite_tensors(path, named.into_iter(), record.config.precision)?;
+    let mut metadata = metadata.clone();
+    let json = serde_json::to_string(record)
+        .map_err(|e| checkpoint_error(path, format!("cannot encode the run's record: {e}")))?;
+    metadata.insert(RunRecord::KEY.into(), json);
+    save_tensors(path, &tensors, &metadata)
+}
+
+/// A full-state checkpoint from [`save_run`]: the run's record and state, every tensor checked
+/// against the net the record describes.
+pub fn load_run(path: &Path) -> Result<(RunRecord, RunState)> {
+    let bytes = read_file(path)?;
+    let (file, metadata) = parse(path, &bytes)?;
+    let json = metadata.get(RunRecord::KEY).ok_or_else(|| {
+        checkpoint_error(
+            path,
+            format!(
+                "holds parameters but not a run to resume (no {} metadata); start a new run \
+                 from it with --init-from",
+                RunRecord::KEY
+            ),
+        )
+    })?;
+    let record: RunRecord = serde_json::from_str(json).map_err(|e| {
+        checkpoint_error(
+            path,
+            format!("its {} metadata cannot be read: {e}", RunRecord::KEY),
+        )
+    })?;
+    let invalid =
+        |e: Error| checkpoint_error(path, format!("describes a run wgrad cannot rebuild: {e}"));
+    record.config.spec.validate().map_err(invalid)?;
+    record.config.optimizer.validate().map_err(invalid)?;
+    record
+        .check_progress(record.data.train_images)
+        .map_err(|e| checkpoint_error(path, e))?;
+    let (layers, layout) = record.config.spec.resolve().map_err(invalid)?;
+    let params = read_params(path, &file, &layout, "")?;
+    let mut state = Vec::new();
+    for (mean, var, c) in crate::nn::model::state_names(&layers, &layout) {
+        for name in [mean, var] {
+            let values = read_tensor(path, &file, &name, &[c])?.ok_or_else(|| {
+                checkpoint_error(
+                    path,
+                    format!("has no tensor {name}, which the run's BatchNorm needs"),
+                )
+            })?;
+            state.push((name, vec![c], values));
+        }
+    }
+    let mut slots = Vec::new();
+    for slot in record.config.optimizer.slot_names().into_iter().flatten() {
+        slots.push((
+            slot.to_string(),
+            read_params(path, &file, &layout, &format!("{slot}."))?,
+        ));
+    }
+    let run = RunState {
+        progress: record.progress.clone(),
+        params,
+        state,
+        optimizer: OptimizerState {
+            slots,
+            beta_powers: record.beta_powers,
+        },
+    };
+    Ok((record, run))
+}
+
+/// Periodic full-state checkpoints beside a base path (`run.safetensors` →
+/// `run.step600.safetensors`), keeping the newest `keep` that this process wrote; files it did
+/// not write are never deleted.
+pub struct Rotation {
+    base: PathBuf,
+    keep: usize,
+    written: std::collections::VecDeque<PathBuf>,
+}
+
+impl Rotation {
+    pub fn new(base: &Path, keep: usize) -> Rotation {
+        Rotation {
+            base: base.to_path_buf(),
+            keep,
+            written: Default::default(),
+        }
+    }
+
+    /// Where the checkpoint at `steps` goes.
+    pub fn path_for(&self, steps: u64) -> PathBuf {
+        let stem = self.base.file_stem().unwrap_or_default().to_string_lossy();
+        let ext = self
+            .base
+            .extension()
+            .map_or("safetensors".into(), |e| e.to_string_lossy());
+        self.base
+            .with_file_name(format!("{stem}.step{steps}.{ext}"))
+    }
+
+    /// Writes `run` atomically, then deletes the oldest of this run's checkpoints beyond `keep`.
+    pub fn write(
+        &mut self,
+        run: &RunState,
+        record: &RunRecord,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<PathBuf> {
+        let path = self.path_for(run.progress.steps);
+        save_run(&path, run, record, metadata)?;
+        if self.written.back() != Some(&path) {
+            self.written.push_back(path.clone());
+        }
+        while self.written.len() > self.keep {
+            let old = self.written.pop_front().expect("more than keep ≥ 0");
+            match fs::remove_file(&old) {
+                Err(e) if e.kind() != ErrorKind::NotFound => {
+                    return Err(Error::io(
+                        format!("deleting the old checkpoint {}", old.display()),
+                        e,
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(path)
+    }
+}
+
+/// The layout's tensors over an arena, by name; an arena of the wrong length is refused.
+fn named_params<'a>(
+    path: &Path,
+    layout: &'a ParamLayout,
+    arena: &'a [f64],
+) -> Result<impl Iterator<Item = (String, &'a Vec<usize>, &'a [f64])>> {
+    if arena.len() != layout.total {
         return Err(checkpoint_error(
             path,
             format!(
                 "refusing to write: got {} parameters but the net's layout has {}",
-                params.len(),
+                arena.len(),
                 layout.total
             ),
         ));
     }
-    let mut tensors = Vec::with_capacity(layout.tensors.len() + state.len());
-    let named = layout
-        .tensors
-        .iter()
-        .map(|t| (&t.name, &t.shape, &params[t.offset..t.offset + t.numel]))
-        .chain(state.iter().map(|(n, s, v)| (n, s, v.as_slice())));
+    Ok(layout.tensors.iter().map(|t| {
+        (
+            t.name.clone(),
+            &t.shape,
+            &arena[t.offset..t.offset + t.numel],
+        )
+    }))
+}
+
+/// The tensors in `precision`, refused (naming the tensor and index) if any value is not finite
+/// there: a checkpoint of broken weights would silently poison every run resumed from it.
+fn finite_tensors<'a>(
+    path: &Path,
+    named: impl Iterator<Item = (String, &'a Vec<usize>, &'a [f64])>,
+    precision: Precision,
+) -> Result<Vec<(String, Vec<usize>, TensorData)>> {
+    let mut tensors = Vec::new();
     for (name, shape, values) in named {
         // Checked after narrowing so that finite f64 values beyond f32's range are caught too.
-        let narrowed: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-        if let Some(i) = narrowed.iter().position(|v| !v.is_finite()) {
+        let data = match precision {
+            Precision::F32 => TensorData::F32(values.iter().map(|&v| v as f32).collect()),
+            Precision::F64 => TensorData::F64(values.to_vec()),
+        };
+        let bad = match &data {
+            TensorData::F32(v) => v.iter().position(|v| !v.is_finite()),
+            TensorData::F64(v) => v.iter().position(|v| !v.is_finite()),
+        };
+        if let Some(i) = bad {
             let what = if values[i].is_finite() {
                 format!("{} (too large for f32)", values[i])
             } else {
@@ -182,9 +364,9 @@ pub fn save_with_state(
                 ),
             ));
         }
-        tensors.push((name.clone(), shape.clone(), TensorData::F32(narrowed)));
+        tensors.push((name, shape.clone(), data));
     }
-    save_tensors(path, &tensors, metadata)
+    Ok(tensors)
 }
 
 /// Writes arbitrary named tensors (e.g. `analytic.W1`, `numeric.W1` in f64) atomically.
@@ -264,9 +446,35 @@ pub fn save_tensors(
 pub fn load(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> {
     let bytes = read_file(path)?;
     let (file, metadata) = parse(path, &bytes)?;
+    let params = read_params(path, &file, layout, "")?;
+    Ok(Checkpoint { params, metadata })
+}
+
+/// The arena of `layout`, each tensor read under its name with `prefix` (an optimizer slot's
+/// `exp_avg.`, or nothing for the parameters).
+fn read_params(
+    path: &Path,
+    file: &SafeTensors,
+    layout: &ParamLayout,
+    prefix: &str,
+) -> Result<Vec<f64>> {
+    // The layout may come from the file's own metadata: no allocation is sized by it before it
+    // is checked against what the file can hold (two bytes a value at the least, F16).
+    let stored: usize = file.tensors().iter().map(|(_, v)| v.data().len()).sum();
+    if layout.total > stored / 2 {
+        return Err(checkpoint_error(
+            path,
+            format!(
+                "the net needs {} parameters but the file's tensors hold {stored} bytes; it is \
+                 not a checkpoint of this net",
+                layout.total
+            ),
+        ));
+    }
     let mut params = vec![0.0; layout.total];
     for t in &layout.tensors {
-        let view = file.tensor(&t.name).map_err(|_| {
+        let name = format!("{prefix}{}", t.name);
+        let view = file.tensor(&name).map_err(|_| {
             let mut names = file.names();
             names.sort_unstable();
             let holds = if names.is_empty() {
@@ -276,16 +484,13 @@ pub fn load(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> {
             };
             checkpoint_error(
                 path,
-                format!(
-                    "has no tensor named {}, which the net needs; {holds}",
-                    t.name
-                ),
+                format!("has no tensor named {name}, which the net needs; {holds}"),
             )
         })?;
         if view.shape() != t.shape.as_slice() {
             return Err(checkpoint_error(
                 path,
-                shape_mismatch(&t.name, view.shape(), &t.shape),
+                shape_mismatch(&name, view.shape(), &t.shape),
             ));
         }
         let out = &mut params[t.offset..t.offset + t.numel];
@@ -293,8 +498,7 @@ pub fn load(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> {
             checkpoint_error(
                 path,
                 format!(
-                    "tensor {} has dtype {dtype}; only F32, F64, F16 and BF16 can be loaded",
-                    t.name
+                    "tensor {name} has dtype {dtype}; only F32, F64, F16 and BF16 can be loaded"
                 ),
             )
         })?;
@@ -303,15 +507,14 @@ pub fn load(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> {
             return Err(checkpoint_error(
                 path,
                 format!(
-                    "tensor {} holds {} at {:?}; these weights cannot be used",
-                    t.name,
+                    "tensor {name} holds {} at {:?}; these weights cannot be used",
                     out[i],
                     unravel(i, &t.shape)
                 ),
             ));
         }
     }
-    Ok(Checkpoint { params, metadata })
+    Ok(params)
 }
 
 /// One tensor by name, if the file has it with that shape (for optional state such as
@@ -319,6 +522,15 @@ pub fn load(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> {
 pub fn load_optional(path: &Path, name: &str, shape: &[usize]) -> Result<Option<Vec<f64>>> {
     let bytes = read_file(path)?;
     let (file, _) = parse(path, &bytes)?;
+    read_tensor(path, &file, name, shape)
+}
+
+fn read_tensor(
+    path: &Path,
+    file: &SafeTensors,
+    name: &str,
+    shape: &[usize],
+) -> Result<Option<Vec<f64>>> {
     let Ok(view) = file.tensor(name) else {
         return Ok(None);
     };

@@ -4,13 +4,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use wgrad::gpu::{list_adapters, AdapterOptions, GpuContext, Precision};
 use wgrad::nn::NamedTensor;
 use wgrad::nn::{Activation, Init, NetSpec};
 use wgrad::numgrad::{self, Strategy};
 use wgrad::optim::Optimizer;
+use wgrad::train::{RunRecord, RunState};
 use wgrad::{bench, checkpoint, data, gradcheck, train, Result};
 
 #[derive(Parser)]
@@ -81,10 +83,39 @@ struct NetArgs {
     /// Use the adapter whose name contains this (see `wgrad devices`).
     #[arg(long)]
     adapter: Option<String>,
-    /// Start from the parameters in this safetensors file (tensors W1, b1, …).
+    /// Start from the parameters in this safetensors file (tensors W1, b1, …). A wgrad
+    /// checkpoint brings its net: no net flags are needed.
     #[arg(long)]
     init_from: Option<PathBuf>,
 }
+
+/// The flags given on the command line (not left at their defaults), by clap id.
+struct Given(std::collections::BTreeSet<String>);
+
+impl Given {
+    fn of(matches: Option<&ArgMatches>) -> Given {
+        let Some(m) = matches else {
+            return Given(Default::default());
+        };
+        let ids = m.ids().map(|id| id.as_str().to_string());
+        let given = ids.filter(|id| m.value_source(id) == Some(ValueSource::CommandLine));
+        Given(given.collect())
+    }
+
+    fn any(&self, ids: &[&str]) -> bool {
+        ids.iter().any(|id| self.0.contains(*id))
+    }
+}
+
+/// The flags that shape the net (beside --init and --weight-decay).
+const NET_SHAPE_FLAGS: &[&str] = &[
+    "hidden",
+    "model",
+    "layers",
+    "batchnorm",
+    "dropout",
+    "activation",
+];
 
 #[derive(Args)]
 struct TrainArgs {
@@ -142,9 +173,22 @@ struct TrainArgs {
     /// Training steps recorded per GPU submit.
     #[arg(long, default_value_t = 40)]
     steps_per_submit: usize,
-    /// Write the trained parameters here (safetensors; checked for writability before training).
+    /// Write the run here at the end (safetensors: the parameters under their names, plus the
+    /// optimizer state and the run's record, so that --resume can continue it). Checked for
+    /// writability before training.
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Continue the run in this full-state checkpoint (from --save, --checkpoint-every or an
+    /// interrupt) bit for bit: the net, optimizer and settings come from it. --epochs extends it.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Write full-state checkpoints every N epochs, or every N steps with an s (500s), beside
+    /// --save (or wgrad-run.safetensors) as NAME.stepS.safetensors.
+    #[arg(long)]
+    checkpoint_every: Option<train::CheckpointEvery>,
+    /// Periodic checkpoints to keep; older ones this run wrote are deleted.
+    #[arg(long, default_value_t = 2)]
+    keep: usize,
     /// Print one JSON object on stdout at the end.
     #[arg(long)]
     json: bool,
@@ -223,11 +267,13 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     quiet_mesa_runtime_dir();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let given = |name| Given::of(matches.subcommand_matches(name));
     let result = match cli.command {
-        Command::Train(args) => run_train(args),
-        Command::Gradcheck(args) => run_gradcheck(args),
-        Command::Bench(args) => run_bench(args),
+        Command::Train(args) => run_train(args, &given("train")),
+        Command::Gradcheck(args) => run_gradcheck(args, &given("gradcheck")),
+        Command::Bench(args) => run_bench(args, &given("bench")),
         Command::Devices { json } => run_devices(json),
     };
     match result {
@@ -323,7 +369,12 @@ impl NetArgs {
         self.init.as_deref().unwrap_or(defaults.init).parse()
     }
 
-    fn spec(&self, data: &data::Dataset, defaults: &NetDefaults) -> Result<NetSpec> {
+    fn spec(&self, data: &data::Dataset, defaults: &NetDefaults, given: &Given) -> Result<NetSpec> {
+        if let Some(mut spec) = self.stored_spec(given)? {
+            spec.weight_decay = self.weight_decay;
+            spec.validate()?;
+            return Ok(spec);
+        }
         let activation: Activation = self.activation.parse()?;
         let layers = match (&self.layers, self.model.as_str()) {
             (Some(text), "mlp") => Some(text.clone()),
@@ -365,6 +416,27 @@ impl NetArgs {
         spec.weight_decay = self.weight_decay;
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// The net that a wgrad checkpoint given to --init-from describes, unless net flags describe
+    /// one (a plain numpy/PyTorch file has no description: the flags' net is used).
+    fn stored_spec(&self, given: &Given) -> Result<Option<NetSpec>> {
+        let Some(path) = &self.init_from else {
+            return Ok(None);
+        };
+        if given.any(NET_SHAPE_FLAGS) {
+            return Ok(None);
+        }
+        let Some(json) = checkpoint::read_metadata(path)?.remove("spec") else {
+            return Ok(None);
+        };
+        serde_json::from_str(&json).map(Some).map_err(|e| {
+            wgrad::Error::InvalidArgument(format!(
+                "{}: its spec metadata cannot be read ({e}); describe the net with flags \
+                 (--hidden, --layers, …)",
+                path.display()
+            ))
+        })
     }
 
     fn load_data(&self) -> Result<data::Mnist> {
@@ -433,35 +505,47 @@ impl TrainArgs {
             _ => None,
         };
         let mut opt = Optimizer::from_name(&name, self.lr.or(default_lr))?;
+        self.override_hyperparameters(&mut opt);
+        opt.validate()?;
+        Ok(opt)
+    }
+
+    /// Sets the hyperparameters that flags give (a learning rate, a momentum, …) in `opt`.
+    fn override_hyperparameters(&self, opt: &mut Optimizer) {
         let set = |slot: &mut f64, v: Option<f64>| {
             if let Some(v) = v {
                 *slot = v;
             }
         };
-        match &mut opt {
+        match opt {
             Optimizer::Sgd {
+                lr,
                 momentum,
                 dampening,
                 weight_decay,
                 ..
             } => {
+                set(lr, self.lr);
                 set(momentum, self.momentum);
                 set(dampening, self.dampening);
                 set(weight_decay, self.optim_weight_decay);
             }
             Optimizer::Adagrad {
+                lr,
                 eps,
                 lr_decay,
                 initial_accumulator,
                 weight_decay,
                 ..
             } => {
+                set(lr, self.lr);
                 set(eps, self.eps);
                 set(lr_decay, self.lr_decay);
                 set(initial_accumulator, self.initial_accumulator);
                 set(weight_decay, self.optim_weight_decay);
             }
             Optimizer::Rmsprop {
+                lr,
                 alpha,
                 eps,
                 momentum,
@@ -469,21 +553,23 @@ impl TrainArgs {
                 weight_decay,
                 ..
             } => {
+                set(lr, self.lr);
                 set(alpha, self.alpha);
                 set(eps, self.eps);
                 set(momentum, self.momentum);
-                *centered = self.centered;
+                *centered |= self.centered;
                 set(weight_decay, self.optim_weight_decay);
             }
             Optimizer::Adam {
+                lr,
                 beta1,
                 beta2,
                 eps,
                 amsgrad,
                 weight_decay,
-                ..
             }
             | Optimizer::Adamw {
+                lr,
                 beta1,
                 beta2,
                 eps,
@@ -491,114 +577,334 @@ impl TrainArgs {
                 weight_decay,
                 ..
             } => {
+                set(lr, self.lr);
                 set(beta1, self.beta1);
                 set(beta2, self.beta2);
                 set(eps, self.eps);
-                *amsgrad = self.amsgrad;
+                *amsgrad |= self.amsgrad;
                 set(weight_decay, self.optim_weight_decay);
             }
         }
-        opt.validate()?;
-        Ok(opt)
     }
 }
 
-fn run_train(args: TrainArgs) -> Result<ExitCode> {
+fn run_train(args: TrainArgs, given: &Given) -> Result<ExitCode> {
     // Every argument is checked before the data is read or the GPU is touched.
-    let optimizer = args.optimizer()?;
-    let init = args.net.init(&TRAIN_NET)?;
-    let precision: Precision = args.precision.parse()?;
     if let Some(path) = &args.save {
         checkpoint::ensure_writable(path)?;
     }
-    let mnist = args.net.load_data()?;
-    let spec = args.net.spec(&mnist.train, &TRAIN_NET)?;
-    let initial_params = args.net.initial_params(&spec)?;
-    let initial_state = args.net.initial_state(&spec)?;
-    let config = train::TrainConfig {
-        spec: spec.clone(),
-        init,
-        optimizer,
-        epochs: args.epochs(),
-        batch_size: args.batch_size,
-        seed: args.net.seed,
-        precision,
-        initial_params,
-        initial_state,
-        steps_per_submit: args.steps_per_submit,
-        verbose: true,
-        interrupt: Some(stop_on_signal()),
-        ..Default::default()
+    let run_file = (args.save.clone()).unwrap_or_else(|| PathBuf::from("wgrad-run.safetensors"));
+    if args.checkpoint_every.is_some() {
+        if args.keep == 0 {
+            return Err(wgrad::Error::InvalidArgument(
+                "--keep must be at least 1: the periodic checkpoints to keep".into(),
+            ));
+        }
+        checkpoint::ensure_writable(&run_file)?;
+    }
+    let (mut config, mnist, data_dir) = match &args.resume {
+        Some(path) => args.resumed(path, given)?,
+        None => args.fresh(given)?,
     };
+    let signals = Signals::install();
+    config.verbose = true;
+    config.interrupt = Some(signals.stop.clone());
+    config.checkpoint_every = args.checkpoint_every;
     config.validate(&mnist.train)?;
     let ctx = args.net.context()?;
-    let report = train::train(&ctx, &mnist, &config, None)?;
-    if report.interrupted {
-        eprintln!(
-            "wgrad: interrupted after step {} of {}: evaluated and {} as it stands",
-            report.steps,
-            config.epochs * (mnist.train.len() / config.batch_size),
-            if args.save.is_some() {
-                "saved"
-            } else {
-                "reported"
-            }
-        );
-    }
+    let identity = mnist.identity();
+    let record = |run: &RunState| RunRecord::new(&config, run, identity.clone(), data_dir.clone());
+    let mut rotation = checkpoint::Rotation::new(&run_file, args.keep);
+    let mut on_checkpoint = |run: &RunState| -> Result<()> {
+        let path = rotation.write(run, &record(run), &run_metadata(&config, run))?;
+        eprintln!("wgrad: checkpoint {}", path.display());
+        Ok(())
+    };
+    let hooks = train::Hooks {
+        on_epoch: None,
+        on_checkpoint: Some(&mut on_checkpoint),
+    };
+    let report = train::train_with(&ctx, &mnist, &config, hooks)?;
     eprintln!(
         "wgrad: test accuracy {:.4}, train accuracy {:.4}, {:.1} s ({:.0} samples/s)",
         report.test_accuracy, report.train_accuracy, report.seconds, report.samples_per_second
     );
-    if let Some(path) = &args.save {
-        let mut meta = BTreeMap::new();
-        meta.insert("format".into(), "wgrad-mlp".into());
-        meta.insert(
-            "spec".into(),
-            serde_json::to_string(&spec).expect("serialisable"),
-        );
-        meta.insert("init".into(), init.to_string());
-        meta.insert(
-            "test_accuracy".into(),
-            format!("{:.6}", report.test_accuracy),
-        );
-        checkpoint::save_with_state(path, &spec.layout(), &report.params, &report.state, &meta)?;
+    let save_to = match (&args.save, report.interrupted) {
+        (Some(path), _) => Some(path.clone()),
+        // An interrupted run is never thrown away.
+        (None, true) => Some(PathBuf::from(format!(
+            "wgrad-interrupted-step{}.safetensors",
+            report.steps
+        ))),
+        (None, false) => None,
+    };
+    if let Some(path) = &save_to {
+        let (run, meta) = (&report.run, run_metadata(&config, &report.run));
+        checkpoint::save_run(path, run, &record(run), &meta)?;
         eprintln!("wgrad: saved {}", path.display());
     }
+    if let (true, Some(path)) = (report.interrupted, &save_to) {
+        let per_epoch = mnist.train.len() / config.batch_size;
+        eprintln!(
+            "wgrad: interrupted at step {} of {}; continue the run with:\n  wgrad train --resume {}",
+            report.steps,
+            config.epochs * per_epoch,
+            path.display()
+        );
+    }
     if args.json {
+        let spec = &config.spec;
         let mut value = serde_json::to_value(&report).expect("serialisable");
         value["adapter"] = ctx.adapter_json();
         value["optimizer"] = serde_json::to_value(&config.optimizer).expect("serialisable");
-        value["spec"] = serde_json::to_value(&spec).expect("serialisable");
+        value["spec"] = serde_json::to_value(spec).expect("serialisable");
         // The widths --hidden gives, readable without walking the layer list.
         value["spec"]["hidden"] = serde_json::json!(spec.hidden_units());
-        value["precision"] = serde_json::json!(precision);
+        value["precision"] = serde_json::json!(config.precision);
         println!("{value}");
     }
-    // 128 + SIGINT, as a shell reports a process that Ctrl-C ended.
     Ok(if report.interrupted {
-        ExitCode::from(130)
+        ExitCode::from(signals.exit_code())
     } else {
         ExitCode::SUCCESS
     })
 }
 
-/// A flag that Ctrl-C, SIGTERM or SIGHUP sets, so that training stops after the submit in
-/// flight and the run is evaluated and saved rather than lost. A second signal ends the process
-/// at once.
-fn stop_on_signal() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let installed = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nwgrad: stopping after the current steps (again to quit at once)");
-    });
-    if let Err(e) = installed {
-        eprintln!("wgrad: Ctrl-C will not save the run: {e}");
+/// The readable metadata beside the run's record: numpy and PyTorch users see these keys.
+fn run_metadata(config: &train::TrainConfig, run: &RunState) -> BTreeMap<String, String> {
+    let mut meta = BTreeMap::new();
+    meta.insert("format".into(), "wgrad-mlp".into());
+    let spec = serde_json::to_string(&config.spec).expect("serialisable");
+    meta.insert("spec".into(), spec);
+    meta.insert("init".into(), config.init.to_string());
+    meta.insert("step".into(), run.progress.steps.to_string());
+    if let Some(last) = run.progress.history.last() {
+        meta.insert("test_accuracy".into(), format!("{:.6}", last.test_accuracy));
     }
-    stop
+    meta
+}
+
+/// The optimizer's flags.
+const OPTIMIZER_FLAGS: &[&str] = &[
+    "optimizer",
+    "lr",
+    "momentum",
+    "dampening",
+    "beta1",
+    "beta2",
+    "eps",
+    "alpha",
+    "lr_decay",
+    "initial_accumulator",
+    "amsgrad",
+    "centered",
+    "optim_weight_decay",
+];
+
+impl TrainArgs {
+    /// A new run as the flags describe it, the data it trains on, and that data's folder.
+    fn fresh(&self, given: &Given) -> Result<(train::TrainConfig, data::Mnist, Option<PathBuf>)> {
+        let optimizer = self.optimizer()?;
+        let init = self.net.init(&TRAIN_NET)?;
+        let precision: Precision = self.precision.parse()?;
+        let mnist = self.net.load_data()?;
+        let spec = self.net.spec(&mnist.train, &TRAIN_NET, given)?;
+        let config = train::TrainConfig {
+            initial_params: self.net.initial_params(&spec)?,
+            initial_state: self.net.initial_state(&spec)?,
+            spec,
+            init,
+            optimizer,
+            epochs: self.epochs(),
+            batch_size: self.batch_size,
+            seed: self.net.seed,
+            precision,
+            steps_per_submit: self.steps_per_submit,
+            ..Default::default()
+        };
+        Ok((config, mnist, data_folder(self.net.data.as_deref())?))
+    }
+
+    /// The run stored at `path`, to continue on its own data (or the same data in another
+    /// folder) until --epochs, or the run's own epoch count.
+    fn resumed(
+        &self,
+        path: &std::path::Path,
+        given: &Given,
+    ) -> Result<(train::TrainConfig, data::Mnist, Option<PathBuf>)> {
+        if given.any(&["init_from"]) {
+            return Err(wgrad::Error::InvalidArgument(
+                "give either --resume (continue a run) or --init-from (start one from weights), \
+                 not both"
+                    .into(),
+            ));
+        }
+        let (record, run) = checkpoint::load_run(path)?;
+        let dir = self.net.data.clone().or(record.data_dir.clone());
+        let mnist = match &dir {
+            Some(dir) => data::load_dir(dir)?,
+            None => data::bundled()?,
+        };
+        let found = mnist.identity();
+        if found != record.data {
+            let describe = |d: &data::DataIdentity| {
+                format!(
+                    "{} training and {} test images of {}×{}, sha256 {}",
+                    d.train_images, d.test_images, d.rows, d.cols, d.sha256
+                )
+            };
+            return Err(wgrad::Error::InvalidArgument(format!(
+                "{} was trained on {}, but {} holds {}: point --data at the run's data",
+                path.display(),
+                describe(&record.data),
+                dir.map_or("the bundled set".into(), |d| d.display().to_string()),
+                describe(&found)
+            )));
+        }
+        self.check_agrees(given, &record.config, &mnist)?;
+        let mut config = record.config;
+        config.epochs = self.epochs.unwrap_or(config.epochs);
+        config.resume = Some(run);
+        Ok((config, mnist, data_folder(dir.as_deref())?))
+    }
+
+    /// Refuses flags that would make a resumed run another run, naming both values.
+    fn check_agrees(
+        &self,
+        given: &Given,
+        stored: &train::TrainConfig,
+        mnist: &data::Mnist,
+    ) -> Result<()> {
+        let clash = |flag: &str, ours: String, theirs: String| {
+            Err(wgrad::Error::InvalidArgument(format!(
+                "--{flag} {ours} contradicts the checkpoint, whose run has {theirs}: drop the flag \
+                 to resume the run as it was, or start a new run from its weights with --init-from"
+            )))
+        };
+        let precision: Precision = self.precision.parse()?;
+        let settings = [
+            (
+                "batch-size",
+                "batch_size",
+                self.batch_size.to_string(),
+                stored.batch_size.to_string(),
+            ),
+            (
+                "seed",
+                "seed",
+                self.net.seed.to_string(),
+                stored.seed.to_string(),
+            ),
+            (
+                "steps-per-submit",
+                "steps_per_submit",
+                self.steps_per_submit.to_string(),
+                stored.steps_per_submit.to_string(),
+            ),
+            (
+                "precision",
+                "precision",
+                format!("{precision:?}"),
+                format!("{:?}", stored.precision),
+            ),
+        ];
+        for (flag, id, ours, theirs) in settings {
+            if given.any(&[id]) && ours != theirs {
+                return clash(flag, ours, format!("{flag} {theirs}"));
+            }
+        }
+        if given.any(&["init"]) {
+            let init = self.net.init(&TRAIN_NET)?;
+            if init != stored.init {
+                return clash("init", init.to_string(), format!("init {}", stored.init));
+            }
+        }
+        if given.any(NET_SHAPE_FLAGS) || given.any(&["weight_decay"]) {
+            let spec = self.net.spec(&mnist.train, &TRAIN_NET, given)?;
+            if spec != stored.spec {
+                let describe =
+                    |s: &NetSpec| format!("{} (weight decay {})", layer_list(s), s.weight_decay);
+                return clash(
+                    "net flags give",
+                    describe(&spec),
+                    format!("the net {}", describe(&stored.spec)),
+                );
+            }
+        }
+        if given.any(OPTIMIZER_FLAGS) {
+            let requested = if given.any(&["optimizer"]) {
+                self.optimizer()?
+            } else {
+                let mut o = stored.optimizer.clone();
+                self.override_hyperparameters(&mut o);
+                o
+            };
+            if requested != stored.optimizer {
+                let json = |o: &Optimizer| serde_json::to_string(o).expect("serialisable");
+                return clash(
+                    "optimizer flags give",
+                    json(&requested),
+                    format!("the optimizer {}", json(&stored.optimizer)),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A net's layers as --layers writes them.
+fn layer_list(spec: &NetSpec) -> String {
+    let words: Vec<String> = spec.layers.iter().map(|l| l.to_string()).collect();
+    words.join(",")
+}
+
+/// The data folder as an absolute path (None: the bundled set), so that a checkpoint's record
+/// finds it from any working directory.
+fn data_folder(dir: Option<&std::path::Path>) -> Result<Option<PathBuf>> {
+    dir.map(|d| {
+        std::fs::canonicalize(d)
+            .map_err(|e| wgrad::Error::io(format!("resolving the data folder {}", d.display()), e))
+    })
+    .transpose()
+}
+
+/// Ctrl-C, SIGTERM and SIGHUP: the first sets `stop`, so that training stops after the submit
+/// in flight and the run is saved rather than lost, and records which signal came; a second ends
+/// the process at once, writing nothing.
+struct Signals {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// 128 + the signal's number, as a shell reports a process the signal ended.
+    code: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        use signal_hook::flag;
+        let signals = Signals {
+            stop: Default::default(),
+            code: Default::default(),
+        };
+        for signal in [SIGINT, SIGTERM, SIGHUP] {
+            let code = 128 + signal as usize;
+            // The shutdown is registered first, so it sees the flag as the earlier signal left it.
+            let installed =
+                flag::register_conditional_shutdown(signal, code as i32, signals.stop.clone())
+                    .and_then(|_| flag::register_usize(signal, signals.code.clone(), code))
+                    .and_then(|_| flag::register(signal, signals.stop.clone()));
+            if let Err(e) = installed {
+                eprintln!("wgrad: signal {signal} will not save the run: {e}");
+            }
+        }
+        signals
+    }
+
+    fn exit_code(&self) -> u8 {
+        match self.code.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => 130,
+            code => code as u8,
+        }
+    }
 }
 
 /// Parameters for a check: a checkpoint, or the init; then `after_steps` of training.
@@ -626,16 +932,16 @@ fn check_params(
         initial_params: Some(params),
         ..Default::default()
     };
-    Ok(train::train(ctx, mnist, &config, None)?.params)
+    Ok(train::train(ctx, mnist, &config, None)?.run.params)
 }
 
-fn run_gradcheck(args: GradcheckArgs) -> Result<ExitCode> {
+fn run_gradcheck(args: GradcheckArgs, given: &Given) -> Result<ExitCode> {
     let strategy: Strategy = args.strategy.parse()?;
     if let Some(path) = &args.save_grads {
         checkpoint::ensure_writable(path)?;
     }
     let mnist = cropped(args.net.load_data()?, args.crop)?;
-    let spec = args.net.spec(&mnist.train, &CHECK_NET)?;
+    let spec = args.net.spec(&mnist.train, &CHECK_NET, given)?;
     let (x, labels) = gradcheck::first_batch(&mnist.train, args.batch)?;
     let ctx = args.net.context()?;
     let precision = match &args.precision {
@@ -783,7 +1089,7 @@ fn cropped(mnist: data::Mnist, size: Option<usize>) -> Result<data::Mnist> {
     })
 }
 
-fn run_bench(args: BenchArgs) -> Result<ExitCode> {
+fn run_bench(args: BenchArgs, given: &Given) -> Result<ExitCode> {
     for v in &args.variants {
         if !["incremental", "full", "sequential"].contains(&v.as_str()) {
             return Err(wgrad::Error::InvalidArgument(format!(
@@ -792,7 +1098,7 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         }
     }
     let mnist = cropped(args.net.load_data()?, args.crop)?;
-    let spec = args.net.spec(&mnist.train, &CHECK_NET)?;
+    let spec = args.net.spec(&mnist.train, &CHECK_NET, given)?;
     let (x, labels) = gradcheck::first_batch(&mnist.train, args.batch)?;
     let ctx = args.net.context()?;
     let precisions: Vec<Precision> = if args.precision.is_empty() {

@@ -9,14 +9,14 @@
 //!   to the bias-corrected √v̂ with ε = 1e-8.
 //! - AdaGrad: the book's ε is 1e-7, PyTorch's (and ours) 1e-10.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::gpu::kernel::{grid, shaders, Binding, Entry, KernelBindings, Placeholders};
-use crate::gpu::{Gpu, GpuBuffer};
+use crate::gpu::{Gpu, GpuBuffer, GpuContext};
 
 /// An optimizer and every hyperparameter it takes.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "lowercase")]
 pub enum Optimizer {
     /// Plain, momentum or Nesterov SGD (`torch.optim.SGD`).
@@ -174,6 +174,30 @@ impl Optimizer {
         }
     }
 
+    /// What each of optim.wgsl's three state slots holds for this optimizer, named as
+    /// `torch.optim`'s `state_dict` names it; `None` where the slot is unused.
+    pub fn slot_names(&self) -> [Option<&'static str>; 3] {
+        let used = |name, on: bool| on.then_some(name);
+        match *self {
+            Optimizer::Sgd { momentum, .. } => {
+                [used("momentum_buffer", momentum != 0.0), None, None]
+            }
+            Optimizer::Adagrad { .. } => [Some("sum"), None, None],
+            Optimizer::Rmsprop {
+                momentum, centered, ..
+            } => [
+                Some("square_avg"),
+                used("momentum_buffer", momentum != 0.0),
+                used("grad_avg", centered),
+            ],
+            Optimizer::Adam { amsgrad, .. } | Optimizer::Adamw { amsgrad, .. } => [
+                Some("exp_avg"),
+                Some("exp_avg_sq"),
+                used("max_exp_avg_sq", amsgrad),
+            ],
+        }
+    }
+
     /// Rejects the values PyTorch rejects, with the flag to change.
     pub fn validate(&self) -> Result<(), Error> {
         let lr = self.lr();
@@ -270,8 +294,22 @@ impl Optimizer {
 /// and its update dispatches over a model's arena.
 pub struct GpuOptimizer {
     pub optimizer: Optimizer,
-    /// The update; its bind groups hold the state slots and powers alive.
+    /// The update, recorded once over the buffers below.
     dispatches: Vec<crate::gpu::Dispatch>,
+    slots: [GpuBuffer; 3],
+    /// [β1ᵗ, β2ᵗ], advanced by repeated products on the GPU.
+    powers: GpuBuffer,
+    precision: crate::gpu::Precision,
+}
+
+/// An optimizer's state read back from the GPU, to be stored and written back bit for bit.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OptimizerState {
+    /// Each used slot: its `state_dict` name and one value per arena parameter.
+    pub slots: Vec<(String, Vec<f64>)>,
+    /// [β1ᵗ, β2ᵗ] as the GPU holds them. Not recomputed from t on resume: pow(β, t) need not
+    /// equal the product the GPU formed step by step, and a resumed run must be the same run.
+    pub beta_powers: [f64; 2],
 }
 
 /// optim.wgsl's `hyper` buffer: every optimizer's hyperparameters in one layout, zero where an
@@ -469,12 +507,14 @@ impl GpuOptimizer {
                 precision,
             )
         };
+        let slots = [slot(0, initial), slot(1, 0.0), slot(2, 0.0)];
+        let powers = GpuBuffer::from_real(ctx, "powers", &[1.0, 1.0], precision);
         let bindings = OptimBindings {
             hyper: &GpuBuffer::from_real(ctx, "hyper", &hyper.words(), precision),
             theta: &model.params,
             grad: &model.grads,
-            slots: &[slot(0, initial), slot(1, 0.0), slot(2, 0.0)],
-            powers: &GpuBuffer::from_real(ctx, "powers", &[1.0, 1.0], precision),
+            slots: &slots,
+            powers: &powers,
             state,
         };
         let (groups, row_width) = grid(numel);
@@ -498,12 +538,51 @@ impl GpuOptimizer {
         Ok(GpuOptimizer {
             optimizer: optimizer.clone(),
             dispatches,
+            slots,
+            powers,
+            precision,
         })
     }
 
     /// The update, to record after the backward pass of each step.
     pub fn dispatches(&self) -> &[crate::gpu::Dispatch] {
         &self.dispatches
+    }
+
+    /// The used slots and the β powers, as they stand after the last submit.
+    pub fn read_state(&self, ctx: &GpuContext) -> crate::Result<OptimizerState> {
+        let mut slots = Vec::new();
+        for (buffer, name) in self.slots.iter().zip(self.optimizer.slot_names()) {
+            if let Some(name) = name {
+                slots.push((name.to_string(), buffer.read_real(ctx, self.precision)?));
+            }
+        }
+        let powers = self.powers.read_real(ctx, self.precision)?;
+        Ok(OptimizerState {
+            slots,
+            beta_powers: [powers[0], powers[1]],
+        })
+    }
+
+    /// Puts back a state from [`GpuOptimizer::read_state`] of the same optimizer and arena.
+    pub fn write_state(&self, ctx: &GpuContext, state: &OptimizerState) -> crate::Result<()> {
+        let names = self.optimizer.slot_names();
+        for (name, values) in &state.slots {
+            let i = names.iter().position(|n| *n == Some(name.as_str()));
+            let numel = self.slots[0].len;
+            let Some(i) = i.filter(|_| values.len() == numel) else {
+                return Err(Error::InvalidArgument(format!(
+                    "optimizer state {name} ({} values) does not belong to {} over {numel} \
+                     parameters",
+                    values.len(),
+                    self.optimizer.name()
+                )));
+            };
+            self.slots[i].write_real(ctx, 0, values, self.precision);
+        }
+        self.powers
+            .write_real(ctx, 0, &state.beta_powers, self.precision);
+        Ok(())
     }
 }
 

@@ -33,14 +33,14 @@ fn trained_net_survives_save_and_load() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("tiny.safetensors");
     let meta = BTreeMap::from([("note".to_string(), "round trip".to_string())]);
-    checkpoint::save(&path, &spec.layout(), &report.params, &meta).unwrap();
+    checkpoint::save(&path, &spec.layout(), &report.run.params, &meta).unwrap();
     let loaded = checkpoint::load(&path, &spec.layout()).unwrap();
     assert_eq!(loaded.metadata, meta);
     // f32 training, f32 file: the parameters come back bit for bit.
-    assert_eq!(loaded.params, report.params);
+    assert_eq!(loaded.params, report.run.params);
 
     for set in [&mnist.train, &mnist.test] {
-        let before = train::evaluate(&ctx, &spec, &report.params, set, Precision::F32).unwrap();
+        let before = train::evaluate(&ctx, &spec, &report.run.params, set, Precision::F32).unwrap();
         let after = train::evaluate(&ctx, &spec, &loaded.params, set, Precision::F32).unwrap();
         assert_eq!(before.accuracy, after.accuracy);
         assert_eq!(before.loss, after.loss);

@@ -7,58 +7,18 @@
 //! under a second on lavapipe.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 mod common;
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
+use common::cli::*;
 use serde_json::Value;
 use tempfile::TempDir;
 use wgrad::data::{TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS};
 
-const IMAGES_MAGIC: u32 = 2051;
-const LABELS_MAGIC: u32 = 2049;
-/// `main` exits with this on every reported error; clap uses it for usage errors too.
-const ERROR_EXIT: i32 = 2;
-
 // ---------------------------------------------------------------------------------------------
 // Running the binary
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn wgrad(args: &[&str]) -> Run {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_wgrad"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("the wgrad binary runs");
-    Run {
-        code: status.code(),
-        stdout: String::from_utf8(stdout).expect("stdout is UTF-8"),
-        stderr: String::from_utf8(stderr).expect("stderr is UTF-8"),
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("temp paths are UTF-8")
-}
-
-fn assert_mentions(text: &str, parts: &[&str]) {
-    for part in parts {
-        assert!(text.contains(part), "stderr lacks {part:?}:\n{text}");
-    }
-}
 
 /// Runs `wgrad train ARGS --json --save OUT/model.safetensors` in a fresh output folder and
 /// checks that it fails with `ERROR_EXIT`, prints nothing on stdout, names every one of
@@ -121,15 +81,6 @@ fn train_json(args: &[&str]) -> Value {
     value
 }
 
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 fn number(value: &Value, key: &str) -> f64 {
     value[key]
         .as_f64()
@@ -138,43 +89,6 @@ fn number(value: &Value, key: &str) -> f64 {
 
 // ---------------------------------------------------------------------------------------------
 // Synthetic IDX folders
-
-fn idx(magic: u32, dims: &[u32], body: &[u8]) -> Vec<u8> {
-    let mut bytes = magic.to_be_bytes().to_vec();
-    for d in dims {
-        bytes.extend(d.to_be_bytes());
-    }
-    bytes.extend(body);
-    bytes
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
-    encoder.write_all(bytes).unwrap();
-    encoder.finish().unwrap()
-}
-
-fn labels_for(count: u32) -> Vec<u8> {
-    (0..count).map(|i| (i % 10) as u8).collect()
-}
-
-/// `count` side×side images in which digit d lights pixel d (and a faint background that
-/// varies), so that a net can learn them; labels cycle through 0–9.
-fn images_idx(count: u32, side: u32) -> Vec<u8> {
-    let size = (side * side) as usize;
-    let mut pixels = Vec::with_capacity(count as usize * size);
-    for (i, label) in labels_for(count).into_iter().enumerate() {
-        for p in 0..size {
-            let lit = p % 10 == usize::from(label);
-            pixels.push(if lit { 255 } else { ((i + p) % 7) as u8 * 8 });
-        }
-    }
-    idx(IMAGES_MAGIC, &[count, side, side], &pixels)
-}
-
-fn labels_idx(count: u32) -> Vec<u8> {
-    idx(LABELS_MAGIC, &[count], &labels_for(count))
-}
 
 const TRAIN_COUNT: u32 = 200;
 const TEST_COUNT: u32 = 50;
@@ -194,12 +108,6 @@ fn valid_folder() -> TempDir {
     write(d, TEST_IMAGES, &images_idx(TEST_COUNT, SIDE));
     write(d, TEST_LABELS, &labels_idx(TEST_COUNT));
     dir
-}
-
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let path = dir.join(name);
-    fs::write(&path, bytes).unwrap();
-    path
 }
 
 /// A checkpoint written by `wgrad train` itself (1 epoch on the bundled set).
@@ -1048,7 +956,10 @@ fn an_interrupted_run_is_evaluated_saved_and_exits_130() {
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(130), "{seen}{rest}");
-    assert_mentions(&rest, &["interrupted after step", "saved"]);
+    assert_mentions(
+        &rest,
+        &["interrupted at step", "saved", "wgrad train --resume"],
+    );
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["interrupted"], true, "{report}");
     let steps = report["steps"].as_u64().unwrap();

@@ -49,7 +49,7 @@ fn trained(ctx: &GpuContext, spec: &NetSpec, data: &Mnist, steps: usize) -> Vec<
         batch_size: 20,
         ..Default::default()
     };
-    train::train(ctx, data, &cfg, None).unwrap().params
+    train::train(ctx, data, &cfg, None).unwrap().run.params
 }
 
 fn check_both_strategies(ctx: &GpuContext, spec: &NetSpec, params: &[f64], data: &Mnist, n: usize) {
@@ -191,7 +191,7 @@ fn a_short_convnet_run_learns_and_repeats_exactly() {
     assert!(a.test_accuracy > 0.8, "test accuracy {}", a.test_accuracy);
     let b = train::train(ctx, &small, &cfg, None).unwrap();
     assert_eq!(
-        a.params, b.params,
+        a.run.params, b.run.params,
         "same seed, same adapter: same parameters"
     );
 }
@@ -218,12 +218,12 @@ fn batchnorm_and_dropout_nets_train_and_infer_deterministically() {
     let a = train::train(ctx, &small, &cfg, None).unwrap();
     assert!(a.test_accuracy > 0.8, "test accuracy {}", a.test_accuracy);
     let b = train::train(ctx, &small, &cfg, None).unwrap();
-    assert_eq!(a.params, b.params);
+    assert_eq!(a.run.params, b.run.params);
     assert_eq!(a.test_accuracy, b.test_accuracy);
     // Evaluation is inference mode: the same numbers every time (no dropout, fixed statistics).
     let again = (0..2)
         .map(|_| {
-            train::evaluate(ctx, &spec, &a.params, &small.test, Precision::F32)
+            train::evaluate(ctx, &spec, &a.run.params, &small.test, Precision::F32)
                 .unwrap()
                 .loss
         })
@@ -231,7 +231,7 @@ fn batchnorm_and_dropout_nets_train_and_infer_deterministically() {
     assert_eq!(again[0], again[1]);
     // A different seed draws different dropout masks, so training takes another path.
     let other = train::train(ctx, &small, &TrainConfig { seed: 7, ..cfg }, None).unwrap();
-    assert_ne!(a.params, other.params);
+    assert_ne!(a.run.params, other.run.params);
 }
 
 #[test]

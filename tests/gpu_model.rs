@@ -202,7 +202,7 @@ fn short_training_run_learns_and_is_deterministic() {
     assert_eq!(first.test_accuracy, second.test_accuracy);
     assert_eq!(first.final_loss.to_bits(), second.final_loss.to_bits());
     assert!(
-        bits(&first.params) == bits(&second.params),
+        bits(&first.run.params) == bits(&second.run.params),
         "same seed, different parameters"
     );
 }

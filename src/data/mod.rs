@@ -266,6 +266,44 @@ pub struct Mnist {
     pub test: Dataset,
 }
 
+/// What a checkpoint records of the data a run trained on, so that a resume on other data is
+/// refused rather than silently continued. The hash is of the decoded images and labels, so the
+/// same data gzipped, raw, or in another folder is the same data.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DataIdentity {
+    pub train_images: usize,
+    pub test_images: usize,
+    pub rows: usize,
+    pub cols: usize,
+    /// SHA-256 over train images, train labels, test images, test labels, each preceded by its
+    /// length.
+    pub sha256: String,
+}
+
+impl Mnist {
+    pub fn identity(&self) -> DataIdentity {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for part in [
+            &self.train.images,
+            &self.train.labels,
+            &self.test.images,
+            &self.test.labels,
+        ] {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part);
+        }
+        let digest = hash.finalize();
+        DataIdentity {
+            train_images: self.train.len(),
+            test_images: self.test.len(),
+            rows: self.train.rows,
+            cols: self.train.cols,
+            sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+}
+
 /// A file's contents with the name that its errors should show.
 struct IdxFile<'a> {
     name: String,

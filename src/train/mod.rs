@@ -6,9 +6,12 @@ use std::io::IsTerminal;
 use std::time::Instant;
 
 use rand::SeedableRng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 mod metrics;
+mod resume;
+
+pub use resume::{CheckpointEvery, Progress, RunRecord, RunState};
 
 pub use metrics::{
     advance, copy_loss, eval_metrics, train_metrics, StateWord, StatsWord, STATE_WORDS, STATS_WORDS,
@@ -22,8 +25,10 @@ use crate::nn::{
 };
 use crate::optim::{GpuOptimizer, Optimizer};
 
-/// Everything a training run needs besides the data and the device.
-#[derive(Clone, Debug)]
+/// Everything a training run needs besides the data and the device. The serialised fields are
+/// the run's settings, stored in full-state checkpoints; the skipped ones say how this session
+/// starts and is watched.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub spec: NetSpec,
     pub init: Init,
@@ -33,19 +38,30 @@ pub struct TrainConfig {
     pub seed: u64,
     pub precision: Precision,
     /// Start from these parameters (e.g. a checkpoint) instead of drawing them from `init`.
+    #[serde(skip)]
     pub initial_params: Option<Vec<f64>>,
     /// BatchNorm running statistics to start from (e.g. from a checkpoint).
+    #[serde(skip)]
     pub initial_state: Vec<NamedTensor>,
+    /// Continue this run where it stood (a full-state checkpoint) instead of starting one.
+    #[serde(skip)]
+    pub resume: Option<RunState>,
+    /// Hand the run's full state to [`Hooks::on_checkpoint`] this often.
+    #[serde(skip)]
+    pub checkpoint_every: Option<CheckpointEvery>,
     /// Rows per evaluation batch.
     pub eval_batch: usize,
     /// Training steps recorded per submit; the host looks at the GPU only between submits.
     pub steps_per_submit: usize,
     /// Stop after this many steps (the last epoch may be cut short).
+    #[serde(skip)]
     pub max_steps: Option<usize>,
     /// Show a progress bar on stderr (only drawn when stderr is a terminal) and epoch lines.
+    #[serde(skip)]
     pub verbose: bool,
     /// When set (by a Ctrl-C or SIGTERM handler), training stops after the submit in flight,
     /// evaluates, and returns what it has, marked interrupted.
+    #[serde(skip)]
     pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
@@ -64,6 +80,8 @@ impl Default for TrainConfig {
             precision: Precision::F32,
             initial_params: None,
             initial_state: Vec::new(),
+            resume: None,
+            checkpoint_every: None,
             eval_batch: 1000,
             steps_per_submit: 40,
             max_steps: None,
@@ -79,13 +97,17 @@ impl TrainConfig {
     /// `rows` is refused before the parameters are drawn (not left to abort the allocator).
     fn model(&self, ctx: &GpuContext, rows: usize) -> Result<Model> {
         crate::nn::model::check_fits(ctx, &self.spec, rows, self.precision)?;
-        let params = match &self.initial_params {
-            Some(p) => p.clone(),
-            None => init_params(&self.spec, self.init, self.seed),
+        let (params, state) = match (&self.resume, &self.initial_params) {
+            (Some(run), _) => (run.params.clone(), &run.state),
+            (None, Some(p)) => (p.clone(), &self.initial_state),
+            (None, None) => (
+                init_params(&self.spec, self.init, self.seed),
+                &self.initial_state,
+            ),
         };
         let mut model = Model::new(ctx, &self.spec, &params, self.precision)?;
         model.dropout_seed = self.seed as u32 ^ (self.seed >> 32) as u32;
-        model.write_state(ctx, &self.initial_state);
+        model.write_state(ctx, state);
         Ok(model)
     }
 
@@ -138,7 +160,7 @@ impl TrainConfig {
 }
 
 /// One epoch's figures.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochReport {
     pub epoch: usize,
     /// Mean training loss over the epoch's steps (with the L2 term).
@@ -158,19 +180,22 @@ pub struct TrainReport {
     pub final_loss: f64,
     pub test_loss: f64,
     pub epochs: usize,
+    /// Steps the run has taken, counting those before a resume.
     pub steps: u64,
+    /// Seconds of this session.
     pub seconds: f64,
-    /// Seconds spent in training steps (evaluation excluded).
+    /// Seconds spent in training steps (evaluation excluded), over every session of the run.
     pub train_seconds: f64,
+    /// Of this session's steps.
     pub samples_per_second: f64,
     /// Training stopped early at an interrupt (`steps` says where).
     pub interrupted: bool,
+    /// Every epoch of the run, a resumed run's earlier ones included; an interrupted epoch's
+    /// figures come last.
     pub history: Vec<EpochReport>,
+    /// Where the run ended: what a full-state checkpoint stores.
     #[serde(skip)]
-    pub params: Vec<f64>,
-    /// BatchNorm running statistics (name, shape, values).
-    #[serde(skip)]
-    pub state: Vec<NamedTensor>,
+    pub run: RunState,
 }
 
 impl EpochReport {
@@ -284,6 +309,253 @@ pub fn step_dispatches(
     step
 }
 
+/// Fisher–Yates from our own seeded stream, so the order is fixed by this code alone.
+fn shuffle(rng: &mut rand_chacha::ChaCha8Rng, order: &mut [u32]) {
+    use rand::RngExt;
+    for i in (1..order.len()).rev() {
+        let j = rng.random_range(0..=i);
+        order.swap(i, j);
+    }
+}
+
+/// Receives a run's full state; an error stops the run.
+pub type OnCheckpoint<'a> = &'a mut dyn FnMut(&RunState) -> Result<()>;
+
+/// What a caller sees of a run as it goes.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    /// Each epoch's figures as they come.
+    pub on_epoch: Option<&'a mut dyn FnMut(&EpochReport)>,
+    /// The run's full state at each [`TrainConfig::checkpoint_every`]; an error stops the run.
+    pub on_checkpoint: Option<OnCheckpoint<'a>>,
+}
+
+/// Trains a net on `data.train`, evaluating on both sets after every epoch. `on_epoch` sees each
+/// epoch's figures as they come.
+pub fn train(
+    ctx: &GpuContext,
+    data: &Mnist,
+    config: &TrainConfig,
+    on_epoch: Option<&mut dyn FnMut(&EpochReport)>,
+) -> Result<TrainReport> {
+    let hooks = Hooks {
+        on_epoch,
+        on_checkpoint: None,
+    };
+    train_with(ctx, data, config, hooks)
+}
+
+/// [`train`], continuing `config.resume` if given, and handing out full-state checkpoints.
+pub fn train_with(
+    ctx: &GpuContext,
+    data: &Mnist,
+    config: &TrainConfig,
+    mut hooks: Hooks,
+) -> Result<TrainReport> {
+    config.validate(&data.train)?;
+    let start = Instant::now();
+    let precision = config.precision;
+    let eval_rows = config.eval_batch.min(data.train.len().max(data.test.len()));
+    let kernels = Kernels::new(ctx, precision)?;
+    let model = config.model(ctx, config.batch_size.max(eval_rows))?;
+    let rec = Recorder {
+        ctx,
+        kernels: &kernels,
+        model: &model,
+    };
+    let (train_set, test_set) = (
+        GpuDataset::new(ctx, &data.train),
+        GpuDataset::new(ctx, &data.test),
+    );
+    let ws = Workspace::new(ctx, &model, config.batch_size, 1, true);
+    let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
+    let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
+    let optimizer = GpuOptimizer::new(&rec.gpu(), &model, &config.optimizer, &state)?;
+    let step = step_dispatches(&rec, &train_set, &ws, (&state, &stats), &optimizer);
+    let evaluator = Evaluator::new(ctx, &model, eval_rows);
+    let eval_train = evaluator.batch_dispatches(&rec, &train_set);
+    let eval_test = evaluator.batch_dispatches(&rec, &test_set);
+    let run = RunBuffers {
+        model: &model,
+        optimizer: &optimizer,
+        state: &state,
+        stats: &stats,
+    };
+
+    // drop_last: every step sees a full batch; reshuffling each epoch covers the rest.
+    let steps_per_epoch = data.train.len() / config.batch_size;
+    let total_steps = (steps_per_epoch.saturating_mul(config.epochs))
+        .min(config.max_steps.unwrap_or(usize::MAX)) as u64;
+    let mut progress = match &config.resume {
+        Some(resumed) => run.restore(ctx, resumed, total_steps)?,
+        None => Progress::default(),
+    };
+    let session_start = (progress.steps, progress.train_seconds);
+    let bar = progress_bar(config.verbose, total_steps);
+    bar.set_position(progress.steps);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_0fda_7a00);
+    let mut order: Vec<u32> = (0..data.train.len() as u32).collect();
+    // --max-steps may end training before `config.epochs` (the last epoch cut short).
+    let epochs = (total_steps as usize).div_ceil(steps_per_epoch);
+    let mut unfinished = None;
+    ctx.wait()?;
+
+    for epoch in 1..=epochs {
+        // Every epoch draws its shuffle, those a resumed run has done too, so that the order
+        // and the stream are where the run left them.
+        shuffle(&mut rng, &mut order);
+        if epoch <= progress.epochs_done {
+            continue;
+        }
+        // (A run stopped before it has figures to report takes a submit of steps first.)
+        let reported = !progress.history.is_empty();
+        if reported && progress.steps_into_epoch == 0 && steps_interrupted(config) {
+            break;
+        }
+        let epoch_start = Instant::now();
+        train_set.index.write_u32(ctx, 0, &order);
+        if progress.steps_into_epoch == 0 {
+            state.write_u32(ctx, StateWord::Batch as usize, &[0]);
+            // The epoch's sums (loss, last loss, correct) start again.
+            stats.write_real(ctx, 0, &[0.0; 3], precision);
+        }
+        let this_epoch = steps_per_epoch.min(total_steps as usize - (epoch - 1) * steps_per_epoch);
+        let steps = Steps {
+            dispatches: &step,
+            state: &state,
+            stats: &stats,
+            per_submit: config.steps_per_submit,
+            interrupt: config.interrupt.as_deref(),
+        };
+        let reached = steps.until(
+            ctx,
+            this_epoch,
+            &mut progress,
+            (config, &mut hooks),
+            &run,
+            &bar,
+        );
+        progress.train_seconds += epoch_start.elapsed().as_secs_f64();
+        let reached = reached?;
+        let loss_sum = stats.read_real(ctx, precision)?[StatsWord::LossSum as usize];
+        let sets = [(&eval_train[..], &train_set), (&eval_test[..], &test_set)];
+        let train_loss = loss_sum / progress.steps_into_epoch as f64;
+        let mut report = evaluator.epoch(ctx, sets, epoch, train_loss)?;
+        report.seconds = epoch_start.elapsed().as_secs_f64();
+        if config.verbose {
+            bar.suspend(|| eprintln!("{}", report.line(epochs)));
+        }
+        if let Some(f) = hooks.on_epoch.as_deref_mut() {
+            f(&report);
+        }
+        // An interrupted epoch, or one --max-steps cut short, is reported but not finished.
+        if !reached || progress.steps_into_epoch < steps_per_epoch {
+            unfinished = Some(report);
+            break;
+        }
+        progress.history.push(report);
+        progress.epochs_done = epoch;
+        progress.steps_into_epoch = 0;
+        progress.epoch_sums = [0.0; 3];
+        let due = config.checkpoint_every;
+        if due.is_some_and(|every| every.due_after_epoch(epoch, progress.steps)) {
+            run.checkpoint(ctx, &progress, &mut hooks, precision)?;
+        }
+    }
+    bar.finish_and_clear();
+    let run = run.read(ctx, &progress, precision)?;
+    let mut history = progress.history;
+    history.extend(unfinished);
+    let last = history.last().expect("at least one epoch");
+    let session_steps = progress.steps - session_start.0;
+    let session_train_seconds = progress.train_seconds - session_start.1;
+    Ok(TrainReport {
+        test_accuracy: last.test_accuracy,
+        train_accuracy: last.train_accuracy,
+        final_loss: last.train_loss,
+        test_loss: last.test_loss,
+        epochs: history.len(),
+        steps: progress.steps,
+        seconds: start.elapsed().as_secs_f64(),
+        train_seconds: progress.train_seconds,
+        samples_per_second: (session_steps as f64 * config.batch_size as f64)
+            / session_train_seconds,
+        interrupted: progress.steps < total_steps,
+        history,
+        run,
+    })
+}
+
+/// The buffers that hold a run's state on the GPU.
+struct RunBuffers<'a> {
+    model: &'a Model,
+    optimizer: &'a GpuOptimizer,
+    state: &'a GpuBuffer,
+    stats: &'a GpuBuffer,
+}
+
+impl RunBuffers<'_> {
+    /// The run's full state after the last submit.
+    fn read(
+        &self,
+        ctx: &GpuContext,
+        progress: &Progress,
+        precision: Precision,
+    ) -> Result<RunState> {
+        let mut progress = progress.clone();
+        if progress.steps_into_epoch > 0 {
+            let sums = self.stats.read_real(ctx, precision)?;
+            progress.epoch_sums = [
+                sums[StatsWord::LossSum as usize],
+                sums[StatsWord::LastLoss as usize],
+                sums[StatsWord::CorrectSum as usize],
+            ];
+        }
+        Ok(RunState {
+            progress,
+            params: self.model.read_params(ctx)?,
+            state: self.model.read_state(ctx)?,
+            optimizer: self.optimizer.read_state(ctx)?,
+        })
+    }
+
+    fn checkpoint(
+        &self,
+        ctx: &GpuContext,
+        progress: &Progress,
+        hooks: &mut Hooks,
+        precision: Precision,
+    ) -> Result<()> {
+        match hooks.on_checkpoint.as_deref_mut() {
+            Some(save) => save(&self.read(ctx, progress, precision)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Puts a stored run's optimizer state, step counter, batch cursor and epoch sums back on
+    /// the GPU (the parameters and statistics went in with the model), and returns its progress.
+    fn restore(&self, ctx: &GpuContext, run: &RunState, total_steps: u64) -> Result<Progress> {
+        let p = &run.progress;
+        if p.steps >= total_steps {
+            return Err(Error::InvalidArgument(format!(
+                "the run has already taken {} steps ({} epochs); ask for more epochs (--epochs {} \
+                 or more) to train on",
+                p.steps,
+                p.epochs_done,
+                p.epochs_done + 1
+            )));
+        }
+        self.optimizer.write_state(ctx, &run.optimizer)?;
+        let mut words = [0u32; STATE_WORDS];
+        words[StateWord::Step as usize] = p.steps as u32;
+        words[StateWord::Batch as usize] = p.steps_into_epoch as u32;
+        self.state.write_u32(ctx, 0, &words);
+        self.stats
+            .write_real(ctx, 0, &p.epoch_sums, self.model.precision);
+        Ok(p.clone())
+    }
+}
+
 /// A recorded training step and the buffers the host watches between submits.
 struct Steps<'a> {
     dispatches: &'a [Dispatch],
@@ -295,8 +567,41 @@ struct Steps<'a> {
 }
 
 impl Steps<'_> {
+    /// Runs the epoch on until `progress.steps_into_epoch` is `end`, stopping for each periodic
+    /// step checkpoint on the way. False if an interrupt stopped it first.
+    fn until(
+        &self,
+        ctx: &GpuContext,
+        end: usize,
+        progress: &mut Progress,
+        (config, hooks): (&TrainConfig, &mut Hooks),
+        run: &RunBuffers,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<bool> {
+        while progress.steps_into_epoch < end {
+            if progress.steps_into_epoch > 0 && self.interrupted() {
+                return Ok(false);
+            }
+            let left = end - progress.steps_into_epoch;
+            let every = config.checkpoint_every;
+            let to_checkpoint = every.and_then(|e| e.steps_to_next(progress.steps));
+            let count = to_checkpoint.map_or(left, |n| n.min(left));
+            let done = self.run(ctx, count, config.precision, bar)?;
+            progress.steps += done as u64;
+            progress.steps_into_epoch += done;
+            if done < count {
+                return Ok(false);
+            }
+            // A checkpoint at the epoch's end waits for the epoch's figures.
+            if to_checkpoint == Some(count) && count < left {
+                run.checkpoint(ctx, progress, hooks, config.precision)?;
+            }
+        }
+        Ok(true)
+    }
+
     /// Runs `count` steps, `per_submit` to a submit, reading the state words after each submit
-    /// to stop at divergence and to move the progress bar.
+    /// to stop at divergence and to move the progress bar. Fewer if an interrupt came.
     fn run(
         &self,
         ctx: &GpuContext,
@@ -330,115 +635,9 @@ impl Steps<'_> {
     }
 }
 
-/// Fisher–Yates from our own seeded stream, so the order is fixed by this code alone.
-fn shuffle(rng: &mut rand_chacha::ChaCha8Rng, order: &mut [u32]) {
-    use rand::RngExt;
-    for i in (1..order.len()).rev() {
-        let j = rng.random_range(0..=i);
-        order.swap(i, j);
-    }
-}
-
-/// Trains a net on `data.train`, evaluating on both sets after every epoch. `on_epoch` sees each
-/// epoch's figures as they come.
-pub fn train(
-    ctx: &GpuContext,
-    data: &Mnist,
-    config: &TrainConfig,
-    mut on_epoch: Option<&mut dyn FnMut(&EpochReport)>,
-) -> Result<TrainReport> {
-    config.validate(&data.train)?;
-    let start = Instant::now();
-    let precision = config.precision;
-    let eval_rows = config.eval_batch.min(data.train.len().max(data.test.len()));
-    let kernels = Kernels::new(ctx, precision)?;
-    let model = config.model(ctx, config.batch_size.max(eval_rows))?;
-    let rec = Recorder {
-        ctx,
-        kernels: &kernels,
-        model: &model,
-    };
-    let (train_set, test_set) = (
-        GpuDataset::new(ctx, &data.train),
-        GpuDataset::new(ctx, &data.test),
-    );
-    let ws = Workspace::new(ctx, &model, config.batch_size, 1, true);
-    let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
-    let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
-    let optimizer = GpuOptimizer::new(&rec.gpu(), &model, &config.optimizer, &state)?;
-
-    let step = step_dispatches(&rec, &train_set, &ws, (&state, &stats), &optimizer);
-
-    let evaluator = Evaluator::new(ctx, &model, eval_rows);
-    let eval_train = evaluator.batch_dispatches(&rec, &train_set);
-    let eval_test = evaluator.batch_dispatches(&rec, &test_set);
-
-    // drop_last: every step sees a full batch; reshuffling each epoch covers the rest.
-    let steps_per_epoch = data.train.len() / config.batch_size;
-    let total_steps = (steps_per_epoch.saturating_mul(config.epochs))
-        .min(config.max_steps.unwrap_or(usize::MAX)) as u64;
-    let bar = progress_bar(config.verbose, total_steps);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_0fda_7a00);
-    let mut order: Vec<u32> = (0..data.train.len() as u32).collect();
-    // --max-steps may end training before `config.epochs` (the last epoch cut short).
-    let epochs = (total_steps as usize).div_ceil(steps_per_epoch);
-    let mut history = Vec::with_capacity(epochs);
-    let (mut train_seconds, mut steps_done) = (0.0, 0u64);
-    ctx.wait()?;
-
-    for epoch in 1..=epochs {
-        let epoch_start = Instant::now();
-        shuffle(&mut rng, &mut order);
-        train_set.index.write_u32(ctx, 0, &order);
-        state.write_u32(ctx, StateWord::Batch as usize, &[0]);
-        // The epoch's sums (loss, last loss, correct) start again.
-        stats.write_real(ctx, 0, &[0.0; 3], precision);
-        let steps_before = (epoch - 1) * steps_per_epoch;
-        let this_epoch = steps_per_epoch.min(total_steps as usize - steps_before);
-        let steps = Steps {
-            dispatches: &step,
-            state: &state,
-            stats: &stats,
-            per_submit: config.steps_per_submit,
-            interrupt: config.interrupt.as_deref(),
-        };
-        let done = steps.run(ctx, this_epoch, precision, &bar)?;
-        steps_done += done as u64;
-        train_seconds += epoch_start.elapsed().as_secs_f64();
-        let loss_sum = stats.read_real(ctx, precision)?[StatsWord::LossSum as usize];
-        let sets = [(&eval_train[..], &train_set), (&eval_test[..], &test_set)];
-        let mut report = evaluator.epoch(ctx, sets, epoch, loss_sum / done as f64)?;
-        report.seconds = epoch_start.elapsed().as_secs_f64();
-        if config.verbose {
-            bar.suspend(|| eprintln!("{}", report.line(epochs)));
-        }
-        if let Some(f) = on_epoch.as_deref_mut() {
-            f(&report);
-        }
-        history.push(report);
-        if done < this_epoch {
-            break;
-        }
-    }
-    bar.finish_and_clear();
-    let params = model.read_params(ctx)?;
-    let state = model.read_state(ctx)?;
-    let last = history.last().expect("at least one epoch");
-    Ok(TrainReport {
-        test_accuracy: last.test_accuracy,
-        train_accuracy: last.train_accuracy,
-        final_loss: last.train_loss,
-        test_loss: last.test_loss,
-        epochs: history.len(),
-        steps: steps_done,
-        seconds: start.elapsed().as_secs_f64(),
-        train_seconds,
-        samples_per_second: (steps_done as f64 * config.batch_size as f64) / train_seconds,
-        interrupted: steps_done < total_steps,
-        history,
-        params,
-        state,
-    })
+/// Whether an interrupt has come (checked between epochs; [`Steps`] checks between submits).
+fn steps_interrupted(config: &TrainConfig) -> bool {
+    (config.interrupt.as_deref()).is_some_and(|flag| flag.load(std::sync::atomic::Ordering::SeqCst))
 }
 
 /// Evaluates `params` on a data set.
