@@ -775,48 +775,40 @@ impl TrainArgs {
         stored: &train::TrainConfig,
         mnist: &data::Mnist,
     ) -> Result<()> {
-        let clash = |flag: &str, ours: String, theirs: String| {
+        let clash = |ours: String, theirs: String| {
             Err(wgrad::Error::InvalidArgument(format!(
-                "--{flag} {ours} contradicts the checkpoint, whose run has {theirs}: drop the flag \
-                 to resume the run as it was, or start a new run from its weights with --init-from"
+                "{ours} contradicts the checkpoint, whose run has {theirs}: drop the flag to \
+                 resume the run as it was, or start a new run from its weights with --init-from"
             )))
         };
         let precision: Precision = self.precision.parse()?;
         let settings = [
             (
                 "batch-size",
-                "batch_size",
                 self.batch_size.to_string(),
                 stored.batch_size.to_string(),
             ),
-            (
-                "seed",
-                "seed",
-                self.net.seed.to_string(),
-                stored.seed.to_string(),
-            ),
+            ("seed", self.net.seed.to_string(), stored.seed.to_string()),
             (
                 "steps-per-submit",
-                "steps_per_submit",
                 self.steps_per_submit.to_string(),
                 stored.steps_per_submit.to_string(),
             ),
             (
                 "precision",
-                "precision",
-                format!("{precision:?}"),
-                format!("{:?}", stored.precision),
+                precision.to_string(),
+                stored.precision.to_string(),
             ),
         ];
-        for (flag, id, ours, theirs) in settings {
-            if given.any(&[id]) && ours != theirs {
-                return clash(flag, ours, format!("{flag} {theirs}"));
+        for (flag, ours, theirs) in settings {
+            if given.any(&[flag.replace('-', "_").as_str()]) && ours != theirs {
+                return clash(format!("--{flag} {ours}"), format!("{flag} {theirs}"));
             }
         }
         if given.any(&["init"]) {
             let init = self.net.init(&TRAIN_NET)?;
             if init != stored.init {
-                return clash("init", init.to_string(), format!("init {}", stored.init));
+                return clash(format!("--init {init}"), format!("init {}", stored.init));
             }
         }
         if given.any(NET_SHAPE_FLAGS) || given.any(&["weight_decay"]) {
@@ -824,11 +816,8 @@ impl TrainArgs {
             if spec != stored.spec {
                 let describe =
                     |s: &NetSpec| format!("{} (weight decay {})", layer_list(s), s.weight_decay);
-                return clash(
-                    "net flags give",
-                    describe(&spec),
-                    format!("the net {}", describe(&stored.spec)),
-                );
+                let ours = format!("the net the flags describe, {},", describe(&spec));
+                return clash(ours, format!("the net {}", describe(&stored.spec)));
             }
         }
         if given.any(OPTIMIZER_FLAGS) {
@@ -841,11 +830,8 @@ impl TrainArgs {
             };
             if requested != stored.optimizer {
                 let json = |o: &Optimizer| serde_json::to_string(o).expect("serialisable");
-                return clash(
-                    "optimizer flags give",
-                    json(&requested),
-                    format!("the optimizer {}", json(&stored.optimizer)),
-                );
+                let ours = format!("the optimizer the flags describe, {},", json(&requested));
+                return clash(ours, format!("the optimizer {}", json(&stored.optimizer)));
             }
         }
         Ok(())

@@ -904,12 +904,42 @@ fn gradcheck_flags_batchnorm_over_a_batch_of_one() {
 /// A net too large for the adapter is refused before anything is allocated: 784-60000-60000-10
 /// has 3.6e9 parameters (14 GB in f32, 29 GB as the host's f64), past any adapter's 4 GiB
 /// binding limit. It used to abort in the host allocator, or, smaller, panic inside wgpu.
+/// The two cases end the same way: 20000,20000 used to panic in wgpu (exit 101), and
+/// 65535,65535 to abort the allocator (exit 134); the latter is now refused first for its width,
+/// past what lavapipe's loop limit lets one invocation sum.
 #[test]
 fn a_net_too_large_for_the_adapter_is_refused_before_allocation() {
-    let run = wgrad(&["train", "--hidden", "60000,60000", "--epochs", "1"]);
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "60000,60000",
+            &["parameters", "MiB", "binds at once", "narrower"],
+        ),
+        (
+            "20000,20000",
+            &["parameters", "MiB", "binds at once", "narrower"],
+        ),
+        ("65535,65535", &["65535 units", "65504", "narrower"]),
+    ];
+    for (hidden, expected) in cases {
+        let run = wgrad(&["train", "--hidden", hidden, "--epochs", "1"]);
+        assert_eq!(run.code, Some(2), "{hidden}: {}", run.stderr);
+        assert_mentions(&run.stderr, expected);
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    }
+}
+
+/// Every buffer fits one binding, but together they do not fit any machine: 300 ReLU layers of
+/// 30,000 units at a batch of 1000 keep 120 MB each, three times over (108 GB). Refused, naming
+/// the memory and the fix, before anything is allocated.
+#[test]
+fn a_run_too_large_for_memory_is_refused_before_allocation() {
+    let mut layers = vec!["affine30000"];
+    layers.extend(["relu"; 300]);
+    layers.push("affine10");
+    let layers = layers.join(",");
+    let run = wgrad(&["train", "--layers", &layers, "--batch-size", "1000"]);
     assert_eq!(run.code, Some(2), "{}", run.stderr);
-    assert_mentions(&run.stderr, &["parameters", "binds at once", "narrower"]);
-    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    assert_mentions(&run.stderr, &["GiB of memory", "available", "--batch-size"]);
 }
 
 /// Ctrl-C (SIGINT) during training stops after the submit in flight: the run is evaluated,
@@ -967,4 +997,33 @@ fn an_interrupted_run_is_evaluated_saved_and_exits_130() {
     let bytes = std::fs::read(&save).expect("the interrupted run was saved");
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(file.tensor("W1").unwrap().shape(), &[784, 32]);
+}
+
+/// Ctrl-C ends a gradcheck at once, as the default action does: it has nothing to save, and its
+/// gradient dump is written atomically at the end, so it leaves no file, half or whole, behind.
+#[test]
+fn an_interrupted_gradcheck_ends_at_once_and_leaves_no_file() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let out = TempDir::new().unwrap();
+    let grads = out.path().join("grads.safetensors");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgrad"))
+        .args(["gradcheck", "--hidden", "300,300", "--precision", "f32"])
+        .args(["--save-grads", path_str(&grads)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the wgrad binary runs");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("adapter") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no adapter line");
+    }
+    let kill = format!("kill -INT {}", child.id());
+    assert!(Command::new("sh").args(["-c", &kill]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(2), "{status:?}");
+    assert_eq!(entries(out.path()), Vec::<String>::new());
 }

@@ -206,3 +206,23 @@ fn short_training_run_learns_and_is_deterministic() {
         "same seed, different parameters"
     );
 }
+
+/// An error the device reports outside an error scope used to be a panic inside wgpu (exit 101);
+/// the context keeps it and the next wait returns it as an error that names a way out.
+#[test]
+fn a_device_error_is_an_error_at_the_next_wait_not_a_panic() {
+    let ctx = wgrad::gpu::GpuContext::new(&Default::default()).unwrap();
+    ctx.wait().unwrap();
+    let small = wgrad::gpu::GpuBuffer::zeroed(&ctx, "small", 1, 4);
+    let large = wgrad::gpu::GpuBuffer::zeroed(&ctx, "large", 256, 4);
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    // Past the end of `small`: a validation error.
+    encoder.copy_buffer_to_buffer(&large.buffer, 0, &small.buffer, 0, 1024);
+    ctx.queue.submit([encoder.finish()]);
+    let error = ctx
+        .wait()
+        .expect_err("the copy past the end is reported")
+        .to_string();
+    assert!(error.contains("the GPU reported an error"), "{error}");
+    assert!(error.contains("--batch-size"), "{error}");
+}

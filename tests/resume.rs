@@ -13,6 +13,8 @@ mod common;
 use common::cli::*;
 use serde_json::Value;
 use tempfile::TempDir;
+use wgrad::data::{TEST_IMAGES as TEST_IMAGES_FILE, TEST_LABELS as TEST_LABELS_FILE};
+use wgrad::data::{TRAIN_IMAGES as TRAIN_IMAGES_FILE, TRAIN_LABELS as TRAIN_LABELS_FILE};
 use wgrad::gpu::Precision;
 use wgrad::nn::{Activation, Init, NetSpec};
 use wgrad::optim::Optimizer;
@@ -191,10 +193,10 @@ const SIDE: u32 = 12;
 fn data_folder() -> TempDir {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
-    write(d, wgrad::data::TRAIN_IMAGES, &images_idx(1200, SIDE));
-    write(d, wgrad::data::TRAIN_LABELS, &labels_idx(1200));
-    write(d, wgrad::data::TEST_IMAGES, &images_idx(100, SIDE));
-    write(d, wgrad::data::TEST_LABELS, &labels_idx(100));
+    write(d, TRAIN_IMAGES_FILE, &images_idx(1200, SIDE));
+    write(d, TRAIN_LABELS_FILE, &labels_idx(1200));
+    write(d, TEST_IMAGES_FILE, &images_idx(100, SIDE));
+    write(d, TEST_LABELS_FILE, &labels_idx(100));
     dir
 }
 
@@ -380,4 +382,195 @@ fn a_run_stopped_twice_by_sigterm_and_resumed_twice_is_the_same_run() {
         "stopped at steps {first} and {second}, it ends elsewhere"
     );
     assert_eq!(figures(&resumed), figures(&report));
+}
+
+/// A stored run of one epoch (the momentum MLP) on `data`, saved at `path`.
+fn stored_run(data: &Path, path: &Path) {
+    let args = train_args(data, RUNS[0], &["--epochs", "1", "--save", path_str(path)]);
+    json(&wgrad(&args));
+}
+
+#[test]
+fn flags_that_contradict_the_stored_run_are_refused_naming_both_values() {
+    let data = data_folder();
+    let out = TempDir::new().unwrap();
+    let run = out.path().join("run.st");
+    stored_run(data.path(), &run);
+    let resume = |extra: &[&str]| {
+        let args = [
+            &["train", "--resume", path_str(&run), "--epochs", "2"][..],
+            extra,
+        ]
+        .concat();
+        wgrad(&args)
+    };
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["--batch-size", "10"],
+            &["--batch-size 10", "batch-size 20"],
+        ),
+        (&["--seed", "7"], &["--seed 7", "seed 42"]),
+        (
+            &["--optimizer", "adam"],
+            &["\"name\":\"adam\"", "\"name\":\"sgd\""],
+        ),
+        (&["--lr", "0.1"], &["\"lr\":0.1", "\"lr\":0.05"]),
+        (
+            &["--hidden", "24,8"],
+            &["affine24,relu,affine8", "affine24,relu,affine16"],
+        ),
+    ];
+    for (flags, named) in cases {
+        let refused = resume(flags);
+        assert_eq!(
+            refused.code,
+            Some(ERROR_EXIT),
+            "{flags:?}: {}",
+            refused.stderr
+        );
+        assert_mentions(&refused.stderr, named);
+        assert_mentions(
+            &refused.stderr,
+            &["contradicts the checkpoint", "drop the flag"],
+        );
+    }
+    // A flag that agrees with the run is no contradiction.
+    let agreeing = resume(&["--batch-size", "20", "--lr", "0.05", "--json"]);
+    assert_eq!(json(&agreeing)["history"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn resuming_on_other_data_is_refused_and_the_same_data_elsewhere_is_accepted() {
+    let data = data_folder();
+    let out = TempDir::new().unwrap();
+    let run = out.path().join("run.st");
+    stored_run(data.path(), &run);
+    // The same files, gzipped, in another folder: the same data.
+    let elsewhere = TempDir::new().unwrap();
+    for name in [
+        TRAIN_IMAGES_FILE,
+        TRAIN_LABELS_FILE,
+        TEST_IMAGES_FILE,
+        TEST_LABELS_FILE,
+    ] {
+        let bytes = std::fs::read(data.path().join(name)).unwrap();
+        write(elsewhere.path(), &format!("{name}.gz"), &gzip(&bytes));
+    }
+    let resume = |dir: &Path| {
+        let args = [
+            "train",
+            "--resume",
+            path_str(&run),
+            "--epochs",
+            "2",
+            "--data",
+        ];
+        wgrad(&[&args[..], &[path_str(dir)]].concat())
+    };
+    assert_eq!(resume(elsewhere.path()).code, Some(0));
+    // One label changed: other data.
+    let mut labels = std::fs::read(data.path().join(TRAIN_LABELS_FILE)).unwrap();
+    *labels.last_mut().unwrap() ^= 1;
+    write(
+        elsewhere.path(),
+        &format!("{TRAIN_LABELS_FILE}.gz"),
+        &gzip(&labels),
+    );
+    let refused = resume(elsewhere.path());
+    assert_eq!(refused.code, Some(ERROR_EXIT), "{}", refused.stderr);
+    assert_mentions(
+        &refused.stderr,
+        &["was trained on", "sha256", "point --data at the run's data"],
+    );
+}
+
+#[test]
+fn init_from_a_wgrad_checkpoint_needs_no_net_flags() {
+    let data = data_folder();
+    let out = TempDir::new().unwrap();
+    let conv = out.path().join("conv.st");
+    let args = train_args(
+        data.path(),
+        RUNS[2],
+        &["--epochs", "1", "--save", path_str(&conv)],
+    );
+    let trained = json(&wgrad(&args));
+    let again = [
+        "train",
+        "--data",
+        path_str(data.path()),
+        "--epochs",
+        "1",
+        "--json",
+    ];
+    let from = json(&wgrad(
+        &[&again[..], &["--init-from", path_str(&conv)]].concat(),
+    ));
+    assert_eq!(from["spec"]["layers"], trained["spec"]["layers"]);
+    // Net flags still win, and a net of other shapes names both.
+    let other = wgrad(
+        &[
+            &again[..],
+            &["--init-from", path_str(&conv), "--hidden", "8"],
+        ]
+        .concat(),
+    );
+    assert_eq!(other.code, Some(ERROR_EXIT), "{}", other.stderr);
+    assert_mentions(&other.stderr, &["W1", "[4, 1, 3, 3]", "[144, 8]"]);
+}
+
+#[test]
+fn a_file_without_a_run_cannot_be_resumed_and_a_finished_run_asks_for_more_epochs() {
+    let data = data_folder();
+    let out = TempDir::new().unwrap();
+    let run = out.path().join("run.st");
+    stored_run(data.path(), &run);
+    let finished = wgrad(&["train", "--resume", path_str(&run)]);
+    assert_eq!(finished.code, Some(ERROR_EXIT), "{}", finished.stderr);
+    assert_mentions(&finished.stderr, &["already taken 60 steps", "--epochs 2"]);
+
+    let plain = out.path().join("plain.st");
+    let spec = NetSpec::mlp(144, &[24, 16], 10, Activation::Relu);
+    let params = vec![0.01; spec.layout().total];
+    checkpoint::save(&plain, &spec.layout(), &params, &Default::default()).unwrap();
+    let refused = wgrad(&["train", "--resume", path_str(&plain)]);
+    assert_eq!(refused.code, Some(ERROR_EXIT), "{}", refused.stderr);
+    assert_mentions(&refused.stderr, &["not a run to resume", "--init-from"]);
+}
+
+#[test]
+fn periodic_checkpoints_keep_the_newest_k() {
+    let data = data_folder();
+    let out = TempDir::new().unwrap();
+    let run = out.path().join("run.st");
+    let every = [
+        "--epochs",
+        "3",
+        "--checkpoint-every",
+        "1",
+        "--keep",
+        "2",
+        "--save",
+    ];
+    json(&wgrad(&train_args(
+        data.path(),
+        RUNS[0],
+        &[&every[..], &[path_str(&run)]].concat(),
+    )));
+    assert_eq!(
+        entries(out.path()),
+        ["run.st", "run.step120.st", "run.step180.st"]
+    );
+    // Each is a run to resume: the one at the end of epoch 2 continues to the final run.
+    let end = out.path().join("end.st");
+    let from = out.path().join("run.step120.st");
+    let resumed = wgrad(&[
+        "train",
+        "--resume",
+        path_str(&from),
+        "--save",
+        path_str(&end),
+    ]);
+    assert_eq!(resumed.code, Some(0), "{}", resumed.stderr);
+    assert!(tensors(&end) == tensors(&run));
 }

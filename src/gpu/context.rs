@@ -102,6 +102,9 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     pub(crate) modules: super::kernel::ModuleCache,
+    /// The first error the device reported outside an error scope, or its loss. wgpu's default
+    /// is to panic; wgrad reports it at the next wait instead, as an error with the step reached.
+    fault: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl GpuContext {
@@ -154,6 +157,22 @@ impl GpuContext {
             ..Default::default()
         }))
         .map_err(|e| Error::Gpu(format!("could not open a device on '{}': {e}", info.name)))?;
+        let fault: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+        let record = |fault: &std::sync::Arc<std::sync::Mutex<Option<String>>>| {
+            let fault = fault.clone();
+            move |message: String| {
+                let mut first = fault.lock().unwrap_or_else(|e| e.into_inner());
+                first.get_or_insert(message);
+            }
+        };
+        let on_error = record(&fault);
+        device.on_uncaptured_error(std::sync::Arc::new(move |e: wgpu::Error| {
+            on_error(e.to_string())
+        }));
+        let on_loss = record(&fault);
+        device.set_device_lost_callback(move |reason, message| {
+            on_loss(format!("the device was lost ({reason:?}): {message}"))
+        });
         Ok(GpuContext {
             device,
             queue,
@@ -161,7 +180,20 @@ impl GpuContext {
             limits,
             features,
             modules: Default::default(),
+            fault,
         })
+    }
+
+    /// The error the device reported since it was opened, if any.
+    pub fn check(&self) -> Result<()> {
+        let fault = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        match fault.as_deref() {
+            None => Ok(()),
+            Some(message) => Err(Error::Gpu(format!(
+                "the GPU reported an error: {message}; try a smaller --batch-size or narrower \
+                 layers, or another adapter (`wgrad devices`)"
+            ))),
+        }
     }
 
     pub fn supports(&self, precision: Precision) -> bool {
@@ -204,12 +236,12 @@ impl GpuContext {
         })
     }
 
-    /// Blocks until all submitted work is done.
+    /// Blocks until all submitted work is done, and fails if the device reported an error.
     pub fn wait(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+        self.check()
     }
 
     /// Largest element count one storage binding may hold for a given element size.

@@ -13,3 +13,11 @@ pub const MAX_CLASSES: usize = 21_800;
 
 /// Most rows per batch: the backward matmul and column sums loop over the rows.
 pub const MAX_ROWS: usize = 32_768;
+
+/// Memory the host can still hand out (Linux's MemAvailable), if the system says.
+pub fn host_memory_available() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

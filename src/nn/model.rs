@@ -81,6 +81,43 @@ pub fn check_fits(
             ));
         }
     }
+    check_memory(ctx, &layers, layout.total, rows, precision)
+}
+
+/// Refuses a run whose buffers together would not fit the memory there is. Only a CPU adapter
+/// (lavapipe) says what it has, its memory being the host's; on a GPU only the host's own copies
+/// are counted.
+fn check_memory(
+    ctx: &GpuContext,
+    layers: &[Layer],
+    params: usize,
+    rows: usize,
+    precision: Precision,
+) -> Result<()> {
+    let Some(available) = crate::gpu::limits::host_memory_available() else {
+        return Ok(());
+    };
+    // The host holds the parameters in f64 twice at most (drawn, then read back).
+    let host = params as u64 * 16;
+    // On the device: parameters, gradients, three optimizer slots, and per layer its largest
+    // buffer three times over (output, saved input, gradient).
+    let activations: u64 = layers
+        .iter()
+        .map(|l| (rows * l.largest_buffer()) as u64)
+        .sum();
+    let device = (params as u64 * 5 + activations * 3) * precision.bytes() as u64;
+    let on_host = ctx.info.device_type == wgpu::DeviceType::Cpu;
+    let needed = host + if on_host { device } else { 0 };
+    if needed > available {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        return Err(Error::InvalidArgument(format!(
+            "the run needs about {:.1} GiB of memory (parameters, gradients, optimizer state and \
+             activations at a batch of {rows}) but this machine has {:.1} GiB available: use \
+             narrower or fewer layers, or a smaller --batch-size",
+            gib(needed),
+            gib(available)
+        )));
+    }
     Ok(())
 }
 

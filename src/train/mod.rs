@@ -436,7 +436,14 @@ pub fn train_with(
             &bar,
         );
         progress.train_seconds += epoch_start.elapsed().as_secs_f64();
-        let reached = reached?;
+        let reached = reached.map_err(|e| match e {
+            Error::Gpu(message) => Error::Gpu(format!(
+                "{message} (training had reached step {}; a periodic checkpoint, if any was \
+                 asked for, holds the run up to its step)",
+                progress.steps
+            )),
+            other => other,
+        })?;
         let loss_sum = stats.read_real(ctx, precision)?[StatsWord::LossSum as usize];
         let sets = [(&eval_train[..], &train_set), (&eval_test[..], &test_set)];
         let train_loss = loss_sum / progress.steps_into_epoch as f64;
