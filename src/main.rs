@@ -189,6 +189,13 @@ struct TrainArgs {
     /// Periodic checkpoints to keep; older ones this run wrote are deleted.
     #[arg(long, default_value_t = 2)]
     keep: usize,
+    /// Write a record per epoch (and per --log-every steps) here while training: .jsonl or
+    /// .csv. A resumed run appends to it.
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+    /// Also write a metrics record every N steps.
+    #[arg(long, requires = "metrics", value_parser = clap::value_parser!(u64).range(1..))]
+    log_every: Option<u64>,
     /// Print one JSON object on stdout at the end.
     #[arg(long)]
     json: bool,
@@ -610,6 +617,7 @@ fn run_train(args: TrainArgs, given: &Given) -> Result<ExitCode> {
     config.verbose = true;
     config.interrupt = Some(signals.stop.clone());
     config.checkpoint_every = args.checkpoint_every;
+    config.log_every = args.log_every.map(|n| n as usize);
     config.validate(&mnist.train)?;
     let ctx = args.net.context()?;
     let identity = mnist.identity();
@@ -620,9 +628,25 @@ fn run_train(args: TrainArgs, given: &Given) -> Result<ExitCode> {
         eprintln!("wgrad: checkpoint {}", path.display());
         Ok(())
     };
+    let metrics = match &args.metrics {
+        Some(path) => Some(train::MetricsFile::open(path, args.resume.is_some())?),
+        None => None,
+    };
+    let metrics = std::cell::RefCell::new(metrics);
+    // A metrics file that cannot be written to mid-run is not worth the run: say so and go on.
+    let log = |record: &train::MetricsRecord| {
+        if let Some(file) = metrics.borrow_mut().as_mut() {
+            if let Err(e) = file.write(record) {
+                eprintln!("wgrad: warning: {e}");
+            }
+        }
+    };
+    let mut on_epoch = |e: &train::EpochReport| log(&e.into());
+    let mut on_steps = |r: &train::MetricsRecord| log(r);
     let hooks = train::Hooks {
-        on_epoch: None,
+        on_epoch: Some(&mut on_epoch),
         on_checkpoint: Some(&mut on_checkpoint),
+        on_steps: Some(&mut on_steps),
     };
     let report = train::train_with(&ctx, &mnist, &config, hooks)?;
     eprintln!(

@@ -109,8 +109,8 @@ fn assert_resumes_bit_for_bit(mnist: &data::Mnist, config: &TrainConfig, dir: &P
         Ok(())
     };
     let hooks = train::Hooks {
-        on_epoch: None,
         on_checkpoint: Some(&mut keep),
+        ..Default::default()
     };
     let straight = train::train_with(ctx, mnist, config, hooks).unwrap();
     let steps: Vec<u64> = stops.iter().map(|r| r.progress.steps).collect();

@@ -8,10 +8,14 @@ use std::time::Instant;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+mod log;
 mod metrics;
 mod resume;
+mod session;
 
+pub use log::{MetricsFile, MetricsRecord, RecordKind};
 pub use resume::{CheckpointEvery, Progress, RunRecord, RunState};
+use session::Session;
 
 pub use metrics::{
     advance, copy_loss, eval_metrics, train_metrics, StateWord, StatsWord, STATE_WORDS, STATS_WORDS,
@@ -49,6 +53,9 @@ pub struct TrainConfig {
     /// Hand the run's full state to [`Hooks::on_checkpoint`] this often.
     #[serde(skip)]
     pub checkpoint_every: Option<CheckpointEvery>,
+    /// Hand a record of the last this-many steps to [`Hooks::on_steps`].
+    #[serde(skip)]
+    pub log_every: Option<usize>,
     /// Rows per evaluation batch.
     pub eval_batch: usize,
     /// Training steps recorded per submit; the host looks at the GPU only between submits.
@@ -82,6 +89,7 @@ impl Default for TrainConfig {
             initial_state: Vec::new(),
             resume: None,
             checkpoint_every: None,
+            log_every: None,
             eval_batch: 1000,
             steps_per_submit: 40,
             max_steps: None,
@@ -160,15 +168,22 @@ impl TrainConfig {
 }
 
 /// One epoch's figures.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochReport {
     pub epoch: usize,
+    /// Steps the run had taken at the epoch's end.
+    pub step: u64,
+    /// The learning rate of the epoch's last step.
+    pub lr: f64,
     /// Mean training loss over the epoch's steps (with the L2 term).
     pub train_loss: f64,
     pub train_accuracy: f64,
     pub test_loss: f64,
     pub test_accuracy: f64,
+    /// The epoch's seconds, its evaluation included.
     pub seconds: f64,
+    /// Training samples a second over the epoch's steps (evaluation excluded).
+    pub samples_per_second: f64,
 }
 
 /// What a run produced.
@@ -282,7 +297,7 @@ impl Evaluator {
             train_accuracy: train_eval.accuracy,
             test_loss: test_eval.loss,
             test_accuracy: test_eval.accuracy,
-            seconds: 0.0,
+            ..Default::default()
         })
     }
 }
@@ -328,6 +343,8 @@ pub struct Hooks<'a> {
     pub on_epoch: Option<&'a mut dyn FnMut(&EpochReport)>,
     /// The run's full state at each [`TrainConfig::checkpoint_every`]; an error stops the run.
     pub on_checkpoint: Option<OnCheckpoint<'a>>,
+    /// A record of the last [`TrainConfig::log_every`] steps, each time that many are done.
+    pub on_steps: Option<&'a mut dyn FnMut(&MetricsRecord)>,
 }
 
 /// Trains a net on `data.train`, evaluating on both sets after every epoch. `on_epoch` sees each
@@ -340,12 +357,13 @@ pub fn train(
 ) -> Result<TrainReport> {
     let hooks = Hooks {
         on_epoch,
-        on_checkpoint: None,
+        ..Default::default()
     };
     train_with(ctx, data, config, hooks)
 }
 
-/// [`train`], continuing `config.resume` if given, and handing out full-state checkpoints.
+/// [`train`], continuing `config.resume` if given, and handing out step records and full-state
+/// checkpoints as it goes.
 pub fn train_with(
     ctx: &GpuContext,
     data: &Mnist,
@@ -375,24 +393,29 @@ pub fn train_with(
     let evaluator = Evaluator::new(ctx, &model, eval_rows);
     let eval_train = evaluator.batch_dispatches(&rec, &train_set);
     let eval_test = evaluator.batch_dispatches(&rec, &test_set);
-    let run = RunBuffers {
-        model: &model,
-        optimizer: &optimizer,
-        state: &state,
-        stats: &stats,
-    };
 
     // drop_last: every step sees a full batch; reshuffling each epoch covers the rest.
     let steps_per_epoch = data.train.len() / config.batch_size;
     let total_steps = (steps_per_epoch.saturating_mul(config.epochs))
         .min(config.max_steps.unwrap_or(usize::MAX)) as u64;
+    let session = Session {
+        ctx,
+        config,
+        model: &model,
+        optimizer: &optimizer,
+        state: &state,
+        stats: &stats,
+        step: &step,
+        evaluator: &evaluator,
+        sets: [(&eval_train, &train_set), (&eval_test, &test_set)],
+        bar: progress_bar(config.verbose, total_steps),
+    };
     let mut progress = match &config.resume {
-        Some(resumed) => run.restore(ctx, resumed, total_steps)?,
+        Some(resumed) => session.restore(resumed, total_steps)?,
         None => Progress::default(),
     };
     let session_start = (progress.steps, progress.train_seconds);
-    let bar = progress_bar(config.verbose, total_steps);
-    bar.set_position(progress.steps);
+    session.bar.set_position(progress.steps);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_0fda_7a00);
     let mut order: Vec<u32> = (0..data.train.len() as u32).collect();
     // --max-steps may end training before `config.epochs` (the last epoch cut short).
@@ -409,51 +432,18 @@ pub fn train_with(
         }
         // (A run stopped before it has figures to report takes a submit of steps first.)
         let reported = !progress.history.is_empty();
-        if reported && progress.steps_into_epoch == 0 && steps_interrupted(config) {
+        if reported && progress.steps_into_epoch == 0 && session.interrupted() {
             break;
         }
-        let epoch_start = Instant::now();
         train_set.index.write_u32(ctx, 0, &order);
-        if progress.steps_into_epoch == 0 {
-            state.write_u32(ctx, StateWord::Batch as usize, &[0]);
-            // The epoch's sums (loss, last loss, correct) start again.
-            stats.write_real(ctx, 0, &[0.0; 3], precision);
-        }
         let this_epoch = steps_per_epoch.min(total_steps as usize - (epoch - 1) * steps_per_epoch);
-        let steps = Steps {
-            dispatches: &step,
-            state: &state,
-            stats: &stats,
-            per_submit: config.steps_per_submit,
-            interrupt: config.interrupt.as_deref(),
-        };
-        let reached = steps.until(
-            ctx,
-            this_epoch,
-            &mut progress,
-            (config, &mut hooks),
-            &run,
-            &bar,
-        );
-        progress.train_seconds += epoch_start.elapsed().as_secs_f64();
-        let reached = reached.map_err(|e| match e {
-            Error::Gpu(message) => Error::Gpu(format!(
-                "{message} (training had reached step {}; a periodic checkpoint, if any was \
-                 asked for, holds the run up to its step)",
-                progress.steps
-            )),
-            other => other,
-        })?;
-        let loss_sum = stats.read_real(ctx, precision)?[StatsWord::LossSum as usize];
-        let sets = [(&eval_train[..], &train_set), (&eval_test[..], &test_set)];
-        let train_loss = loss_sum / progress.steps_into_epoch as f64;
-        let mut report = evaluator.epoch(ctx, sets, epoch, train_loss)?;
-        report.seconds = epoch_start.elapsed().as_secs_f64();
-        if config.verbose {
-            bar.suspend(|| eprintln!("{}", report.line(epochs)));
-        }
+        let (report, reached) = session.epoch(epoch, this_epoch, &mut progress, &mut hooks)?;
+        // The hook first: a metrics file has the epoch's record once its line is on screen.
         if let Some(f) = hooks.on_epoch.as_deref_mut() {
             f(&report);
+        }
+        if config.verbose {
+            session.bar.suspend(|| eprintln!("{}", report.line(epochs)));
         }
         // An interrupted epoch, or one --max-steps cut short, is reported but not finished.
         if !reached || progress.steps_into_epoch < steps_per_epoch {
@@ -466,11 +456,11 @@ pub fn train_with(
         progress.epoch_sums = [0.0; 3];
         let due = config.checkpoint_every;
         if due.is_some_and(|every| every.due_after_epoch(epoch, progress.steps)) {
-            run.checkpoint(ctx, &progress, &mut hooks, precision)?;
+            session.checkpoint(&progress, &mut hooks)?;
         }
     }
-    bar.finish_and_clear();
-    let run = run.read(ctx, &progress, precision)?;
+    session.bar.finish_and_clear();
+    let run = session.read(&progress)?;
     let mut history = progress.history;
     history.extend(unfinished);
     let last = history.last().expect("at least one epoch");
@@ -491,160 +481,6 @@ pub fn train_with(
         history,
         run,
     })
-}
-
-/// The buffers that hold a run's state on the GPU.
-struct RunBuffers<'a> {
-    model: &'a Model,
-    optimizer: &'a GpuOptimizer,
-    state: &'a GpuBuffer,
-    stats: &'a GpuBuffer,
-}
-
-impl RunBuffers<'_> {
-    /// The run's full state after the last submit.
-    fn read(
-        &self,
-        ctx: &GpuContext,
-        progress: &Progress,
-        precision: Precision,
-    ) -> Result<RunState> {
-        let mut progress = progress.clone();
-        if progress.steps_into_epoch > 0 {
-            let sums = self.stats.read_real(ctx, precision)?;
-            progress.epoch_sums = [
-                sums[StatsWord::LossSum as usize],
-                sums[StatsWord::LastLoss as usize],
-                sums[StatsWord::CorrectSum as usize],
-            ];
-        }
-        Ok(RunState {
-            progress,
-            params: self.model.read_params(ctx)?,
-            state: self.model.read_state(ctx)?,
-            optimizer: self.optimizer.read_state(ctx)?,
-        })
-    }
-
-    fn checkpoint(
-        &self,
-        ctx: &GpuContext,
-        progress: &Progress,
-        hooks: &mut Hooks,
-        precision: Precision,
-    ) -> Result<()> {
-        match hooks.on_checkpoint.as_deref_mut() {
-            Some(save) => save(&self.read(ctx, progress, precision)?),
-            None => Ok(()),
-        }
-    }
-
-    /// Puts a stored run's optimizer state, step counter, batch cursor and epoch sums back on
-    /// the GPU (the parameters and statistics went in with the model), and returns its progress.
-    fn restore(&self, ctx: &GpuContext, run: &RunState, total_steps: u64) -> Result<Progress> {
-        let p = &run.progress;
-        if p.steps >= total_steps {
-            return Err(Error::InvalidArgument(format!(
-                "the run has already taken {} steps ({} epochs); ask for more epochs (--epochs {} \
-                 or more) to train on",
-                p.steps,
-                p.epochs_done,
-                p.epochs_done + 1
-            )));
-        }
-        self.optimizer.write_state(ctx, &run.optimizer)?;
-        let mut words = [0u32; STATE_WORDS];
-        words[StateWord::Step as usize] = p.steps as u32;
-        words[StateWord::Batch as usize] = p.steps_into_epoch as u32;
-        self.state.write_u32(ctx, 0, &words);
-        self.stats
-            .write_real(ctx, 0, &p.epoch_sums, self.model.precision);
-        Ok(p.clone())
-    }
-}
-
-/// A recorded training step and the buffers the host watches between submits.
-struct Steps<'a> {
-    dispatches: &'a [Dispatch],
-    state: &'a GpuBuffer,
-    stats: &'a GpuBuffer,
-    per_submit: usize,
-    /// Stop between submits when this is set.
-    interrupt: Option<&'a std::sync::atomic::AtomicBool>,
-}
-
-impl Steps<'_> {
-    /// Runs the epoch on until `progress.steps_into_epoch` is `end`, stopping for each periodic
-    /// step checkpoint on the way. False if an interrupt stopped it first.
-    fn until(
-        &self,
-        ctx: &GpuContext,
-        end: usize,
-        progress: &mut Progress,
-        (config, hooks): (&TrainConfig, &mut Hooks),
-        run: &RunBuffers,
-        bar: &indicatif::ProgressBar,
-    ) -> Result<bool> {
-        while progress.steps_into_epoch < end {
-            if progress.steps_into_epoch > 0 && self.interrupted() {
-                return Ok(false);
-            }
-            let left = end - progress.steps_into_epoch;
-            let every = config.checkpoint_every;
-            let to_checkpoint = every.and_then(|e| e.steps_to_next(progress.steps));
-            let count = to_checkpoint.map_or(left, |n| n.min(left));
-            let done = self.run(ctx, count, config.precision, bar)?;
-            progress.steps += done as u64;
-            progress.steps_into_epoch += done;
-            if done < count {
-                return Ok(false);
-            }
-            // A checkpoint at the epoch's end waits for the epoch's figures.
-            if to_checkpoint == Some(count) && count < left {
-                run.checkpoint(ctx, progress, hooks, config.precision)?;
-            }
-        }
-        Ok(true)
-    }
-
-    /// Runs `count` steps, `per_submit` to a submit, reading the state words after each submit
-    /// to stop at divergence and to move the progress bar. Fewer if an interrupt came.
-    fn run(
-        &self,
-        ctx: &GpuContext,
-        count: usize,
-        precision: Precision,
-        bar: &indicatif::ProgressBar,
-    ) -> Result<usize> {
-        let mut done = 0;
-        // An interrupt is seen after a submit, so every call makes progress.
-        while done < count && (done == 0 || !self.interrupted()) {
-            let chunk = self.per_submit.min(count - done);
-            kernel::submit(ctx, self.dispatches, chunk);
-            done += chunk;
-            let words = self.state.read_u32(ctx)?;
-            let diverged = words[StateWord::Diverged as usize];
-            if diverged != 0 {
-                bar.finish_and_clear();
-                let stats = self.stats.read_real(ctx, precision)?;
-                return Err(Error::Diverged {
-                    step: u64::from(diverged),
-                    value: format!("{}", stats[StatsWord::DivergedLoss as usize]),
-                });
-            }
-            bar.set_position(u64::from(words[StateWord::Step as usize]));
-        }
-        Ok(done)
-    }
-
-    fn interrupted(&self) -> bool {
-        (self.interrupt).is_some_and(|flag| flag.load(std::sync::atomic::Ordering::SeqCst))
-    }
-}
-
-/// Whether an interrupt has come (checked between epochs; [`Steps`] checks between submits).
-fn steps_interrupted(config: &TrainConfig) -> bool {
-    (config.interrupt.as_deref()).is_some_and(|flag| flag.load(std::sync::atomic::Ordering::SeqCst))
 }
 
 /// Evaluates `params` on a data set.

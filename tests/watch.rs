@@ -1,0 +1,158 @@
+//! Watching a run: the metrics file is written record by record while the run trains, its
+//! step records add up to the epoch's figures, and a resumed run appends to it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+mod common;
+
+use common::cli::*;
+use serde_json::Value;
+use tempfile::TempDir;
+use wgrad::data::{TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS};
+
+/// 12×12 images, 600 to train on and 100 to test: 30 steps an epoch at batch 20.
+fn data_folder() -> TempDir {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    write(d, TRAIN_IMAGES, &images_idx(600, 12));
+    write(d, TRAIN_LABELS, &labels_idx(600));
+    write(d, TEST_IMAGES, &images_idx(100, 12));
+    write(d, TEST_LABELS, &labels_idx(100));
+    dir
+}
+
+fn train(data: &Path, rest: &[&str]) -> Vec<String> {
+    let mut args = vec!["train", "--data", path_str(data), "--batch-size", "20"];
+    args.extend_from_slice(&["--hidden", "16", "--steps-per-submit", "4"]);
+    args.extend_from_slice(rest);
+    args.into_iter().map(String::from).collect()
+}
+
+fn records(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn of_kind<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["kind"] == kind).collect()
+}
+
+#[test]
+fn the_metrics_file_grows_while_the_run_trains() {
+    let data = data_folder();
+    let out = TempDir::new().unwrap();
+    let path = out.path().join("m.jsonl");
+    let args = train(
+        data.path(),
+        &["--epochs", "3", "--metrics", path_str(&path)],
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgrad"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("epoch   1/3") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no epoch line");
+    }
+    // The epoch's line is printed after its record is written and flushed.
+    let early = records(&path);
+    std::io::Read::read_to_string(&mut stderr, &mut String::new()).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!early.is_empty() && early.len() < 3, "{early:?}");
+    let all = records(&path);
+    assert_eq!(all.len(), 3);
+    for (k, r) in all.iter().enumerate() {
+        assert_eq!(r["kind"], "epoch");
+        assert_eq!(r["epoch"], k + 1);
+        assert_eq!(r["step"], 30 * (k + 1));
+        for field in [
+            "lr",
+            "train_loss",
+            "train_accuracy",
+            "test_loss",
+            "test_accuracy",
+        ] {
+            assert!(r[field].is_f64(), "{field} in {r}");
+        }
+        assert!(r["seconds"].as_f64().unwrap() > 0.0);
+        assert!(r["samples_per_second"].as_f64().unwrap() > 0.0);
+    }
+}
+
+/// Step records every 10 steps: three to an epoch of 30, whose losses average to the epoch's.
+#[test]
+fn step_records_add_up_to_the_epoch() {
+    let data = data_folder();
+    let out = TempDir::new().unwrap();
+    let path = out.path().join("m.jsonl");
+    let every = ["--metrics", path_str(&path), "--log-every", "10"];
+    let run = wgrad(
+        &train(data.path(), &[&["--epochs", "2"][..], &every].concat())
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let all = records(&path);
+    let steps = of_kind(&all, "step");
+    let epochs = of_kind(&all, "epoch");
+    let at: Vec<u64> = steps.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(at, [10, 20, 30, 40, 50, 60]);
+    for (k, epoch) in epochs.iter().enumerate() {
+        let mean: f64 = steps[3 * k..3 * k + 3]
+            .iter()
+            .map(|r| r["train_loss"].as_f64().unwrap())
+            .sum::<f64>()
+            / 3.0;
+        let want = epoch["train_loss"].as_f64().unwrap();
+        assert!(
+            (mean - want).abs() <= 1e-6 * want,
+            "epoch {k}: {mean} vs {want}"
+        );
+        let accuracy = steps[3 * k]["train_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&accuracy));
+    }
+}
+
+#[test]
+fn a_resumed_run_appends_to_its_metrics_file() {
+    let data = data_folder();
+    let out = TempDir::new().unwrap();
+    let (csv, saved) = (out.path().join("m.csv"), out.path().join("run.st"));
+    let first = [
+        "--epochs",
+        "1",
+        "--metrics",
+        path_str(&csv),
+        "--save",
+        path_str(&saved),
+    ];
+    let run = wgrad(
+        &train(data.path(), &first)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let resume = ["train", "--resume", path_str(&saved), "--epochs", "2"];
+    let run = wgrad(&[&resume[..], &["--metrics", path_str(&csv)]].concat());
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("kind,epoch,step,lr,"));
+    assert!(lines[1].starts_with("epoch,1,30,") && lines[2].starts_with("epoch,2,60,"));
+
+    let refused = wgrad(&["train", "--metrics", "m.txt", "--epochs", "1"]);
+    assert_eq!(refused.code, Some(ERROR_EXIT));
+    assert_mentions(&refused.stderr, &[".jsonl", ".csv"]);
+}
