@@ -212,9 +212,6 @@ pub fn load_run(path: &Path) -> Result<(RunRecord, RunState)> {
         |e: Error| checkpoint_error(path, format!("describes a run wgrad cannot rebuild: {e}"));
     record.config.spec.validate().map_err(invalid)?;
     record.config.optimizer.validate().map_err(invalid)?;
-    record
-        .check_progress(record.data.train_images)
-        .map_err(|e| checkpoint_error(path, e))?;
     let (layers, layout) = record.config.spec.resolve().map_err(invalid)?;
     let params = read_params(path, &file, &layout, "")?;
     let mut state = Vec::new();

@@ -193,6 +193,19 @@ struct TrainArgs {
     /// .csv. A resumed run appends to it.
     #[arg(long)]
     metrics: Option<PathBuf>,
+    /// Hold out this fraction of the training set, per class and seeded, for validation; the
+    /// epochs are then judged on it, and the test set is evaluated once, at the end.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    val_fraction: f64,
+    /// With --val-fraction, evaluate the test set after every epoch too.
+    #[arg(long)]
+    eval_test_every_epoch: bool,
+    /// Stop after N epochs without a lower validation loss (needs --val-fraction).
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Keep the run at its epoch of lowest validation loss here (a full-state checkpoint).
+    #[arg(long, requires = "val_fraction")]
+    save_best: Option<PathBuf>,
     /// Also write a metrics record every N steps.
     #[arg(long, requires = "metrics", value_parser = clap::value_parser!(u64).range(1..))]
     log_every: Option<u64>,
@@ -597,7 +610,7 @@ impl TrainArgs {
 
 fn run_train(args: TrainArgs, given: &Given) -> Result<ExitCode> {
     // Every argument is checked before the data is read or the GPU is touched.
-    if let Some(path) = &args.save {
+    for path in [&args.save, &args.save_best].into_iter().flatten() {
         checkpoint::ensure_writable(path)?;
     }
     let run_file = (args.save.clone()).unwrap_or_else(|| PathBuf::from("wgrad-run.safetensors"));
@@ -643,16 +656,32 @@ fn run_train(args: TrainArgs, given: &Given) -> Result<ExitCode> {
     };
     let mut on_epoch = |e: &train::EpochReport| log(&e.into());
     let mut on_steps = |r: &train::MetricsRecord| log(r);
+    let mut on_best = |run: &RunState| -> Result<()> {
+        match &args.save_best {
+            Some(path) => {
+                checkpoint::save_run(path, run, &record(run), &run_metadata(&config, run))
+            }
+            None => Ok(()),
+        }
+    };
     let hooks = train::Hooks {
         on_epoch: Some(&mut on_epoch),
         on_checkpoint: Some(&mut on_checkpoint),
         on_steps: Some(&mut on_steps),
+        on_best: Some(&mut on_best),
     };
     let report = train::train_with(&ctx, &mnist, &config, hooks)?;
     eprintln!(
         "wgrad: test accuracy {:.4}, train accuracy {:.4}, {:.1} s ({:.0} samples/s)",
         report.test_accuracy, report.train_accuracy, report.seconds, report.samples_per_second
     );
+    if let (true, Some(best)) = (report.stopped_early, report.best_epoch) {
+        eprintln!(
+            "wgrad: stopped early: the validation loss has not gone below epoch {best}'s for {} \
+             epochs (--patience)",
+            report.epochs - best
+        );
+    }
     let save_to = match (&args.save, report.interrupted) {
         (Some(path), _) => Some(path.clone()),
         // An interrupted run is never thrown away.
@@ -702,8 +731,12 @@ fn run_metadata(config: &train::TrainConfig, run: &RunState) -> BTreeMap<String,
     meta.insert("spec".into(), spec);
     meta.insert("init".into(), config.init.to_string());
     meta.insert("step".into(), run.progress.steps.to_string());
-    if let Some(last) = run.progress.history.last() {
-        meta.insert("test_accuracy".into(), format!("{:.6}", last.test_accuracy));
+    let last = run.progress.history.last();
+    if let Some(accuracy) = last.and_then(|e| e.test_accuracy) {
+        meta.insert("test_accuracy".into(), format!("{accuracy:.6}"));
+    }
+    if let Some(accuracy) = last.and_then(|e| e.val_accuracy) {
+        meta.insert("val_accuracy".into(), format!("{accuracy:.6}"));
     }
     meta
 }
@@ -744,6 +777,9 @@ impl TrainArgs {
             seed: self.net.seed,
             precision,
             steps_per_submit: self.steps_per_submit,
+            val_fraction: self.val_fraction,
+            eval_test_every_epoch: self.eval_test_every_epoch,
+            patience: self.patience,
             ..Default::default()
         };
         Ok((config, mnist, data_folder(self.net.data.as_deref())?))
@@ -823,6 +859,21 @@ impl TrainArgs {
                 precision.to_string(),
                 stored.precision.to_string(),
             ),
+            (
+                "val-fraction",
+                self.val_fraction.to_string(),
+                stored.val_fraction.to_string(),
+            ),
+            (
+                "eval-test-every-epoch",
+                self.eval_test_every_epoch.to_string(),
+                stored.eval_test_every_epoch.to_string(),
+            ),
+            (
+                "patience",
+                epochs_or_none(self.patience),
+                epochs_or_none(stored.patience),
+            ),
         ];
         for (flag, ours, theirs) in settings {
             if given.any(&[flag.replace('-', "_").as_str()]) && ours != theirs {
@@ -860,6 +911,10 @@ impl TrainArgs {
         }
         Ok(())
     }
+}
+
+fn epochs_or_none(epochs: Option<usize>) -> String {
+    epochs.map_or("none".into(), |n| n.to_string())
 }
 
 /// A net's layers as --layers writes them.

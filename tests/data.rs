@@ -389,3 +389,28 @@ fn data_errors_keep_their_message_in_the_crate_error() {
     let crate_err: wgrad::Error = data::load_dir(dir.path()).unwrap_err().into();
     assert_eq!(crate_err.to_string(), data_msg);
 }
+
+/// The validation split keeps each class's share, is the same for the same seed, and leaves no
+/// image in both parts or in neither.
+#[test]
+fn a_stratified_split_keeps_class_shares_and_is_seeded() {
+    let bundled = data::bundled().unwrap();
+    let train = bundled.train.take(3000);
+    let (rest, val) = train.split_stratified(0.1, 5);
+    assert_eq!(rest.len() + val.len(), train.len());
+    for class in 0..10u8 {
+        let count = |d: &Dataset| d.labels.iter().filter(|&&l| l == class).count();
+        let want = (count(&train) as f64 * 0.1).round() as usize;
+        assert_eq!(count(&val), want, "class {class}");
+    }
+    // Every image lands in exactly one part: the parts' images together are the whole set's.
+    let key = |d: &Dataset, i: usize| (d.image(i).to_vec(), d.labels[i]);
+    let mut whole: Vec<_> = (0..train.len()).map(|i| key(&train, i)).collect();
+    let mut parts: Vec<_> = (0..rest.len()).map(|i| key(&rest, i)).collect();
+    parts.extend((0..val.len()).map(|i| key(&val, i)));
+    whole.sort();
+    parts.sort();
+    assert!(whole == parts);
+    assert!(train.split_stratified(0.1, 5).1 == val);
+    assert!(train.split_stratified(0.1, 6).1 != val);
+}

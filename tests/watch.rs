@@ -156,3 +156,72 @@ fn a_resumed_run_appends_to_its_metrics_file() {
     assert_eq!(refused.code, Some(ERROR_EXIT));
     assert_mentions(&refused.stderr, &[".jsonl", ".csv"]);
 }
+
+/// Labels that the images do not predict: the net can only memorise the training part, so the
+/// validation loss turns up within a few epochs and early stopping has something to stop.
+fn memorising_folder() -> TempDir {
+    let dir = data_folder();
+    let scrambled = |n: u32| -> Vec<u8> {
+        let labels: Vec<u8> = (0..n).map(|i| ((i * 7919 / 3) % 10) as u8).collect();
+        idx(LABELS_MAGIC, &[n], &labels)
+    };
+    write(dir.path(), TRAIN_LABELS, &scrambled(600));
+    write(dir.path(), TEST_LABELS, &scrambled(100));
+    dir
+}
+
+#[test]
+fn early_stopping_stops_patience_epochs_after_the_best_and_keeps_the_best() {
+    let data = memorising_folder();
+    let out = TempDir::new().unwrap();
+    let (metrics, best) = (out.path().join("m.jsonl"), out.path().join("best.st"));
+    let args = train(
+        data.path(),
+        &[
+            "--epochs",
+            "15",
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.01",
+            "--val-fraction",
+            "0.2",
+            "--patience",
+            "2",
+            "--json",
+            "--metrics",
+            path_str(&metrics),
+            "--save-best",
+            path_str(&best),
+        ],
+    );
+    let run = wgrad(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let report: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let all = records(&metrics);
+    let val: Vec<f64> = all
+        .iter()
+        .map(|r| r["val_loss"].as_f64().unwrap())
+        .collect();
+    let lowest = (0..val.len())
+        .min_by(|&a, &b| val[a].total_cmp(&val[b]))
+        .unwrap()
+        + 1;
+    assert_eq!(report["stopped_early"], true, "{report}");
+    assert_eq!(report["best_epoch"], lowest);
+    assert_eq!(all.len(), lowest + 2, "{val:?}");
+    assert_mentions(
+        &run.stderr,
+        &["stopped early", &format!("epoch {lowest}'s")],
+    );
+    // The test set is evaluated once, at the end, not epoch by epoch.
+    assert!(all.iter().all(|r| r.get("test_accuracy").is_none()));
+    assert!(report["test_accuracy"].is_f64());
+    // The best epoch's run, whole: it has trained exactly `lowest` epochs.
+    let stored = wgrad::checkpoint::load_run(&best).unwrap().1;
+    assert_eq!(stored.progress.epochs_done, lowest);
+    assert_eq!(
+        stored.progress.history[lowest - 1].val_loss,
+        Some(val[lowest - 1])
+    );
+}

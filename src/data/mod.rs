@@ -202,6 +202,45 @@ impl Dataset {
         }
     }
 
+    /// The images at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Dataset {
+        let mut images = Vec::with_capacity(indices.len() * self.image_size());
+        for &i in indices {
+            images.extend_from_slice(self.image(i));
+        }
+        Dataset {
+            images,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            rows: self.rows,
+            cols: self.cols,
+        }
+    }
+
+    /// Splits off a validation set: of each class, `fraction` of its images (rounded), drawn by
+    /// a seeded shuffle, so that both parts keep the class proportions (as scikit-learn's
+    /// stratified split does). Returns (training part, validation part), each in file order.
+    pub fn split_stratified(&self, fraction: f64, seed: u64) -> (Dataset, Dataset) {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7a1_5e7);
+        let mut classes = vec![Vec::new(); 256];
+        for (i, &label) in self.labels.iter().enumerate() {
+            classes[usize::from(label)].push(i);
+        }
+        let mut held = vec![false; self.len()];
+        for members in &mut classes {
+            for i in (1..members.len()).rev() {
+                let j = rng.random_range(0..=i);
+                members.swap(i, j);
+            }
+            let take = (members.len() as f64 * fraction).round() as usize;
+            for &i in &members[..take] {
+                held[i] = true;
+            }
+        }
+        let (val, train): (Vec<usize>, Vec<usize>) = (0..self.len()).partition(|&i| held[i]);
+        (self.select(&train), self.select(&val))
+    }
+
     /// The central `size`×`size` window of every image: a reduced input for cheap gradient
     /// checks of convnets (the book's ch07 check uses 10×10 inputs).
     pub fn center_crop(&self, size: usize) -> Option<Dataset> {

@@ -60,6 +60,15 @@ pub struct TrainConfig {
     pub eval_batch: usize,
     /// Training steps recorded per submit; the host looks at the GPU only between submits.
     pub steps_per_submit: usize,
+    /// Hold out this fraction of the training set, per class, for validation (0: none).
+    #[serde(default)]
+    pub val_fraction: f64,
+    /// With a validation set, evaluate the test set after every epoch too, not only at the end.
+    #[serde(default)]
+    pub eval_test_every_epoch: bool,
+    /// Stop after this many epochs without a lower validation loss.
+    #[serde(default)]
+    pub patience: Option<usize>,
     /// Stop after this many steps (the last epoch may be cut short).
     #[serde(skip)]
     pub max_steps: Option<usize>,
@@ -91,6 +100,9 @@ impl Default for TrainConfig {
             checkpoint_every: None,
             log_every: None,
             eval_batch: 1000,
+            val_fraction: 0.0,
+            eval_test_every_epoch: false,
+            patience: None,
             steps_per_submit: 40,
             max_steps: None,
             interrupt: None,
@@ -119,9 +131,44 @@ impl TrainConfig {
         Ok(model)
     }
 
+    /// The training set split into what the run trains on and its validation set (None
+    /// without `val_fraction`).
+    pub fn split(&self, train: &Dataset) -> (Dataset, Option<Dataset>) {
+        if self.val_fraction == 0.0 {
+            return (train.clone(), None);
+        }
+        let (rest, val) = train.split_stratified(self.val_fraction, self.seed);
+        (rest, Some(val))
+    }
+
     pub fn validate(&self, train: &Dataset) -> Result<()> {
         self.spec.validate()?;
         self.optimizer.validate()?;
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return Err(Error::InvalidArgument(format!(
+                "--val-fraction must lie in [0, 1), got {}",
+                self.val_fraction
+            )));
+        }
+        if self.patience.is_some() && self.val_fraction == 0.0 {
+            return Err(Error::InvalidArgument(
+                "--patience watches the validation loss: give --val-fraction too (e.g. 0.1)".into(),
+            ));
+        }
+        if self.patience == Some(0) {
+            return Err(Error::InvalidArgument(
+                "--patience must be at least 1 epoch".into(),
+            ));
+        }
+        let (train, val) = self.split(train);
+        if val.as_ref().is_some_and(|v| v.is_empty()) {
+            return Err(Error::InvalidArgument(format!(
+                "--val-fraction {} holds out no image of the {}: use a larger fraction",
+                self.val_fraction,
+                train.len()
+            )));
+        }
+        let train = &train;
         if self.batch_size == 0 {
             return Err(Error::InvalidArgument(
                 "batch size must be at least 1 (--batch-size)".into(),
@@ -178,8 +225,17 @@ pub struct EpochReport {
     /// Mean training loss over the epoch's steps (with the L2 term).
     pub train_loss: f64,
     pub train_accuracy: f64,
-    pub test_loss: f64,
-    pub test_accuracy: f64,
+    /// On the validation set, when the run holds one out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_accuracy: Option<f64>,
+    /// On the test set, where it is evaluated: every epoch without a validation set, else only
+    /// with `eval_test_every_epoch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_accuracy: Option<f64>,
     /// The epoch's seconds, its evaluation included.
     pub seconds: f64,
     /// Training samples a second over the epoch's steps (evaluation excluded).
@@ -205,6 +261,13 @@ pub struct TrainReport {
     pub samples_per_second: f64,
     /// Training stopped early at an interrupt (`steps` says where).
     pub interrupted: bool,
+    /// The last epoch's validation figures, when the run holds a validation set out.
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+    /// The epoch of the lowest validation loss.
+    pub best_epoch: Option<usize>,
+    /// `patience` epochs passed without a lower validation loss, so the run stopped there.
+    pub stopped_early: bool,
     /// Every epoch of the run, a resumed run's earlier ones included; an interrupted epoch's
     /// figures come last.
     pub history: Vec<EpochReport>,
@@ -216,10 +279,17 @@ pub struct TrainReport {
 impl EpochReport {
     /// The epoch's line on the terminal.
     fn line(&self, epochs: usize) -> String {
-        format!(
-            "epoch {:>3}/{epochs}  loss {:.4}  train acc {:.4}  test acc {:.4}  ({:.2} s)",
-            self.epoch, self.train_loss, self.train_accuracy, self.test_accuracy, self.seconds
-        )
+        let mut line = format!(
+            "epoch {:>3}/{epochs}  loss {:.4}  train acc {:.4}",
+            self.epoch, self.train_loss, self.train_accuracy
+        );
+        if let (Some(loss), Some(accuracy)) = (self.val_loss, self.val_accuracy) {
+            line += &format!("  val loss {loss:.4}  val acc {accuracy:.4}");
+        }
+        if let Some(accuracy) = self.test_accuracy {
+            line += &format!("  test acc {accuracy:.4}");
+        }
+        line + &format!("  ({:.2} s)", self.seconds)
     }
 }
 
@@ -279,27 +349,59 @@ impl Evaluator {
     }
 }
 
+/// A data set to evaluate: its evaluation dispatches (recorded once) and the data on the GPU.
+pub(crate) type EvalSet<'a> = (&'a [Dispatch], &'a GpuDataset);
+
+/// What an epoch is evaluated on.
+#[derive(Clone, Copy)]
+pub(crate) struct EvalSets<'a> {
+    train: EvalSet<'a>,
+    val: Option<EvalSet<'a>>,
+    /// The test set, evaluated after every epoch only when `every_epoch` says so.
+    test: EvalSet<'a>,
+    test_every_epoch: bool,
+}
+
 impl Evaluator {
-    /// Epoch `epoch`'s figures: its steps' mean loss, and accuracy and loss on the training and
-    /// test sets (`seconds` is left for the caller).
+    /// Epoch `epoch`'s figures: its steps' mean loss, and accuracy and loss on the training set
+    /// and the validation and test sets where they are evaluated (`seconds` is left for the
+    /// caller).
     fn epoch(
         &self,
         ctx: &GpuContext,
-        [train, test]: [(&[Dispatch], &GpuDataset); 2],
+        sets: &EvalSets,
         epoch: usize,
         train_loss: f64,
     ) -> Result<EpochReport> {
-        let train_eval = self.run(ctx, train.0, train.1)?;
-        let test_eval = self.run(ctx, test.0, test.1)?;
+        let run = |(dispatches, data): EvalSet| self.run(ctx, dispatches, data);
+        let train_eval = run(sets.train)?;
+        let val = sets.val.map(run).transpose()?;
+        let test = sets.test_every_epoch.then(|| run(sets.test)).transpose()?;
         Ok(EpochReport {
             epoch,
             train_loss,
             train_accuracy: train_eval.accuracy,
-            test_loss: test_eval.loss,
-            test_accuracy: test_eval.accuracy,
+            val_loss: val.map(|e| e.loss),
+            val_accuracy: val.map(|e| e.accuracy),
+            test_loss: test.map(|e| e.loss),
+            test_accuracy: test.map(|e| e.accuracy),
             ..Default::default()
         })
     }
+}
+
+/// The epoch of the lowest validation loss in `history` (the first, on a tie: an equal loss is
+/// no improvement).
+pub fn best_epoch(history: &[EpochReport]) -> Option<usize> {
+    let mut best: Option<&EpochReport> = None;
+    for e in history {
+        if let Some(loss) = e.val_loss {
+            if best.is_none_or(|b| b.val_loss.is_some_and(|bl| loss < bl)) {
+                best = Some(e);
+            }
+        }
+    }
+    best.map(|e| e.epoch)
 }
 
 /// One training step, recorded once and replayed: gather the batch at the cursor, the L2
@@ -345,6 +447,8 @@ pub struct Hooks<'a> {
     pub on_checkpoint: Option<OnCheckpoint<'a>>,
     /// A record of the last [`TrainConfig::log_every`] steps, each time that many are done.
     pub on_steps: Option<&'a mut dyn FnMut(&MetricsRecord)>,
+    /// The run's full state after each epoch that lowers the validation loss.
+    pub on_best: Option<OnCheckpoint<'a>>,
 }
 
 /// Trains a net on `data.train`, evaluating on both sets after every epoch. `on_epoch` sees each
@@ -373,6 +477,7 @@ pub fn train_with(
     config.validate(&data.train)?;
     let start = Instant::now();
     let precision = config.precision;
+    let (train_data, val_data) = config.split(&data.train);
     let eval_rows = config.eval_batch.min(data.train.len().max(data.test.len()));
     let kernels = Kernels::new(ctx, precision)?;
     let model = config.model(ctx, config.batch_size.max(eval_rows))?;
@@ -382,9 +487,10 @@ pub fn train_with(
         model: &model,
     };
     let (train_set, test_set) = (
-        GpuDataset::new(ctx, &data.train),
+        GpuDataset::new(ctx, &train_data),
         GpuDataset::new(ctx, &data.test),
     );
+    let val_set = val_data.as_ref().map(|v| GpuDataset::new(ctx, v));
     let ws = Workspace::new(ctx, &model, config.batch_size, 1, true);
     let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
     let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
@@ -393,9 +499,18 @@ pub fn train_with(
     let evaluator = Evaluator::new(ctx, &model, eval_rows);
     let eval_train = evaluator.batch_dispatches(&rec, &train_set);
     let eval_test = evaluator.batch_dispatches(&rec, &test_set);
+    let eval_val = val_set
+        .as_ref()
+        .map(|v| (evaluator.batch_dispatches(&rec, v), v));
+    let sets = EvalSets {
+        train: (&eval_train, &train_set),
+        val: eval_val.as_ref().map(|(d, v)| (&d[..], *v)),
+        test: (&eval_test, &test_set),
+        test_every_epoch: val_set.is_none() || config.eval_test_every_epoch,
+    };
 
     // drop_last: every step sees a full batch; reshuffling each epoch covers the rest.
-    let steps_per_epoch = data.train.len() / config.batch_size;
+    let steps_per_epoch = train_data.len() / config.batch_size;
     let total_steps = (steps_per_epoch.saturating_mul(config.epochs))
         .min(config.max_steps.unwrap_or(usize::MAX)) as u64;
     let session = Session {
@@ -407,20 +522,20 @@ pub fn train_with(
         stats: &stats,
         step: &step,
         evaluator: &evaluator,
-        sets: [(&eval_train, &train_set), (&eval_test, &test_set)],
+        sets,
         bar: progress_bar(config.verbose, total_steps),
     };
     let mut progress = match &config.resume {
-        Some(resumed) => session.restore(resumed, total_steps)?,
+        Some(resumed) => session.restore(resumed, steps_per_epoch, total_steps)?,
         None => Progress::default(),
     };
     let session_start = (progress.steps, progress.train_seconds);
     session.bar.set_position(progress.steps);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_0fda_7a00);
-    let mut order: Vec<u32> = (0..data.train.len() as u32).collect();
+    let mut order: Vec<u32> = (0..train_data.len() as u32).collect();
     // --max-steps may end training before `config.epochs` (the last epoch cut short).
     let epochs = (total_steps as usize).div_ceil(steps_per_epoch);
-    let mut unfinished = None;
+    let (mut unfinished, mut stopped_early) = (None, false);
     ctx.wait()?;
 
     for epoch in 1..=epochs {
@@ -458,26 +573,48 @@ pub fn train_with(
         if due.is_some_and(|every| every.due_after_epoch(epoch, progress.steps)) {
             session.checkpoint(&progress, &mut hooks)?;
         }
+        let best = best_epoch(&progress.history);
+        if best == Some(epoch) {
+            if let Some(save) = hooks.on_best.as_deref_mut() {
+                save(&session.read(&progress)?)?;
+            }
+        }
+        if let (Some(patience), Some(best)) = (config.patience, best) {
+            if epoch - best >= patience {
+                stopped_early = true;
+                break;
+            }
+        }
     }
     session.bar.finish_and_clear();
     let run = session.read(&progress)?;
+    let best_epoch = best_epoch(&progress.history);
     let mut history = progress.history;
     history.extend(unfinished);
     let last = history.last().expect("at least one epoch");
+    // With a validation set the test set is evaluated once, here, on the final weights.
+    let test = match (last.test_loss, last.test_accuracy) {
+        (Some(loss), Some(accuracy)) => Evaluation { loss, accuracy },
+        _ => evaluator.run(ctx, &eval_test, &test_set)?,
+    };
     let session_steps = progress.steps - session_start.0;
     let session_train_seconds = progress.train_seconds - session_start.1;
     Ok(TrainReport {
-        test_accuracy: last.test_accuracy,
+        test_accuracy: test.accuracy,
         train_accuracy: last.train_accuracy,
         final_loss: last.train_loss,
-        test_loss: last.test_loss,
+        test_loss: test.loss,
+        val_loss: last.val_loss,
+        val_accuracy: last.val_accuracy,
+        best_epoch,
+        stopped_early,
         epochs: history.len(),
         steps: progress.steps,
         seconds: start.elapsed().as_secs_f64(),
         train_seconds: progress.train_seconds,
         samples_per_second: (session_steps as f64 * config.batch_size as f64)
             / session_train_seconds,
-        interrupted: progress.steps < total_steps,
+        interrupted: !stopped_early && progress.steps < total_steps,
         history,
         run,
     })

@@ -32,6 +32,37 @@ pub struct Progress {
     pub train_seconds: f64,
 }
 
+impl Progress {
+    /// Checks that this is a place a run of `steps_per_epoch` steps an epoch can reach, so that
+    /// a doctored checkpoint cannot send the trainer past its epoch or the data.
+    pub fn check(&self, steps_per_epoch: usize) -> std::result::Result<(), String> {
+        let reached = (self.epochs_done as u64)
+            .checked_mul(steps_per_epoch as u64)
+            .and_then(|s| s.checked_add(self.steps_into_epoch as u64));
+        if self.steps_into_epoch >= steps_per_epoch || reached != Some(self.steps) {
+            return Err(format!(
+                "its progress does not add up: {} epochs of {steps_per_epoch} steps and {} more \
+                 make {:?}, but it records step {}",
+                self.epochs_done, self.steps_into_epoch, reached, self.steps
+            ));
+        }
+        if self.history.len() != self.epochs_done {
+            return Err(format!(
+                "it records {} finished epochs but the figures of {}",
+                self.epochs_done,
+                self.history.len()
+            ));
+        }
+        if self.steps > u64::from(u32::MAX) {
+            return Err(format!(
+                "step {} is beyond the GPU step counter",
+                self.steps
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Everything [`super::train`] needs to continue a run, as read back from the GPU.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RunState {
@@ -120,34 +151,6 @@ impl RunRecord {
             data,
             data_dir,
         }
-    }
-
-    /// Checks that `progress` is a place a run of `config` on data of `train_images` can reach,
-    /// so that a doctored checkpoint cannot send the trainer past its epoch or the data.
-    pub fn check_progress(&self, train_images: usize) -> std::result::Result<(), String> {
-        let p = &self.progress;
-        let per_epoch = train_images / self.config.batch_size.max(1);
-        let reached = (p.epochs_done as u64)
-            .checked_mul(per_epoch as u64)
-            .and_then(|s| s.checked_add(p.steps_into_epoch as u64));
-        if per_epoch == 0 || p.steps_into_epoch >= per_epoch || reached != Some(p.steps) {
-            return Err(format!(
-                "its progress does not add up: {} epochs of {per_epoch} steps and {} more make \
-                 {:?}, but it records step {}",
-                p.epochs_done, p.steps_into_epoch, reached, p.steps
-            ));
-        }
-        if p.history.len() != p.epochs_done {
-            return Err(format!(
-                "it records {} finished epochs but the figures of {}",
-                p.epochs_done,
-                p.history.len()
-            ));
-        }
-        if p.steps > u64::from(u32::MAX) {
-            return Err(format!("step {} is beyond the GPU step counter", p.steps));
-        }
-        Ok(())
     }
 }
 

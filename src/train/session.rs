@@ -8,7 +8,6 @@ use super::{
     kernel, EpochReport, Evaluator, Hooks, MetricsRecord, Progress, RecordKind, RunState,
     StateWord, StatsWord, TrainConfig, STATE_WORDS,
 };
-use crate::data::GpuDataset;
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext};
 use crate::nn::Model;
@@ -26,8 +25,7 @@ pub(super) struct Session<'a> {
     /// One training step, recorded once.
     pub step: &'a [Dispatch],
     pub evaluator: &'a Evaluator,
-    /// Evaluation dispatches and data: the training set, then the test set.
-    pub sets: [(&'a [Dispatch], &'a GpuDataset); 2],
+    pub sets: super::EvalSets<'a>,
     pub bar: indicatif::ProgressBar,
 }
 
@@ -72,7 +70,7 @@ impl Session<'_> {
         let train_loss = loss_sum / progress.steps_into_epoch as f64;
         let mut report = self
             .evaluator
-            .epoch(self.ctx, self.sets, epoch, train_loss)?;
+            .epoch(self.ctx, &self.sets, epoch, train_loss)?;
         report.step = progress.steps;
         report.lr = self.config.optimizer.lr();
         report.seconds = start.elapsed().as_secs_f64();
@@ -234,8 +232,16 @@ impl Session<'_> {
 
     /// Puts a stored run's optimizer state, step counter, batch cursor and epoch sums back on
     /// the GPU (the parameters and statistics went in with the model), and returns its progress.
-    pub fn restore(&self, run: &RunState, total_steps: u64) -> Result<Progress> {
+    pub fn restore(
+        &self,
+        run: &RunState,
+        steps_per_epoch: usize,
+        total_steps: u64,
+    ) -> Result<Progress> {
         let p = &run.progress;
+        p.check(steps_per_epoch).map_err(|e| {
+            Error::InvalidArgument(format!("the run to resume cannot be continued: {e}"))
+        })?;
         if p.steps >= total_steps {
             return Err(Error::InvalidArgument(format!(
                 "the run has already taken {} steps ({} epochs); ask for more epochs (--epochs {} \
