@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a net on MNIST (the bundled 10k subset unless --data is given).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Check backprop against batched numerical gradients, per tensor.
     Gradcheck(GradcheckArgs),
     /// Time analytic and numerical gradients (each strategy and precision, and the book's loop).
@@ -291,7 +291,7 @@ fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let given = |name| Given::of(matches.subcommand_matches(name));
     let result = match cli.command {
-        Command::Train(args) => run_train(args, &given("train")),
+        Command::Train(args) => run_train(*args, &given("train")),
         Command::Gradcheck(args) => run_gradcheck(args, &given("gradcheck")),
         Command::Bench(args) => run_bench(args, &given("bench")),
         Command::Devices { json } => run_devices(json),

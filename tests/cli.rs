@@ -1022,7 +1022,11 @@ fn an_interrupted_gradcheck_ends_at_once_and_leaves_no_file() {
         assert!(stderr.read_line(&mut line).unwrap() > 0, "no adapter line");
     }
     let kill = format!("kill -INT {}", child.id());
-    assert!(Command::new("sh").args(["-c", &kill]).status().unwrap().success());
+    assert!(Command::new("sh")
+        .args(["-c", &kill])
+        .status()
+        .unwrap()
+        .success());
     let status = child.wait().unwrap();
     assert_eq!(status.signal(), Some(2), "{status:?}");
     assert_eq!(entries(out.path()), Vec::<String>::new());
