@@ -11,6 +11,9 @@ pub const MAX_WIDTH: usize = 65_504;
 /// iterations (21,000 classes were computed right, 22,000 were not).
 pub const MAX_CLASSES: usize = 21_800;
 
+/// Most parameters a net may have: the shaders index the parameter arena with u32.
+pub const MAX_PARAMS: usize = u32::MAX as usize;
+
 /// Most rows per batch: the backward matmul and column sums loop over the rows.
 pub const MAX_ROWS: usize = 32_768;
 

@@ -32,6 +32,7 @@ pub use layernorm::LayerNorm;
 pub use pool::{Pool, PoolKind};
 
 use crate::error::{Error, Result};
+use crate::gpu::limits::{MAX_PARAMS, MAX_WIDTH};
 pub use crate::gpu::Gpu;
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Precision};
 use crate::nn::{NetSpec, ParamLayout, ParamRole, TensorInfo};
@@ -178,6 +179,37 @@ fn size_stride_pad(
         }
     };
     Ok((size, stride, pad))
+}
+
+/// Refuses sizes of 0 or beyond [`MAX_WIDTH`] (a layer's units, a convolution's filters,
+/// kernel, stride and padding, a pool's window and stride): with every size bounded, no shape
+/// product wraps, and no size reaches a kernel that cannot loop over it.
+fn check_sizes(layer: &LayerSpec) -> std::result::Result<(), String> {
+    let sizes: &[(&str, usize)] = match *layer {
+        LayerSpec::Conv {
+            filters,
+            size,
+            stride,
+            pad,
+        } => &[
+            ("filters", filters),
+            ("kernel size", size),
+            ("stride", stride),
+            ("padding", pad + 1),
+        ],
+        LayerSpec::MaxPool { size, stride } | LayerSpec::AvgPool { size, stride } => {
+            &[("window", size), ("stride", stride)]
+        }
+        LayerSpec::Affine { units } => &[("units", units)],
+        _ => &[],
+    };
+    match sizes.iter().find(|(_, v)| *v == 0 || *v > MAX_WIDTH) {
+        Some((what, 0)) => Err(format!("its {what} must be at least 1")),
+        Some((what, _)) => Err(format!(
+            "its {what} is more than {MAX_WIDTH}, the most wgrad supports: use smaller sizes"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A layer with its shapes resolved and its parameter tensors placed in the layout.
@@ -389,7 +421,9 @@ pub struct TensorPlacer {
 impl TensorPlacer {
     /// Adds a tensor and returns its index in the layout.
     pub fn add(&mut self, role: ParamRole, shape: Vec<usize>, fan_in: usize) -> usize {
-        let numel: usize = shape.iter().product();
+        // Saturating, so that a net too large to exist is refused by its count, not wrapped
+        // into one that looks small.
+        let numel = (shape.iter()).fold(1usize, |n, &d| n.saturating_mul(d));
         self.tensors.push(TensorInfo {
             name: format!("{}{}", role.prefix(), self.param_layers),
             role,
@@ -398,7 +432,7 @@ impl TensorPlacer {
             numel,
             fan_in,
         });
-        self.offset += numel;
+        self.offset = self.offset.saturating_add(numel);
         self.tensors.len() - 1
     }
 
@@ -434,6 +468,13 @@ pub struct KindCounts {
 /// why.
 pub fn resolve(spec: &NetSpec) -> Result<(Vec<Layer>, ParamLayout)> {
     let mut shape = spec.image;
+    // A spec can come from a checkpoint's metadata as well as from the parser: every size is
+    // bounded before any arithmetic on it, so that no product can wrap.
+    if shape.iter().any(|&d| d == 0 || d > MAX_WIDTH) {
+        return Err(Error::InvalidArgument(format!(
+            "the image shape {shape:?} needs sizes from 1 to {MAX_WIDTH}"
+        )));
+    }
     if shape.iter().product::<usize>() != spec.input {
         return Err(Error::InvalidArgument(format!(
             "the image shape {shape:?} does not hold the net's {} inputs",
@@ -445,6 +486,7 @@ pub fn resolve(spec: &NetSpec) -> Result<(Vec<Layer>, ParamLayout)> {
     let mut layers = Vec::new();
     for (i, layer) in spec.layers.iter().enumerate() {
         let at = |why: String| Error::InvalidArgument(format!("layer {} ({layer}): {why}", i + 1));
+        check_sizes(layer).map_err(at)?;
         let resolved = match *layer {
             LayerSpec::Affine { units } => affine::resolve(units, shape, &mut placer),
             LayerSpec::Conv {
@@ -478,6 +520,13 @@ pub fn resolve(spec: &NetSpec) -> Result<(Vec<Layer>, ParamLayout)> {
                 spec.output
             )))
         }
+    }
+    if placer.offset > MAX_PARAMS {
+        return Err(Error::InvalidArgument(format!(
+            "the net has {} parameters, more than the {MAX_PARAMS} the shaders can index: use \
+             narrower or fewer layers",
+            placer.offset
+        )));
     }
     Ok((
         layers,
