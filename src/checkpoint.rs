@@ -245,6 +245,60 @@ pub fn load_run(path: &Path) -> Result<(RunRecord, RunState)> {
     Ok((record, run))
 }
 
+/// A net read back from a wgrad checkpoint alone: its description, parameters and BatchNorm
+/// statistics, and the run it came from when the file holds one.
+pub struct StoredNet {
+    pub spec: crate::nn::NetSpec,
+    pub params: Vec<f64>,
+    pub state: Vec<NamedTensor>,
+    pub run: Option<RunRecord>,
+}
+
+/// The net in a checkpoint written by `wgrad train` (a full-state checkpoint, or one with the
+/// net in its `spec` metadata).
+pub fn load_net(path: &Path) -> Result<StoredNet> {
+    let metadata = read_metadata(path)?;
+    if metadata.contains_key(RunRecord::KEY) {
+        let (record, run) = load_run(path)?;
+        return Ok(StoredNet {
+            spec: record.config.spec.clone(),
+            params: run.params,
+            state: run.state,
+            run: Some(record),
+        });
+    }
+    let json = metadata.get("spec").ok_or_else(|| {
+        checkpoint_error(
+            path,
+            "does not say which net it holds (no spec metadata): it was not written by wgrad \
+             train; evaluate it with `wgrad train --init-from` and the net flags instead",
+        )
+    })?;
+    let spec: crate::nn::NetSpec = serde_json::from_str(json)
+        .map_err(|e| checkpoint_error(path, format!("its spec metadata cannot be read: {e}")))?;
+    let invalid =
+        |e: Error| checkpoint_error(path, format!("describes a net wgrad cannot build: {e}"));
+    spec.validate().map_err(invalid)?;
+    let (layers, layout) = spec.resolve().map_err(invalid)?;
+    let bytes = read_file(path)?;
+    let (file, _) = parse(path, &bytes)?;
+    let params = read_params(path, &file, &layout, "")?;
+    let mut state = Vec::new();
+    for (mean, var, c) in crate::nn::model::state_names(&layers, &layout) {
+        for name in [mean, var] {
+            if let Some(values) = read_tensor(path, &file, &name, &[c])? {
+                state.push((name, vec![c], values));
+            }
+        }
+    }
+    Ok(StoredNet {
+        spec,
+        params,
+        state,
+        run: None,
+    })
+}
+
 /// Periodic full-state checkpoints beside a base path (`run.safetensors` →
 /// `run.step600.safetensors`), keeping the newest `keep` that this process wrote; files it did
 /// not write are never deleted.

@@ -45,6 +45,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod evaluate;
 pub mod gpu;
 pub mod gradcheck;
 pub mod nn;

@@ -34,6 +34,8 @@ enum Command {
     Gradcheck(GradcheckArgs),
     /// Time analytic and numerical gradients (each strategy and precision, and the book's loop).
     Bench(BenchArgs),
+    /// Loss, accuracy, per-class precision and recall, and the confusion matrix of a saved net.
+    Eval(EvalArgs),
     /// List the GPU adapters wgpu can see.
     Devices {
         /// Print JSON instead of a table.
@@ -255,6 +257,27 @@ struct GradcheckArgs {
 }
 
 #[derive(Args)]
+struct EvalArgs {
+    /// A checkpoint written by `wgrad train` (--save, --save-best, --checkpoint-every, or an
+    /// interrupt); the net is built from it alone.
+    checkpoint: PathBuf,
+    /// The data folder [default: the run's own, else the bundled set].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// test, train, or val (the run's own --val-fraction split; train is what remains of it).
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// f32 or f64 [default: the run's precision, else f32].
+    #[arg(long)]
+    precision: Option<String>,
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     #[command(flatten)]
     net: NetArgs,
@@ -294,6 +317,7 @@ fn main() -> ExitCode {
         Command::Train(args) => run_train(*args, &given("train")),
         Command::Gradcheck(args) => run_gradcheck(args, &given("gradcheck")),
         Command::Bench(args) => run_bench(args, &given("bench")),
+        Command::Eval(args) => run_eval(args),
         Command::Devices { json } => run_devices(json),
     };
     match result {
@@ -467,9 +491,12 @@ impl NetArgs {
     }
 
     fn context(&self) -> Result<GpuContext> {
-        let ctx = GpuContext::new(&AdapterOptions {
-            name: self.adapter.clone(),
-        })?;
+        Self::open_adapter(self.adapter.clone())
+    }
+
+    /// The adapter named (or the best one), said on stderr.
+    fn open_adapter(name: Option<String>) -> Result<GpuContext> {
+        let ctx = GpuContext::new(&AdapterOptions { name })?;
         eprintln!("wgrad: adapter {}", ctx.describe());
         Ok(ctx)
     }
@@ -969,6 +996,81 @@ impl Signals {
             0 => 130,
             code => code as u8,
         }
+    }
+}
+
+fn run_eval(args: EvalArgs) -> Result<ExitCode> {
+    if !["test", "train", "val"].contains(&args.split.as_str()) {
+        return Err(wgrad::Error::InvalidArgument(format!(
+            "unknown split '{}': use test, train or val",
+            args.split
+        )));
+    }
+    let net = checkpoint::load_net(&args.checkpoint)?;
+    let config = net.run.as_ref().map(|r| &r.config);
+    let dir = (args.data.clone()).or_else(|| net.run.as_ref().and_then(|r| r.data_dir.clone()));
+    let mnist = match &dir {
+        Some(dir) => data::load_dir(dir)?,
+        None => data::bundled()?,
+    };
+    let set = match (args.split.as_str(), config) {
+        ("test", _) => mnist.test,
+        ("train", Some(config)) => config.split(&mnist.train).0,
+        ("train", None) => mnist.train,
+        (_, Some(config)) if config.val_fraction > 0.0 => {
+            (config.split(&mnist.train).1).expect("a validation part")
+        }
+        _ => {
+            return Err(wgrad::Error::InvalidArgument(format!(
+                "{} holds no validation split: it was not trained with --val-fraction; use \
+                 --split test or train",
+                args.checkpoint.display()
+            )))
+        }
+    };
+    let precision = match (&args.precision, config) {
+        (Some(p), _) => p.parse()?,
+        (None, Some(config)) => config.precision,
+        (None, None) => Precision::F32,
+    };
+    if set.image_size() != net.spec.input {
+        return Err(wgrad::Error::InvalidArgument(format!(
+            "the images have {} pixels but the net takes {}: use the data the net was trained on",
+            set.image_size(),
+            net.spec.input
+        )));
+    }
+    let ctx = NetArgs::open_adapter(args.adapter.clone())?;
+    let stored = (&net.spec, &net.params[..], &net.state[..]);
+    let report = wgrad::evaluate::evaluate(&ctx, stored, &set, precision)?;
+    if args.json {
+        let mut value = serde_json::to_value(&report).expect("serialisable");
+        value["split"] = serde_json::json!(args.split);
+        value["adapter"] = ctx.adapter_json();
+        println!("{value}");
+    } else {
+        print_eval(&report, &args.split);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_eval(r: &wgrad::evaluate::EvalReport, split: &str) {
+    println!(
+        "eval: {} set, {} images: loss {:.4}, accuracy {:.4}",
+        split, r.images, r.loss, r.accuracy
+    );
+    let share = |v: Option<f64>| v.map_or("    –".to_string(), |v| format!("{v:.3}"));
+    println!("class  precision  recall  support");
+    for c in &r.classes {
+        let (p, rc) = (share(c.precision), share(c.recall));
+        println!("{:>5}  {p:>9}  {rc:>6}  {:>7}", c.class, c.support);
+    }
+    println!("confusion matrix (rows: true class, columns: predicted):");
+    let header: Vec<String> = (0..r.confusion.len()).map(|c| format!("{c:>5}")).collect();
+    println!("     {}", header.join(""));
+    for (t, row) in r.confusion.iter().enumerate() {
+        let cells: Vec<String> = row.iter().map(|n| format!("{n:>5}")).collect();
+        println!("{t:>5}{}", cells.join(""));
     }
 }
 

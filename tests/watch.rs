@@ -1,4 +1,4 @@
-//! Watching a run: the metrics file is written record by record while the run trains, its
+//! Watching and using a run: the metrics file is written record by record while the run trains, its
 //! step records add up to the epoch's figures, and a resumed run appends to it.
 
 use std::io::{BufRead, BufReader};
@@ -224,4 +224,68 @@ fn early_stopping_stops_patience_epochs_after_the_best_and_keeps_the_best() {
         stored.progress.history[lowest - 1].val_loss,
         Some(val[lowest - 1])
     );
+}
+
+/// `wgrad eval` builds the net from the checkpoint alone and gives, for each split, the very
+/// accuracy training reported; its confusion matrix accounts for every image.
+#[test]
+fn eval_reproduces_the_runs_figures_from_the_checkpoint_alone() {
+    let data = data_folder();
+    let out = TempDir::new().unwrap();
+    let saved = out.path().join("run.st");
+    let args = train(
+        data.path(),
+        &[
+            "--epochs",
+            "2",
+            "--val-fraction",
+            "0.2",
+            "--json",
+            "--save",
+            path_str(&saved),
+        ],
+    );
+    let run = wgrad(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let report: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    for (split, images, field) in [
+        ("test", 100, "test_accuracy"),
+        ("val", 120, "val_accuracy"),
+        ("train", 480, "train_accuracy"),
+    ] {
+        let eval = wgrad(&["eval", path_str(&saved), "--split", split, "--json"]);
+        assert_eq!(eval.code, Some(0), "{}", eval.stderr);
+        let e: Value = serde_json::from_str(eval.stdout.trim()).unwrap();
+        assert_eq!(e["accuracy"], report[field], "{split}");
+        assert_eq!(e["images"], images);
+        let confusion: Vec<Vec<u64>> = serde_json::from_value(e["confusion"].clone()).unwrap();
+        let total: u64 = confusion.iter().flatten().sum();
+        let right: u64 = (0..10).map(|c| confusion[c][c]).sum();
+        assert_eq!(total, images);
+        assert_eq!(
+            right as f64 / total as f64,
+            e["accuracy"].as_f64().unwrap(),
+            "{split}"
+        );
+        let support: u64 = (0..10)
+            .map(|c| e["classes"][c]["support"].as_u64().unwrap())
+            .sum();
+        assert_eq!(support, images);
+    }
+    let table = wgrad(&["eval", path_str(&saved)]);
+    assert_mentions(&table.stdout, &["precision", "recall", "confusion matrix"]);
+}
+
+#[test]
+fn eval_refuses_a_file_that_does_not_say_which_net_it_holds() {
+    let out = TempDir::new().unwrap();
+    let plain = out.path().join("plain.st");
+    let spec = wgrad::nn::NetSpec::mlp(144, &[16], 10, wgrad::nn::Activation::Relu);
+    let params = vec![0.01; spec.layout().total];
+    wgrad::checkpoint::save(&plain, &spec.layout(), &params, &Default::default()).unwrap();
+    let refused = wgrad(&["eval", path_str(&plain)]);
+    assert_eq!(refused.code, Some(ERROR_EXIT), "{}", refused.stderr);
+    assert_mentions(&refused.stderr, &["does not say which net", "--init-from"]);
+    let no_val = wgrad(&["eval", path_str(&plain), "--split", "nope"]);
+    assert_mentions(&no_val.stderr, &["unknown split", "test, train or val"]);
 }

@@ -363,6 +363,26 @@ pub(crate) struct EvalSets<'a> {
 }
 
 impl Evaluator {
+    /// Each image's class scores, `classes` to an image, image after image: the evaluation
+    /// batches one submit each, with a readback of the logits after each.
+    pub fn scores(
+        &self,
+        ctx: &GpuContext,
+        dispatches: &[Dispatch],
+        data: &GpuDataset,
+        classes: usize,
+    ) -> Result<Vec<f64>> {
+        self.state.write_u32(ctx, 0, &[0; STATE_WORDS]);
+        let logits = self.ws.out.last().expect("a net has layers");
+        let mut scores = Vec::with_capacity(data.len * classes);
+        for batch in 0..data.len.div_ceil(self.ws.rows) {
+            kernel::submit(ctx, dispatches, 1);
+            let rows = self.ws.rows.min(data.len - batch * self.ws.rows);
+            scores.extend(logits.read_real_range(ctx, self.precision, 0..rows * classes)?);
+        }
+        Ok(scores)
+    }
+
     /// Epoch `epoch`'s figures: its steps' mean loss, and accuracy and loss on the training set
     /// and the validation and test sets where they are evaluated (`seconds` is left for the
     /// caller).
