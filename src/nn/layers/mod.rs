@@ -181,6 +181,10 @@ fn size_stride_pad(
     Ok((size, stride, pad))
 }
 
+/// The largest image side (or channel count) a spec may give: three of them multiply without
+/// wrapping, and the width limit then refuses a flat input wider than a layer may be.
+const MAX_IMAGE_SIDE: usize = 1 << 20;
+
 /// Refuses sizes of 0 or beyond [`MAX_WIDTH`] (a layer's units, a convolution's filters,
 /// kernel, stride and padding, a pool's window and stride): with every size bounded, no shape
 /// product wraps, and no size reaches a kernel that cannot loop over it.
@@ -205,6 +209,10 @@ fn check_sizes(layer: &LayerSpec) -> std::result::Result<(), String> {
     };
     match sizes.iter().find(|(_, v)| *v == 0 || *v > MAX_WIDTH) {
         Some((what, 0)) => Err(format!("its {what} must be at least 1")),
+        Some(("units", units)) => Err(format!(
+            "a layer of {units} units is wider than the {MAX_WIDTH} that wgrad supports: use \
+             narrower layers"
+        )),
         Some((what, _)) => Err(format!(
             "its {what} is more than {MAX_WIDTH}, the most wgrad supports: use smaller sizes"
         )),
@@ -470,9 +478,9 @@ pub fn resolve(spec: &NetSpec) -> Result<(Vec<Layer>, ParamLayout)> {
     let mut shape = spec.image;
     // A spec can come from a checkpoint's metadata as well as from the parser: every size is
     // bounded before any arithmetic on it, so that no product can wrap.
-    if shape.iter().any(|&d| d == 0 || d > MAX_WIDTH) {
+    if shape.iter().any(|&d| d == 0 || d > MAX_IMAGE_SIDE) {
         return Err(Error::InvalidArgument(format!(
-            "the image shape {shape:?} needs sizes from 1 to {MAX_WIDTH}"
+            "the image shape {shape:?} needs sizes from 1 to {MAX_IMAGE_SIDE}"
         )));
     }
     if shape.iter().product::<usize>() != spec.input {
