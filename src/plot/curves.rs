@@ -386,8 +386,9 @@ impl Curves<'_> {
                 }
             };
             // Markers show where the records are, which a straight segment hides; for long runs
-            // they would only thicken the line.
-            if look.markers && line.points.len() <= 60 {
+            // they would only thicken the line. A lone point has no segment: only a marker shows it.
+            let n = line.points.len();
+            if (look.markers && n <= 60) || n == 1 {
                 let dots = line
                     .points
                     .iter()
