@@ -338,4 +338,28 @@ mod tests {
         assert_eq!(bin(2.0), BINS - 1);
         assert_eq!(bin_edges(44).0, -5.0);
     }
+
+    #[test]
+    fn kink_elements_stay_out_as_in_the_verdict() {
+        let check = TensorCheck {
+            name: "W1".into(),
+            numel: 4,
+            mean_abs_diff: 0.0,
+            max_rel_err: 0.0,
+            max_rel_err_at: vec![0],
+            norm_rel_err: 0.0,
+            noise_rms: None,
+            kink_crossings: 1,
+            elements_failed: 0,
+            passed: true,
+        };
+        // Exact, 2e-8 off, on a kink (off by a factor 3), NaN.
+        let a = [1.0, 1.0, 1.0, 1.0];
+        let n = [1.0, 1.0 + 2e-8, 3.0, f64::NAN];
+        let h = Histogram::of(&check, &[4], &a, &n, &[false, false, true, false]);
+        assert_eq!(h.counts.iter().sum::<usize>(), 2, "{:?}", h.counts);
+        assert_eq!(h.counts[0], 1);
+        assert_eq!(h.counts[bin(2e-8)], 1);
+        assert_eq!(h.nan, 1);
+    }
 }
