@@ -33,6 +33,10 @@ pub enum Error {
     )]
     Diverged { step: u64, value: String },
 
+    /// A picture that could not be drawn (`wgrad plot`, `gradcheck --plot`).
+    #[error("{0}")]
+    Plot(String),
+
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -142,6 +142,10 @@ pub struct GradcheckReport {
     /// Numerical gradient in the arena layout (NaN for unchecked tensors).
     #[serde(skip)]
     pub numeric: Vec<f64>,
+    /// Whether each element's central difference crossed a kink (arena layout; false for
+    /// unchecked tensors): the elements every figure but `kink_crossings` leaves out.
+    #[serde(skip)]
+    pub kinks: Vec<bool>,
 }
 
 /// The tensors `names` picks (all when empty), or which name this net lacks.
@@ -280,6 +284,7 @@ pub fn check(
         degenerate,
         analytic,
         numeric,
+        kinks,
     })
 }
 

@@ -51,6 +51,7 @@ pub mod gradcheck;
 pub mod nn;
 pub mod numgrad;
 pub mod optim;
+pub mod plot;
 pub mod reference;
 pub mod train;
 

@@ -13,7 +13,7 @@ use wgrad::nn::{Activation, Init, NetSpec};
 use wgrad::numgrad::{self, Strategy};
 use wgrad::optim::Optimizer;
 use wgrad::train::{RunRecord, RunState};
-use wgrad::{bench, checkpoint, data, gradcheck, train, Result};
+use wgrad::{bench, checkpoint, data, gradcheck, plot, train, Result};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +36,8 @@ enum Command {
     Bench(BenchArgs),
     /// Loss, accuracy, per-class precision and recall, and the confusion matrix of a saved net.
     Eval(EvalArgs),
+    /// Draw loss and accuracy curves from metrics files (.jsonl or .csv), one run or several.
+    Plot(PlotArgs),
     /// List the GPU adapters wgpu can see.
     Devices {
         /// Print JSON instead of a table.
@@ -251,6 +253,9 @@ struct GradcheckArgs {
     /// Write both gradients here as safetensors (analytic.W1, numeric.W1, …).
     #[arg(long)]
     save_grads: Option<PathBuf>,
+    /// Draw a histogram of each tensor's element-wise relative errors here (.svg or .png).
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -275,6 +280,20 @@ struct EvalArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// Metrics files the trainer wrote: JSON Lines (.jsonl) or CSV (.csv) with a header row.
+    /// Several are overlaid, each named by its file stem.
+    #[arg(required = true, value_name = "RUN")]
+    runs: Vec<PathBuf>,
+    /// The picture to write: .svg or .png.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Against epoch (epoch records) or step (every record, step records' batch losses too).
+    #[arg(long, default_value = "epoch", value_name = "epoch|step")]
+    x: String,
 }
 
 #[derive(Args)]
@@ -318,6 +337,7 @@ fn main() -> ExitCode {
         Command::Gradcheck(args) => run_gradcheck(args, &given("gradcheck")),
         Command::Bench(args) => run_bench(args, &given("bench")),
         Command::Eval(args) => run_eval(args),
+        Command::Plot(args) => run_plot(args),
         Command::Devices { json } => run_devices(json),
     };
     match result {
@@ -1107,6 +1127,9 @@ fn run_gradcheck(args: GradcheckArgs, given: &Given) -> Result<ExitCode> {
     if let Some(path) = &args.save_grads {
         checkpoint::ensure_writable(path)?;
     }
+    if let Some(path) = &args.plot {
+        plot::check_output(path)?;
+    }
     let mnist = cropped(args.net.load_data()?, args.crop)?;
     let spec = args.net.spec(&mnist.train, &CHECK_NET, given)?;
     let (x, labels) = gradcheck::first_batch(&mnist.train, args.batch)?;
@@ -1133,6 +1156,9 @@ fn run_gradcheck(args: GradcheckArgs, given: &Given) -> Result<ExitCode> {
     let report = gradcheck::check(&ctx, &spec, &params, &x, &labels, &config)?;
     if let Some(path) = &args.save_grads {
         save_grads(path, &spec, &report)?;
+    }
+    if let Some(path) = &args.plot {
+        plot::plot_gradcheck(&report, &spec.layout(), path)?;
     }
     if args.json {
         let mut value = serde_json::to_value(&report).expect("serialisable");
@@ -1254,6 +1280,17 @@ fn cropped(mnist: data::Mnist, size: Option<usize>) -> Result<data::Mnist> {
         train: crop(&mnist.train)?,
         test: crop(&mnist.test)?,
     })
+}
+
+fn run_plot(args: PlotArgs) -> Result<ExitCode> {
+    let x: plot::XAxis = args.x.parse()?;
+    plot::check_output(&args.output)?;
+    let names = plot::run_names(&args.runs);
+    let runs = (args.runs.iter().zip(names))
+        .map(|(path, name)| plot::Run::read(path, name))
+        .collect::<Result<Vec<_>>>()?;
+    plot::plot_runs(&runs, x, &args.output)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_bench(args: BenchArgs, given: &Given) -> Result<ExitCode> {

@@ -289,3 +289,43 @@ fn eval_refuses_a_file_that_does_not_say_which_net_it_holds() {
     let no_val = wgrad(&["eval", path_str(&plain), "--split", "nope"]);
     assert_mentions(&no_val.stderr, &["unknown split", "test, train or val"]);
 }
+
+/// The trainer's own metrics files, both formats, with step records and a validation split,
+/// are what `wgrad plot` reads: writer and reader agree on every column.
+#[test]
+fn the_trainers_metrics_files_plot() {
+    let data = data_folder();
+    let out = TempDir::new().unwrap();
+    for name in ["m.jsonl", "m.csv"] {
+        let metrics = out.path().join(name);
+        let rest = [
+            "--epochs",
+            "2",
+            "--val-fraction",
+            "0.2",
+            "--log-every",
+            "7",
+            "--metrics",
+            path_str(&metrics),
+        ];
+        let run = wgrad(
+            &train(data.path(), &rest)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let svg = out.path().join(format!("{name}.svg"));
+        let plot = wgrad(&[
+            "plot",
+            path_str(&metrics),
+            "-o",
+            path_str(&svg),
+            "--x",
+            "step",
+        ]);
+        assert_eq!(plot.code, Some(0), "{name}: {}", plot.stderr);
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert_mentions(&text, &["validation", "train, per step"]);
+    }
+}

@@ -13,7 +13,7 @@ mod metrics;
 mod resume;
 mod session;
 
-pub use log::{MetricsFile, MetricsRecord, RecordKind};
+pub use log::{MetricsFile, MetricsRecord, RecordKind, CSV_COLUMNS};
 pub use resume::{CheckpointEvery, Progress, RunRecord, RunState};
 use session::Session;
 
