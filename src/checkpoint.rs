@@ -254,6 +254,47 @@ pub struct StoredNet {
     pub run: Option<RunRecord>,
 }
 
+/// The parameters of `spec` in a safetensors file, and whichever of its BatchNorm running
+/// statistics the file holds (a numpy or PyTorch file may hold none).
+pub fn load_with_state(
+    path: &Path,
+    spec: &crate::nn::NetSpec,
+) -> Result<(Vec<f64>, Vec<NamedTensor>)> {
+    let (layers, layout) = spec.resolve()?;
+    let bytes = read_file(path)?;
+    let (file, _) = parse(path, &bytes)?;
+    let params = read_params(path, &file, &layout, "")?;
+    let mut state = Vec::new();
+    for (mean, var, c) in crate::nn::model::state_names(&layers, &layout) {
+        for name in [mean, var] {
+            if let Some(values) = read_tensor(path, &file, &name, &[c])? {
+                state.push((name, vec![c], values));
+            }
+        }
+    }
+    Ok((params, state))
+}
+
+/// The net that a checkpoint's `spec` metadata describes (None: the file does not say, as a
+/// numpy or PyTorch file does not).
+pub fn stored_spec(
+    path: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Option<crate::nn::NetSpec>> {
+    let Some(json) = metadata.get("spec") else {
+        return Ok(None);
+    };
+    serde_json::from_str(json).map(Some).map_err(|e| {
+        checkpoint_error(
+            path,
+            format!(
+                "its spec metadata cannot be read ({e}); describe the net with flags \
+                 (--hidden, --layers, …)"
+            ),
+        )
+    })
+}
+
 /// The net in a checkpoint written by `wgrad train` (a full-state checkpoint, or one with the
 /// net in its `spec` metadata).
 pub fn load_net(path: &Path) -> Result<StoredNet> {
@@ -267,30 +308,17 @@ pub fn load_net(path: &Path) -> Result<StoredNet> {
             run: Some(record),
         });
     }
-    let json = metadata.get("spec").ok_or_else(|| {
+    let spec = stored_spec(path, &metadata)?.ok_or_else(|| {
         checkpoint_error(
             path,
             "does not say which net it holds (no spec metadata): it was not written by wgrad \
              train; evaluate it with `wgrad train --init-from` and the net flags instead",
         )
     })?;
-    let spec: crate::nn::NetSpec = serde_json::from_str(json)
-        .map_err(|e| checkpoint_error(path, format!("its spec metadata cannot be read: {e}")))?;
     let invalid =
         |e: Error| checkpoint_error(path, format!("describes a net wgrad cannot build: {e}"));
     spec.validate().map_err(invalid)?;
-    let (layers, layout) = spec.resolve().map_err(invalid)?;
-    let bytes = read_file(path)?;
-    let (file, _) = parse(path, &bytes)?;
-    let params = read_params(path, &file, &layout, "")?;
-    let mut state = Vec::new();
-    for (mean, var, c) in crate::nn::model::state_names(&layers, &layout) {
-        for name in [mean, var] {
-            if let Some(values) = read_tensor(path, &file, &name, &[c])? {
-                state.push((name, vec![c], values));
-            }
-        }
-    }
+    let (params, state) = load_with_state(path, &spec)?;
     Ok(StoredNet {
         spec,
         params,

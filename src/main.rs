@@ -491,16 +491,7 @@ impl NetArgs {
         if given.any(NET_SHAPE_FLAGS) {
             return Ok(None);
         }
-        let Some(json) = checkpoint::read_metadata(path)?.remove("spec") else {
-            return Ok(None);
-        };
-        serde_json::from_str(&json).map(Some).map_err(|e| {
-            wgrad::Error::InvalidArgument(format!(
-                "{}: its spec metadata cannot be read ({e}); describe the net with flags \
-                 (--hidden, --layers, …)",
-                path.display()
-            ))
-        })
+        checkpoint::stored_spec(path, &checkpoint::read_metadata(path)?)
     }
 
     fn load_data(&self) -> Result<data::Mnist> {
@@ -521,27 +512,11 @@ impl NetArgs {
         Ok(ctx)
     }
 
-    /// BatchNorm running statistics stored beside the parameters in `--init-from`, if any.
-    fn initial_state(&self, spec: &NetSpec) -> Result<Vec<NamedTensor>> {
-        let Some(path) = &self.init_from else {
-            return Ok(Vec::new());
-        };
-        let (layers, layout) = spec.resolve()?;
-        let mut out = Vec::new();
-        for (mean, var, c) in wgrad::nn::model::state_names(&layers, &layout) {
-            for name in [mean, var] {
-                if let Some(v) = checkpoint::load_optional(path, &name, &[c])? {
-                    out.push((name, vec![c], v));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn initial_params(&self, spec: &NetSpec) -> Result<Option<Vec<f64>>> {
-        self.init_from
-            .as_ref()
-            .map(|p| checkpoint::load(p, &spec.layout()).map(|c| c.params))
+    /// The parameters in `--init-from`, and the BatchNorm running statistics stored beside
+    /// them, if any.
+    fn initial(&self, spec: &NetSpec) -> Result<Option<(Vec<f64>, Vec<NamedTensor>)>> {
+        (self.init_from.as_ref())
+            .map(|path| checkpoint::load_with_state(path, spec))
             .transpose()
     }
 }
@@ -813,9 +788,10 @@ impl TrainArgs {
         let precision: Precision = self.precision.parse()?;
         let mnist = self.net.load_data()?;
         let spec = self.net.spec(&mnist.train, &TRAIN_NET, given)?;
+        let initial = self.net.initial(&spec)?;
         let config = train::TrainConfig {
-            initial_params: self.net.initial_params(&spec)?,
-            initial_state: self.net.initial_state(&spec)?,
+            initial_params: initial.as_ref().map(|(p, _)| p.clone()),
+            initial_state: initial.map(|(_, s)| s).unwrap_or_default(),
             spec,
             init,
             optimizer,
@@ -1103,8 +1079,8 @@ fn check_params(
     after_steps: usize,
 ) -> Result<Vec<f64>> {
     wgrad::nn::model::check_fits(ctx, spec, 1, Precision::F32)?;
-    let params = match net.initial_params(spec)? {
-        Some(p) => p,
+    let params = match net.initial(spec)? {
+        Some((p, _)) => p,
         None => wgrad::nn::init_params(spec, net.init(&CHECK_NET)?, net.seed),
     };
     if after_steps == 0 {
