@@ -4,11 +4,11 @@
 
 use serde::Serialize;
 
-use crate::data::{Dataset, GpuDataset};
+use crate::data::Dataset;
 use crate::error::Result;
 use crate::gpu::{GpuContext, Precision};
-use crate::nn::{Kernels, Model, NamedTensor, NetSpec, Recorder};
-use crate::train::Evaluator;
+use crate::nn::{NamedTensor, NetSpec};
+use crate::train::with_evaluator;
 
 /// One class's figures.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -32,27 +32,17 @@ pub struct EvalReport {
     pub confusion: Vec<Vec<u64>>,
 }
 
-/// Evaluates the net `spec` with `params` (and BatchNorm `state`) on `data`.
+/// Evaluates `net` (its spec, parameters and BatchNorm statistics) on `data`.
 pub fn evaluate(
     ctx: &GpuContext,
-    (spec, params, state): (&NetSpec, &[f64], &[NamedTensor]),
+    net: (&NetSpec, &[f64], &[NamedTensor]),
     data: &Dataset,
     precision: Precision,
 ) -> Result<EvalReport> {
-    let kernels = Kernels::new(ctx, precision)?;
-    let model = Model::new(ctx, spec, params, precision)?;
-    model.write_state(ctx, state);
-    let rec = Recorder {
-        ctx,
-        kernels: &kernels,
-        model: &model,
-    };
-    let set = GpuDataset::new(ctx, data);
-    let evaluator = Evaluator::new(ctx, &model, 1000.min(data.len().max(1)));
-    let dispatches = evaluator.batch_dispatches(&rec, &set);
-    let figures = evaluator.run(ctx, &dispatches, &set)?;
-    let classes = spec.output;
-    let scores = evaluator.scores(ctx, &dispatches, &set, classes)?;
+    let classes = net.0.output;
+    let (figures, scores) = with_evaluator(ctx, net, data, precision, |e, d, set| {
+        Ok((e.run(ctx, d, set)?, e.scores(ctx, d, set, classes)?))
+    })?;
     let predicted = scores.chunks(classes).map(argmax);
     let mut confusion = vec![vec![0u64; classes]; classes];
     for (&label, guess) in data.labels.iter().zip(predicted) {

@@ -651,7 +651,7 @@ pub fn evaluate(
     evaluate_with_state(ctx, spec, params, &[], data, precision)
 }
 
-/// [`evaluate`] with BatchNorm running statistics (from [`TrainReport::state`] or a checkpoint).
+/// [`evaluate`] with BatchNorm running statistics (from a [`RunState`] or a checkpoint).
 pub fn evaluate_with_state(
     ctx: &GpuContext,
     spec: &NetSpec,
@@ -660,6 +660,20 @@ pub fn evaluate_with_state(
     data: &Dataset,
     precision: Precision,
 ) -> Result<Evaluation> {
+    with_evaluator(ctx, (spec, params, state), data, precision, |e, d, set| {
+        e.run(ctx, d, set)
+    })
+}
+
+/// Puts a net (parameters and BatchNorm statistics) and `data` on the GPU, records the
+/// evaluation batch once, and hands the evaluator, its dispatches and the data to `f`.
+pub(crate) fn with_evaluator<T>(
+    ctx: &GpuContext,
+    (spec, params, state): (&NetSpec, &[f64], &[NamedTensor]),
+    data: &Dataset,
+    precision: Precision,
+    f: impl FnOnce(&Evaluator, &[Dispatch], &GpuDataset) -> Result<T>,
+) -> Result<T> {
     let kernels = Kernels::new(ctx, precision)?;
     let model = Model::new(ctx, spec, params, precision)?;
     model.write_state(ctx, state);
@@ -671,7 +685,7 @@ pub fn evaluate_with_state(
     let set = GpuDataset::new(ctx, data);
     let evaluator = Evaluator::new(ctx, &model, 1000.min(data.len().max(1)));
     let dispatches = evaluator.batch_dispatches(&rec, &set);
-    evaluator.run(ctx, &dispatches, &set)
+    f(&evaluator, &dispatches, &set)
 }
 
 fn progress_bar(verbose: bool, steps: u64) -> indicatif::ProgressBar {

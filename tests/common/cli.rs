@@ -97,3 +97,11 @@ pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     fs::write(&path, bytes).unwrap();
     path
 }
+
+/// Sends `signal` (INT, TERM, …) to `child` through the shell's builtin kill: a bare CI image
+/// may lack procps' /usr/bin/kill.
+pub fn send_signal(child: &std::process::Child, signal: &str) {
+    let kill = format!("kill -{signal} {}", child.id());
+    let sent = Command::new("sh").args(["-c", &kill]).status().unwrap();
+    assert!(sent.success(), "{kill} failed");
+}
