@@ -25,19 +25,28 @@
 //!     epochs: 2,
 //!     ..Default::default()
 //! };
-//! let mut show = |e: &train::EpochReport| println!("epoch {}: test {:.4}", e.epoch, e.test_accuracy);
+//! let mut show = |e: &train::EpochReport| println!("epoch {}: loss {:.4}", e.epoch, e.train_loss);
 //! let report = train::train(&ctx, &mnist, &config, Some(&mut show))?;
 //!
 //! // The parameters come back as one flat vector laid out as `spec.layout()` (W1, b1, …).
-//! let test = train::evaluate(&ctx, &spec, &report.params, &mnist.test, config.precision)?;
+//! let params = &report.run.params;
+//! let test = train::evaluate(&ctx, &spec, params, &mnist.test, config.precision)?;
 //! let path = std::env::temp_dir().join("mlp.safetensors");
 //! let metadata = BTreeMap::from([("test_accuracy".to_string(), test.accuracy.to_string())]);
-//! checkpoint::save(&path, &spec.layout(), &report.params, &metadata)?;
+//! checkpoint::save(&path, &spec.layout(), params, &metadata)?;
 //! // Loading checks every tensor's name and shape against the net it is meant for; the
 //! // parameters can seed another run, as `wgrad train --init-from` does.
 //! let loaded = checkpoint::load(&path, &spec.layout())?;
-//! let resumed = train::TrainConfig { initial_params: Some(loaded.params), ..config };
-//! # let _ = resumed;
+//! let warm_start = train::TrainConfig { initial_params: Some(loaded.params), ..config.clone() };
+//! # let _ = warm_start;
+//!
+//! // The whole run (optimizer state, progress, the data's identity) continues bit for bit, as
+//! // `wgrad train --resume` does.
+//! let record = train::RunRecord::new(&config, &report.run, mnist.identity(), None);
+//! checkpoint::save_run(&path, &report.run, &record, &BTreeMap::new())?;
+//! let (record, run) = checkpoint::load_run(&path)?;
+//! let more = train::TrainConfig { epochs: 3, resume: Some(run), ..record.config };
+//! train::train(&ctx, &mnist, &more, None)?;
 //! # Ok(()) }
 //! ```
 

@@ -1011,7 +1011,7 @@ fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     };
     let set = match (args.split.as_str(), config) {
         ("test", _) => mnist.test,
-        ("train", Some(config)) => config.split(&mnist.train).0,
+        ("train", Some(config)) => config.split(&mnist.train).0.into_owned(),
         ("train", None) => mnist.train,
         (_, Some(config)) if config.val_fraction > 0.0 => {
             (config.split(&mnist.train).1).expect("a validation part")

@@ -2,6 +2,7 @@
 //! update, metrics) into few submits, and reads back only at the end of a submit chunk (to see
 //! divergence and move the progress bar) and after each epoch's evaluation.
 
+use std::borrow::Cow;
 use std::io::IsTerminal;
 use std::time::Instant;
 
@@ -133,12 +134,12 @@ impl TrainConfig {
 
     /// The training set split into what the run trains on and its validation set (None
     /// without `val_fraction`).
-    pub fn split(&self, train: &Dataset) -> (Dataset, Option<Dataset>) {
+    pub fn split<'d>(&self, train: &'d Dataset) -> (Cow<'d, Dataset>, Option<Dataset>) {
         if self.val_fraction == 0.0 {
-            return (train.clone(), None);
+            return (Cow::Borrowed(train), None);
         }
         let (rest, val) = train.split_stratified(self.val_fraction, self.seed);
-        (rest, Some(val))
+        (Cow::Owned(rest), Some(val))
     }
 
     pub fn validate(&self, train: &Dataset) -> Result<()> {
