@@ -728,21 +728,30 @@ fn run_train(args: TrainArgs, given: &Given) -> Result<ExitCode> {
         );
     }
     if args.json {
-        let spec = &config.spec;
-        let mut value = serde_json::to_value(&report).expect("serialisable");
-        value["adapter"] = ctx.adapter_json();
-        value["optimizer"] = serde_json::to_value(&config.optimizer).expect("serialisable");
-        value["spec"] = serde_json::to_value(spec).expect("serialisable");
-        // The widths --hidden gives, readable without walking the layer list.
-        value["spec"]["hidden"] = serde_json::json!(spec.hidden_units());
-        value["precision"] = serde_json::json!(config.precision);
-        println!("{value}");
+        println!("{}", train_json(&report, &config, &ctx));
     }
     Ok(if report.interrupted {
         ExitCode::from(signals.exit_code())
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `train --json`: the report, with the adapter, optimizer, net and precision it ran with.
+fn train_json(
+    report: &train::TrainReport,
+    config: &train::TrainConfig,
+    ctx: &GpuContext,
+) -> serde_json::Value {
+    let spec = &config.spec;
+    let mut value = serde_json::to_value(report).expect("serialisable");
+    value["adapter"] = ctx.adapter_json();
+    value["optimizer"] = serde_json::to_value(&config.optimizer).expect("serialisable");
+    value["spec"] = serde_json::to_value(spec).expect("serialisable");
+    // The widths --hidden gives, readable without walking the layer list.
+    value["spec"]["hidden"] = serde_json::json!(spec.hidden_units());
+    value["precision"] = serde_json::json!(config.precision);
+    value
 }
 
 /// The readable metadata beside the run's record: numpy and PyTorch users see these keys.

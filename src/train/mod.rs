@@ -552,61 +552,14 @@ pub fn train_with(
     };
     let session_start = (progress.steps, progress.train_seconds);
     session.bar.set_position(progress.steps);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_0fda_7a00);
-    let mut order: Vec<u32> = (0..train_data.len() as u32).collect();
-    // --max-steps may end training before `config.epochs` (the last epoch cut short).
-    let epochs = (total_steps as usize).div_ceil(steps_per_epoch);
-    let (mut unfinished, mut stopped_early) = (None, false);
     ctx.wait()?;
-
-    for epoch in 1..=epochs {
-        // Every epoch draws its shuffle, those a resumed run has done too, so that the order
-        // and the stream are where the run left them.
-        shuffle(&mut rng, &mut order);
-        if epoch <= progress.epochs_done {
-            continue;
-        }
-        // (A run stopped before it has figures to report takes a submit of steps first.)
-        let reported = !progress.history.is_empty();
-        if reported && progress.steps_into_epoch == 0 && session.interrupted() {
-            break;
-        }
-        train_set.index.write_u32(ctx, 0, &order);
-        let this_epoch = steps_per_epoch.min(total_steps as usize - (epoch - 1) * steps_per_epoch);
-        let (report, reached) = session.epoch(epoch, this_epoch, &mut progress, &mut hooks)?;
-        // The hook first: a metrics file has the epoch's record once its line is on screen.
-        if let Some(f) = hooks.on_epoch.as_deref_mut() {
-            f(&report);
-        }
-        if config.verbose {
-            session.bar.suspend(|| eprintln!("{}", report.line(epochs)));
-        }
-        // An interrupted epoch, or one --max-steps cut short, is reported but not finished.
-        if !reached || progress.steps_into_epoch < steps_per_epoch {
-            unfinished = Some(report);
-            break;
-        }
-        progress.history.push(report);
-        progress.epochs_done = epoch;
-        progress.steps_into_epoch = 0;
-        progress.epoch_sums = [0.0; 3];
-        let due = config.checkpoint_every;
-        if due.is_some_and(|every| every.due_after_epoch(epoch, progress.steps)) {
-            session.checkpoint(&progress, &mut hooks)?;
-        }
-        let best = best_epoch(&progress.history);
-        if best == Some(epoch) {
-            if let Some(save) = hooks.on_best.as_deref_mut() {
-                save(&session.read(&progress)?)?;
-            }
-        }
-        if let (Some(patience), Some(best)) = (config.patience, best) {
-            if epoch - best >= patience {
-                stopped_early = true;
-                break;
-            }
-        }
-    }
+    let (unfinished, stopped_early) = run_epochs(
+        &session,
+        &train_set,
+        (steps_per_epoch, total_steps),
+        &mut progress,
+        &mut hooks,
+    )?;
     session.bar.finish_and_clear();
     let run = session.read(&progress)?;
     let best_epoch = best_epoch(&progress.history);
@@ -639,6 +592,53 @@ pub fn train_with(
         history,
         run,
     })
+}
+
+/// The epochs of a run from where `progress` stands: the unfinished epoch's figures, if one
+/// was cut short (by an interrupt or --max-steps), and whether early stopping ended the run.
+fn run_epochs(
+    session: &Session,
+    train_set: &GpuDataset,
+    (steps_per_epoch, total_steps): (usize, u64),
+    progress: &mut Progress,
+    hooks: &mut Hooks,
+) -> Result<(Option<EpochReport>, bool)> {
+    let config = session.config;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_0fda_7a00);
+    let mut order: Vec<u32> = (0..train_set.len as u32).collect();
+    // --max-steps may end training before `config.epochs` (the last epoch cut short).
+    let epochs = (total_steps as usize).div_ceil(steps_per_epoch);
+    for epoch in 1..=epochs {
+        // Every epoch draws its shuffle, those a resumed run has done too, so that the order
+        // and the stream are where the run left them.
+        shuffle(&mut rng, &mut order);
+        if epoch <= progress.epochs_done {
+            continue;
+        }
+        // (A run stopped before it has figures to report takes a submit of steps first.)
+        let reported = !progress.history.is_empty();
+        if reported && progress.steps_into_epoch == 0 && session.interrupted() {
+            break;
+        }
+        train_set.index.write_u32(session.ctx, 0, &order);
+        let this_epoch = steps_per_epoch.min(total_steps as usize - (epoch - 1) * steps_per_epoch);
+        let (report, reached) = session.epoch(epoch, this_epoch, progress, hooks)?;
+        // The hook first: a metrics file has the epoch's record once its line is on screen.
+        if let Some(f) = hooks.on_epoch.as_deref_mut() {
+            f(&report);
+        }
+        if config.verbose {
+            session.bar.suspend(|| eprintln!("{}", report.line(epochs)));
+        }
+        // An interrupted epoch, or one --max-steps cut short, is reported but not finished.
+        if !reached || progress.steps_into_epoch < steps_per_epoch {
+            return Ok((Some(report), false));
+        }
+        if session.finish_epoch(epoch, report, progress, hooks)? {
+            return Ok((None, true));
+        }
+    }
+    Ok((None, false))
 }
 
 /// Evaluates `params` on a data set.

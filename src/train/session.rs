@@ -79,6 +79,35 @@ impl Session<'_> {
         Ok((report, reached))
     }
 
+    /// Books a finished epoch into `progress`, hands out its periodic and best checkpoints, and
+    /// says whether early stopping ends the run here.
+    pub fn finish_epoch(
+        &self,
+        epoch: usize,
+        report: EpochReport,
+        progress: &mut Progress,
+        hooks: &mut Hooks,
+    ) -> Result<bool> {
+        progress.history.push(report);
+        progress.epochs_done = epoch;
+        progress.steps_into_epoch = 0;
+        progress.epoch_sums = [0.0; 3];
+        let due = self.config.checkpoint_every;
+        if due.is_some_and(|every| every.due_after_epoch(epoch, progress.steps)) {
+            self.checkpoint(progress, hooks)?;
+        }
+        let best = super::best_epoch(&progress.history);
+        if best == Some(epoch) {
+            if let Some(save) = hooks.on_best.as_deref_mut() {
+                save(&self.read(progress)?)?;
+            }
+        }
+        Ok(match (self.config.patience, best) {
+            (Some(patience), Some(best)) => epoch - best >= patience,
+            _ => false,
+        })
+    }
+
     /// Runs the epoch on until `progress.steps_into_epoch` is `end`, stopping for each step
     /// record and periodic step checkpoint on the way. False if an interrupt stopped it first.
     fn until(
