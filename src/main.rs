@@ -207,8 +207,9 @@ struct TrainArgs {
     /// Stop after N epochs without a lower validation loss (needs --val-fraction).
     #[arg(long)]
     patience: Option<usize>,
-    /// Keep the run at its epoch of lowest validation loss here (a full-state checkpoint).
-    #[arg(long, requires = "val_fraction")]
+    /// Keep the run at its epoch of lowest validation loss here (a full-state checkpoint;
+    /// needs a validation split, from --val-fraction or the resumed run).
+    #[arg(long)]
     save_best: Option<PathBuf>,
     /// Also write a metrics record every N steps.
     #[arg(long, requires = "metrics", value_parser = clap::value_parser!(u64).range(1..))]
@@ -654,6 +655,13 @@ fn run_train(args: TrainArgs, given: &Given) -> Result<ExitCode> {
     config.checkpoint_every = args.checkpoint_every;
     config.log_every = args.log_every.map(|n| n as usize);
     config.validate(&mnist.train)?;
+    if args.save_best.is_some() && config.val_fraction == 0.0 {
+        return Err(wgrad::Error::InvalidArgument(
+            "--save-best keeps the epoch of lowest validation loss: give --val-fraction too \
+             (e.g. 0.1)"
+                .into(),
+        ));
+    }
     let ctx = args.net.context()?;
     let identity = mnist.identity();
     let record = |run: &RunState| RunRecord::new(&config, run, identity.clone(), data_dir.clone());

@@ -329,3 +329,50 @@ fn the_trainers_metrics_files_plot() {
         assert_mentions(&text, &["validation", "train, per step"]);
     }
 }
+
+/// --save-best and --patience watch the validation loss, so without a split they are refused
+/// before any training; a resumed run brings its own split, so they need no flag there.
+#[test]
+fn watching_validation_without_a_split_is_refused() {
+    let data = data_folder();
+    let out = TempDir::new().unwrap();
+    let best = out.path().join("best.st");
+    for flags in [["--save-best", path_str(&best)], ["--patience", "2"]] {
+        let args = train(data.path(), &[&["--epochs", "1"][..], &flags].concat());
+        let run = wgrad(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(run.code, Some(ERROR_EXIT), "{flags:?}: {}", run.stderr);
+        assert_mentions(&run.stderr, &["validation", "--val-fraction"]);
+        assert!(!run.stderr.contains("wgrad: adapter"), "{}", run.stderr);
+    }
+    let saved = out.path().join("run.st");
+    let first = [
+        "--epochs",
+        "1",
+        "--val-fraction",
+        "0.2",
+        "--save",
+        path_str(&saved),
+    ];
+    let run = wgrad(
+        &train(data.path(), &first)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let resume = [
+        "train",
+        "--resume",
+        path_str(&saved),
+        "--epochs",
+        "2",
+        "--patience",
+        "3",
+    ];
+    let resumed = wgrad(&resume);
+    assert_eq!(resumed.code, Some(ERROR_EXIT), "{}", resumed.stderr);
+    assert_mentions(
+        &resumed.stderr,
+        &["--patience 3 contradicts the checkpoint"],
+    );
+}
