@@ -331,7 +331,8 @@ fn the_trainers_metrics_files_plot() {
 }
 
 /// --save-best and --patience watch the validation loss, so without a split they are refused
-/// before any training; a resumed run brings its own split, so they need no flag there.
+/// before any training. A resumed run's split and patience are its own: another --patience is a
+/// contradiction.
 #[test]
 fn watching_validation_without_a_split_is_refused() {
     let data = data_folder();
