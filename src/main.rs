@@ -633,18 +633,7 @@ impl TrainArgs {
 
 fn run_train(args: TrainArgs, given: &Given) -> Result<ExitCode> {
     // Every argument is checked before the data is read or the GPU is touched.
-    for path in [&args.save, &args.save_best].into_iter().flatten() {
-        checkpoint::ensure_writable(path)?;
-    }
-    let run_file = (args.save.clone()).unwrap_or_else(|| PathBuf::from("wgrad-run.safetensors"));
-    if args.checkpoint_every.is_some() {
-        if args.keep == 0 {
-            return Err(wgrad::Error::InvalidArgument(
-                "--keep must be at least 1: the periodic checkpoints to keep".into(),
-            ));
-        }
-        checkpoint::ensure_writable(&run_file)?;
-    }
+    let run_file = args.output_files()?;
     let (mut config, mnist, data_dir) = match &args.resume {
         Some(path) => args.resumed(path, given)?,
         None => args.fresh(given)?,
@@ -798,6 +787,25 @@ const OPTIMIZER_FLAGS: &[&str] = &[
 ];
 
 impl TrainArgs {
+    /// Checks that every file the run will write can be written, before any training time is
+    /// spent; returns the base path of the periodic checkpoints.
+    fn output_files(&self) -> Result<PathBuf> {
+        for path in [&self.save, &self.save_best].into_iter().flatten() {
+            checkpoint::ensure_writable(path)?;
+        }
+        let run_file =
+            (self.save.clone()).unwrap_or_else(|| PathBuf::from("wgrad-run.safetensors"));
+        if self.checkpoint_every.is_some() {
+            if self.keep == 0 {
+                return Err(wgrad::Error::InvalidArgument(
+                    "--keep must be at least 1: the periodic checkpoints to keep".into(),
+                ));
+            }
+            checkpoint::ensure_writable(&run_file)?;
+        }
+        Ok(run_file)
+    }
+
     /// A new run as the flags describe it, the data it trains on, and that data's folder.
     fn fresh(&self, given: &Given) -> Result<(train::TrainConfig, data::Mnist, Option<PathBuf>)> {
         let optimizer = self.optimizer()?;
