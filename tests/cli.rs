@@ -8,7 +8,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 mod common;
 
@@ -946,11 +945,11 @@ fn a_run_too_large_for_memory_is_refused_before_allocation() {
 /// reported as interrupted, saved to --save, and exits 130, where it used to be lost.
 #[test]
 fn an_interrupted_run_is_evaluated_saved_and_exits_130() {
-    use std::io::{BufRead, BufReader};
     let out = TempDir::new().unwrap();
     let save = out.path().join("interrupted.safetensors");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wgrad"))
-        .args([
+    // Wait until training is under way (its first epoch line), then interrupt it.
+    let run = Running::until(
+        &[
             "train",
             "--hidden",
             "32",
@@ -961,33 +960,18 @@ fn an_interrupted_run_is_evaluated_saved_and_exits_130() {
             "--json",
             "--save",
             path_str(&save),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the wgrad binary runs");
-    // Wait until training is under way (its first epoch line), then interrupt it.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    while !seen.contains("epoch ") {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "no epoch line: {seen}"
-        );
-        seen.push_str(&line);
-    }
-    send_signal(&child, "INT");
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(130), "{seen}{rest}");
+        ],
+        |line| line.contains("epoch "),
+    );
+    send_signal(&run.child, "INT");
+    let seen = run.seen.clone();
+    let (status, stdout, rest) = run.finish();
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
     assert_mentions(
         &rest,
         &["interrupted at step", "saved", "wgrad train --resume"],
     );
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["interrupted"], true, "{report}");
     let steps = report["steps"].as_u64().unwrap();
     assert!(steps > 0 && steps < 500 * 80, "{report}");
@@ -1000,26 +984,14 @@ fn an_interrupted_run_is_evaluated_saved_and_exits_130() {
 /// gradient dump is written atomically at the end, so it leaves no file, half or whole, behind.
 #[test]
 fn an_interrupted_gradcheck_ends_at_once_and_leaves_no_file() {
-    use std::io::{BufRead, BufReader};
     use std::os::unix::process::ExitStatusExt;
     let out = TempDir::new().unwrap();
     let grads = out.path().join("grads.safetensors");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wgrad"))
-        .args(["gradcheck", "--hidden", "300,300", "--precision", "f32"])
-        .args(["--save-grads", path_str(&grads)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the wgrad binary runs");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("adapter") {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no adapter line");
-    }
-    send_signal(&child, "INT");
-    let status = child.wait().unwrap();
+    let check = ["gradcheck", "--hidden", "300,300", "--precision", "f32"];
+    let args = [&check[..], &["--save-grads", path_str(&grads)]].concat();
+    let run = Running::until(&args, |line| line.contains("adapter"));
+    send_signal(&run.child, "INT");
+    let status = run.finish().0;
     assert_eq!(status.signal(), Some(2), "{status:?}");
     assert_eq!(entries(out.path()), Vec::<String>::new());
 }

@@ -4,9 +4,7 @@
 //! resumed with `--resume`. Each time the final parameters, BatchNorm statistics, optimizer state
 //! and reported figures must equal those of a run that was never stopped.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 mod common;
 
@@ -262,33 +260,15 @@ fn random_step(lo: u64, hi: u64) -> u64 {
 /// Runs wgrad with `args`, sends `signal` once it reports a periodic checkpoint at or past
 /// `at_step`, and returns its exit code and stderr.
 fn interrupt(args: &[&str], signal: &str, at_step: u64) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wgrad"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the wgrad binary runs");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "ran out before step {at_step}: {seen}"
-        );
-        seen.push_str(&line);
+    let run = Running::until(args, |line| {
         let step = line.split(".step").nth(1).and_then(|s| s.split('.').next());
-        if step
-            .and_then(|s| s.parse::<u64>().ok())
+        step.and_then(|s| s.parse::<u64>().ok())
             .is_some_and(|s| s >= at_step)
-        {
-            break;
-        }
-    }
-    send_signal(&child, signal);
-    std::io::Read::read_to_string(&mut stderr, &mut seen).unwrap();
-    (child.wait().unwrap().code(), seen)
+    });
+    send_signal(&run.child, signal);
+    let seen = run.seen.clone();
+    let (status, _, rest) = run.finish();
+    (status.code(), seen + &rest)
 }
 
 /// The tensors of a safetensors file, by name, as raw bytes.

@@ -1,9 +1,8 @@
-//! Watching and using a run: the metrics file is written record by record while the run trains, its
-//! step records add up to the epoch's figures, and a resumed run appends to it.
+//! Watching and using a run: the metrics file is written record by record while the run
+//! trains, its step records add up to the epoch's figures, a resumed run appends to it, the
+//! plotter reads it; validation, early stopping and `wgrad eval`.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 mod common;
 
@@ -23,11 +22,11 @@ fn data_folder() -> TempDir {
     dir
 }
 
-fn train(data: &Path, rest: &[&str]) -> Vec<String> {
+fn train<'a>(data: &'a Path, rest: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["train", "--data", path_str(data), "--batch-size", "20"];
     args.extend_from_slice(&["--hidden", "16", "--steps-per-submit", "4"]);
     args.extend_from_slice(rest);
-    args.into_iter().map(String::from).collect()
+    args
 }
 
 fn records(path: &Path) -> Vec<Value> {
@@ -50,23 +49,10 @@ fn the_metrics_file_grows_while_the_run_trains() {
         data.path(),
         &["--epochs", "3", "--metrics", path_str(&path)],
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wgrad"))
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("epoch   1/3") {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no epoch line");
-    }
+    let run = Running::until(&args, |line| line.starts_with("epoch   1/3"));
     // The epoch's line is printed after its record is written and flushed.
     let early = records(&path);
-    std::io::Read::read_to_string(&mut stderr, &mut String::new()).unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(run.finish().0.success());
     assert!(!early.is_empty() && early.len() < 3, "{early:?}");
     let all = records(&path);
     assert_eq!(all.len(), 3);
@@ -95,12 +81,10 @@ fn step_records_add_up_to_the_epoch() {
     let out = TempDir::new().unwrap();
     let path = out.path().join("m.jsonl");
     let every = ["--metrics", path_str(&path), "--log-every", "10"];
-    let run = wgrad(
-        &train(data.path(), &[&["--epochs", "2"][..], &every].concat())
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let run = wgrad(&train(
+        data.path(),
+        &[&["--epochs", "2"][..], &every].concat(),
+    ));
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let all = records(&path);
     let steps = of_kind(&all, "step");
@@ -136,12 +120,7 @@ fn a_resumed_run_appends_to_its_metrics_file() {
         "--save",
         path_str(&saved),
     ];
-    let run = wgrad(
-        &train(data.path(), &first)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let run = wgrad(&train(data.path(), &first));
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let resume = ["train", "--resume", path_str(&saved), "--epochs", "2"];
     let run = wgrad(&[&resume[..], &["--metrics", path_str(&csv)]].concat());
@@ -195,7 +174,7 @@ fn early_stopping_stops_patience_epochs_after_the_best_and_keeps_the_best() {
             path_str(&best),
         ],
     );
-    let run = wgrad(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let run = wgrad(&args);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let report: Value = serde_json::from_str(run.stdout.trim()).unwrap();
     let all = records(&metrics);
@@ -245,7 +224,7 @@ fn eval_reproduces_the_runs_figures_from_the_checkpoint_alone() {
             path_str(&saved),
         ],
     );
-    let run = wgrad(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let run = wgrad(&args);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let report: Value = serde_json::from_str(run.stdout.trim()).unwrap();
     for (split, images, field) in [
@@ -308,12 +287,7 @@ fn the_trainers_metrics_files_plot() {
             "--metrics",
             path_str(&metrics),
         ];
-        let run = wgrad(
-            &train(data.path(), &rest)
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        );
+        let run = wgrad(&train(data.path(), &rest));
         assert_eq!(run.code, Some(0), "{}", run.stderr);
         let svg = out.path().join(format!("{name}.svg"));
         let plot = wgrad(&[
@@ -340,7 +314,7 @@ fn watching_validation_without_a_split_is_refused() {
     let best = out.path().join("best.st");
     for flags in [["--save-best", path_str(&best)], ["--patience", "2"]] {
         let args = train(data.path(), &[&["--epochs", "1"][..], &flags].concat());
-        let run = wgrad(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let run = wgrad(&args);
         assert_eq!(run.code, Some(ERROR_EXIT), "{flags:?}: {}", run.stderr);
         assert_mentions(&run.stderr, &["validation", "--val-fraction"]);
         assert!(!run.stderr.contains("wgrad: adapter"), "{}", run.stderr);
@@ -354,12 +328,7 @@ fn watching_validation_without_a_split_is_refused() {
         "--save",
         path_str(&saved),
     ];
-    let run = wgrad(
-        &train(data.path(), &first)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let run = wgrad(&train(data.path(), &first));
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let resume = [
         "train",

@@ -105,3 +105,54 @@ pub fn send_signal(child: &std::process::Child, signal: &str) {
     let sent = Command::new("sh").args(["-c", &kill]).status().unwrap();
     assert!(sent.success(), "{kill} failed");
 }
+
+/// `wgrad ARGS` running, its stderr read as far as the first line that the test waits for.
+pub struct Running {
+    pub child: std::process::Child,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
+    /// Stderr up to and including the awaited line.
+    pub seen: String,
+}
+
+impl Running {
+    /// Starts `wgrad ARGS` (stdout piped, for a `--json` report) and reads its stderr until a
+    /// line for which `awaited` holds.
+    pub fn until(args: &[&str], awaited: impl Fn(&str) -> bool) -> Running {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wgrad"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the wgrad binary runs");
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            let read = stderr.read_line(&mut line).unwrap();
+            assert!(
+                read > 0,
+                "wgrad {args:?} ended before the awaited line: {seen}"
+            );
+            seen.push_str(&line);
+            if awaited(&line) {
+                break;
+            }
+        }
+        Running {
+            child,
+            stderr,
+            seen,
+        }
+    }
+
+    /// Waits for the end: the exit status, stdout, and stderr after the awaited line.
+    pub fn finish(mut self) -> (std::process::ExitStatus, String, String) {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.stderr, &mut rest).unwrap();
+        let output = self.child.wait_with_output().unwrap();
+        let stdout = String::from_utf8(output.stdout).expect("stdout is UTF-8");
+        (output.status, stdout, rest)
+    }
+}
