@@ -1,7 +1,7 @@
 //! The `wgrad` command line: a thin layer over the library.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::parser::ValueSource;
@@ -701,29 +701,12 @@ fn run_train(args: TrainArgs, given: &Given) -> Result<ExitCode> {
             report.epochs - best
         );
     }
-    let save_to = match (&args.save, report.interrupted) {
-        (Some(path), _) => Some(path.clone()),
-        // An interrupted run is never thrown away.
-        (None, true) => Some(PathBuf::from(format!(
-            "wgrad-interrupted-step{}.safetensors",
-            report.steps
-        ))),
-        (None, false) => None,
-    };
-    if let Some(path) = &save_to {
+    let save = |path: &Path| {
         let (run, meta) = (&report.run, run_metadata(&config, &report.run));
-        checkpoint::save_run(path, run, &record(run), &meta)?;
-        eprintln!("wgrad: saved {}", path.display());
-    }
-    if let (true, Some(path)) = (report.interrupted, &save_to) {
-        let per_epoch = mnist.train.len() / config.batch_size;
-        eprintln!(
-            "wgrad: interrupted at step {} of {}; continue the run with:\n  wgrad train --resume {}",
-            report.steps,
-            config.epochs * per_epoch,
-            path.display()
-        );
-    }
+        checkpoint::save_run(path, run, &record(run), &meta)
+    };
+    let steps_in_run = config.epochs * (mnist.train.len() / config.batch_size);
+    save_at_end(&args, &report, steps_in_run, save)?;
     if args.json {
         println!("{}", train_json(&report, &config, &ctx));
     }
@@ -732,6 +715,35 @@ fn run_train(args: TrainArgs, given: &Given) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Writes the run to --save, or an interrupted one without --save to a file of its own (it is
+/// never thrown away), and says how to resume it.
+fn save_at_end(
+    args: &TrainArgs,
+    report: &train::TrainReport,
+    steps_in_run: usize,
+    save: impl Fn(&Path) -> Result<()>,
+) -> Result<()> {
+    let path = match (&args.save, report.interrupted) {
+        (Some(path), _) => path.clone(),
+        (None, true) => PathBuf::from(format!(
+            "wgrad-interrupted-step{}.safetensors",
+            report.steps
+        )),
+        (None, false) => return Ok(()),
+    };
+    save(&path)?;
+    eprintln!("wgrad: saved {}", path.display());
+    if report.interrupted {
+        eprintln!(
+            "wgrad: interrupted at step {} of {steps_in_run}; continue the run with:\n  wgrad \
+             train --resume {}",
+            report.steps,
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// `train --json`: the report, with the adapter, optimizer, net and precision it ran with.

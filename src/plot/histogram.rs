@@ -202,13 +202,39 @@ impl Figure for Grid<'_> {
 const PANEL_TOP: u32 = 78;
 const MARGIN: u32 = 12;
 const Y_LABELS: u32 = 76;
+/// The tolerance, in each plot and in its legend.
+const TOLERANCE_LINE: ShapeStyle = ShapeStyle {
+    color: RGBAColor(0, 0, 0, 1.0),
+    filled: false,
+    stroke_width: 2,
+};
 
 impl Grid<'_> {
+    /// One tensor's panel: its caption and legend over its histogram.
     fn panel<DB: DrawingBackend>(
         &self,
         area: &DrawingArea<DB, Shift>,
         hist: &Histogram,
         index: usize,
+    ) -> Drawn
+    where
+        DB::ErrorType: 'static,
+    {
+        let color = if hist.check.passed {
+            PALETTE[index % 3]
+        } else {
+            PALETTE[3]
+        };
+        self.legend(area, hist, color)?;
+        self.histogram(&area.margin(PANEL_TOP, 0, 0, 0), hist, color)
+    }
+
+    /// The caption (name, shape, verdict, errors) and the legend (bars, tolerance line).
+    fn legend<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+        hist: &Histogram,
+        color: RGBColor,
     ) -> Drawn
     where
         DB::ErrorType: 'static,
@@ -227,12 +253,6 @@ impl Grid<'_> {
         let centred = font(19.0).pos(Pos::new(HPos::Center, VPos::Center));
         area.draw_text(&caption, &centred, (w as i32 / 2, 18))?;
 
-        let color = if t.passed {
-            PALETTE[index % 3]
-        } else {
-            PALETTE[3]
-        };
-        let line = ShapeStyle::from(BLACK).stroke_width(2);
         let mut entry = format!(
             "{}: {} elements, {} kink crossing{} (not shown)",
             t.name,
@@ -243,7 +263,7 @@ impl Grid<'_> {
         if hist.nan > 0 {
             entry.push_str(&format!(", {} NaN (not shown)", thousands(hist.nan)));
         }
-        let (tol, tol_entry) = self.tolerance();
+        let (_, tol_entry) = self.tolerance();
         let left = (MARGIN + Y_LABELS) as i32;
         let label = font(15.0).pos(Pos::new(HPos::Left, VPos::Center));
         let (y1, y2) = (43, 64);
@@ -256,17 +276,29 @@ impl Grid<'_> {
             vec![(left, y2), (left + 18, y2)],
             8,
             5,
-            line,
+            TOLERANCE_LINE,
         ))?;
         area.draw_text(&tol_entry, &label, (left + 28, y2))?;
+        Ok(())
+    }
 
+    /// The counts of `hist` per bin, on log axes, with the tolerance marked.
+    fn histogram<DB: DrawingBackend>(
+        &self,
+        plot: &DrawingArea<DB, Shift>,
+        hist: &Histogram,
+        color: RGBColor,
+    ) -> Drawn
+    where
+        DB::ErrorType: 'static,
+    {
+        let (tol, _) = self.tolerance();
         let most = hist.counts.iter().copied().max().unwrap_or(0).max(1);
         // Counts on a log axis: one wrong element among 39,200 must still show. Bars start at
         // 0.5, so that a count of 1 has a height.
         let base = 0.5f64.log10();
         let top = (most as f64).log10().ceil().max(1.0) + 0.3;
-        let plot = area.margin(PANEL_TOP, 0, 0, 0);
-        let mut chart = ChartBuilder::on(&plot)
+        let mut chart = ChartBuilder::on(plot)
             .margin(MARGIN)
             .margin_top(4)
             .margin_right(24)
@@ -309,7 +341,7 @@ impl Grid<'_> {
             [(tol.log10(), base), (tol.log10(), top)],
             8,
             5,
-            line,
+            TOLERANCE_LINE,
         ))?;
         Ok(())
     }

@@ -143,6 +143,12 @@ impl TrainConfig {
     }
 
     pub fn validate(&self, train: &Dataset) -> Result<()> {
+        let (train, val) = self.split(train);
+        self.validate_parts(&train, val.as_ref())
+    }
+
+    /// [`TrainConfig::validate`] on the training set already split by [`TrainConfig::split`].
+    fn validate_parts(&self, train: &Dataset, val: Option<&Dataset>) -> Result<()> {
         self.spec.validate()?;
         self.optimizer.validate()?;
         if !(0.0..1.0).contains(&self.val_fraction) {
@@ -161,15 +167,13 @@ impl TrainConfig {
                 "--patience must be at least 1 epoch".into(),
             ));
         }
-        let (train, val) = self.split(train);
-        if val.as_ref().is_some_and(|v| v.is_empty()) {
+        if val.is_some_and(|v| v.is_empty()) {
             return Err(Error::InvalidArgument(format!(
                 "--val-fraction {} holds out no image of the {}: use a larger fraction",
                 self.val_fraction,
                 train.len()
             )));
         }
-        let train = &train;
         if self.batch_size == 0 {
             return Err(Error::InvalidArgument(
                 "batch size must be at least 1 (--batch-size)".into(),
@@ -358,7 +362,7 @@ pub(crate) type EvalSet<'a> = (&'a [Dispatch], &'a GpuDataset);
 pub(crate) struct EvalSets<'a> {
     train: EvalSet<'a>,
     val: Option<EvalSet<'a>>,
-    /// The test set, evaluated after every epoch only when `every_epoch` says so.
+    /// The test set, evaluated after every epoch only when `test_every_epoch` says so.
     test: EvalSet<'a>,
     test_every_epoch: bool,
 }
@@ -495,10 +499,10 @@ pub fn train_with(
     config: &TrainConfig,
     mut hooks: Hooks,
 ) -> Result<TrainReport> {
-    config.validate(&data.train)?;
     let start = Instant::now();
     let precision = config.precision;
     let (train_data, val_data) = config.split(&data.train);
+    config.validate_parts(&train_data, val_data.as_ref())?;
     let eval_rows = config.eval_batch.min(data.train.len().max(data.test.len()));
     let kernels = Kernels::new(ctx, precision)?;
     let model = config.model(ctx, config.batch_size.max(eval_rows))?;
@@ -550,10 +554,14 @@ pub fn train_with(
         Some(resumed) => session.restore(resumed, steps_per_epoch, total_steps)?,
         None => Progress::default(),
     };
-    let session_start = (progress.steps, progress.train_seconds);
+    let began = Began {
+        at: start,
+        steps: progress.steps,
+        train_seconds: progress.train_seconds,
+    };
     session.bar.set_position(progress.steps);
     ctx.wait()?;
-    let (unfinished, stopped_early) = run_epochs(
+    let ending = run_epochs(
         &session,
         &train_set,
         (steps_per_epoch, total_steps),
@@ -561,18 +569,41 @@ pub fn train_with(
         &mut hooks,
     )?;
     session.bar.finish_and_clear();
+    report(&session, progress, ending, total_steps, began)
+}
+
+/// Where this session of a run started: its clock, and the run's steps and training seconds.
+struct Began {
+    at: Instant,
+    steps: u64,
+    train_seconds: f64,
+}
+
+/// How [`run_epochs`] ended.
+struct Ending {
+    /// The figures of an epoch cut short (by an interrupt or --max-steps).
+    unfinished: Option<EpochReport>,
+    /// Early stopping ended the run.
+    stopped_early: bool,
+}
+
+/// The run's report: its figures, the test set's on the final weights, and its state.
+fn report(
+    session: &Session,
+    progress: Progress,
+    ending: Ending,
+    total_steps: u64,
+    began: Began,
+) -> Result<TrainReport> {
     let run = session.read(&progress)?;
     let best_epoch = best_epoch(&progress.history);
     let mut history = progress.history;
-    history.extend(unfinished);
+    history.extend(ending.unfinished);
     let last = history.last().expect("at least one epoch");
-    // With a validation set the test set is evaluated once, here, on the final weights.
-    let test = match (last.test_loss, last.test_accuracy) {
-        (Some(loss), Some(accuracy)) => Evaluation { loss, accuracy },
-        _ => evaluator.run(ctx, &eval_test, &test_set)?,
-    };
-    let session_steps = progress.steps - session_start.0;
-    let session_train_seconds = progress.train_seconds - session_start.1;
+    let test = session.final_test(last)?;
+    let session_steps = progress.steps - began.steps;
+    let session_train_seconds = progress.train_seconds - began.train_seconds;
+    let batch = session.config.batch_size as f64;
     Ok(TrainReport {
         test_accuracy: test.accuracy,
         train_accuracy: last.train_accuracy,
@@ -581,28 +612,27 @@ pub fn train_with(
         val_loss: last.val_loss,
         val_accuracy: last.val_accuracy,
         best_epoch,
-        stopped_early,
+        stopped_early: ending.stopped_early,
         epochs: history.len(),
         steps: progress.steps,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds: began.at.elapsed().as_secs_f64(),
         train_seconds: progress.train_seconds,
-        samples_per_second: (session_steps as f64 * config.batch_size as f64)
-            / session_train_seconds,
-        interrupted: !stopped_early && progress.steps < total_steps,
+        samples_per_second: session_steps as f64 * batch / session_train_seconds,
+        interrupted: !ending.stopped_early && progress.steps < total_steps,
         history,
         run,
     })
 }
 
-/// The epochs of a run from where `progress` stands: the unfinished epoch's figures, if one
-/// was cut short (by an interrupt or --max-steps), and whether early stopping ended the run.
+/// The epochs of a run from where `progress` stands, until the last, an interrupt, or early
+/// stopping.
 fn run_epochs(
     session: &Session,
     train_set: &GpuDataset,
     (steps_per_epoch, total_steps): (usize, u64),
     progress: &mut Progress,
     hooks: &mut Hooks,
-) -> Result<(Option<EpochReport>, bool)> {
+) -> Result<Ending> {
     let config = session.config;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_0fda_7a00);
     let mut order: Vec<u32> = (0..train_set.len as u32).collect();
@@ -632,13 +662,22 @@ fn run_epochs(
         }
         // An interrupted epoch, or one --max-steps cut short, is reported but not finished.
         if !reached || progress.steps_into_epoch < steps_per_epoch {
-            return Ok((Some(report), false));
+            return Ok(Ending {
+                unfinished: Some(report),
+                stopped_early: false,
+            });
         }
         if session.finish_epoch(epoch, report, progress, hooks)? {
-            return Ok((None, true));
+            return Ok(Ending {
+                unfinished: None,
+                stopped_early: true,
+            });
         }
     }
-    Ok((None, false))
+    Ok(Ending {
+        unfinished: None,
+        stopped_early: false,
+    })
 }
 
 /// Evaluates `params` on a data set.

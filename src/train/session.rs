@@ -227,6 +227,18 @@ impl Session<'_> {
         Ok(done)
     }
 
+    /// The test set's figures on the final weights: the last epoch's, when it evaluated the
+    /// test set; else (with a validation set) the one evaluation of it, now.
+    pub fn final_test(&self, last: &EpochReport) -> Result<super::Evaluation> {
+        match (last.test_loss, last.test_accuracy) {
+            (Some(loss), Some(accuracy)) => Ok(super::Evaluation { loss, accuracy }),
+            _ => {
+                let (dispatches, data) = self.sets.test;
+                self.evaluator.run(self.ctx, dispatches, data)
+            }
+        }
+    }
+
     /// Whether an interrupt (a Ctrl-C or SIGTERM handler's flag) has come.
     pub fn interrupted(&self) -> bool {
         let flag = self.config.interrupt.as_deref();
