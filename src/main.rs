@@ -652,8 +652,12 @@ fn run_train(args: TrainArgs, given: &Given) -> Result<ExitCode> {
         ));
     }
     let ctx = args.net.context()?;
-    let identity = mnist.identity();
-    let record = |run: &RunState| RunRecord::new(&config, run, identity.clone(), data_dir.clone());
+    // Hashing the data is only worth it when a checkpoint is written.
+    let identity = std::cell::OnceCell::new();
+    let record = |run: &RunState| {
+        let data = identity.get_or_init(|| mnist.identity()).clone();
+        RunRecord::new(&config, run, data, data_dir.clone())
+    };
     let mut rotation = checkpoint::Rotation::new(&run_file, args.keep);
     let mut on_checkpoint = |run: &RunState| -> Result<()> {
         let path = rotation.write(run, &record(run), &run_metadata(&config, run))?;
