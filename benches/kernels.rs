@@ -62,7 +62,7 @@ fn train_step(c: &mut Criterion) {
     let state = GpuBuffer::zeroed(&ctx, "state", STATE_WORDS, 4);
     let stats = GpuBuffer::real(&ctx, "stats", STATS_WORDS, PRECISION);
     let optimizer = Optimizer::from_name("momentum", Some(0.1)).unwrap();
-    let optimizer = GpuOptimizer::new(&rec.gpu(), &model, &optimizer, &state).unwrap();
+    let optimizer = GpuOptimizer::new(&rec.gpu(), &model, &optimizer, None, &state).unwrap();
 
     // The step list `train::train` records.
     let step = step_dispatches(&rec, &train_set, &ws, (&state, &stats), &optimizer);

@@ -1,7 +1,8 @@
 // Optimizer updates over the whole flat parameter arena, one invocation per parameter, with
 // PyTorch's torch.optim formulas (single-tensor path). Hyperparameters arrive in `hyper` in the
 // working precision; the step count t comes from the GPU step counter, so many steps can be
-// recorded into one submit.
+// recorded into one submit. With a learning-rate schedule, `hyper` carries one row per step
+// after its nine constants, and t picks the row: the schedule needs no upload while it runs.
 
 #include "words.wgsl"
 
@@ -16,9 +17,13 @@ const NESTEROV: u32 = 1u;
 const AMSGRAD: u32 = 2u;
 const CENTERED: u32 = 4u;
 const DECOUPLED: u32 = 8u;   // AdamW
+const SCHEDULED: u32 = 16u;
+
+// hyper[SCHEDULE + 3t ..]: step t's lr, momentum (β1 for Adam) and Adam's 1 − β1^(t+1).
+const SCHEDULE: u32 = 9u;
 
 // hyper: [0] lr  [1] momentum  [2] dampening  [3] weight_decay  [4] beta1  [5] beta2  [6] eps
-//        [7] alpha (RMSprop)  [8] lr_decay (AdaGrad)
+//        [7] alpha (RMSprop)  [8] lr_decay (AdaGrad)  [9 ..] the schedule's rows, if SCHEDULED
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> hyper: array<real>;
 @group(0) @binding(2) var<storage, read_write> theta: array<real>;
@@ -34,6 +39,26 @@ fn index(gid: vec3<u32>) -> u32 {
     return gid.y * P.row_width + gid.x;
 }
 
+fn schedule_row() -> u32 {
+    return SCHEDULE + 3u * state[STATE_STEP];
+}
+
+// This step's learning rate.
+fn lr_now() -> real {
+    if ((P.flags & SCHEDULED) != 0u) {
+        return hyper[schedule_row()];
+    }
+    return hyper[0];
+}
+
+// This step's momentum (or β1), `constant` unless a schedule sets it.
+fn momentum_now(constant: real) -> real {
+    if ((P.flags & SCHEDULED) != 0u) {
+        return hyper[schedule_row() + 1u];
+    }
+    return constant;
+}
+
 @compute @workgroup_size(1)
 fn prepare() {
     powers[0] = powers[0] * hyper[4];
@@ -47,7 +72,7 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (i >= P.numel) {
         return;
     }
-    let mu = hyper[1];
+    let mu = momentum_now(hyper[1]);
     var g = grad[i] + hyper[3] * theta[i];
     if (mu != real(0.0)) {
         var b = g;
@@ -57,7 +82,7 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>) {
         s1[i] = b;
         g = select(b, g + mu * b, (P.flags & NESTEROV) != 0u);
     }
-    theta[i] -= hyper[0] * g;
+    theta[i] -= lr_now() * g;
 }
 
 // AdaGrad: sum += g², θ −= clr·g / (√sum + ε), clr = lr / (1 + (t − 1)·lr_decay).
@@ -67,7 +92,7 @@ fn adagrad(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (i >= P.numel) {
         return;
     }
-    let clr = hyper[0] / (real(1.0) + real(state[STATE_STEP]) * hyper[8]);
+    let clr = lr_now() / (real(1.0) + real(state[STATE_STEP]) * hyper[8]);
     let g = grad[i] + hyper[3] * theta[i];
     let sum = s1[i] + g * g;
     s1[i] = sum;
@@ -93,12 +118,13 @@ fn rmsprop(@builtin(global_invocation_id) gid: vec3<u32>) {
     } else {
         avg = sqrt(v) + hyper[6];
     }
-    if (hyper[1] > real(0.0)) {
-        let b = hyper[1] * s2[i] + g / avg;
+    let mu = momentum_now(hyper[1]);
+    if (mu > real(0.0)) {
+        let b = mu * s2[i] + g / avg;
         s2[i] = b;
-        theta[i] -= hyper[0] * b;
+        theta[i] -= lr_now() * b;
     } else {
-        theta[i] -= hyper[0] * g / avg;
+        theta[i] -= lr_now() * g / avg;
     }
 }
 
@@ -109,7 +135,7 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (i >= P.numel) {
         return;
     }
-    let lr = hyper[0];
+    let lr = lr_now();
     var th = theta[i];
     var g = grad[i];
     if ((P.flags & DECOUPLED) != 0u) {
@@ -117,7 +143,7 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>) {
     } else {
         g = g + hyper[3] * th;
     }
-    let b1 = hyper[4];
+    let b1 = momentum_now(hyper[4]);
     let b2 = hyper[5];
     let m = b1 * s1[i] + (real(1.0) - b1) * g;
     let v = b2 * s2[i] + (real(1.0) - b2) * g * g;
@@ -128,7 +154,10 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>) {
         v_used = max(s3[i], v);
         s3[i] = v_used;
     }
-    let bc1 = real(1.0) - powers[0];
+    var bc1 = real(1.0) - powers[0];
+    if ((P.flags & SCHEDULED) != 0u) {
+        bc1 = hyper[schedule_row() + 2u];
+    }
     let bc2 = real(1.0) - powers[1];
     let denom = sqrt(v_used) / sqrt(bc2) + hyper[6];
     theta[i] = th - (lr / bc1) * m / denom;

@@ -11,7 +11,7 @@ use wgrad::gpu::{list_adapters, AdapterOptions, GpuContext, Precision};
 use wgrad::nn::NamedTensor;
 use wgrad::nn::{Activation, Init, NetSpec};
 use wgrad::numgrad::{self, Strategy};
-use wgrad::optim::Optimizer;
+use wgrad::optim::{LrSchedule, Optimizer, Schedule};
 use wgrad::train::{RunRecord, RunState};
 use wgrad::{bench, checkpoint, data, gradcheck, plot, train, Result};
 
@@ -166,6 +166,17 @@ struct TrainArgs {
     /// AdamW the decoupled decay, default 0.01).
     #[arg(long, allow_hyphen_values = true)]
     optim_weight_decay: Option<f64>,
+    /// Learning-rate schedule, per optimizer step with PyTorch's formulas: constant,
+    /// step:EPOCHS:GAMMA (StepLR at epoch ends), cosine (CosineAnnealingLR down to --min-lr) or
+    /// onecycle (OneCycleLR with max_lr = --lr, cycling the momentum or β1 where there is one).
+    #[arg(long, default_value = "constant")]
+    lr_schedule: String,
+    /// The cosine schedule's floor (PyTorch's eta_min).
+    #[arg(long, allow_hyphen_values = true)]
+    min_lr: Option<f64>,
+    /// Ramp the learning rate as lr·(k+1)/N over the first N steps, before the schedule.
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
     /// Epochs [default: 20 for mlp, 10 for convnets].
     #[arg(long)]
     epochs: Option<usize>,
@@ -553,6 +564,28 @@ impl TrainArgs {
         Ok(opt)
     }
 
+    /// The learning-rate schedule the flags describe.
+    fn schedule(&self) -> Result<LrSchedule> {
+        self.schedule_from(self.lr_schedule.parse()?, self.warmup_steps)
+    }
+
+    /// `schedule` with the cosine floor from --min-lr, if given, and `warmup_steps`.
+    fn schedule_from(&self, mut schedule: Schedule, warmup_steps: usize) -> Result<LrSchedule> {
+        match (&mut schedule, self.min_lr) {
+            (Schedule::Cosine { min_lr }, Some(floor)) => *min_lr = floor,
+            (_, None) => {}
+            (other, Some(_)) => {
+                return Err(wgrad::Error::InvalidArgument(format!(
+                    "--min-lr is the cosine schedule's floor, and this run's schedule is {other}:                      drop --min-lr or use --lr-schedule cosine"
+                )))
+            }
+        }
+        Ok(LrSchedule {
+            schedule,
+            warmup_steps,
+        })
+    }
+
     /// Sets the hyperparameters that flags give (a learning rate, a momentum, …) in `opt`.
     fn override_hyperparameters(&self, opt: &mut Optimizer) {
         let set = |slot: &mut f64, v: Option<f64>| {
@@ -836,6 +869,7 @@ impl TrainArgs {
             spec,
             init,
             optimizer,
+            schedule: self.schedule()?,
             epochs: self.epochs(),
             batch_size: self.batch_size,
             seed: self.net.seed,
@@ -957,6 +991,25 @@ impl TrainArgs {
                     |s: &NetSpec| format!("{} (weight decay {})", layer_list(s), s.weight_decay);
                 let ours = format!("the net the flags describe, {},", describe(&spec));
                 return clash(ours, format!("the net {}", describe(&stored.spec)));
+            }
+        }
+        if given.any(&["lr_schedule", "min_lr", "warmup_steps"]) {
+            let requested = self.schedule_from(
+                if given.any(&["lr_schedule"]) {
+                    self.lr_schedule.parse()?
+                } else {
+                    stored.schedule.schedule
+                },
+                if given.any(&["warmup_steps"]) {
+                    self.warmup_steps
+                } else {
+                    stored.schedule.warmup_steps
+                },
+            )?;
+            if requested != stored.schedule {
+                let json = |s: &LrSchedule| serde_json::to_string(s).expect("serialisable");
+                let ours = format!("the schedule the flags describe, {},", json(&requested));
+                return clash(ours, format!("the schedule {}", json(&stored.schedule)));
             }
         }
         if given.any(OPTIMIZER_FLAGS) {

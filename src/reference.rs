@@ -544,6 +544,22 @@ impl RefOptimizer {
         &self.opt
     }
 
+    /// Sets the learning rate, and the momentum (SGD, RMSprop) or β1 (Adam, AdamW), of the
+    /// steps to come, as a PyTorch scheduler writes them into the param group.
+    pub fn set_lr_and_momentum(&mut self, new_lr: f64, new_momentum: f64) {
+        match &mut self.opt {
+            Optimizer::Sgd { lr, momentum, .. } | Optimizer::Rmsprop { lr, momentum, .. } => {
+                *lr = new_lr;
+                *momentum = new_momentum;
+            }
+            Optimizer::Adam { lr, beta1, .. } | Optimizer::Adamw { lr, beta1, .. } => {
+                *lr = new_lr;
+                *beta1 = new_momentum;
+            }
+            Optimizer::Adagrad { lr, .. } => *lr = new_lr,
+        }
+    }
+
     /// How many steps have been taken.
     pub fn steps_taken(&self) -> u64 {
         self.t

@@ -17,7 +17,7 @@ mod common;
 use common::*;
 use wgrad::gpu::{kernel, Gpu, GpuBuffer, Precision};
 use wgrad::nn::{Activation, Copies, Model, NetSpec, Recorder, Workspace};
-use wgrad::optim::{GpuOptimizer, Optimizer};
+use wgrad::optim::{GpuOptimizer, Horizon, LrPlan, LrSchedule, Optimizer, Schedule};
 use wgrad::reference::RefOptimizer;
 use wgrad::train::advance;
 
@@ -45,13 +45,26 @@ fn gpu_trajectory(
     prob: &Problem,
     steps: usize,
 ) -> Vec<Vec<f64>> {
+    scheduled_gpu_trajectory(opt, None, precision, prob, steps)
+}
+
+/// As [`gpu_trajectory`], with the learning rate (and momentum) of `plan`'s steps.
+fn scheduled_gpu_trajectory(
+    opt: &Optimizer,
+    plan: Option<&LrPlan>,
+    precision: Precision,
+    prob: &Problem,
+    steps: usize,
+) -> Vec<Vec<f64>> {
     let ctx = ctx();
     let model = Model::new(ctx, &prob.spec, &prob.params, precision).unwrap();
     let ws = Workspace::new(ctx, &model, prob.n(), 1, true);
     ws.upload(ctx, &prob.x, &prob.labels, precision);
     let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
     let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
-    let optimizer = GpuOptimizer::new(&gpu(precision), &model, opt, &state).unwrap();
+    let table = plan.and_then(LrPlan::table);
+    let optimizer =
+        GpuOptimizer::new(&gpu(precision), &model, opt, table.as_deref(), &state).unwrap();
     let step = train_step(precision, &model, &ws, &optimizer, &state, &stats);
     let trajectory = (0..steps)
         .map(|_| {
@@ -90,11 +103,26 @@ fn train_step(
 
 /// The same steps on the CPU: exact gradients, PyTorch's update, all in f64.
 fn ref_trajectory(opt: &Optimizer, prob: &Problem, steps: usize) -> Vec<Vec<f64>> {
+    scheduled_ref_trajectory(opt, None, prob, steps)
+}
+
+/// As [`ref_trajectory`], with `plan`'s learning rate and momentum written into the optimizer
+/// before each step, as a PyTorch scheduler writes them into the param group.
+fn scheduled_ref_trajectory(
+    opt: &Optimizer,
+    plan: Option<&LrPlan>,
+    prob: &Problem,
+    steps: usize,
+) -> Vec<Vec<f64>> {
     let mlp = prob.reference();
     let mut theta = prob.params.clone();
     let mut ropt = RefOptimizer::new(opt, theta.len());
     (0..steps)
-        .map(|_| {
+        .map(|k| {
+            if let Some(plan) = plan {
+                let row = plan.at(k);
+                ropt.set_lr_and_momentum(row.lr, row.momentum);
+            }
             let (_, g) = mlp.loss_and_grad(&theta, &prob.x, &prob.labels);
             ropt.step(&mut theta, &g);
             theta.clone()
@@ -402,6 +430,86 @@ fn adamw_decoupled_decay_matches_reference() {
 }
 
 #[test]
+fn scheduled_learning_rate_and_momentum_match_reference() {
+    // Every step changes the learning rate, and one-cycle also the momentum (SGD, RMSprop) or
+    // β1 (Adam, whose bias correction must then use this step's β1, not a running product).
+    let schedules = [
+        (Schedule::Onecycle, 0),
+        (Schedule::Cosine { min_lr: 0.01 }, 2),
+        (
+            Schedule::Step {
+                epochs: 1,
+                gamma: 0.3,
+            },
+            0,
+        ),
+    ];
+    let rmsprop = Optimizer::Rmsprop {
+        lr: 0.01,
+        alpha: 0.9,
+        eps: 1e-8,
+        momentum: 0.5,
+        centered: false,
+        weight_decay: 0.0,
+    };
+    let adagrad = Optimizer::Adagrad {
+        lr: 0.1,
+        lr_decay: 0.2,
+        eps: 1e-10,
+        initial_accumulator: 0.5,
+        weight_decay: 0.0,
+    };
+    let prob = problem(0.0);
+    for opt in [
+        sgd(0.9, 0.0, true),
+        rmsprop,
+        adagrad,
+        adam_with(0.8, 0.95, false, 0.0),
+        adamw_with(0.8, 0.95, true, 0.05),
+    ] {
+        for (schedule, warmup_steps) in schedules {
+            let plan = LrPlan {
+                schedule: LrSchedule {
+                    schedule,
+                    warmup_steps,
+                },
+                optimizer: opt.clone(),
+                horizon: Horizon {
+                    steps_per_epoch: 2,
+                    total_steps: STEPS,
+                },
+            };
+            let name = format!("{} {schedule} warmup {warmup_steps}", opt.name());
+            let want64 = scheduled_ref_trajectory(&opt, Some(&plan), &prob, STEPS);
+            let constant = ref_trajectory(&opt, &prob, STEPS);
+            let moved = rel_err(
+                &displacement(&constant[STEPS - 1], &prob.params),
+                &displacement(&want64[STEPS - 1], &prob.params),
+            );
+            assert!(
+                moved > 1e-3,
+                "{name}: the schedule barely changes the run ({moved:.1e})"
+            );
+            for precision in precisions() {
+                let prob = prob.at(precision);
+                let want = scheduled_ref_trajectory(&opt, Some(&plan), &prob, STEPS);
+                let got = scheduled_gpu_trajectory(&opt, Some(&plan), precision, &prob, STEPS);
+                for (t, (g, w)) in got.iter().zip(&want).enumerate() {
+                    check(
+                        &format!("{precision} {name} step {}: θ − θ0", t + 1),
+                        rel_err(
+                            &displacement(g, &prob.params),
+                            &displacement(w, &prob.params),
+                        ),
+                        tol(precision),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn steps_recorded_into_one_submit_match_one_submit_per_step() {
     // train.rs records many steps into one submit: the step count that SGD's first-step momentum,
     // AdaGrad's lr decay and Adam's bias correction read must come from the GPU counter, so the
@@ -427,7 +535,7 @@ fn steps_recorded_into_one_submit_match_one_submit_per_step() {
             ws.upload(ctx, &prob.x, &prob.labels, precision);
             let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
             let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
-            let optimizer = GpuOptimizer::new(&gpu(precision), &model, &opt, &state).unwrap();
+            let optimizer = GpuOptimizer::new(&gpu(precision), &model, &opt, None, &state).unwrap();
             let step = train_step(precision, &model, &ws, &optimizer, &state, &stats);
             kernel::submit(ctx, &step, STEPS);
             ctx.wait().unwrap();
@@ -464,7 +572,7 @@ fn optimizer_update_folds_its_grid_past_65535_workgroups() {
     let ws = Workspace::new(ctx, &model, 1, 1, false);
     let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
     let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
-    let optimizer = GpuOptimizer::new(&gpu(precision), &model, &opt, &state).unwrap();
+    let optimizer = GpuOptimizer::new(&gpu(precision), &model, &opt, None, &state).unwrap();
     let rec = Recorder {
         ctx,
         kernels: kernels(precision),

@@ -15,7 +15,7 @@ use wgrad::data::{TEST_IMAGES as TEST_IMAGES_FILE, TEST_LABELS as TEST_LABELS_FI
 use wgrad::data::{TRAIN_IMAGES as TRAIN_IMAGES_FILE, TRAIN_LABELS as TRAIN_LABELS_FILE};
 use wgrad::gpu::Precision;
 use wgrad::nn::{Activation, Init, NetSpec};
-use wgrad::optim::Optimizer;
+use wgrad::optim::{LrSchedule, Optimizer, Schedule};
 use wgrad::train::{self, CheckpointEvery, EpochReport, RunRecord, RunState, TrainConfig};
 use wgrad::{checkpoint, data};
 
@@ -146,6 +146,27 @@ fn every_optimizer_resumes_bit_for_bit_mid_epoch_and_at_a_boundary() {
         for optimizer in optimizers() {
             assert_resumes_bit_for_bit(&mnist, &config(optimizer, precision), dir.path());
         }
+    }
+}
+
+/// The schedule is part of the stored run: a resumed run takes the stored step's learning rate
+/// (and one-cycle's momentum) from the GPU step counter, mid-epoch and at a boundary alike.
+#[test]
+fn scheduled_runs_resume_bit_for_bit() {
+    let mnist = small_mnist();
+    let dir = TempDir::new().unwrap();
+    let optimizers = optimizers();
+    let (momentum, adam) = (&optimizers[1], &optimizers[5]);
+    for (optimizer, schedule, warmup_steps) in [
+        (adam, Schedule::Onecycle, 0),
+        (momentum, Schedule::Cosine { min_lr: 0.001 }, 7),
+    ] {
+        let mut config = config(optimizer.clone(), Precision::F32);
+        config.schedule = LrSchedule {
+            schedule,
+            warmup_steps,
+        };
+        assert_resumes_bit_for_bit(&mnist, &config, dir.path());
     }
 }
 

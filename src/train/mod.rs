@@ -28,7 +28,7 @@ use crate::gpu::{kernel, Dispatch, GpuBuffer, GpuContext, Precision};
 use crate::nn::{
     init_params, Copies, Init, Kernels, Mode, Model, NamedTensor, NetSpec, Recorder, Workspace,
 };
-use crate::optim::{GpuOptimizer, Optimizer};
+use crate::optim::{GpuOptimizer, Horizon, LrPlan, LrSchedule, Optimizer};
 
 /// Everything a training run needs besides the data and the device. The serialised fields are
 /// the run's settings, stored in full-state checkpoints; the skipped ones say how this session
@@ -38,6 +38,9 @@ pub struct TrainConfig {
     pub spec: NetSpec,
     pub init: Init,
     pub optimizer: Optimizer,
+    /// The learning rate over the run (and the momentum, for one-cycle).
+    #[serde(default)]
+    pub schedule: LrSchedule,
     pub epochs: usize,
     pub batch_size: usize,
     pub seed: u64,
@@ -91,6 +94,7 @@ impl Default for TrainConfig {
             spec: spec.with_batchnorm(),
             init: Init::He,
             optimizer: Optimizer::from_name("momentum", Some(0.1)).expect("valid defaults"),
+            schedule: LrSchedule::default(),
             epochs: 20,
             batch_size: 100,
             seed: 42,
@@ -215,7 +219,28 @@ impl TrainConfig {
                 train.len()
             )));
         }
-        Ok(())
+        self.schedule.validate(&self.optimizer, self.horizon(train))
+    }
+
+    /// The run's steps over `train` (its part after any validation split). drop_last: every
+    /// step sees a full batch; reshuffling each epoch covers the rest.
+    fn horizon(&self, train: &Dataset) -> Horizon {
+        let steps_per_epoch = train.len() / self.batch_size;
+        let total_steps =
+            (steps_per_epoch.saturating_mul(self.epochs)).min(self.max_steps.unwrap_or(usize::MAX));
+        Horizon {
+            steps_per_epoch,
+            total_steps,
+        }
+    }
+
+    /// The schedule over the run's steps on `train`.
+    fn lr_plan(&self, train: &Dataset) -> LrPlan {
+        LrPlan {
+            schedule: self.schedule,
+            optimizer: self.optimizer.clone(),
+            horizon: self.horizon(train),
+        }
     }
 }
 
@@ -519,7 +544,15 @@ pub fn train_with(
     let ws = Workspace::new(ctx, &model, config.batch_size, 1, true);
     let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
     let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
-    let optimizer = GpuOptimizer::new(&rec.gpu(), &model, &config.optimizer, &state)?;
+    let lr_plan = config.lr_plan(&train_data);
+    let schedule = lr_plan.table();
+    let optimizer = GpuOptimizer::new(
+        &rec.gpu(),
+        &model,
+        &config.optimizer,
+        schedule.as_deref(),
+        &state,
+    )?;
     let step = step_dispatches(&rec, &train_set, &ws, (&state, &stats), &optimizer);
     let evaluator = Evaluator::new(ctx, &model, eval_rows);
     let eval_train = evaluator.batch_dispatches(&rec, &train_set);
@@ -534,13 +567,15 @@ pub fn train_with(
         test_every_epoch: val_set.is_none() || config.eval_test_every_epoch,
     };
 
-    // drop_last: every step sees a full batch; reshuffling each epoch covers the rest.
-    let steps_per_epoch = train_data.len() / config.batch_size;
-    let total_steps = (steps_per_epoch.saturating_mul(config.epochs))
-        .min(config.max_steps.unwrap_or(usize::MAX)) as u64;
+    let Horizon {
+        steps_per_epoch,
+        total_steps,
+    } = lr_plan.horizon;
+    let total_steps = total_steps as u64;
     let session = Session {
         ctx,
         config,
+        lr_plan,
         model: &model,
         optimizer: &optimizer,
         state: &state,

@@ -11,11 +11,13 @@ use super::{
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext};
 use crate::nn::Model;
-use crate::optim::GpuOptimizer;
+use crate::optim::{GpuOptimizer, LrPlan};
 
 pub(super) struct Session<'a> {
     pub ctx: &'a GpuContext,
     pub config: &'a TrainConfig,
+    /// Each step's learning rate, for the records (the GPU holds its own table).
+    pub lr_plan: LrPlan,
     pub model: &'a Model,
     pub optimizer: &'a GpuOptimizer,
     /// The step counter, batch cursor and divergence flag (u32 words).
@@ -38,6 +40,12 @@ struct Window {
 }
 
 impl Session<'_> {
+    /// The learning rate of the last step taken.
+    fn last_lr(&self, progress: &Progress) -> f64 {
+        let step = progress.steps.saturating_sub(1);
+        self.lr_plan.lr(step as usize)
+    }
+
     /// Trains epoch `epoch` on until `end` of its steps are done and evaluates it. False if an
     /// interrupt stopped it first (the figures are then of the steps done).
     pub fn epoch(
@@ -72,7 +80,7 @@ impl Session<'_> {
             .evaluator
             .epoch(self.ctx, &self.sets, epoch, train_loss)?;
         report.step = progress.steps;
-        report.lr = self.config.optimizer.lr();
+        report.lr = self.last_lr(progress);
         report.seconds = start.elapsed().as_secs_f64();
         let samples = (progress.steps - before) as f64 * self.config.batch_size as f64;
         report.samples_per_second = samples / train_seconds;
@@ -186,7 +194,7 @@ impl Session<'_> {
             kind: RecordKind::Step,
             epoch,
             step: progress.steps,
-            lr: self.config.optimizer.lr(),
+            lr: self.last_lr(progress),
             train_loss: (loss_sum - window.loss_sum) / steps,
             train_accuracy: Some((correct_sum - window.correct_sum) / samples),
             seconds,

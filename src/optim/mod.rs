@@ -9,6 +9,10 @@
 //!   to the bias-corrected √v̂ with ε = 1e-8.
 //! - AdaGrad: the book's ε is 1e-7, PyTorch's (and ours) 1e-10.
 
+pub mod schedule;
+
+pub use schedule::{Horizon, LrPlan, LrSchedule, Schedule, StepHyper};
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -157,6 +161,18 @@ impl Optimizer {
             | Optimizer::Rmsprop { lr, .. }
             | Optimizer::Adam { lr, .. }
             | Optimizer::Adamw { lr, .. } => lr,
+        }
+    }
+
+    /// The momentum a one-cycle schedule may cycle: SGD's and RMSprop's when they use one, and
+    /// Adam's β1.
+    pub fn momentum(&self) -> Option<f64> {
+        match *self {
+            Optimizer::Sgd { momentum, .. } | Optimizer::Rmsprop { momentum, .. } => {
+                (momentum > 0.0).then_some(momentum)
+            }
+            Optimizer::Adam { beta1, .. } | Optimizer::Adamw { beta1, .. } => Some(beta1),
+            Optimizer::Adagrad { .. } => None,
         }
     }
 
@@ -344,12 +360,15 @@ impl Hyper {
     }
 }
 
+/// optim.wgsl's flag: `hyper` holds a row per step after its constants.
+const SCHEDULED: u32 = 16;
+
 /// optim.wgsl's Params.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct OptimParams {
     numel: u32,
-    /// NESTEROV 1, AMSGRAD 2, CENTERED 4, DECOUPLED (AdamW) 8.
+    /// NESTEROV 1, AMSGRAD 2, CENTERED 4, DECOUPLED (AdamW) 8, SCHEDULED 16.
     flags: u32,
     row_width: u32,
     _pad: u32,
@@ -489,16 +508,26 @@ impl Optimizer {
 }
 
 impl GpuOptimizer {
-    /// `state` is the GPU step counter (its word 0 is t, the steps completed).
+    /// `state` is the GPU step counter (its word 0 is t, the steps completed). `schedule`, if
+    /// any, holds a row for every step the run will take ([`LrPlan::table`]).
     pub fn new(
         gpu: &Gpu,
         model: &crate::nn::Model,
         optimizer: &Optimizer,
+        schedule: Option<&[StepHyper]>,
         state: &GpuBuffer,
     ) -> crate::Result<Self> {
         optimizer.validate()?;
         let (ctx, precision, numel) = (gpu.ctx, model.precision, model.layout.total);
-        let (entry, flags, hyper, initial) = optimizer.plan();
+        let (entry, mut flags, hyper, initial) = optimizer.plan();
+        let mut hyper = hyper.words().to_vec();
+        if let Some(rows) = schedule {
+            flags |= SCHEDULED;
+            hyper.extend(
+                rows.iter()
+                    .flat_map(|r| [r.lr, r.momentum, r.bias_correction1]),
+            );
+        }
         let slot = |i: usize, fill: f64| {
             GpuBuffer::from_real(
                 ctx,
@@ -510,7 +539,7 @@ impl GpuOptimizer {
         let slots = [slot(0, initial), slot(1, 0.0), slot(2, 0.0)];
         let powers = GpuBuffer::from_real(ctx, "powers", &[1.0, 1.0], precision);
         let bindings = OptimBindings {
-            hyper: &GpuBuffer::from_real(ctx, "hyper", &hyper.words(), precision),
+            hyper: &GpuBuffer::from_real(ctx, "hyper", &hyper, precision),
             theta: &model.params,
             grad: &model.grads,
             slots: &slots,
