@@ -793,6 +793,7 @@ fn train_json(
     let mut value = serde_json::to_value(report).expect("serialisable");
     value["adapter"] = ctx.adapter_json();
     value["optimizer"] = serde_json::to_value(&config.optimizer).expect("serialisable");
+    value["lr_schedule"] = serde_json::to_value(config.schedule).expect("serialisable");
     value["spec"] = serde_json::to_value(spec).expect("serialisable");
     // The widths --hidden gives, readable without walking the layer list.
     value["spec"]["hidden"] = serde_json::json!(spec.hidden_units());
