@@ -9,8 +9,10 @@
 //     O(N), and the change stays in column j. The activation and dropout mask keep it there, so
 //     block l + 1's affine output changes by a rank-one update, Δa[:, j] ⊗ W_{l+1}[j, :].
 //   - LayerNorm normalises per sample over the features: a change to one unit moves its sample's
-//     mean and variance, so that sample's whole row is recomputed (no other sample's), and block
-//     l + 1's affine output is a dense product for that row.
+//     mean and variance, so that sample's whole row changes (no other sample's). With ReLU, the
+//     units that stay active change linearly in (z_c − μ), so block l + 1's affine output moves by
+//     two precomputed vectors of that sample plus exact terms for unit j and the units that cross
+//     the kink (layer_norm_row_update). Other activations take a dense product for the row.
 // From block l + 1 on, every row is recomputed densely: BatchNorm's statistics there couple all
 // samples, so the invocation keeps all N rows in its scratch (two [N, Fmax] buffers).
 // Everything unperturbed (inputs, activations, masks, per-sample losses, parameters) is read-only
@@ -20,8 +22,9 @@
 //
 // layers[l] (12 words): in, out, W offset, b offset, z offset (affine output), norm kind (0 none,
 // 1 BatchNorm, 2 LayerNorm), γ offset, β offset, y offset (the norm's output: the activation's
-// input), a offset (after activation and dropout), mask offset (NONE: no dropout), unused. The
-// offsets of z, y, a and the mask point into `base`, of W, b, γ, β into θ.
+// input), a offset (after activation and dropout), mask offset (NONE: no dropout), LayerNorm sums
+// offset (per sample [U_n, V_n], each out_{l+1} wide; NONE: no LayerNorm under ReLU here). The
+// offsets of z, y, a, the mask and the sums point into `base`, of W, b, γ, β into θ.
 
 #include "activations.wgsl"
 
@@ -79,6 +82,17 @@ fn block_input(l: u32, n: u32, i: u32) -> real {
         return x[n * layer(0u, 0u) + i];
     }
     return base[layer(l - 1u, 9u) + n * layer(l, 0u) + i];
+}
+
+// The change to unit j of block l's affine output in sample n when W_l[i, j] or b_l[j] moves by
+// delta (0 when γ or β moves).
+fn unit_change(moves: u32, l: u32, n: u32, i: u32, delta: real) -> real {
+    if (moves == MOVES_W) {
+        return delta * block_input(l, n, i);
+    } else if (moves == MOVES_B) {
+        return delta;
+    }
+    return real(0.0);
 }
 
 // Softmax-CE of the row of `classes` logits at scratch[at ..].
@@ -164,6 +178,80 @@ fn normalise_row(at: u32, f: u32, g: u32, b: u32, j: u32, dg: real, db: real) {
     }
 }
 
+// LayerNorm block l's sample n, moved by d at unit j's affine output or by dg, db at γ_j, β_j:
+// block l + 1's affine output row at scratch[out ..], without a dense product. A unit c ≠ j that
+// stays active under ReLU changes by m_c·γ_c·((z_c − μ)·α − κ), with α = 1/σ' − 1/σ and
+// κ = d/(F·σ'), so together they move the row by α·U_n − κ·V_n, where the base pass gives
+// U_n = Σ_active m_c·γ_c·(z_c − μ)·W[c, :] and V_n = Σ_active m_c·γ_c·W[c, :]. Unit j and the units
+// that cross the kink are then corrected exactly. σ'² − σ² is formed from d directly, so α
+// carries no cancellation. Returns the kink crossings.
+fn layer_norm_row_update(l: u32, n: u32, j: u32, d: real, dg: real, db: real, out: u32) -> u32 {
+    let f = layer(l, 1u);
+    let next = layer(l + 1u, 1u);
+    let z = layer(l, 4u) + n * f;
+    let y = layer(l, 8u) + n * f;
+    let a = layer(l, 9u) + n * f;
+    let g = layer(l, 6u);
+    let b = layer(l, 7u);
+    let w = layer(l + 1u, 2u);
+    let fr = real(f);
+    var mean = real(0.0);
+    for (var c = 0u; c < f; c++) {
+        mean += base[z + c];
+    }
+    mean = mean / fr;
+    var var_ = real(0.0);
+    for (var c = 0u; c < f; c++) {
+        let e = base[z + c] - mean;
+        var_ += e * e;
+    }
+    var_ = var_ / fr;
+    let dvar = (real(2.0) * d * (base[z + j] - mean) + d * d * (real(1.0) - real(1.0) / fr)) / fr;
+    let s = sqrt(var_ + eps[1]);
+    let s_new = sqrt(var_ + dvar + eps[1]);
+    let alpha = -dvar / (s * s_new * (s + s_new));
+    let kappa = d / (fr * s_new);
+    let mean_new = mean + d / fr;
+    let sums = layer(l, 11u) + 2u * n * next;
+    let z_next = layer(l + 1u, 4u) + n * next;
+    for (var k = 0u; k < next; k++) {
+        scratch[out + k] = base[z_next + k] + alpha * base[sums + k] - kappa * base[sums + next + k];
+    }
+    var flips = 0u;
+    for (var c = 0u; c < f; c++) {
+        let moved = c == j;
+        if (!moved && d == real(0.0)) {
+            continue; // only γ_j or β_j moved: no other unit changes
+        }
+        var zc = base[z + c];
+        var gamma = theta[g + c];
+        var beta = theta[b + c];
+        if (moved) {
+            zc += d;
+            gamma += dg;
+            beta += db;
+        }
+        let y_new = gamma * ((zc - mean_new) / s_new) + beta;
+        let crossed = crosses_kink(P.activation, y_new, base[y + c]);
+        if (crossed) {
+            flips += 1u;
+        }
+        if (!moved && !crossed) {
+            continue;
+        }
+        let m = mask(l, n, c);
+        var linear = real(0.0);
+        if (base[y + c] > real(0.0)) {
+            linear = m * theta[g + c] * ((base[z + c] - mean) * alpha - kappa);
+        }
+        let correction = activate(P.activation, y_new) * m - base[a + c] - linear;
+        for (var k = 0u; k < next; k++) {
+            scratch[out + k] += correction * theta[w + c * next + k];
+        }
+    }
+    return flips;
+}
+
 // rows_out [N, out_k] = rows_in [N, in_k] · W_k + b_k
 fn dense(k: u32, rows_in: u32, rows_out: u32) {
     let ins = layer(k, 0u);
@@ -230,12 +318,7 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
     // Column j of z_l, per sample, into scratch[col ..]; `moved` says whether any changed.
     var moved = moves == MOVES_GAMMA || moves == MOVES_BETA;
     for (var n = 0u; n < P.n; n++) {
-        var dz = real(0.0);
-        if (moves == MOVES_W) {
-            dz = delta * block_input(l, n, i);
-        } else if (moves == MOVES_B) {
-            dz = delta;
-        }
+        let dz = unit_change(moves, l, n, i, delta);
         moved = moved || dz != real(0.0);
         scratch[col + n] = base[layer(l, 4u) + n * outs + j] + dz;
     }
@@ -267,7 +350,22 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
     let dg = select(real(0.0), delta, moves == MOVES_GAMMA);
     let db = select(real(0.0), delta, moves == MOVES_BETA);
     let next_outs = layer(l + 1u, 1u);
-    if (norm == LAYER_NORM) {
+    if (norm == LAYER_NORM && layer(l, 11u) != NONE) {
+        // Each sample's row moves with unit j; one whose unit j did not move (its input to the
+        // weight is 0) keeps block l + 1's affine output from the base pass.
+        let gamma_or_beta = moves == MOVES_GAMMA || moves == MOVES_BETA;
+        for (var n = 0u; n < P.n; n++) {
+            let out_row = rows_b + n * next_outs;
+            let d = scratch[col + n] - base[layer(l, 4u) + n * outs + j];
+            if (!gamma_or_beta && d == real(0.0)) {
+                for (var c = 0u; c < next_outs; c++) {
+                    scratch[out_row + c] = base[layer(l + 1u, 4u) + n * next_outs + c];
+                }
+                continue;
+            }
+            flips += layer_norm_row_update(l, n, j, unit_change(moves, l, n, i, delta), dg, db, out_row);
+        }
+    } else if (norm == LAYER_NORM) {
         // Each sample's whole row: its statistics move with unit j. A sample whose unit j did
         // not move (its input to the weight is 0) keeps its rows, up to block l + 1's affine
         // output, which is copied from the base pass instead of recomputed.

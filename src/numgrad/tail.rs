@@ -163,9 +163,10 @@ impl MlpTail {
         ctx: &GpuContext,
         model: &Model,
         base: &Workspace,
-    ) -> (GpuBuffer, GpuBuffer) {
+    ) -> Result<(GpuBuffer, GpuBuffer)> {
         let bytes = model.precision.bytes();
         let mut table = Vec::new();
+        let sums = self.layer_norm_sums(ctx, model, base)?;
         let mut concat = Concat::default();
         let tensor = |t: usize| model.layout.tensors[t].offset;
         for (l, block) in self.blocks.iter().enumerate() {
@@ -190,12 +191,13 @@ impl MlpTail {
             };
             let mask = match block.dropout.map(|d| base.saved(d)) {
                 Some(Saved::Mask(mask)) => concat.place(mask),
-                _ => NO_MASK as usize,
+                _ => NONE as usize,
             };
             let (w, b) = (tensor(affine.weight), tensor(affine.bias));
             let (ins, outs) = (self.widths[l], self.widths[l + 1]);
             if self.normalised {
-                let row = [ins, outs, w, b, z, norm_kind, gamma, beta, y, a, mask, 0];
+                let sums = sums[l].as_ref().map_or(NONE as usize, |s| concat.place(s));
+                let row = [ins, outs, w, b, z, norm_kind, gamma, beta, y, a, mask, sums];
                 table.extend(row.map(|v| v as u32));
             } else {
                 table.extend([ins, outs, w, b, z, a, mask].map(|v| v as u32));
@@ -208,7 +210,68 @@ impl MlpTail {
             encoder.copy_buffer_to_buffer(&src.buffer, 0, &joined.buffer, to, size);
         }
         ctx.queue.submit([encoder.finish()]);
-        (joined, GpuBuffer::from_u32(ctx, "layer_table", &table))
+        Ok((joined, GpuBuffer::from_u32(ctx, "layer_table", &table)))
+    }
+
+    /// For each LayerNorm block under ReLU, its per-sample sums [U_n, V_n] over the units the
+    /// base pass leaves active (perturbed_norm_mlp.wgsl's layer_norm_row_update):
+    /// U_n = Σ m_c·γ_c·(z_c − μ_n)·W_{l+1}[c, :] and V_n = Σ m_c·γ_c·W_{l+1}[c, :], formed in f64.
+    fn layer_norm_sums(
+        &self,
+        ctx: &GpuContext,
+        model: &Model,
+        base: &Workspace,
+    ) -> Result<Vec<Option<GpuBuffer>>> {
+        let (precision, n) = (model.precision, base.rows);
+        let mut params = None;
+        let mut all = Vec::new();
+        for (l, block) in self.blocks.iter().enumerate() {
+            let Some(Layer::LayerNorm(ln)) = block.norm.map(|i| &model.layers[i]) else {
+                all.push(None);
+                continue;
+            };
+            if self.activation != Activation::Relu {
+                all.push(None);
+                continue;
+            }
+            let theta = match &params {
+                Some(p) => p,
+                None => params.insert(model.read_params(ctx)?),
+            };
+            let Layer::Affine(next) = &model.layers[self.blocks[l + 1].affine] else {
+                unreachable!("a block starts with its affine layer")
+            };
+            let (f, outs) = (self.widths[l + 1], self.widths[l + 2]);
+            let read = |b: &GpuBuffer| b.read_real_range(ctx, precision, 0..n * f);
+            let z = read(&base.out[block.affine])?;
+            let y = read(&base.out[block.norm.expect("a LayerNorm block")])?;
+            let mask = match block.dropout.map(|d| base.saved(d)) {
+                Some(Saved::Mask(mask)) => Some(read(mask)?),
+                _ => None,
+            };
+            let gamma = &theta[model.layout.tensors[ln.gamma].offset..][..f];
+            let w = &theta[model.layout.tensors[next.weight].offset..][..f * outs];
+            let mut sums = vec![0.0; 2 * n * outs];
+            for (s, row) in sums.chunks_mut(2 * outs).enumerate() {
+                let z = &z[s * f..][..f];
+                let mean = z.iter().sum::<f64>() / f as f64;
+                let (u, v) = row.split_at_mut(outs);
+                for c in (0..f).filter(|&c| y[s * f + c] > 0.0) {
+                    let scale = gamma[c] * mask.as_ref().map_or(1.0, |m| m[s * f + c]);
+                    for (k, w) in w[c * outs..][..outs].iter().enumerate() {
+                        u[k] += scale * (z[c] - mean) * w;
+                        v[k] += scale * w;
+                    }
+                }
+            }
+            all.push(Some(GpuBuffer::from_real(
+                ctx,
+                "layer_norm_sums",
+                &sums,
+                precision,
+            )));
+        }
+        Ok(all)
     }
 
     /// The kernel's dispatches and the buffers they keep alive.
@@ -220,7 +283,7 @@ impl MlpTail {
         chunk: usize,
         bufs: &EngineBuffers,
     ) -> Result<(Vec<Dispatch>, Vec<GpuBuffer>)> {
-        let (concat, table) = self.base_activations(gpu.ctx, model, base);
+        let (concat, table) = self.base_activations(gpu.ctx, model, base)?;
         let input = if self.start == 0 {
             &base.x
         } else {
@@ -359,8 +422,9 @@ impl Shared<'_> {
     }
 }
 
-/// Elements of a layer table row that is not a dropout layer's mask.
-const NO_MASK: u32 = u32::MAX;
+/// A layer table offset that points nowhere: no dropout mask, no LayerNorm sums (the kernels'
+/// NONE).
+const NONE: u32 = u32::MAX;
 
 /// Loop iterations an invocation may run on lavapipe (65,535, with room for the bookkeeping).
 const LOOP_BUDGET: usize = 60_000;
