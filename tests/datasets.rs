@@ -194,7 +194,9 @@ fn a_12_class_idx_set_gives_the_named_model_12_outputs() {
 const RECORD: usize = 3073;
 
 /// Records whose label says which colour plane is bright (0 red, 1 green, 2 blue), over noise in
-/// every plane: a net that sees one plane only, or mixes them up, cannot tell them all apart.
+/// every plane: a net that sees one plane only cannot tell the other two apart. (Planes read in
+/// the wrong layout would still differ in where they are bright, so the loader's own tests check
+/// the layout byte for byte.)
 fn colour_batch(count: usize, seed: usize) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(count * RECORD);
     for i in 0..count {
@@ -223,7 +225,7 @@ fn cifar_folder(dir: &Path, per_batch: usize, test: usize) {
 
 /// The acceptance: a CIFAR-10-format folder trains a small convnet, whose input shape
 /// [3, 32, 32] the checkpoint records; `wgrad eval` and `--resume` take the colour net. The
-/// labels are the bright channel, so learning them shows the channels reach the net apart.
+/// labels are the bright channel, so learning them shows every channel reaches the net.
 #[test]
 fn a_cifar_folder_trains_a_convnet_on_3x32x32_colour_images() {
     let data = TempDir::new().unwrap();
