@@ -39,6 +39,7 @@ pub fn evaluate(
     data: &Dataset,
     precision: Precision,
 ) -> Result<EvalReport> {
+    net.0.check_data(data)?;
     let classes = net.0.output;
     let (figures, scores) = with_evaluator(ctx, net, data, precision, |e, d, set| {
         Ok((e.run(ctx, d, set)?, e.scores(ctx, d, set, classes)?))

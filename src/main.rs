@@ -28,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a net on MNIST (the bundled 10k subset unless --data is given).
+    /// Train a net (on the bundled 10k MNIST subset unless --data names another data set).
     Train(Box<TrainArgs>),
     /// Check backprop against batched numerical gradients, per tensor.
     Gradcheck(GradcheckArgs),
@@ -55,11 +55,13 @@ struct NetArgs {
     #[arg(long, value_delimiter = ',')]
     hidden: Option<Vec<usize>>,
     /// Model: mlp (shaped by --hidden, --activation, --batchnorm, --dropout) or simple-conv
-    /// (the book's SimpleConvNet: conv 30×5×5, ReLU, max-pool 2, affine 100, ReLU, affine 10).
+    /// (the book's SimpleConvNet: conv 30×5×5, ReLU, max-pool 2, affine 100, ReLU, affine K for
+    /// the data's K classes).
     #[arg(long, default_value = "mlp")]
     model: String,
     /// An explicit layer list instead of --model, e.g.
-    /// "conv16x3p1,bn,relu,maxpool2,affine100,relu,dropout0.3,affine10" (see README).
+    /// "conv16x3p1,bn,relu,maxpool2,affine100,relu,dropout0.3,affine10" (see README); it ends in
+    /// affineK for the data's K classes.
     #[arg(long)]
     layers: Option<String>,
     /// BatchNorm after every hidden affine layer (mlp).
@@ -81,7 +83,9 @@ struct NetArgs {
     /// Seed for initialisation and shuffling.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Folder holding the four standard MNIST files (gzip or raw); default: the bundled subset.
+    /// Data folder: MNIST's four IDX files (or Fashion-MNIST's, KMNIST's, any IDX set's under
+    /// those names), an EMNIST split (or FOLDER/emnist-<split> to pick one), or CIFAR-10's
+    /// binary batches [default: the bundled MNIST subset].
     #[arg(long)]
     data: Option<PathBuf>,
     /// Use the adapter whose name contains this (see `wgrad devices`).
@@ -460,9 +464,15 @@ impl NetArgs {
                 ))
             }
             (None, "mlp") => None,
-            (None, name) => Some(wgrad::nn::layers::named_model(name)?.to_string()),
+            (None, name) => Some(wgrad::nn::layers::named_model(name, data.classes)?),
         };
-        let image = [1, data.rows, data.cols];
+        let (image, classes) = (data.shape(), data.classes);
+        if classes < 2 {
+            return Err(wgrad::Error::InvalidArgument(format!(
+                "the data's labels give {classes} class(es): a classifier needs at least 2 \
+                 (labels 0 to K−1)"
+            )));
+        }
         let mut spec = match layers {
             Some(text) => {
                 if self.batchnorm || self.dropout != 0.0 || self.hidden.is_some() {
@@ -471,17 +481,19 @@ impl NetArgs {
                     ));
                 }
                 let spec = NetSpec::sequential(image, wgrad::nn::layers::parse_layers(&text)?)?;
-                if spec.output != 10 {
+                if spec.output != classes {
                     return Err(wgrad::Error::InvalidArgument(format!(
-                        "the last layer gives {} class scores but MNIST has 10 classes: end the spec with affine10",
-                        spec.output
+                        "the last layer gives {} class scores but the data has {classes} classes \
+                         (labels 0 to {}): end the spec with affine{classes}",
+                        spec.output,
+                        classes - 1
                     )));
                 }
                 spec
             }
             None => {
                 let hidden = self.hidden.as_deref().unwrap_or(defaults.hidden);
-                let mut spec = NetSpec::mlp(data.image_size(), hidden, 10, activation);
+                let mut spec = NetSpec::mlp(data.image_size(), hidden, classes, activation);
                 spec.image = image;
                 if self.batchnorm || (self.hidden.is_none() && defaults.batchnorm) {
                     spec = spec.with_batchnorm();
@@ -906,18 +918,11 @@ impl TrainArgs {
         };
         let found = mnist.identity();
         if found != record.data {
-            let describe = |d: &data::DataIdentity| {
-                format!(
-                    "{} training and {} test images of {}×{}, sha256 {}",
-                    d.train_images, d.test_images, d.rows, d.cols, d.sha256
-                )
-            };
             return Err(wgrad::Error::InvalidArgument(format!(
-                "{} was trained on {}, but {} holds {}: point --data at the run's data",
+                "{} was trained on {}, but {} holds {found}: point --data at the run's data",
                 path.display(),
-                describe(&record.data),
+                record.data,
                 dir.map_or("the bundled set".into(), |d| d.display().to_string()),
-                describe(&found)
             )));
         }
         self.check_agrees(given, &record.config, &mnist)?;
@@ -1045,7 +1050,7 @@ fn layer_list(spec: &NetSpec) -> String {
 /// finds it from any working directory.
 fn data_folder(dir: Option<&std::path::Path>) -> Result<Option<PathBuf>> {
     dir.map(|d| {
-        std::fs::canonicalize(d)
+        data::canonical_path(d)
             .map_err(|e| wgrad::Error::io(format!("resolving the data folder {}", d.display()), e))
     })
     .transpose()
@@ -1124,13 +1129,7 @@ fn run_eval(args: EvalArgs) -> Result<ExitCode> {
         (None, Some(config)) => config.precision,
         (None, None) => Precision::F32,
     };
-    if set.image_size() != net.spec.input {
-        return Err(wgrad::Error::InvalidArgument(format!(
-            "the images have {} pixels but the net takes {}: use the data the net was trained on",
-            set.image_size(),
-            net.spec.input
-        )));
-    }
+    net.spec.check_data(&set)?;
     let ctx = NetArgs::open_adapter(args.adapter.clone())?;
     let stored = (&net.spec, &net.params[..], &net.state[..]);
     let report = wgrad::evaluate::evaluate(&ctx, stored, &set, precision)?;

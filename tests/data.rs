@@ -1,5 +1,6 @@
-//! The public data API against the real bundled subset and against small synthetic IDX folders,
-//! one per way a user's MNIST folder can be wrong.
+//! The public data API against the real bundled subset and against small synthetic folders (IDX
+//! under MNIST's and EMNIST's names, CIFAR-10's binary batches), one per way a user's folder can
+//! be wrong.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -149,8 +150,10 @@ fn accessors_scale_pixels_to_unit_range() {
     let set = Dataset {
         images: vec![0, 51, 255, 102, 1, 2, 3, 4],
         labels: vec![7, 3],
+        channels: 1,
         rows: 2,
         cols: 2,
+        classes: 10,
     };
     assert!(!set.is_empty());
     assert_eq!(set.images_f64(0..1), [0.0, 0.2, 1.0, 0.4]);
@@ -342,7 +345,9 @@ fn image_and_label_counts_must_match() {
 }
 
 #[test]
-fn label_above_nine_is_named_with_index_and_value() {
+fn a_gap_in_the_classes_is_named_with_the_label_that_makes_it() {
+    // Training labels 0-4, test labels 4, 12, 0: 13 classes, of which 5-11 have no image, the
+    // mark of a corrupt label rather than of a 13-class set.
     let dir = valid_folder();
     let path = write(
         dir.path(),
@@ -353,7 +358,7 @@ fn label_above_nine_is_named_with_index_and_value() {
     assert!(
         matches!(
             err,
-            DataError::BadLabel {
+            DataError::MissingClasses {
                 index: 1,
                 label: 12,
                 ..
@@ -361,7 +366,15 @@ fn label_above_nine_is_named_with_index_and_value() {
         ),
         "{err:?}"
     );
-    assert_mentions(&msg, &[&path.display().to_string(), "label 12", "index 1"]);
+    assert_mentions(
+        &msg,
+        &[
+            &path.display().to_string(),
+            "label 12 at index 1 makes 13 classes",
+            "classes 5-11 have no image",
+            "0 to K−1",
+        ],
+    );
 }
 
 #[test]
@@ -413,4 +426,414 @@ fn a_stratified_split_keeps_class_shares_and_is_seeded() {
     assert!(whole == parts);
     assert!(train.split_stratified(0.1, 5).1 == val);
     assert!(train.split_stratified(0.1, 6).1 != val);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Class counts: K = the largest label + 1, over training and test labels together
+
+/// An IDX folder under `names` (train images, train labels, test images, test labels) with 2×2
+/// images and the given labels.
+fn folder_with_labels(names: [&str; 4], train: &[u8], test: &[u8]) -> TempDir {
+    let dir = TempDir::new().unwrap();
+    for (images, labels, set) in [(names[0], names[1], train), (names[2], names[3], test)] {
+        write(dir.path(), images, &images_file(set.len() as u32));
+        write(
+            dir.path(),
+            labels,
+            &idx(LABELS_MAGIC, &[set.len() as u32], set),
+        );
+    }
+    dir
+}
+
+const MNIST_NAMES: [&str; 4] = [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS];
+
+#[test]
+fn the_class_count_follows_the_largest_label() {
+    let train: Vec<u8> = (0..40).map(|i| i % 12).collect();
+    let set = data::load_dir(folder_with_labels(MNIST_NAMES, &train, &[3, 0, 11]).path()).unwrap();
+    assert_eq!(
+        (set.train.classes, set.test.classes, set.classes()),
+        (12, 12, 12)
+    );
+    assert_eq!(data::bundled().unwrap().classes(), 10);
+}
+
+#[test]
+fn a_class_only_the_test_set_has_is_still_a_class() {
+    let set = data::load_dir(folder_with_labels(MNIST_NAMES, &[0, 1, 2], &[3, 1]).path()).unwrap();
+    assert_eq!(set.classes(), 4);
+}
+
+/// EMNIST letters number their 26 classes from 1, as torchvision keeps them: 27 class scores,
+/// class 0 never the answer.
+#[test]
+fn class_zero_may_be_empty() {
+    let letters: Vec<u8> = (0..52).map(|i| i % 26 + 1).collect();
+    let set = data::load_dir(folder_with_labels(MNIST_NAMES, &letters, &[26, 1]).path()).unwrap();
+    assert_eq!(set.classes(), 27);
+}
+
+#[test]
+fn a_single_missing_class_is_named_alone() {
+    let dir = folder_with_labels(MNIST_NAMES, &[0, 1, 3, 3], &[0]);
+    let (err, msg) = load_error(dir.path());
+    assert!(
+        matches!(
+            err,
+            DataError::MissingClasses {
+                index: 2,
+                label: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_mentions(&msg, &[TRAIN_LABELS, "class 2 has no image"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// EMNIST
+
+fn emnist_names(split: &str) -> [String; 4] {
+    [
+        "train-images-idx3",
+        "train-labels-idx1",
+        "test-images-idx3",
+        "test-labels-idx1",
+    ]
+    .map(|part| format!("emnist-{split}-{part}-ubyte"))
+}
+
+fn emnist_folder(dir: &Path, split: &str, train: &[u8], test: &[u8]) {
+    let [a, b, c, d] = emnist_names(split);
+    let made = folder_with_labels([&a, &b, &c, &d], train, test);
+    for name in [a, b, c, d] {
+        let gz = gzip(&fs::read(made.path().join(&name)).unwrap());
+        write(dir, &format!("{name}.gz"), &gz);
+    }
+}
+
+/// EMNIST stores each image transposed (row r of the file is column r of the letter); the
+/// loader turns them upright, as torchvision does, and a non-square image swaps its sides.
+#[test]
+fn emnist_images_are_set_upright() {
+    let dir = TempDir::new().unwrap();
+    let [train_images, train_labels, test_images, test_labels] = emnist_names("digits");
+    // Upright, the single image is 2 rows × 3 columns, [[1, 2, 3], [4, 5, 6]]: the file holds
+    // its transpose, 3 rows × 2 columns.
+    let stored = idx(IMAGES_MAGIC, &[1, 3, 2], &[1, 4, 2, 5, 3, 6]);
+    write(dir.path(), &train_images, &stored);
+    write(dir.path(), &test_images, &stored);
+    write(dir.path(), &train_labels, &idx(LABELS_MAGIC, &[1], &[1]));
+    write(dir.path(), &test_labels, &idx(LABELS_MAGIC, &[1], &[0]));
+    let set = data::load_dir(dir.path()).unwrap();
+    for part in [&set.train, &set.test] {
+        assert_eq!(part.shape(), [1, 2, 3]);
+        assert_eq!(part.image(0), [1, 2, 3, 4, 5, 6]);
+    }
+}
+
+#[test]
+fn an_emnist_folder_of_one_split_loads_with_its_classes() {
+    let dir = TempDir::new().unwrap();
+    let train: Vec<u8> = (0..94).map(|i| i % 47).collect();
+    emnist_folder(dir.path(), "balanced", &train, &[46, 0, 5]);
+    let set = data::load_dir(dir.path()).unwrap();
+    assert_eq!(
+        (set.train.len(), set.test.len(), set.classes()),
+        (94, 3, 47)
+    );
+    assert_eq!(set.test.labels, [46, 0, 5]);
+}
+
+/// The EMNIST archive holds every split in one folder: the folder alone is ambiguous, and
+/// `FOLDER/emnist-<split>` picks one.
+#[test]
+fn several_emnist_splits_are_listed_and_one_is_picked_by_name() {
+    let dir = TempDir::new().unwrap();
+    emnist_folder(dir.path(), "letters", &[1, 2, 3], &[2]);
+    emnist_folder(dir.path(), "digits", &[0, 1], &[1]);
+    let (err, msg) = load_error(dir.path());
+    assert!(
+        matches!(err, DataError::SeveralEmnistSplits { .. }),
+        "{err:?}"
+    );
+    let pick = dir.path().join("emnist-digits");
+    assert_mentions(&msg, &["digits, letters", &pick.display().to_string()]);
+    assert_eq!(
+        data::load_dir(&dir.path().join("emnist-letters"))
+            .unwrap()
+            .classes(),
+        4
+    );
+    assert_eq!(data::load_dir(&pick).unwrap().classes(), 2);
+    // A checkpoint records the split by its absolute name, though no file has it.
+    let relative = Path::new(".").join("emnist-digits");
+    let cwd_file = data::canonical_path(&relative).unwrap();
+    assert_eq!(
+        cwd_file,
+        std::env::current_dir()
+            .unwrap()
+            .canonicalize()
+            .unwrap()
+            .join("emnist-digits")
+    );
+    assert_eq!(
+        data::canonical_path(&pick).unwrap(),
+        dir.path().canonicalize().unwrap().join("emnist-digits")
+    );
+}
+
+#[test]
+fn a_missing_emnist_file_is_named_with_the_split_layout() {
+    let dir = TempDir::new().unwrap();
+    emnist_folder(dir.path(), "mnist", &[0, 1], &[1]);
+    let gone = "emnist-mnist-test-labels-idx1-ubyte";
+    fs::remove_file(dir.path().join(format!("{gone}.gz"))).unwrap();
+    let (err, msg) = load_error(dir.path());
+    assert!(matches!(err, DataError::MissingFile { .. }), "{err:?}");
+    assert_mentions(&msg, &[gone, "an EMNIST split is four files"]);
+    let (_, msg) = load_error(&dir.path().join("emnist-bymerge"));
+    assert_mentions(&msg, &["emnist-bymerge-train-images-idx3-ubyte not found"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// CIFAR-10's binary version
+
+const CIFAR_RECORD: usize = 3073;
+
+/// `labels.len()` records; image i's channel c holds pixel value 10·c + i at every position,
+/// but for (row 1, column 2) of the green plane, which holds 200 + i.
+fn cifar_batch(labels: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(labels.len() * CIFAR_RECORD);
+    for (i, &label) in labels.iter().enumerate() {
+        bytes.push(label);
+        for c in 0..3 {
+            for p in 0..1024 {
+                let marked = c == 1 && p == 32 + 2;
+                bytes.push(if marked {
+                    200 + i as u8
+                } else {
+                    (10 * c + i) as u8
+                });
+            }
+        }
+    }
+    bytes
+}
+
+fn cifar_folder(dir: &Path) {
+    for n in 1..=5 {
+        write(
+            dir,
+            &format!("data_batch_{n}.bin"),
+            &cifar_batch(&[n, 9, 0]),
+        );
+    }
+    write(dir, "test_batch.bin", &cifar_batch(&[3, 4]));
+}
+
+#[test]
+fn a_cifar_folder_loads_colour_images_channel_major() {
+    let dir = TempDir::new().unwrap();
+    cifar_folder(dir.path());
+    let set = data::load_dir(dir.path()).unwrap();
+    assert_eq!(
+        (set.train.len(), set.test.len(), set.classes()),
+        (15, 2, 10)
+    );
+    assert_eq!(
+        set.train.labels,
+        [1, 9, 0, 2, 9, 0, 3, 9, 0, 4, 9, 0, 5, 9, 0]
+    );
+    for part in [&set.train, &set.test] {
+        assert_eq!((part.shape(), part.image_size()), ([3, 32, 32], 3072));
+    }
+    let image = set.test.image(1);
+    assert_eq!(
+        (image[0], image[1023], image[1024], image[2048], image[3071]),
+        (1, 1, 11, 21, 21)
+    );
+    assert_eq!(image[1024 + 32 + 2], 201);
+    let identity = set.identity();
+    assert_eq!(
+        (identity.channels, identity.rows, identity.cols),
+        (3, 32, 32)
+    );
+}
+
+#[test]
+fn the_cifar_archive_folder_is_found_from_its_parent() {
+    let parent = TempDir::new().unwrap();
+    let nested = parent.path().join("cifar-10-batches-bin");
+    fs::create_dir(&nested).unwrap();
+    cifar_folder(&nested);
+    assert_eq!(
+        data::load_dir(parent.path()).unwrap(),
+        data::load_dir(&nested).unwrap()
+    );
+}
+
+#[test]
+fn a_missing_cifar_batch_is_named() {
+    let dir = TempDir::new().unwrap();
+    cifar_folder(dir.path());
+    fs::remove_file(dir.path().join("data_batch_4.bin")).unwrap();
+    let (err, msg) = load_error(dir.path());
+    assert!(matches!(err, DataError::MissingBatch { .. }), "{err:?}");
+    assert_mentions(
+        &msg,
+        &[
+            "data_batch_4.bin not found",
+            "data_batch_1.bin to data_batch_5.bin",
+            "extract",
+        ],
+    );
+}
+
+#[test]
+fn a_truncated_cifar_batch_is_named_with_its_length() {
+    let dir = TempDir::new().unwrap();
+    cifar_folder(dir.path());
+    let mut bytes = cifar_batch(&[1, 2]);
+    bytes.truncate(bytes.len() - 100);
+    let path = write(dir.path(), "data_batch_2.bin", &bytes);
+    let (err, msg) = load_error(dir.path());
+    assert!(
+        matches!(err, DataError::RecordSize { len: 6046, .. }),
+        "{err:?}"
+    );
+    assert_mentions(
+        &msg,
+        &[
+            &path.display().to_string(),
+            "6046 bytes",
+            "3073 bytes each",
+            "download",
+        ],
+    );
+}
+
+#[test]
+fn a_cifar_label_past_nine_is_named_with_its_record() {
+    let dir = TempDir::new().unwrap();
+    cifar_folder(dir.path());
+    let path = write(dir.path(), "test_batch.bin", &cifar_batch(&[3, 4, 10]));
+    let (err, msg) = load_error(dir.path());
+    assert!(
+        matches!(
+            err,
+            DataError::BadLabel {
+                index: 2,
+                label: 10,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_mentions(
+        &msg,
+        &[
+            &path.display().to_string(),
+            "record 2 has label 10",
+            "class 0-9",
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A folder of none of them; colour crops
+
+#[test]
+fn a_folder_of_no_known_layout_lists_them_all() {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), "notes.txt", b"nothing here");
+    let (err, msg) = load_error(dir.path());
+    assert!(matches!(err, DataError::NoDataset { .. }), "{err:?}");
+    assert_mentions(
+        &msg,
+        &[
+            &dir.path().display().to_string(),
+            "holds no data set",
+            TRAIN_IMAGES,
+            "emnist-<split>-",
+            "data_batch_1.bin",
+            "test_batch.bin",
+            "cifar-10-batches-bin",
+        ],
+    );
+}
+
+#[test]
+fn a_centre_crop_cuts_every_channel_alike() {
+    // One 2-channel 4×4 image: channel c, row r, column k holds 100·c + 10·r + k.
+    let images: Vec<u8> = (0..2u8)
+        .flat_map(|c| (0..4u8).flat_map(move |r| (0..4u8).map(move |k| 100 * c + 10 * r + k)))
+        .collect();
+    let set = Dataset {
+        images,
+        labels: vec![0],
+        channels: 2,
+        rows: 4,
+        cols: 4,
+        classes: 2,
+    };
+    let crop = set.center_crop(2).unwrap();
+    assert_eq!(crop.shape(), [2, 2, 2]);
+    assert_eq!(crop.image(0), [11, 12, 21, 22, 111, 112, 121, 122]);
+    let t = set.transposed();
+    assert_eq!(&t.image(0)[..4], [0, 10, 20, 30]);
+    assert_eq!(&t.image(0)[16..20], [100, 110, 120, 130]);
+}
+
+/// Checkpoints written before colour data record no channel count: they held greyscale.
+#[test]
+fn an_identity_without_channels_is_greyscale() {
+    let old = r#"{"train_images":5,"test_images":3,"rows":2,"cols":2,"sha256":"ab"}"#;
+    let identity: data::DataIdentity = serde_json::from_str(old).unwrap();
+    assert_eq!(identity.channels, 1);
+    assert_eq!(
+        identity.to_string(),
+        "5 training and 3 test images of 2×2, sha256 ab"
+    );
+}
+
+/// What `NetSpec::check_data` refuses before training or evaluation: images of another size, a
+/// convnet's images of the same size in another shape, and more classes than class scores.
+#[test]
+fn a_net_takes_data_of_its_size_shape_and_classes() {
+    use wgrad::nn::layers::parse_layers;
+    use wgrad::nn::{Activation, NetSpec};
+    let colour = |classes| Dataset {
+        images: vec![0; 2 * 3 * 4 * 4],
+        labels: vec![0, 1],
+        channels: 3,
+        rows: 4,
+        cols: 4,
+        classes,
+    };
+    let conv = NetSpec::sequential([3, 4, 4], parse_layers("conv2x3,affine10").unwrap()).unwrap();
+    conv.check_data(&colour(10)).unwrap();
+    let err = conv.check_data(&colour(11)).unwrap_err().to_string();
+    assert_mentions(&err, &["10 outputs", "11 classes (labels 0 to 10)"]);
+    // 48 pixels as one 6×8 plane: the size fits, the shape does not.
+    let grey = Dataset {
+        channels: 1,
+        rows: 6,
+        cols: 8,
+        ..colour(10)
+    };
+    let err = conv.check_data(&grey).unwrap_err().to_string();
+    assert_mentions(&err, &["the images are 6×8", "images of 3×4×4"]);
+    let err = NetSpec::sequential([1, 7, 7], parse_layers("conv2x3,affine10").unwrap())
+        .unwrap()
+        .check_data(&grey)
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&err, &["6×8 = 48 pixels", "input size is 49"]);
+    // A net made for flat inputs takes any shape of its size.
+    NetSpec::mlp(48, &[5], 10, Activation::Relu)
+        .check_data(&grey)
+        .unwrap();
 }

@@ -305,7 +305,9 @@ fn idx_set(rows: u32, cols: u32) -> impl Strategy<Value = IdxSet> {
             let labels = if mismatch { other } else { count };
             (
                 vec(any::<u8>(), count * (rows * cols) as usize),
-                vec(0u8..=9, labels),
+                // Few classes, so that the two sets' labels together often number them without
+                // a gap, as a valid set's must.
+                vec(0u8..=2, labels),
             )
                 .prop_map(move |(pixels, labels)| IdxSet {
                     rows,
@@ -352,9 +354,10 @@ fn header_value() -> impl Strategy<Value = HeaderValue> {
 /// Damage to the uncompressed IDX bytes.
 #[derive(Clone, Debug)]
 enum RawMut {
-    /// Sets a body byte: any pixel value, or a digit for labels. The file stays valid.
+    /// Sets a body byte: any pixel value, or one of the generated classes for labels. The file
+    /// stays valid (the set may lose a class, which the model then expects to be refused).
     Mild(Index, u8),
-    /// Sets a body byte to anything (a label above 9, for labels).
+    /// Sets a body byte to anything (for labels, usually one that leaves classes without images).
     Body(Index, u8),
     Flip(Index, u8),
     /// Header word 0 is the magic, 1.. the dimensions.
@@ -393,7 +396,7 @@ fn apply_raw_mut(bytes: &mut Vec<u8>, m: &RawMut, is_labels: bool) {
             if bytes.len() > header_len {
                 let i = header_len + at.index(bytes.len() - header_len);
                 let mild = matches!(m, RawMut::Mild(..));
-                bytes[i] = if mild && is_labels { v % 10 } else { *v };
+                bytes[i] = if mild && is_labels { v % 3 } else { *v };
             }
         }
         RawMut::Flip(at, mask) => {
@@ -587,8 +590,7 @@ fn expected_mnist(folder: &BTreeMap<String, Vec<u8>>) -> Option<[ExpectedSet; 2]
     let labels = |b: Vec<u8>| -> Option<Vec<u8>> {
         let ok = b.len() >= 8
             && word(&b, 0) == u64::from(LABELS_MAGIC)
-            && b.len() as u64 == 8 + word(&b, 4)
-            && b[8..].iter().all(|&l| l <= 9);
+            && b.len() as u64 == 8 + word(&b, 4);
         ok.then(|| b[8..].to_vec())
     };
     let set = |images_name: &str, labels_name: &str| -> Option<ExpectedSet> {
@@ -598,7 +600,12 @@ fn expected_mnist(folder: &BTreeMap<String, Vec<u8>>) -> Option<[ExpectedSet; 2]
     };
     let train = set(TRAIN_IMAGES, TRAIN_LABELS)?;
     let test = set(TEST_IMAGES, TEST_LABELS)?;
-    ((train.0, train.1) == (test.0, test.1)).then_some([train, test])
+    // The labels of both sets number the classes 0..K−1, K = the largest + 1; only class 0 may
+    // have no image.
+    let present: std::collections::BTreeSet<u8> = train.3.iter().chain(&test.3).copied().collect();
+    let largest = present.last().copied().unwrap_or(0);
+    let numbered = (1..largest).all(|c| present.contains(&c));
+    ((train.0, train.1) == (test.0, test.1) && numbered).then_some([train, test])
 }
 
 fn data_error_kind(e: &DataError) -> &'static str {
@@ -611,7 +618,7 @@ fn data_error_kind(e: &DataError) -> &'static str {
         DataError::Truncated { .. } => "Truncated",
         DataError::TrailingBytes { .. } => "TrailingBytes",
         DataError::EmptyImage { .. } => "EmptyImage",
-        DataError::BadLabel { .. } => "BadLabel",
+        DataError::MissingClasses { .. } => "MissingClasses",
         DataError::CountMismatch { .. } => "CountMismatch",
         DataError::ShapeMismatch { .. } => "ShapeMismatch",
         #[allow(unreachable_patterns)]
@@ -638,8 +645,11 @@ fn check_idx_case(case: IdxCase, tally: &Tally) -> TestCaseResult {
     );
     match (run.value, expected_mnist(&folder)) {
         (Ok(mnist), Some([train, test])) => {
+            let all_labels = train.3.iter().chain(&test.3);
+            let classes = all_labels.max().map_or(0, |&l| usize::from(l) + 1);
             for (got, (rows, cols, pixels, labels)) in [(&mnist.train, train), (&mnist.test, test)]
             {
+                prop_assert_eq!((got.channels, got.classes), (1, classes));
                 prop_assert_eq!((got.rows, got.cols), (rows, cols));
                 prop_assert_eq!(&got.images, &pixels);
                 prop_assert_eq!(&got.labels, &labels);
@@ -674,7 +684,7 @@ fn idx_property(cases: u32, seeding: Seeding) {
         ("TrailingBytes", 0.02),
         ("BadMagic", 0.02),
         ("Gzip", 0.005),
-        ("BadLabel", 0.005),
+        ("MissingClasses", 0.005),
         ("CountMismatch", 0.005),
         ("ShapeMismatch", 0.002),
         ("EmptyImage", 0.001),
@@ -2418,6 +2428,7 @@ fn resume_base() -> &'static ResumeBase {
         let identity = data::DataIdentity {
             train_images: 20,
             test_images: 5,
+            channels: 1,
             rows: 4,
             cols: 4,
             sha256: "00".repeat(32),

@@ -362,8 +362,13 @@ fn dropout_mlps_agree_between_incremental_and_full() {
 #[test]
 fn normalised_mlps_agree_between_incremental_and_full() {
     let Some(ctx) = f64_ctx() else { return };
-    let cases: [(&str, [usize; 3], usize); 5] = [
+    let cases: [(&str, [usize; 3], usize); 6] = [
         ("affine12,bn,relu,affine9,bn,relu,affine10", [1, 1, 30], 5),
+        (
+            "affine11,ln,relu,dropout0.3,affine8,ln,relu,affine10",
+            [1, 1, 30],
+            3,
+        ),
         (
             "affine11,ln,tanh,affine8,ln,tanh,dropout0.3,affine10",
             [1, 1, 30],

@@ -16,7 +16,6 @@ pub(crate) const IMAGES_MAGIC: u32 = 0x0000_0803;
 pub(crate) const LABELS_MAGIC: u32 = 0x0000_0801;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-const LARGEST_DIGIT: u8 = 9;
 
 /// Images exactly as stored: `count` images of `rows`×`cols` bytes, row-major.
 #[derive(Debug)]
@@ -49,21 +48,14 @@ pub(crate) fn parse_images(file: &str, bytes: &[u8]) -> Result<Images, DataError
     })
 }
 
-/// Parses an IDX label file (gzip or raw) and checks that every label is a digit.
+/// Parses an IDX label file (gzip or raw). Any byte is a label here: the class count, and the
+/// check that the labels number the classes, come from both sets' labels together (see
+/// `number_classes` in the parent module).
 pub(crate) fn parse_labels(file: &str, bytes: &[u8]) -> Result<Vec<u8>, DataError> {
     let data = decompress(file, bytes)?;
     checked_dims::<1>(file, &data, LABELS_MAGIC)?;
     let mut labels = data.into_owned();
     labels.drain(..header_len::<1>());
-    // A label past 9 would index outside the 10-way softmax, so it must stop loading here
-    // rather than surface as an out-of-bounds panic or a silently wrong loss mid-training.
-    if let Some(index) = labels.iter().position(|&label| label > LARGEST_DIGIT) {
-        return Err(DataError::BadLabel {
-            file: file.to_owned(),
-            index,
-            label: labels[index],
-        });
-    }
     Ok(labels)
 }
 
@@ -380,21 +372,9 @@ mod tests {
     }
 
     #[test]
-    fn label_above_nine_reports_index_and_value() {
-        let err = parse_labels("lab", &idx(LABELS_MAGIC, &[4], &[3, 9, 10, 200])).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::BadLabel {
-                    index: 2,
-                    label: 10,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        let msg = err.to_string();
-        assert!(msg.contains("lab") && msg.contains("index 2"), "{msg}");
+    fn labels_above_nine_are_kept() {
+        let labels = parse_labels("lab", &idx(LABELS_MAGIC, &[4], &[3, 9, 46, 255])).unwrap();
+        assert_eq!(labels, [3, 9, 46, 255]);
     }
 
     #[test]

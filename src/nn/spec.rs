@@ -205,6 +205,46 @@ impl NetSpec {
         Ok(())
     }
 
+    /// Whether the net can take `data`: images of its input size (and of its image shape,
+    /// unless the net was made for flat inputs, as [`NetSpec::mlp`] makes it), and a class
+    /// score for each of the data's classes.
+    pub fn check_data(&self, data: &crate::data::Dataset) -> Result<(), Error> {
+        let [c, h, w] = data.shape();
+        let shape = |[c, h, w]: [usize; 3]| match c {
+            1 => format!("{h}×{w}"),
+            _ => format!("{c}×{h}×{w}"),
+        };
+        if data.image_size() != self.input {
+            return Err(Error::InvalidArgument(format!(
+                "the images have {} = {} pixels but the net's input size is {}: use data of the \
+                 net's size, or a net whose first layer takes {} inputs",
+                shape([c, h, w]),
+                data.image_size(),
+                self.input,
+                data.image_size()
+            )));
+        }
+        if self.image != [1, 1, self.input] && self.image != [c, h, w] {
+            return Err(Error::InvalidArgument(format!(
+                "the images are {} but the net takes images of {}: use the data the net was \
+                 made for",
+                shape([c, h, w]),
+                shape(self.image)
+            )));
+        }
+        if self.output < data.classes {
+            return Err(Error::InvalidArgument(format!(
+                "the net has {} outputs but the data has {} classes (labels 0 to {}): use a net \
+                 with {} outputs",
+                self.output,
+                data.classes,
+                data.classes - 1,
+                data.classes
+            )));
+        }
+        Ok(())
+    }
+
     /// The flat parameter layout. Panics on a spec that does not resolve; call
     /// [`NetSpec::validate`] first on user input.
     pub fn layout(&self) -> ParamLayout {

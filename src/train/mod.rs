@@ -195,22 +195,7 @@ impl TrainConfig {
         }
         let (layers, _) = self.spec.resolve()?;
         crate::nn::model::check_batch(&layers, self.batch_size)?;
-        if train.image_size() != self.spec.input {
-            return Err(Error::InvalidArgument(format!(
-                "the images have {}×{} = {} pixels but the net's input size is {}: use data of the net's size, or a net whose first layer takes {} inputs",
-                train.rows,
-                train.cols,
-                train.image_size(),
-                self.spec.input,
-                train.image_size()
-            )));
-        }
-        if self.spec.output < 10 {
-            return Err(Error::InvalidArgument(format!(
-                "the net has {} outputs but MNIST labels run 0–9: use 10 outputs",
-                self.spec.output
-            )));
-        }
+        self.spec.check_data(train)?;
         if self.batch_size > train.len() {
             return Err(Error::InvalidArgument(format!(
                 "batch size {} is larger than the training set ({} images): use --batch-size {} or less",

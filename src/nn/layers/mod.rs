@@ -94,14 +94,21 @@ impl fmt::Display for LayerSpec {
 /// The book's SimpleConvNet: conv 30×5×5, ReLU, max-pool 2×2, affine 100, ReLU, affine 10.
 pub const SIMPLE_CONV: &str = "conv30x5,relu,maxpool2,affine100,relu,affine10";
 
-/// Named models for `--model`.
-pub fn named_model(name: &str) -> Result<&'static str> {
-    match name {
-        "simple-conv" | "simpleconvnet" => Ok(SIMPLE_CONV),
-        other => Err(Error::InvalidArgument(format!(
-            "unknown model '{other}': use 'mlp' (the default, shaped by --hidden) or 'simple-conv', or give --layers"
-        ))),
-    }
+/// Named models for `--model`, as a layer list whose last layer gives `classes` scores (the
+/// book's nets end in 10, MNIST's digits).
+pub fn named_model(name: &str, classes: usize) -> Result<String> {
+    let layers = match name {
+        "simple-conv" | "simpleconvnet" => SIMPLE_CONV,
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "unknown model '{other}': use 'mlp' (the default, shaped by --hidden) or 'simple-conv', or give --layers"
+            )))
+        }
+    };
+    let (body, _scores) = layers
+        .rsplit_once(',')
+        .expect("a named model ends in its class scores");
+    Ok(format!("{body},affine{classes}"))
 }
 
 /// Parses a spec string such as `conv30x5,relu,maxpool2,affine100,relu,affine10`.
@@ -578,6 +585,16 @@ mod tests {
                 ("b3", vec![10])
             ]
         );
+    }
+
+    #[test]
+    fn named_models_end_in_the_data_class_count() {
+        assert_eq!(named_model("simple-conv", 10).unwrap(), SIMPLE_CONV);
+        let emnist = named_model("simple-conv", 47).unwrap();
+        assert_eq!(emnist, "conv30x5,relu,maxpool2,affine100,relu,affine47");
+        let spec = NetSpec::sequential([3, 32, 32], parse_layers(&emnist).unwrap()).unwrap();
+        assert_eq!((spec.input, spec.output), (3072, 47));
+        assert!(named_model("resnet", 10).is_err());
     }
 
     #[test]
