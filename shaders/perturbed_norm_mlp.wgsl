@@ -33,7 +33,7 @@ struct Params {
     depth: u32,           // blocks (affine layers)
     n: u32,               // batch rows
     classes: u32,
-    scratch_stride: u32,  // reals of scratch per invocation: N + 2·N·max_width
+    scratch_stride: u32,  // reals of scratch per invocation: N + 2·N·max_width + 2·max_width
     max_width: u32,
     activation: u32,      // the hidden layers' ACT_ kind (activations.wgsl)
     row_width: u32,
@@ -113,10 +113,9 @@ fn row_loss(at: u32, t: u32) -> real {
 // pass. Returns the count.
 fn finish_block(k: u32, rows: u32) -> u32 {
     let outs = layer(k, 1u);
-    let kind = layer(k, 5u);
-    let g = layer(k, 6u);
-    let b = layer(k, 7u);
-    if (kind == BATCH_NORM) {
+    if (layer(k, 5u) == BATCH_NORM) {
+        let g = layer(k, 6u);
+        let b = layer(k, 7u);
         for (var c = 0u; c < outs; c++) {
             var mean = real(0.0);
             for (var n = 0u; n < P.n; n++) {
@@ -134,21 +133,28 @@ fn finish_block(k: u32, rows: u32) -> u32 {
                 scratch[at] = theta[g + c] * ((scratch[at] - mean) * inv) + theta[b + c];
             }
         }
-    } else if (kind == LAYER_NORM) {
-        for (var n = 0u; n < P.n; n++) {
-            normalise_row(rows + n * outs, outs, g, b, NONE, real(0.0), real(0.0));
-        }
     }
     var flips = 0u;
     for (var n = 0u; n < P.n; n++) {
-        for (var c = 0u; c < outs; c++) {
-            let at = rows + n * outs + c;
-            let y = scratch[at];
-            if (crosses_kink(P.activation, y, base[layer(k, 8u) + n * outs + c])) {
-                flips += 1u;
-            }
-            scratch[at] = activate(P.activation, y) * mask(k, n, c);
+        flips += finish_row(k, rows + n * outs, n, layer(k, 5u) == LAYER_NORM);
+    }
+    return flips;
+}
+
+// Block k's row of sample n at scratch[at ..]: LayerNorm if `normalise`, then activation and
+// mask, in place. Returns its kink crossings.
+fn finish_row(k: u32, at: u32, n: u32, normalise: bool) -> u32 {
+    let outs = layer(k, 1u);
+    if (normalise) {
+        normalise_row(at, outs, layer(k, 6u), layer(k, 7u), NONE, real(0.0), real(0.0));
+    }
+    var flips = 0u;
+    for (var c = 0u; c < outs; c++) {
+        let y = scratch[at + c];
+        if (crosses_kink(P.activation, y, base[layer(k, 8u) + n * outs + c])) {
+            flips += 1u;
         }
+        scratch[at + c] = activate(P.activation, y) * mask(k, n, c);
     }
     return flips;
 }
@@ -254,19 +260,45 @@ fn layer_norm_row_update(l: u32, n: u32, j: u32, d: real, dg: real, db: real, ou
 
 // rows_out [N, out_k] = rows_in [N, in_k] · W_k + b_k
 fn dense(k: u32, rows_in: u32, rows_out: u32) {
+    for (var n = 0u; n < P.n; n++) {
+        dense_row(k, rows_in + n * layer(k, 0u), rows_out + n * layer(k, 1u));
+    }
+}
+
+// row_out [out_k] = row_in [in_k] · W_k + b_k
+fn dense_row(k: u32, row_in: u32, row_out: u32) {
     let ins = layer(k, 0u);
     let outs = layer(k, 1u);
     let w = layer(k, 2u);
     let b = layer(k, 3u);
-    for (var n = 0u; n < P.n; n++) {
-        for (var c = 0u; c < outs; c++) {
-            var s = theta[b + c];
-            for (var r = 0u; r < ins; r++) {
-                s += scratch[rows_in + n * ins + r] * theta[w + r * outs + c];
-            }
-            scratch[rows_out + n * outs + c] = s;
+    for (var c = 0u; c < outs; c++) {
+        var s = theta[b + c];
+        for (var r = 0u; r < ins; r++) {
+            s += scratch[row_in + r] * theta[w + r * outs + c];
+        }
+        scratch[row_out + c] = s;
+    }
+}
+
+// Whether a block above l has BatchNorm, whose statistics couple the samples.
+fn coupled_above(l: u32) -> bool {
+    for (var k = l + 1u; k < P.depth; k++) {
+        if (layer(k, 5u) == BATCH_NORM) {
+            return true;
         }
     }
+    return false;
+}
+
+// Whether sample n's affine output of block k at scratch[row ..] differs from the base pass.
+fn row_moved(k: u32, n: u32, row: u32) -> bool {
+    let outs = layer(k, 1u);
+    for (var c = 0u; c < outs; c++) {
+        if (scratch[row + c] != base[layer(k, 4u) + n * outs + c]) {
+            return true;
+        }
+    }
+    return false;
 }
 
 @compute @workgroup_size(64)
@@ -446,6 +478,30 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
 
+    if (!coupled_above(l)) {
+        // The samples are independent from here on: a row that did not move keeps its base
+        // loss, and each one that did is carried up alone, between two one-row buffers.
+        let one = rows_b + P.n * P.max_width;
+        for (var n = 0u; n < P.n; n++) {
+            let row = rows_b + n * next_outs;
+            if (!row_moved(l + 1u, n, row)) {
+                total += base_loss[n];
+                continue;
+            }
+            var cur = row;
+            var other = one;
+            for (var k = l + 1u; k < last; k++) {
+                flips += finish_row(k, cur, n, layer(k, 5u) == LAYER_NORM);
+                dense_row(k + 1u, cur, other);
+                cur = other;
+                other = select(one, one + P.max_width, cur == one);
+            }
+            total += row_loss(cur, labels[n]);
+        }
+        out_loss[q] = total / real(P.n);
+        out_flips[q] = flips;
+        return;
+    }
     // Blocks l + 1 … last, every row, ping-ponging between the two scratch buffers.
     var cur = rows_b;
     var other = rows_a;

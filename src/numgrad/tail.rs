@@ -118,7 +118,9 @@ impl MlpTail {
     /// Reals of scratch one perturbation needs.
     pub fn scratch_per_eval(&self, rows: usize) -> usize {
         if self.normalised {
-            rows + 2 * rows * self.max_width()
+            // The perturbed column, two [N, F] buffers, and two one-row buffers for tails whose
+            // samples are independent above the perturbed block.
+            rows + 2 * rows * self.max_width() + 2 * self.max_width()
         } else {
             2 * self.max_width()
         }
@@ -149,7 +151,9 @@ impl MlpTail {
                     // One column, then a rank-one update of the next affine output.
                     _ => 6 * n + n * w[l + 2],
                 };
-                here + above(l)
+                // And, below the logits, the comparison of each row with the base pass.
+                let compare = if l + 1 < depth { n * w[l + 2] } else { 0 };
+                here + compare + above(l)
             })
             .max()
             .unwrap_or(0)
