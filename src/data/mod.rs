@@ -3,7 +3,7 @@
 //! without a download.
 
 mod gpu;
-mod idx;
+pub(crate) mod idx;
 
 pub use gpu::GpuDataset;
 
