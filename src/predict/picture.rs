@@ -363,11 +363,11 @@ mod tests {
         // A stroke across the whole of the middle row.
         let made = prepare(&rectangle((7, 33), 3..4, 0..33, 255), 28, 28, true);
         let (t, b, l, r) = lit_box(&made.pixels, 28);
-        // One row stays one row (20/33 of a pixel, at least one), at full ink, in the middle.
-        assert_eq!((t, b, l, r), (14, 15, 4, 24));
-        assert!(made.pixels[14 * 28 + 4..14 * 28 + 24]
-            .iter()
-            .all(|&p| p == 255));
+        // One row stays one row (20/33 of a pixel, at least one), at full ink. Its centre of
+        // mass, (0, 9.5), goes to (14, 14): the half-pixel shift rounds away from zero.
+        assert_eq!((t, b, l, r), (14, 15, 5, 25));
+        let row = &made.pixels[14 * 28..15 * 28];
+        assert!(row[5..25].iter().all(|&p| p == 255));
     }
 
     #[test]
