@@ -415,7 +415,7 @@ fn bad_files_exit_2_naming_the_file_and_the_fix() {
     let cases: Vec<(PathBuf, Vec<&str>)> = vec![
         (
             d.join("missing.png"),
-            vec!["missing.png", "cannot read", "PNG or IDX"],
+            vec!["missing.png", "cannot read", "check the path"],
         ),
         (
             write(d, "notes.txt", b"hello"),

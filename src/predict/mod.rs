@@ -74,10 +74,8 @@ pub fn input_shape(spec: &NetSpec, run: Option<&RunRecord>) -> Result<(usize, us
 pub fn read_file(path: &Path, (rows, cols): (usize, usize), invert: bool) -> Result<Vec<Input>> {
     let file = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| {
-        Error::io(
-            format!("cannot read {file}: give the path of a PNG or IDX image file"),
-            e,
-        )
+        let context = format!("cannot read {file} (check the path: a PNG or an IDX image file)");
+        Error::io(context, e)
     })?;
     if bytes.starts_with(&PNG_SIGNATURE) {
         let picture = picture::decode_png(&bytes).map_err(|e| Error::Picture {
