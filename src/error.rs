@@ -37,6 +37,10 @@ pub enum Error {
     #[error("{0}")]
     Plot(String),
 
+    /// A file `wgrad predict` cannot take as a picture.
+    #[error("{file}: {message}")]
+    Picture { file: String, message: String },
+
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -61,6 +61,7 @@ pub mod nn;
 pub mod numgrad;
 pub mod optim;
 pub mod plot;
+pub mod predict;
 pub mod reference;
 pub mod train;
 

@@ -36,6 +36,8 @@ enum Command {
     Bench(BenchArgs),
     /// Loss, accuracy, per-class precision and recall, and the confusion matrix of a saved net.
     Eval(EvalArgs),
+    /// Classify pictures with a saved net: PNGs of any size or colour type, or IDX image files.
+    Predict(PredictArgs),
     /// Draw loss and accuracy curves from metrics files (.jsonl or .csv), one run or several.
     Plot(PlotArgs),
     /// List the GPU adapters wgpu can see.
@@ -299,6 +301,33 @@ struct EvalArgs {
 }
 
 #[derive(Args)]
+struct PredictArgs {
+    /// A checkpoint written by `wgrad train`; the net is built from it alone.
+    checkpoint: PathBuf,
+    /// PNG pictures (any size, colour type or bit depth), each made into the net's input as
+    /// MNIST's digits were: greyscale, inverted when the background is light, the digit fitted
+    /// into the central 20×20 of 28×28 and centred by mass. IDX image files (raw or gzip): one
+    /// prediction per image, taken as they are when of the net's size.
+    #[arg(value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Show the K most probable classes of each picture.
+    #[arg(long, value_name = "K", default_value_t = 3)]
+    top: usize,
+    /// Never invert: bright pixels are ink even on a light background.
+    #[arg(long)]
+    no_invert: bool,
+    /// f32 or f64 [default: the run's precision, else f32].
+    #[arg(long)]
+    precision: Option<String>,
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Print one JSON document on stdout: an array of {file, index (IDX only), top: [{class,
+    /// probability}], blank (when no ink was found)}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct PlotArgs {
     /// Metrics files the trainer wrote: JSON Lines (.jsonl) or CSV (.csv) with a header row.
     /// Several are overlaid, each named by its file stem.
@@ -353,6 +382,7 @@ fn main() -> ExitCode {
         Command::Gradcheck(args) => run_gradcheck(args, &given("gradcheck")),
         Command::Bench(args) => run_bench(args, &given("bench")),
         Command::Eval(args) => run_eval(args),
+        Command::Predict(args) => run_predict(args),
         Command::Plot(args) => run_plot(args),
         Command::Devices { json } => run_devices(json),
     };
@@ -1162,6 +1192,104 @@ fn print_eval(r: &wgrad::evaluate::EvalReport, split: &str) {
         let cells: Vec<String> = row.iter().map(|n| format!("{n:>5}")).collect();
         println!("{t:>5}{}", cells.join(""));
     }
+}
+
+fn run_predict(args: PredictArgs) -> Result<ExitCode> {
+    use wgrad::predict;
+    if args.files.is_empty() {
+        return Err(wgrad::Error::InvalidArgument(format!(
+            "no pictures given: name one or more PNG or IDX image files after the checkpoint, \
+             as in `wgrad predict {} digit.png`",
+            args.checkpoint.display()
+        )));
+    }
+    if args.top == 0 {
+        return Err(wgrad::Error::InvalidArgument(
+            "--top 0 shows no class: give 1 or more".into(),
+        ));
+    }
+    let net = checkpoint::load_net(&args.checkpoint)?;
+    let precision = match (&args.precision, &net.run) {
+        (Some(p), _) => p.parse()?,
+        (None, Some(run)) => run.config.precision,
+        (None, None) => Precision::F32,
+    };
+    let shape = predict::input_shape(&net.spec, net.run.as_ref())?;
+    // Every file is read before the GPU is opened, so that a bad one is reported at once.
+    let mut inputs = Vec::new();
+    for file in &args.files {
+        inputs.extend(predict::read_file(file, shape, !args.no_invert)?);
+    }
+    let ctx = NetArgs::open_adapter(args.adapter.clone())?;
+    let stored = (&net.spec, &net.params[..], &net.state[..]);
+    let probabilities = predict::predict(&ctx, stored, &inputs, shape, precision)?;
+    let k = args.top.min(net.spec.output);
+    let text = if args.json {
+        format!("{}\n", predictions_json(&inputs, &probabilities, k))
+    } else {
+        predictions_text(&inputs, &probabilities, k)
+    };
+    write_stdout(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `text` on stdout. A reader that has gone (`wgrad predict … | head`) is no error: an
+/// IDX file of thousands of images makes long output.
+fn write_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(wgrad::Error::io("writing the predictions to stdout", e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An array of {file, index (IDX only), top: [{class, probability}], blank (only when true)}.
+fn predictions_json(
+    inputs: &[wgrad::predict::Input],
+    probabilities: &[Vec<f64>],
+    k: usize,
+) -> serde_json::Value {
+    let values = inputs.iter().zip(probabilities).map(|(input, p)| {
+        let mut value = serde_json::json!({"file": input.file});
+        if let Some(index) = input.index {
+            value["index"] = index.into();
+        }
+        let top = wgrad::predict::top(p, k);
+        value["top"] = serde_json::to_value(top).expect("serialisable");
+        if input.blank {
+            value["blank"] = true.into();
+        }
+        value
+    });
+    serde_json::Value::Array(values.collect())
+}
+
+/// One line a picture: `digit.png: 7 (0.981), 9 (0.012), 2 (0.004)`, `set.idx[3]: …` for IDX.
+fn predictions_text(
+    inputs: &[wgrad::predict::Input],
+    probabilities: &[Vec<f64>],
+    k: usize,
+) -> String {
+    let mut text = String::new();
+    for (input, p) in inputs.iter().zip(probabilities) {
+        let name = match input.index {
+            Some(i) => format!("{}[{i}]", input.file),
+            None => input.file.clone(),
+        };
+        let guesses: Vec<String> = (wgrad::predict::top(p, k).iter())
+            .map(|g| format!("{} ({:.3})", g.class, g.probability))
+            .collect();
+        let blank = if input.blank {
+            " (no ink found: the picture is all background)"
+        } else {
+            ""
+        };
+        text += &format!("{name}: {}{blank}\n", guesses.join(", "));
+    }
+    text
 }
 
 /// Parameters for a check: a checkpoint, or the init; then `after_steps` of training.

@@ -98,9 +98,9 @@ fn assert_has_texts(texts: &[String], wanted: &[&str]) {
 
 /// Decodes a PNG: (width, height, RGB rows).
 fn decode_png(path: &Path) -> (u32, u32, Vec<u8>) {
-    let decoder = png::Decoder::new(fs::File::open(path).unwrap());
+    let decoder = png::Decoder::new(std::io::BufReader::new(fs::File::open(path).unwrap()));
     let mut reader = decoder.read_info().expect("a PNG header");
-    let mut pixels = vec![0; reader.output_buffer_size()];
+    let mut pixels = vec![0; reader.output_buffer_size().expect("a PNG of sane size")];
     let info = reader.next_frame(&mut pixels).expect("PNG pixels");
     assert_eq!(info.color_type, png::ColorType::Rgb, "8-bit RGB");
     pixels.truncate(info.buffer_size());

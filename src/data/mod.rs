@@ -8,7 +8,7 @@
 mod cifar;
 mod folder;
 mod gpu;
-mod idx;
+pub(crate) mod idx;
 
 pub use folder::canonical_path;
 pub use gpu::GpuDataset;
