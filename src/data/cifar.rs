@@ -73,7 +73,7 @@ fn read_batch(path: &Path, set: &mut Dataset) -> Result<(), DataError> {
 
 /// Checks and appends records; `file` names the batch in errors.
 pub(super) fn parse_records(file: &str, bytes: &[u8], set: &mut Dataset) -> Result<(), DataError> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         return Err(DataError::RecordSize {
             file: file.to_owned(),
             len: bytes.len() as u64,

@@ -114,8 +114,8 @@ impl CheckpointEvery {
     /// Whether a checkpoint falls at the end of `epoch`, the run having taken `steps` in all.
     pub(super) fn due_after_epoch(self, epoch: usize, steps: u64) -> bool {
         match self {
-            CheckpointEvery::Epochs(n) => epoch % n == 0,
-            CheckpointEvery::Steps(n) => steps % n as u64 == 0,
+            CheckpointEvery::Epochs(n) => epoch.is_multiple_of(n),
+            CheckpointEvery::Steps(n) => steps.is_multiple_of(n as u64),
         }
     }
 }
