@@ -611,6 +611,21 @@ impl TrainArgs {
         self.schedule_from(self.lr_schedule.parse()?, self.warmup_steps)
     }
 
+    /// The stored schedule with what the given flags change in it.
+    fn schedule_over(&self, given: &Given, stored: &LrSchedule) -> Result<LrSchedule> {
+        let schedule = if given.any(&["lr_schedule"]) {
+            self.lr_schedule.parse()?
+        } else {
+            stored.schedule
+        };
+        let warmup = if given.any(&["warmup_steps"]) {
+            self.warmup_steps
+        } else {
+            stored.warmup_steps
+        };
+        self.schedule_from(schedule, warmup)
+    }
+
     /// `schedule` with the cosine floor from --min-lr, if given, and `warmup_steps`.
     fn schedule_from(&self, mut schedule: Schedule, warmup_steps: usize) -> Result<LrSchedule> {
         match (&mut schedule, self.min_lr) {
@@ -1030,18 +1045,7 @@ impl TrainArgs {
             }
         }
         if given.any(&["lr_schedule", "min_lr", "warmup_steps"]) {
-            let requested = self.schedule_from(
-                if given.any(&["lr_schedule"]) {
-                    self.lr_schedule.parse()?
-                } else {
-                    stored.schedule.schedule
-                },
-                if given.any(&["warmup_steps"]) {
-                    self.warmup_steps
-                } else {
-                    stored.schedule.warmup_steps
-                },
-            )?;
+            let requested = self.schedule_over(given, &stored.schedule)?;
             if requested != stored.schedule {
                 let json = |s: &LrSchedule| serde_json::to_string(s).expect("serialisable");
                 let ours = format!("the schedule the flags describe, {},", json(&requested));

@@ -12,21 +12,10 @@ mod common;
 use common::cli::*;
 use serde_json::Value;
 use tempfile::TempDir;
-use wgrad::data::{TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS};
 
 /// 600 training images at batch 20: 30 steps an epoch, 90 in three epochs.
 const STEPS_PER_EPOCH: usize = 30;
 const TOTAL: usize = 90;
-
-fn data_folder() -> TempDir {
-    let dir = TempDir::new().unwrap();
-    let d = dir.path();
-    write(d, TRAIN_IMAGES, &images_idx(600, 12));
-    write(d, TRAIN_LABELS, &labels_idx(600));
-    write(d, TEST_IMAGES, &images_idx(100, 12));
-    write(d, TEST_LABELS, &labels_idx(100));
-    dir
-}
 
 /// The lr of each of the run's steps, from its per-step metrics records.
 fn step_rates(data: &Path, flags: &[&str]) -> Vec<f64> {
@@ -114,7 +103,7 @@ fn warmup(base: f64, n: usize) -> Vec<f64> {
 
 #[test]
 fn every_schedules_lr_matches_pytorchs_at_every_step() {
-    let data = data_folder();
+    let data = small_idx_folder();
     let d = data.path();
     let cases: Vec<(Vec<&str>, Vec<f64>)> = vec![
         (vec!["--lr", "0.05"], vec![0.05; TOTAL]),
@@ -167,7 +156,7 @@ fn every_schedules_lr_matches_pytorchs_at_every_step() {
 
 #[test]
 fn schedules_the_run_cannot_follow_are_refused() {
-    let data = data_folder();
+    let data = small_idx_folder();
     let d = path_str(data.path());
     let base = ["train", "--data", d, "--hidden", "8", "--epochs", "1"];
     for (flags, names) in [

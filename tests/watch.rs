@@ -9,18 +9,7 @@ mod common;
 use common::cli::*;
 use serde_json::Value;
 use tempfile::TempDir;
-use wgrad::data::{TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS};
-
-/// 12×12 images, 600 to train on and 100 to test: 30 steps an epoch at batch 20.
-fn data_folder() -> TempDir {
-    let dir = TempDir::new().unwrap();
-    let d = dir.path();
-    write(d, TRAIN_IMAGES, &images_idx(600, 12));
-    write(d, TRAIN_LABELS, &labels_idx(600));
-    write(d, TEST_IMAGES, &images_idx(100, 12));
-    write(d, TEST_LABELS, &labels_idx(100));
-    dir
-}
+use wgrad::data::{TEST_LABELS, TRAIN_LABELS};
 
 fn train<'a>(data: &'a Path, rest: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["train", "--data", path_str(data), "--batch-size", "20"];
@@ -42,7 +31,7 @@ fn of_kind<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 #[test]
 fn the_metrics_file_grows_while_the_run_trains() {
-    let data = data_folder();
+    let data = small_idx_folder();
     let out = TempDir::new().unwrap();
     let path = out.path().join("m.jsonl");
     let args = train(
@@ -77,7 +66,7 @@ fn the_metrics_file_grows_while_the_run_trains() {
 /// Step records every 10 steps: three to an epoch of 30, whose losses average to the epoch's.
 #[test]
 fn step_records_add_up_to_the_epoch() {
-    let data = data_folder();
+    let data = small_idx_folder();
     let out = TempDir::new().unwrap();
     let path = out.path().join("m.jsonl");
     let every = ["--metrics", path_str(&path), "--log-every", "10"];
@@ -109,7 +98,7 @@ fn step_records_add_up_to_the_epoch() {
 
 #[test]
 fn a_resumed_run_appends_to_its_metrics_file() {
-    let data = data_folder();
+    let data = small_idx_folder();
     let out = TempDir::new().unwrap();
     let (csv, saved) = (out.path().join("m.csv"), out.path().join("run.st"));
     let first = [
@@ -139,7 +128,7 @@ fn a_resumed_run_appends_to_its_metrics_file() {
 /// Labels that the images do not predict: the net can only memorise the training part, so the
 /// validation loss turns up within a few epochs and early stopping has something to stop.
 fn memorising_folder() -> TempDir {
-    let dir = data_folder();
+    let dir = small_idx_folder();
     let scrambled = |n: u32| -> Vec<u8> {
         let labels: Vec<u8> = (0..n).map(|i| ((i * 7919 / 3) % 10) as u8).collect();
         idx(LABELS_MAGIC, &[n], &labels)
@@ -209,7 +198,7 @@ fn early_stopping_stops_patience_epochs_after_the_best_and_keeps_the_best() {
 /// accuracy training reported; its confusion matrix accounts for every image.
 #[test]
 fn eval_reproduces_the_runs_figures_from_the_checkpoint_alone() {
-    let data = data_folder();
+    let data = small_idx_folder();
     let out = TempDir::new().unwrap();
     let saved = out.path().join("run.st");
     let args = train(
@@ -273,7 +262,7 @@ fn eval_refuses_a_file_that_does_not_say_which_net_it_holds() {
 /// are what `wgrad plot` reads: writer and reader agree on every column.
 #[test]
 fn the_trainers_metrics_files_plot() {
-    let data = data_folder();
+    let data = small_idx_folder();
     let out = TempDir::new().unwrap();
     for name in ["m.jsonl", "m.csv"] {
         let metrics = out.path().join(name);
@@ -309,7 +298,7 @@ fn the_trainers_metrics_files_plot() {
 /// contradiction.
 #[test]
 fn watching_validation_without_a_split_is_refused() {
-    let data = data_folder();
+    let data = small_idx_folder();
     let out = TempDir::new().unwrap();
     let best = out.path().join("best.st");
     for flags in [["--save-best", path_str(&best)], ["--patience", "2"]] {
