@@ -13,7 +13,7 @@
 //!   cosine annealing, base/max momentum 0.85/0.95). Momentum (or Adam's β1) cycles where the
 //!   optimizer has one; Adam's bias correction then uses the β1 of the step, as PyTorch's does.
 //!
-//! `--warmup-steps N` goes in front (as PyTorch's SequentialLR with milestones [N]): step k < N
+//! `--warmup-steps N` goes in front (as PyTorch's SequentialLR with milestones `[N]`): step k < N
 //! takes lr·(k+1)/N; the cosine and one-cycle schedules then start at j = k − N and span the
 //! remaining steps. StepLR keeps counting the run's epochs, since it steps at epoch ends.
 
