@@ -290,14 +290,36 @@ struct EvalArgs {
     /// test, train, or val (the run's own --val-fraction split; train is what remains of it).
     #[arg(long, default_value = "test")]
     split: String,
+    #[command(flatten)]
+    run: StoredNetArgs,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How `eval` and `predict` run a stored net.
+#[derive(Args)]
+struct StoredNetArgs {
     /// f32 or f64 [default: the run's precision, else f32].
     #[arg(long)]
     precision: Option<String>,
     #[arg(long)]
     adapter: Option<String>,
-    /// Print one JSON object on stdout.
-    #[arg(long)]
-    json: bool,
+}
+
+impl StoredNetArgs {
+    fn precision(&self, net: &checkpoint::StoredNet) -> Result<Precision> {
+        Ok(match (&self.precision, &net.run) {
+            (Some(p), _) => p.parse()?,
+            (None, Some(run)) => run.config.precision,
+            (None, None) => Precision::F32,
+        })
+    }
+
+    /// The adapter named (or the best one), said on stderr.
+    fn context(&self) -> Result<GpuContext> {
+        NetArgs::open_adapter(self.adapter.clone())
+    }
 }
 
 #[derive(Args)]
@@ -316,11 +338,8 @@ struct PredictArgs {
     /// Never invert: bright pixels are ink even on a light background.
     #[arg(long)]
     no_invert: bool,
-    /// f32 or f64 [default: the run's precision, else f32].
-    #[arg(long)]
-    precision: Option<String>,
-    #[arg(long)]
-    adapter: Option<String>,
+    #[command(flatten)]
+    run: StoredNetArgs,
     /// Print one JSON document on stdout: an array of {file, index (IDX only), top: [{class,
     /// probability}], blank (when no ink was found)}.
     #[arg(long)]
@@ -1158,13 +1177,9 @@ fn run_eval(args: EvalArgs) -> Result<ExitCode> {
             )))
         }
     };
-    let precision = match (&args.precision, config) {
-        (Some(p), _) => p.parse()?,
-        (None, Some(config)) => config.precision,
-        (None, None) => Precision::F32,
-    };
+    let precision = args.run.precision(&net)?;
     net.spec.check_data(&set)?;
-    let ctx = NetArgs::open_adapter(args.adapter.clone())?;
+    let ctx = args.run.context()?;
     let stored = (&net.spec, &net.params[..], &net.state[..]);
     let report = wgrad::evaluate::evaluate(&ctx, stored, &set, precision)?;
     if args.json {
@@ -1213,18 +1228,14 @@ fn run_predict(args: PredictArgs) -> Result<ExitCode> {
         ));
     }
     let net = checkpoint::load_net(&args.checkpoint)?;
-    let precision = match (&args.precision, &net.run) {
-        (Some(p), _) => p.parse()?,
-        (None, Some(run)) => run.config.precision,
-        (None, None) => Precision::F32,
-    };
+    let precision = args.run.precision(&net)?;
     let shape = predict::input_shape(&net.spec, net.run.as_ref())?;
     // Every file is read before the GPU is opened, so that a bad one is reported at once.
     let mut inputs = Vec::new();
     for file in &args.files {
         inputs.extend(predict::read_file(file, shape, !args.no_invert)?);
     }
-    let ctx = NetArgs::open_adapter(args.adapter.clone())?;
+    let ctx = args.run.context()?;
     let stored = (&net.spec, &net.params[..], &net.state[..]);
     let probabilities = predict::predict(&ctx, stored, &inputs, shape, precision)?;
     let k = args.top.min(net.spec.output);
