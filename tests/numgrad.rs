@@ -411,6 +411,7 @@ fn every_perturbed_loss_of_a_normalised_mlp_matches_the_reference() {
         "affine6,ln,relu,affine5,ln,relu,affine4",
         "affine6,ln,relu,dropout0.25,affine5,ln,relu,affine4",
         "affine6,ln,relu,affine5,relu,affine7,ln,relu,affine4",
+        "affine6,ln,tanh,affine5,ln,tanh,affine4",
         "affine7,bn,sigmoid,dropout0.3,affine5,bn,sigmoid,affine4",
     ] {
         let mut s = NetSpec::sequential([1, 1, 9], parse_layers(layers).unwrap()).unwrap();
