@@ -258,6 +258,21 @@ fn layer_norm_row_update(l: u32, n: u32, j: u32, d: real, dg: real, db: real, ou
     return flips;
 }
 
+// LayerNorm block l's sample n, with unit j's affine output at z_j and γ_j, β_j moved by dg, db,
+// under any activation: the row recomputed at scratch[row ..], then block l + 1's affine output
+// at scratch[out ..] by a dense product. Returns the kink crossings.
+fn layer_norm_row_dense(l: u32, n: u32, j: u32, z_j: real, dg: real, db: real, row: u32, out: u32) -> u32 {
+    let outs = layer(l, 1u);
+    for (var c = 0u; c < outs; c++) {
+        scratch[row + c] = base[layer(l, 4u) + n * outs + c];
+    }
+    scratch[row + j] = z_j;
+    normalise_row(row, outs, layer(l, 6u), layer(l, 7u), j, dg, db);
+    let flips = finish_row(l, row, n, false);
+    dense_row(l + 1u, row, out);
+    return flips;
+}
+
 // rows_out [N, out_k] = rows_in [N, in_k] · W_k + b_k
 fn dense(k: u32, rows_in: u32, rows_out: u32) {
     for (var n = 0u; n < P.n; n++) {
@@ -382,59 +397,24 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
     let dg = select(real(0.0), delta, moves == MOVES_GAMMA);
     let db = select(real(0.0), delta, moves == MOVES_BETA);
     let next_outs = layer(l + 1u, 1u);
-    if (norm == LAYER_NORM && layer(l, 11u) != NONE) {
-        // Each sample's row moves with unit j; one whose unit j did not move (its input to the
-        // weight is 0) keeps block l + 1's affine output from the base pass.
+    if (norm == LAYER_NORM) {
+        // Each sample's row moves with unit j (or with γ_j, β_j). One whose unit j did not move
+        // (its input to the weight is 0) keeps its rows: block l + 1's affine output is the
+        // base pass's.
         let gamma_or_beta = moves == MOVES_GAMMA || moves == MOVES_BETA;
         for (var n = 0u; n < P.n; n++) {
             let out_row = rows_b + n * next_outs;
-            let d = scratch[col + n] - base[layer(l, 4u) + n * outs + j];
-            if (!gamma_or_beta && d == real(0.0)) {
+            if (!gamma_or_beta && scratch[col + n] == base[layer(l, 4u) + n * outs + j]) {
                 for (var c = 0u; c < next_outs; c++) {
                     scratch[out_row + c] = base[layer(l + 1u, 4u) + n * next_outs + c];
                 }
                 continue;
             }
-            flips += layer_norm_row_update(l, n, j, unit_change(moves, l, n, i, delta), dg, db, out_row);
-        }
-    } else if (norm == LAYER_NORM) {
-        // Each sample's whole row: its statistics move with unit j. A sample whose unit j did
-        // not move (its input to the weight is 0) keeps its rows, up to block l + 1's affine
-        // output, which is copied from the base pass instead of recomputed.
-        let gamma_or_beta = moves == MOVES_GAMMA || moves == MOVES_BETA;
-        for (var n = 0u; n < P.n; n++) {
-            let row = rows_a + n * outs;
-            if (!gamma_or_beta && scratch[col + n] == base[layer(l, 4u) + n * outs + j]) {
-                continue;
-            }
-            for (var c = 0u; c < outs; c++) {
-                scratch[row + c] = base[layer(l, 4u) + n * outs + c];
-            }
-            scratch[row + j] = scratch[col + n];
-            normalise_row(row, outs, layer(l, 6u), layer(l, 7u), j, dg, db);
-            for (var c = 0u; c < outs; c++) {
-                let y = scratch[row + c];
-                if (crosses_kink(P.activation, y, base[layer(l, 8u) + n * outs + c])) {
-                    flips += 1u;
-                }
-                scratch[row + c] = activate(P.activation, y) * mask(l, n, c);
-            }
-        }
-        let next_w = layer(l + 1u, 2u);
-        let next_b = layer(l + 1u, 3u);
-        for (var n = 0u; n < P.n; n++) {
-            let out_row = rows_b + n * next_outs;
-            let kept = !gamma_or_beta && scratch[col + n] == base[layer(l, 4u) + n * outs + j];
-            for (var c = 0u; c < next_outs; c++) {
-                if (kept) {
-                    scratch[out_row + c] = base[layer(l + 1u, 4u) + n * next_outs + c];
-                    continue;
-                }
-                var s = theta[next_b + c];
-                for (var r = 0u; r < outs; r++) {
-                    s += scratch[rows_a + n * outs + r] * theta[next_w + r * next_outs + c];
-                }
-                scratch[out_row + c] = s;
+            if (layer(l, 11u) != NONE) {
+                let d = unit_change(moves, l, n, i, delta);
+                flips += layer_norm_row_update(l, n, j, d, dg, db, out_row);
+            } else {
+                flips += layer_norm_row_dense(l, n, j, scratch[col + n], dg, db, rows_a + n * outs, out_row);
             }
         }
     } else {
