@@ -568,10 +568,7 @@ impl NetArgs {
     }
 
     fn load_data(&self) -> Result<data::Mnist> {
-        Ok(match &self.data {
-            Some(dir) => data::load_dir(dir)?,
-            None => data::bundled()?,
-        })
+        Ok(data::load(self.data.as_deref())?)
     }
 
     fn context(&self) -> Result<GpuContext> {
@@ -976,10 +973,7 @@ impl TrainArgs {
         }
         let (record, run) = checkpoint::load_run(path)?;
         let dir = self.net.data.clone().or(record.data_dir.clone());
-        let mnist = match &dir {
-            Some(dir) => data::load_dir(dir)?,
-            None => data::bundled()?,
-        };
+        let mnist = data::load(dir.as_deref())?;
         let found = mnist.identity();
         if found != record.data {
             return Err(wgrad::Error::InvalidArgument(format!(
@@ -1158,10 +1152,7 @@ fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     let net = checkpoint::load_net(&args.checkpoint)?;
     let config = net.run.as_ref().map(|r| &r.config);
     let dir = (args.data.clone()).or_else(|| net.run.as_ref().and_then(|r| r.data_dir.clone()));
-    let mnist = match &dir {
-        Some(dir) => data::load_dir(dir)?,
-        None => data::bundled()?,
-    };
+    let mnist = data::load(dir.as_deref())?;
     let set = match (args.split.as_str(), config) {
         ("test", _) => mnist.test,
         ("train", Some(config)) => config.split(&mnist.train).0.into_owned(),

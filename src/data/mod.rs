@@ -576,6 +576,14 @@ pub fn load_dir(path: &std::path::Path) -> Result<Mnist, DataError> {
     folder::load(path)
 }
 
+/// The data in `dir` ([`load_dir`]), or the bundled set ([`bundled`]) when no folder is given.
+pub fn load(dir: Option<&std::path::Path>) -> Result<Mnist, DataError> {
+    match dir {
+        Some(dir) => load_dir(dir),
+        None => bundled(),
+    }
+}
+
 /// The real MNIST subset in `src/data/mnist-10k` (8,004 train / 1,996 test, 28×28), compiled into
 /// the binary so that it needs no files at run time.
 pub fn bundled() -> Result<Mnist, DataError> {
