@@ -216,11 +216,7 @@ impl LrPlan {
 
     /// The learning rate of step k.
     pub fn lr(&self, k: usize) -> f64 {
-        if self.schedule.is_constant() {
-            self.optimizer.lr()
-        } else {
-            self.at(k).lr
-        }
+        self.at(k).lr
     }
 
     /// Every step's row, for the GPU; None when the schedule is constant (the optimizer's own
