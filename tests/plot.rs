@@ -59,14 +59,7 @@ fn plot_fails(folder: &Folder, args: &[&str], expected: &[&str]) {
     let before = entries(folder.dir.path());
     let mut all = vec!["plot"];
     all.extend_from_slice(args);
-    let run = wgrad(&all);
-    assert_eq!(
-        run.code,
-        Some(ERROR_EXIT),
-        "wgrad {all:?} should fail with exit status {ERROR_EXIT}; stderr:\n{}",
-        run.stderr
-    );
-    assert_mentions(&run.stderr, expected);
+    let run = wgrad_fails(&all, expected);
     assert_eq!(
         entries(folder.dir.path()),
         before,

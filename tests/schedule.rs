@@ -180,8 +180,6 @@ fn schedules_the_run_cannot_follow_are_refused() {
             "at least 4 steps",
         ),
     ] {
-        let run = wgrad(&[&base[..], flags].concat());
-        assert_eq!(run.code, Some(ERROR_EXIT), "{flags:?}: {}", run.stderr);
-        assert!(run.stderr.contains(names), "{flags:?}: {}", run.stderr);
+        wgrad_fails(&[&base[..], flags].concat(), &[names]);
     }
 }

@@ -36,6 +36,20 @@ pub fn wgrad(args: &[&str]) -> Run {
     }
 }
 
+/// Runs `wgrad ARGS`, which must fail with [`ERROR_EXIT`] naming every one of `expected` on
+/// stderr.
+pub fn wgrad_fails(args: &[&str], expected: &[&str]) -> Run {
+    let run = wgrad(args);
+    assert_eq!(
+        run.code,
+        Some(ERROR_EXIT),
+        "wgrad {args:?} should fail with exit status {ERROR_EXIT}; stderr:\n{}",
+        run.stderr
+    );
+    assert_mentions(&run.stderr, expected);
+    run
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
 }
