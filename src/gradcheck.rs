@@ -30,7 +30,9 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Precision};
 use crate::nn::{unravel, Kernels, Layer, Model, NetSpec, ParamLayout, TensorInfo};
-use crate::numgrad::{analytic_gradient, NumericalGradient, PerturbedLossEngine, Strategy};
+use crate::numgrad::{
+    analytic_gradient, analytic_gradients, NumericalGradient, PerturbedLossEngine, Strategy,
+};
 
 /// Pass/fail thresholds of one precision.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -148,20 +150,45 @@ pub struct GradcheckReport {
     pub kinks: Vec<bool>,
 }
 
-/// The tensors `names` picks (all when empty), or which name this net lacks.
-fn selected_tensors<'l>(layout: &'l ParamLayout, names: &[String]) -> Result<Vec<&'l TensorInfo>> {
-    if let Some(name) = names.iter().find(|n| layout.get(n).is_none()) {
-        let all: Vec<&str> = layout.tensors.iter().map(|t| t.name.as_str()).collect();
+/// The input of a layer whose input gradient is checked: `xL` for the input of layer L
+/// (1-based), [N, IN].
+struct CheckedInput {
+    layer: usize,
+    name: String,
+    in_size: usize,
+}
+
+/// The tensors and inputs `names` picks (all when empty), or which name this net lacks.
+fn selected<'l>(
+    layers: &[Layer],
+    layout: &'l ParamLayout,
+    names: &[String],
+) -> Result<(Vec<&'l TensorInfo>, Vec<CheckedInput>)> {
+    let inputs: Vec<CheckedInput> = (layers.iter().enumerate())
+        .filter_map(|(layer, l)| match l {
+            Layer::Custom(c) => Some(CheckedInput {
+                layer,
+                name: format!("x{}", layer + 1),
+                in_size: c.in_size,
+            }),
+            _ => None,
+        })
+        .collect();
+    let known = |n: &String| layout.get(n).is_some() || inputs.iter().any(|i| &i.name == n);
+    if let Some(name) = names.iter().find(|n| !known(n)) {
+        let all: Vec<&str> = (layout.tensors.iter().map(|t| t.name.as_str()))
+            .chain(inputs.iter().map(|i| i.name.as_str()))
+            .collect();
         return Err(Error::InvalidArgument(format!(
             "unknown tensor '{name}' in --params: this net has {}",
             all.join(", ")
         )));
     }
-    Ok(layout
-        .tensors
-        .iter()
-        .filter(|t| names.is_empty() || names.contains(&t.name))
-        .collect())
+    let picked = |name: &String| names.is_empty() || names.contains(name);
+    Ok((
+        layout.tensors.iter().filter(|t| picked(&t.name)).collect(),
+        inputs.into_iter().filter(|i| picked(&i.name)).collect(),
+    ))
 }
 
 /// Numerical gradients over `indices`, placed at those indices of full-length vectors (NaN
@@ -198,13 +225,15 @@ pub fn check(
 ) -> Result<GradcheckReport> {
     ctx.require(config.precision)?;
     crate::nn::model::check_fits(ctx, spec, labels.len(), config.precision)?;
-    let layout = spec.layout();
-    let selected = selected_tensors(&layout, &config.tensors)?;
+    let (layers, layout) = spec.resolve()?;
+    let (selected, inputs) = selected(&layers, &layout, &config.tensors)?;
     let kernels = Kernels::new(ctx, config.precision)?;
     let model = Model::new(ctx, spec, params, config.precision)?;
 
     let start = Instant::now();
-    let (loss, mut analytic) = analytic_gradient(ctx, &kernels, &model, x, labels)?;
+    let input_layers: Vec<usize> = inputs.iter().map(|i| i.layer).collect();
+    let (loss, mut analytic, analytic_inputs) =
+        analytic_gradients(ctx, &kernels, &model, x, labels, &input_layers)?;
     if let Some((name, factor)) = &config.analytic_fault {
         if let Some(t) = layout.get(name) {
             analytic[t.offset..t.offset + t.numel]
@@ -235,11 +264,37 @@ pub fn check(
         .collect();
     let numeric_part = engine.gradient(&indices)?;
     let tol = Tolerance::for_precision(config.precision);
-    let at_twice_h = if tol.noise_factor > 0.0 {
-        Some(engine_at(2.0 * config.h)?.gradient(&indices)?)
-    } else {
-        None
+    let engine_twice_h = match tol.noise_factor > 0.0 {
+        true => Some(engine_at(2.0 * config.h)?),
+        false => None,
     };
+    let at_twice_h = match &engine_twice_h {
+        Some(wide) => Some(wide.gradient(&indices)?),
+        None => None,
+    };
+    let mut input_checks = Vec::new();
+    let mut input_losses = 0;
+    for (input, a) in inputs.iter().zip(&analytic_inputs) {
+        let elements: Vec<usize> = (0..a.len()).collect();
+        let n = engine.input_gradient(input.layer, &elements)?;
+        let wide = match &engine_twice_h {
+            Some(wide) => Some(wide.input_gradient(input.layer, &elements)?),
+            None => None,
+        };
+        input_losses += n.perturbed_losses + wide.as_ref().map_or(0, |w| w.perturbed_losses);
+        let (numeric, twice_h, kinks) = scatter(a.len(), &elements, &n, wide.as_ref());
+        let shape = [labels.len(), input.in_size];
+        let twice_h = twice_h.as_deref();
+        input_checks.push(tensor_check(
+            &input.name,
+            &shape,
+            a,
+            &numeric,
+            twice_h,
+            &kinks,
+            &tol,
+        ));
+    }
     let seconds_numeric = start.elapsed().as_secs_f64();
     // No perturbed evaluation may write what another reads: the shared base is unchanged.
     if bits(&model.read_params(ctx)?) != bits(&cast_all(params, config.precision)) {
@@ -250,7 +305,7 @@ pub fn check(
 
     let (numeric, numeric_twice_h, kinks) =
         scatter(layout.total, &indices, &numeric_part, at_twice_h.as_ref());
-    let tensors: Vec<TensorCheck> = selected
+    let mut tensors: Vec<TensorCheck> = selected
         .iter()
         .map(|t| {
             let r = t.offset..t.offset + t.numel;
@@ -259,6 +314,7 @@ pub fn check(
             tensor_check(&t.name, &t.shape, a, n, twice_h, k, &tol)
         })
         .collect();
+    tensors.extend(input_checks);
 
     let directions = directional(
         ctx, &kernels, &model, spec, x, labels, &analytic, &indices, config,
@@ -276,7 +332,8 @@ pub fn check(
         seconds_numeric_setup,
         seconds_analytic,
         perturbed_losses: numeric_part.perturbed_losses
-            + at_twice_h.as_ref().map_or(0, |w| w.perturbed_losses),
+            + at_twice_h.as_ref().map_or(0, |w| w.perturbed_losses)
+            + input_losses,
         chunk: engine.chunk,
         tolerance: tol,
         tensors,

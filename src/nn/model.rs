@@ -238,6 +238,9 @@ pub struct Workspace {
     pub out: Vec<GpuBuffer>,
     /// Gradients of each layer's output (training workspaces only).
     d_out: Vec<GpuBuffer>,
+    /// The gradient of the input x [N, D], when the first layer is a custom one (whose input
+    /// gradient a gradient check compares): no built-in layer needs it.
+    d_x: Option<GpuBuffer>,
     /// What each layer's forward keeps.
     saved: Vec<Saved>,
     /// Per-row loss and correctness, [P, N].
@@ -263,7 +266,10 @@ impl Workspace {
             .filter(|_| with_grads)
             .map(|(i, &size)| GpuBuffer::real(ctx, &label("d_out", i), rows * size, p))
             .collect();
+        let first_is_custom = matches!(model.layers.first(), Some(Layer::Custom(_)));
         Workspace {
+            d_x: (with_grads && first_is_custom)
+                .then(|| GpuBuffer::real(ctx, "d_x", rows * model.spec.input, p)),
             rows,
             copies,
             x: GpuBuffer::real(ctx, "x", rows * model.spec.input, p),
@@ -290,6 +296,15 @@ impl Workspace {
 
     fn has_grads(&self) -> bool {
         !self.d_out.is_empty()
+    }
+
+    /// The gradient of layer `i`'s input after a backward pass (None for the first layer's,
+    /// unless it is a custom layer).
+    pub fn input_grad(&self, i: usize) -> Option<&GpuBuffer> {
+        match i.checked_sub(1) {
+            Some(below) => self.d_out.get(below),
+            None => self.d_x.as_ref(),
+        }
     }
 
     /// The input of layer `i`: x for the first, else the previous layer's output.
@@ -438,8 +453,8 @@ impl Recorder<'_> {
                 input: ws.input(i),
                 output: &ws.out[i],
                 dy: &ws.d_out[i],
-                // The first layer's input gradient is never needed.
-                dx: i.checked_sub(1).map(|below| &ws.d_out[below]),
+                // The first layer's input gradient is only wanted of a custom layer.
+                dx: ws.input_grad(i),
                 saved: &ws.saved[i],
                 state: &m.states[i],
             }));

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::nn::layers::custom::ParamInit;
 use crate::nn::layers::{Activation, Layer, LayerSpec};
 
 /// Weight initialisation, as the book's MultiLayerNet names it. Biases always start at zero.
@@ -264,6 +265,8 @@ pub enum ParamRole {
     Gamma,
     /// A normalisation's shift β: starts at 0, not decayed.
     Beta,
+    /// A custom layer's tensor: starts as its file declares, not decayed.
+    Declared,
 }
 
 impl ParamRole {
@@ -274,6 +277,7 @@ impl ParamRole {
             ParamRole::Bias => "b",
             ParamRole::Gamma => "gamma",
             ParamRole::Beta => "beta",
+            ParamRole::Declared => "",
         }
     }
 }
@@ -335,10 +339,11 @@ pub fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
 }
 
 /// Draws initial parameters (f64, so both precisions start from the same values) from a seeded,
-/// platform-independent ChaCha stream: W ~ N(0, std²), b = 0.
+/// platform-independent ChaCha stream: W ~ N(0, std²), b = 0, and a custom layer's tensors as
+/// its file declares (drawn after every W, so a net's stream does not depend on them).
 pub fn init_params(spec: &NetSpec, init: Init, seed: u64) -> Vec<f64> {
     use rand::SeedableRng;
-    let layout = spec.layout();
+    let (layers, layout) = spec.resolve().expect("a validated net spec");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut params = vec![0.0; layout.total];
     for t in layout.tensors.iter().filter(|t| t.role == ParamRole::Gamma) {
@@ -348,6 +353,20 @@ pub fn init_params(spec: &NetSpec, init: Init, seed: u64) -> Vec<f64> {
         let std = init.std_for(t.fan_in);
         for v in &mut params[t.offset..t.offset + t.numel] {
             *v = std * standard_normal(&mut rng);
+        }
+    }
+    let custom = layers.iter().filter_map(|l| match l {
+        Layer::Custom(c) => Some(c),
+        _ => None,
+    });
+    for (t, declared) in custom.flat_map(|c| c.inits(&layout)) {
+        let t = &layout.tensors[t];
+        for v in &mut params[t.offset..t.offset + t.numel] {
+            *v = match declared {
+                ParamInit::Constant(c) => c,
+                ParamInit::Normal(std) => std * standard_normal(&mut rng),
+                ParamInit::He | ParamInit::Xavier => unreachable!("inits() gives the std"),
+            };
         }
     }
     params

@@ -95,6 +95,10 @@ pub struct PerturbedLossEngine<'a> {
     routes: Vec<(usize, Vec<Dispatch>)>,
     /// First layer of the trailing MLP served by the incremental kernel.
     tail_start: Option<usize>,
+    /// Per layer, the route of its input check (custom layers only).
+    input_routes: Vec<Option<usize>>,
+    /// Samples in the batch.
+    rows: usize,
     // Kept alive for the dispatches' bind groups.
     _base: Workspace,
     _work: Vec<GpuBuffer>,
@@ -159,17 +163,15 @@ impl<'a> PerturbedLossEngine<'a> {
             out_loss: GpuBuffer::real(ctx, "perturbed_loss", chunk_max, precision),
             out_flips: GpuBuffer::zeroed(ctx, "kink_flips", chunk_max, 4),
         };
-        // Route i < layers.len(): start at layer i (or 0 for Full); the last: the MLP kernel.
-        let mut full_ws = None;
-        let mut routes: Vec<(usize, Vec<Dispatch>)> = match recompute_chunk {
-            Some(chunk) => {
-                let ws = Workspace::new(ctx, model, n, chunk, false);
-                ws.upload(ctx, x, labels, precision);
-                let routes =
-                    recompute_routes(&rec, &ws, &base, &state, &bufs, strategy, tail_start)?;
-                full_ws = Some(ws);
-                routes
-            }
+        // Route i < layers.len(): start at layer i (or 0 for Full); then the MLP kernel's; then
+        // Full's input-check routes.
+        let ws = recompute_chunk.map(|chunk| {
+            let ws = Workspace::new(ctx, model, n, chunk, false);
+            ws.upload(ctx, x, labels, precision);
+            ws
+        });
+        let mut routes: Vec<(usize, Vec<Dispatch>)> = match &ws {
+            Some(ws) => recompute_routes(&rec, ws, &base, &state, &bufs, strategy, tail_start)?,
             None => model.layers.iter().map(|_| (1, Vec::new())).collect(),
         };
         let mut work = Vec::new();
@@ -177,6 +179,22 @@ impl<'a> PerturbedLossEngine<'a> {
             let (d, kept) = tail.dispatches(&rec.gpu(), model, &base, chunk, &bufs)?;
             work.extend(kept);
             routes.push((chunk, d));
+        }
+        // An input check moves the custom layer's own input, so its route starts at that
+        // layer: Incremental's route for the layer does; Full's starts lower, so it gets one.
+        let mut input_routes = vec![None; model.layers.len()];
+        for (l, layer) in model.layers.iter().enumerate() {
+            let Some(ws) = ws.as_ref().filter(|_| checks_input(layer)) else {
+                continue;
+            };
+            input_routes[l] = Some(match strategy {
+                Strategy::Incremental => l,
+                Strategy::Full => {
+                    let copies = perturbed_copies(&bufs, &base);
+                    routes.push((ws.copies, route_from(&rec, ws, &copies, &state, &bufs, l)));
+                    routes.len() - 1
+                }
+            });
         }
         work.push(state);
         ctx.wait()?;
@@ -191,9 +209,11 @@ impl<'a> PerturbedLossEngine<'a> {
             bufs,
             routes,
             tail_start: tail.map(|t| t.start),
+            input_routes,
+            rows: n,
             _base: base,
             _work: work,
-            _full_ws: full_ws,
+            _full_ws: ws,
         })
     }
 
@@ -207,6 +227,51 @@ impl<'a> PerturbedLossEngine<'a> {
                 bad.index
             )));
         }
+        self.losses_on_routes(perturbations, |p| self.route_of(p.index))
+    }
+
+    /// Losses with one element of layer `layer`'s input moved instead of a parameter: index
+    /// n·IN + i of its [N, IN] input in the unperturbed pass. Only a layer that
+    /// [`checks_input`] can take them.
+    pub fn input_losses(
+        &self,
+        layer: usize,
+        perturbations: &[Perturbation],
+    ) -> Result<Vec<PerturbedLoss>> {
+        let model = self.model;
+        let Some(Layer::Custom(custom)) = model.layers.get(layer) else {
+            return Err(Error::InvalidArgument(format!(
+                "layer {} has no input-gradient check: only custom WGSL layers take one",
+                layer + 1
+            )));
+        };
+        let elements = self.rows * custom.in_size;
+        if let Some(bad) = perturbations.iter().find(|p| p.index >= elements) {
+            return Err(Error::InvalidArgument(format!(
+                "input element {} is out of range: layer {}'s input has {elements}",
+                bad.index,
+                layer + 1
+            )));
+        }
+        // The custom layer at the route's start reads indices from the arena's size on as
+        // elements of its shared input; every other layer compares them with its own
+        // parameters' indices, which they never match.
+        let moved: Vec<Perturbation> = (perturbations.iter())
+            .map(|p| Perturbation {
+                index: model.layout.total + p.index,
+                minus: p.minus,
+            })
+            .collect();
+        let route = self.input_routes[layer].expect("a custom layer has an input route");
+        self.losses_on_routes(&moved, |_| route)
+    }
+
+    /// Evaluates each perturbation on the route `route` picks for it.
+    fn losses_on_routes(
+        &self,
+        perturbations: &[Perturbation],
+        route: impl Fn(&Perturbation) -> usize,
+    ) -> Result<Vec<PerturbedLoss>> {
         let precision = self.model.precision;
         let mut out = vec![
             PerturbedLoss {
@@ -218,7 +283,7 @@ impl<'a> PerturbedLossEngine<'a> {
         // Group by route (keeping each group's order), so a chunk runs one dispatch list.
         let mut by_route: Vec<Vec<usize>> = vec![Vec::new(); self.routes.len()];
         for (k, p) in perturbations.iter().enumerate() {
-            by_route[self.route_of(p.index)].push(k);
+            by_route[route(p)].push(k);
         }
         for (route, members) in by_route.iter().enumerate() {
             let (chunk, dispatches) = &self.routes[route];
@@ -285,6 +350,20 @@ impl<'a> PerturbedLossEngine<'a> {
     /// Central differences gᵢ = (L(θ+h·eᵢ) − L(θ−h·eᵢ)) / 2h for `indices`, and whether each
     /// pair straddled a kink.
     pub fn gradient(&self, indices: &[usize]) -> Result<NumericalGradient> {
+        self.central_differences(indices, |p| self.losses(p))
+    }
+
+    /// Central differences of the loss in the elements `indices` of layer `layer`'s input
+    /// ([`PerturbedLossEngine::input_losses`]).
+    pub fn input_gradient(&self, layer: usize, indices: &[usize]) -> Result<NumericalGradient> {
+        self.central_differences(indices, |p| self.input_losses(layer, p))
+    }
+
+    fn central_differences(
+        &self,
+        indices: &[usize],
+        losses: impl Fn(&[Perturbation]) -> Result<Vec<PerturbedLoss>>,
+    ) -> Result<NumericalGradient> {
         let start = Instant::now();
         let perturbations: Vec<Perturbation> = indices
             .iter()
@@ -298,7 +377,7 @@ impl<'a> PerturbedLossEngine<'a> {
                 ]
             })
             .collect();
-        let losses = self.losses(&perturbations)?;
+        let losses = losses(&perturbations)?;
         let (grad, kinks) = losses
             .chunks(2)
             .map(|pair| {
@@ -319,6 +398,17 @@ impl<'a> PerturbedLossEngine<'a> {
 
 fn has_params(layer: &Layer) -> bool {
     !layer.tensors().is_empty()
+}
+
+/// Whether the engine can move elements of the layer's input ([`PerturbedLossEngine::input_losses`]):
+/// a custom layer's, whose backward pass a user wrote.
+pub fn checks_input(layer: &Layer) -> bool {
+    matches!(layer, Layer::Custom(_))
+}
+
+/// Whether a layer gets a route of its own: one for its parameters, its input, or both.
+fn has_route(layer: &Layer) -> bool {
+    has_params(layer) || checks_input(layer)
 }
 
 /// What every route reads (the perturbations and h) and writes (each copy's loss and kink
@@ -347,7 +437,7 @@ fn chunk_sizes(
 ) -> (Option<usize>, Option<usize>) {
     let bytes = model.precision.bytes();
     let tail_start = tail.map_or(model.layers.len(), |t| t.start);
-    let needs_recompute = model.layers[..tail_start].iter().any(has_params);
+    let needs_recompute = model.layers[..tail_start].iter().any(has_route);
     let limit = |elem_bytes: usize| ctx.max_binding_elems(elem_bytes.max(1)).clamp(1, 65_535);
     // A chunk is padded to its full size, so none is larger than its route can ever fill: two
     // perturbations for each parameter of the layer (or of the tail) it serves.
@@ -359,7 +449,13 @@ fn chunk_sizes(
         let per_eval = n * model.sizes.iter().sum::<usize>() * 2 * bytes + n * 8;
         let max_size = *model.sizes.iter().max().expect("at least one layer");
         let fill = (model.layers[..tail_start].iter())
-            .map(|l| 2 * numel(std::slice::from_ref(l)))
+            .map(|l| {
+                let input = match l {
+                    Layer::Custom(c) => n * c.in_size,
+                    _ => 0,
+                };
+                2 * (numel(std::slice::from_ref(l)) + input)
+            })
             .max()
             .unwrap_or(1);
         let auto = (CHUNK_BYTES / per_eval).min(fill);
@@ -385,12 +481,7 @@ fn recompute_routes(
     tail_start: usize,
 ) -> Result<Vec<(usize, Vec<Dispatch>)>> {
     let layers = &rec.model.layers;
-    let copies = Copies::Perturbed {
-        pert: &bufs.pert,
-        h: &bufs.h,
-        flips: &bufs.out_flips,
-        base,
-    };
+    let copies = perturbed_copies(bufs, base);
     // Only layers that read an input shared by all copies (affine and convolution) can start a
     // route: the perturbed layer itself, or the nearest one below it (recomputed unperturbed);
     // Full starts at the first, since parameter-free layers before it give every copy the same
@@ -398,7 +489,7 @@ fn recompute_routes(
     let first_reader = layers.iter().position(|l| l.reads_shared_input());
     let mut routes = Vec::new();
     for (start, layer) in layers.iter().enumerate() {
-        if !has_params(layer) || start >= tail_start {
+        if !has_route(layer) || start >= tail_start {
             routes.push((ws.copies, Vec::new()));
             continue;
         }
@@ -413,11 +504,33 @@ fn recompute_routes(
                 rec.model.spec.layers[start]
             ))
         })?;
-        let mut d = rec.forward_with(ws, &copies, Mode::Check, state, from);
-        d.push(copy_loss(&rec.gpu(), ws, &bufs.out_loss));
-        routes.push((ws.copies, d));
+        routes.push((ws.copies, route_from(rec, ws, &copies, state, bufs, from)));
     }
     Ok(routes)
+}
+
+fn perturbed_copies<'b>(bufs: &'b EngineBuffers, base: &'b Workspace) -> Copies<'b> {
+    Copies::Perturbed {
+        pert: &bufs.pert,
+        h: &bufs.h,
+        flips: &bufs.out_flips,
+        base,
+    }
+}
+
+/// A forward pass of the perturbed copies in `ws` from layer `from` (its input the base
+/// workspace's, shared), then each copy's loss.
+fn route_from(
+    rec: &Recorder,
+    ws: &Workspace,
+    copies: &Copies,
+    state: &GpuBuffer,
+    bufs: &EngineBuffers,
+    from: usize,
+) -> Vec<Dispatch> {
+    let mut d = rec.forward_with(ws, copies, Mode::Check, state, from);
+    d.push(copy_loss(&rec.gpu(), ws, &bufs.out_loss));
+    d
 }
 
 fn penalty(model: &Model, params: &[f64]) -> f64 {
@@ -454,6 +567,20 @@ pub fn analytic_gradient(
     x: &[f64],
     labels: &[u32],
 ) -> Result<(f64, Vec<f64>)> {
+    let (loss, grads, _) = analytic_gradients(ctx, kernels, model, x, labels, &[])?;
+    Ok((loss, grads))
+}
+
+/// [`analytic_gradient`], and the gradient of the input [N, IN] of each layer in `inputs`
+/// (custom layers, or any layer but the first).
+pub fn analytic_gradients(
+    ctx: &GpuContext,
+    kernels: &Kernels,
+    model: &Model,
+    x: &[f64],
+    labels: &[u32],
+    inputs: &[usize],
+) -> Result<(f64, Vec<f64>, Vec<Vec<f64>>)> {
     let rec = Recorder {
         ctx,
         kernels,
@@ -469,5 +596,13 @@ pub fn analytic_gradient(
     d.push(train_metrics(&rec.gpu(), &ws, &stats, &state));
     kernel::run(ctx, &d)?;
     let loss = stats.read_real(ctx, model.precision)?[StatsWord::LastLoss as usize];
-    Ok((loss, model.read_grads(ctx)?))
+    let input_grads = (inputs.iter())
+        .map(|&l| {
+            let grad = ws.input_grad(l).ok_or_else(|| {
+                Error::InvalidArgument(format!("layer {} keeps no input gradient", l + 1))
+            })?;
+            grad.read_real(ctx, model.precision)
+        })
+        .collect::<Result<_>>()?;
+    Ok((loss, model.read_grads(ctx)?, input_grads))
 }

@@ -96,6 +96,14 @@ impl RefNet {
     /// Fails, saying why, on a spec that does not resolve into layers.
     pub fn new(spec: &NetSpec, masks: DropoutMasks) -> Result<RefNet> {
         let (layers, layout) = spec.resolve()?;
+        if let Some(l) = layers.iter().position(|l| matches!(l, Layer::Custom(_))) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "layer {} ({}) is a custom WGSL layer, which has no CPU reference: its check is \
+                 `wgrad gradcheck`, numerical against its own backward",
+                l + 1,
+                spec.layers[l]
+            )));
+        }
         Ok(RefNet {
             spec: spec.clone(),
             masks,
@@ -208,6 +216,7 @@ impl RefNet {
                 let (y, mask) = dropout_forward(input, self.masks.seed, self.masks.step, d.p);
                 (y, Saved::Mask(mask))
             }
+            Layer::Custom(_) => unreachable!("RefNet::new refuses custom layers"),
         }
     }
 

@@ -7,13 +7,14 @@
 //! `conv30x5` (30 filters of 5×5; `conv30x5s2p1`: stride 2, padding 1), `maxpool2` / `avgpool2`
 //! (window 2, stride = window; `maxpool3s2`: stride 2), `affine100`, `relu`, `sigmoid`, `tanh`, `bn`
 //! (BatchNorm over the channels or features of the layer before), `ln` (LayerNorm over each
-//! sample's features), `dropout0.5`.
+//! sample's features), `dropout0.5`, `wgsl:PATH` (a user's own layer, [`custom`]).
 //! The book's SimpleConvNet is `conv30x5,relu,maxpool2,affine100,relu,affine10`.
 
 pub mod activation;
 pub mod affine;
 pub mod batchnorm;
 pub mod conv;
+pub mod custom;
 pub mod dropout;
 pub mod layernorm;
 pub mod pool;
@@ -27,6 +28,7 @@ pub use activation::{Activation, ActivationLayer};
 pub use affine::Affine;
 pub use batchnorm::BatchNorm;
 pub use conv::Conv;
+pub use custom::CustomLayer;
 pub use dropout::Dropout;
 pub use layernorm::LayerNorm;
 pub use pool::{Pool, PoolKind};
@@ -67,6 +69,12 @@ pub enum LayerSpec {
     Dropout {
         p: f64,
     },
+    /// A user's layer file: its path as given, and its text (so a checkpoint holds the layer
+    /// it was trained with, and a changed file is a different layer).
+    Wgsl {
+        path: String,
+        source: String,
+    },
 }
 
 impl fmt::Display for LayerSpec {
@@ -87,6 +95,7 @@ impl fmt::Display for LayerSpec {
             LayerSpec::BatchNorm => f.write_str("bn"),
             LayerSpec::LayerNorm => f.write_str("ln"),
             LayerSpec::Dropout { p } => write!(f, "dropout{p}"),
+            LayerSpec::Wgsl { ref path, .. } => write!(f, "wgsl:{path}"),
         }
     }
 }
@@ -121,24 +130,7 @@ pub fn parse_layers(spec: &str) -> Result<Vec<LayerSpec>> {
 /// Asks each layer module whether `item` is its word.
 fn parse_layer(item: &str) -> Result<LayerSpec> {
     let word = item.to_ascii_lowercase();
-    let parsed = [
-        conv::parse,
-        pool::parse,
-        affine::parse,
-        dropout::parse,
-        activation::parse,
-        batchnorm::parse,
-        layernorm::parse,
-    ]
-    .iter()
-    .find_map(|parse| parse(&word))
-    .unwrap_or_else(|| {
-        Err(if word.is_empty() {
-            "empty layer".into()
-        } else {
-            "unknown layer".into()
-        })
-    });
+    let parsed = custom::parse(item).unwrap_or_else(|| parse_word(&word));
     parsed.map_err(|why| {
         let words: Vec<&str> = [
             conv::SYNTAX,
@@ -148,12 +140,35 @@ fn parse_layer(item: &str) -> Result<LayerSpec> {
             batchnorm::SYNTAX,
             layernorm::SYNTAX,
             dropout::SYNTAX,
+            custom::SYNTAX,
         ]
         .concat();
         Error::InvalidArgument(format!(
             "bad layer '{item}' in the layer spec: {why} (layers: {})",
             words.join(", ")
         ))
+    })
+}
+
+/// A built-in layer's word (lowercased), or why not.
+fn parse_word(word: &str) -> std::result::Result<LayerSpec, String> {
+    [
+        conv::parse,
+        pool::parse,
+        affine::parse,
+        dropout::parse,
+        activation::parse,
+        batchnorm::parse,
+        layernorm::parse,
+    ]
+    .iter()
+    .find_map(|parse| parse(word))
+    .unwrap_or_else(|| {
+        Err(if word.is_empty() {
+            "empty layer".into()
+        } else {
+            "unknown layer".into()
+        })
     })
 }
 
@@ -237,6 +252,7 @@ pub enum Layer {
     BatchNorm(BatchNorm),
     LayerNorm(LayerNorm),
     Dropout(Dropout),
+    Custom(CustomLayer),
 }
 
 impl std::ops::Deref for Layer {
@@ -252,6 +268,7 @@ impl std::ops::Deref for Layer {
             Layer::BatchNorm(l) => l,
             Layer::LayerNorm(l) => l,
             Layer::Dropout(l) => l,
+            Layer::Custom(l) => l,
         }
     }
 }
@@ -466,6 +483,22 @@ impl TensorPlacer {
         Ok((gamma, beta))
     }
 
+    /// Adds a tensor under a name of its own (a custom layer's), refusing one that is taken.
+    pub fn add_named(
+        &mut self,
+        name: String,
+        role: ParamRole,
+        shape: Vec<usize>,
+    ) -> Result<usize, String> {
+        if self.tensors.iter().any(|t| t.name == name) {
+            return Err(format!("its tensor {name} has the name of another tensor of the net: rename the parameter in the file"));
+        }
+        let fan_in = shape.first().copied().unwrap_or(1);
+        let index = self.add(role, shape, fan_in);
+        self.tensors[index].name = name;
+        Ok(index)
+    }
+
     /// Starts the tensors of the next affine or convolution layer (W2, b2, …).
     pub fn next_layer(&mut self) {
         self.param_layers += 1;
@@ -522,6 +555,10 @@ pub fn resolve(spec: &NetSpec) -> Result<(Vec<Layer>, ParamLayout)> {
             LayerSpec::BatchNorm => batchnorm::resolve(shape, &mut placer, &mut counts),
             LayerSpec::LayerNorm => layernorm::resolve(shape, &mut placer),
             LayerSpec::Dropout { p } => dropout::resolve(p, shape, &mut counts),
+            LayerSpec::Wgsl {
+                ref path,
+                ref source,
+            } => custom::resolve(path, source, i + 1, shape, &mut placer),
         }
         .map_err(at)?;
         shape = resolved.1;
@@ -534,6 +571,15 @@ pub fn resolve(spec: &NetSpec) -> Result<(Vec<Layer>, ParamLayout)> {
                 "the net must end with an affine layer of {} units (the class scores)",
                 spec.output
             )))
+        }
+    }
+    // A custom layer's tensor may take a name an affine layer after it gives its own (W3).
+    for (k, t) in placer.tensors.iter().enumerate() {
+        if placer.tensors[..k].iter().any(|u| u.name == t.name) {
+            return Err(Error::InvalidArgument(format!(
+                "two tensors of the net are named {}: rename the parameter of the custom layer",
+                t.name
+            )));
         }
     }
     if placer.offset > MAX_PARAMS {

@@ -1,0 +1,483 @@
+//! The contract between a user's `.wgsl` layer file and wgrad: the declarations in its `//!`
+//! lines, the functions it must define, and the checks that turn every way of breaking the
+//! contract into an error naming the file, the place and the fix.
+//!
+//! ```text
+//! //! output: same                 (or a number of output features: `output: 10`)
+//! //! input: 100                   (optional: the input features it requires)
+//! //! param alpha: [in] = 0.25     (name: [dims] = init; dims are `in`, `out` or numbers;
+//! //! param W: [in, out] = he       init: a number, he, xavier or normal(std))
+//!
+//! fn forward(n: u32, j: u32) -> real            // y[n, j]
+//! fn backward(n: u32, i: u32) -> real           // ∂L/∂x[n, i]
+//! fn backward_alpha(k: u32) -> real             // ∂L/∂alpha[k], one per param
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use wgpu::naga;
+
+use crate::gpu::kernel::{source_for, Entry, Shader};
+use crate::gpu::Precision;
+
+/// How the layer's output size follows from its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputShape {
+    /// The input's shape (an activation, a per-feature scale).
+    Same,
+    /// `[N, IN] → [N, K]`: K features per sample.
+    Features(usize),
+}
+
+/// One dimension of a declared tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dim {
+    /// The layer's input features per sample.
+    In,
+    /// Its output features per sample.
+    Out,
+    Fixed(usize),
+}
+
+/// How a declared tensor starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ParamInit {
+    /// Every element this value.
+    Constant(f64),
+    /// N(0, std²).
+    Normal(f64),
+    /// N(0, 2/fan_in), fan_in = the first dimension.
+    He,
+    /// N(0, 1/fan_in).
+    Xavier,
+}
+
+/// `param NAME: [dims] = init`
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamDecl {
+    pub name: String,
+    pub dims: Vec<Dim>,
+    pub init: ParamInit,
+}
+
+/// What a layer file declares.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Declarations {
+    pub output: OutputShape,
+    /// The input features it requires, if it says.
+    pub input: Option<usize>,
+    pub params: Vec<ParamDecl>,
+}
+
+/// The most tensors one layer may declare (the harness's offset table).
+pub const MAX_TENSORS: usize = 16;
+
+/// Names the harness defines, which a layer file may not reuse.
+const PROVIDED: &[&str] = &[
+    "x", "y", "dy", "batch", "in_size", "out_size", "tanh_r", "exp_r", "log_r", "real",
+];
+
+/// shaders/custom_layer.wgsl: the bindings, accessors and entry points around the user's code.
+const HARNESS: &str = include_str!("../../../../shaders/custom_layer.wgsl");
+
+/// A checked layer file: its declarations and the shader built from it. One per distinct
+/// (name, source): see [`contract`].
+#[derive(Debug)]
+pub struct Contract {
+    /// The file as the user named it (`wgsl:PATH`'s PATH).
+    pub file: String,
+    pub source: String,
+    pub decl: Declarations,
+    /// The user's text followed by the harness and the per-tensor code.
+    pub shader: Shader,
+    pub forward: Entry,
+    pub forward_perturbed: Entry,
+    pub backward_input: Entry,
+    /// Per declared tensor, in order.
+    pub backward_params: Vec<Entry>,
+}
+
+/// (file name, text)
+type ContractKey = (String, String);
+
+/// The checked contract of `source` (named `file` in messages), built once per distinct text:
+/// a net resolves its layers many times, and a kernel cache keys shaders by name. Each
+/// distinct text stays in memory for the life of the process, as the compiled pipelines do.
+pub fn contract(file: &str, source: &str) -> Result<Arc<Contract>, String> {
+    static BUILT: OnceLock<Mutex<HashMap<ContractKey, Arc<Contract>>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let key = (file.to_string(), source.to_string());
+    if let Some(c) = built.lock().expect("contract cache poisoned").get(&key) {
+        return Ok(c.clone());
+    }
+    let decl = parse_declarations(source).map_err(|e| format!("{file}:{e}"))?;
+    check_user_text(source, &decl).map_err(|e| format!("{file}:{e}"))?;
+    let full = assemble(source, &decl);
+    // 'static: Shader and Entry are the kernel cache's keys, built in at compile time for
+    // wgrad's own shaders.
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let number = NEXT.fetch_add(1, Ordering::Relaxed);
+    let shader = Shader {
+        name: leak(format!("wgsl:{file}#{number}")),
+        source: leak(full),
+    };
+    for precision in [Precision::F64, Precision::F32] {
+        validate(file, source, shader, precision, &decl)?;
+    }
+    let forward = Entry::new(shader, "wgrad_forward");
+    let c = Arc::new(Contract {
+        file: file.to_string(),
+        source: source.to_string(),
+        forward,
+        forward_perturbed: forward.with(&[("WGRAD_PERTURBED", 1.0)]),
+        backward_input: Entry::new(shader, "wgrad_backward"),
+        backward_params: (decl.params.iter())
+            .map(|p| Entry::new(shader, leak(format!("wgrad_backward_{}", p.name))))
+            .collect(),
+        decl,
+        shader,
+    });
+    let mut built = built.lock().expect("contract cache poisoned");
+    Ok(built.entry(key).or_insert(c).clone())
+}
+
+/// The `//!` lines, or "LINE: what is wrong, and the fix".
+pub fn parse_declarations(source: &str) -> Result<Declarations, String> {
+    let mut output = None;
+    let mut input = None;
+    let mut params: Vec<ParamDecl> = Vec::new();
+    for (number, line) in source.lines().enumerate() {
+        let Some(text) = line.trim_start().strip_prefix("//!") else {
+            continue;
+        };
+        let at = |why: String| format!("{}: {why}", number + 1);
+        let text = text.trim();
+        if let Some(rest) = text.strip_prefix("output:") {
+            output = Some(parse_output(rest.trim()).map_err(at)?);
+        } else if let Some(rest) = text.strip_prefix("input:") {
+            input = Some(positive(rest.trim()).map_err(at)?);
+        } else if let Some(rest) = text.strip_prefix("param ") {
+            let p = parse_param(rest).map_err(at)?;
+            if params.iter().any(|q| q.name == p.name) {
+                return Err(at(format!(
+                    "parameter '{}' is declared twice: give each its own name",
+                    p.name
+                )));
+            }
+            params.push(p);
+        } else {
+            return Err(at(format!(
+                "'//! {text}' is not a declaration: wgrad reads `//! output: same|K`, `//! input: D` \
+                 and `//! param NAME: [dims] = init` (write other comments with // alone)"
+            )));
+        }
+    }
+    if params.len() > MAX_TENSORS {
+        return Err(format!(
+            "1: {} parameter tensors declared, more than the {MAX_TENSORS} a layer may have: merge some",
+            params.len()
+        ));
+    }
+    let output = output.ok_or(
+        "1: no `//! output:` declaration: add `//! output: same` (the input's shape) or \
+         `//! output: K` (K features per sample)",
+    )?;
+    Ok(Declarations {
+        output,
+        input,
+        params,
+    })
+}
+
+fn parse_output(text: &str) -> Result<OutputShape, String> {
+    match text {
+        "same" => Ok(OutputShape::Same),
+        k => positive(k)
+            .map(OutputShape::Features)
+            .map_err(|_| format!("output '{k}' is neither `same` nor a number of features")),
+    }
+}
+
+fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(v) if (1..=crate::gpu::limits::MAX_WIDTH).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "'{text}' is not a whole number from 1 to {}",
+            crate::gpu::limits::MAX_WIDTH
+        )),
+    }
+}
+
+/// `NAME: [dims] = init`
+fn parse_param(text: &str) -> Result<ParamDecl, String> {
+    const FORM: &str = "write `//! param NAME: [dims] = init`, e.g. `//! param alpha: [in] = 0.25`";
+    let (name, rest) = text
+        .split_once(':')
+        .ok_or(format!("no ':' after the name: {FORM}"))?;
+    let name = name.trim();
+    let identifier = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !identifier {
+        return Err(format!(
+            "parameter name '{name}' is not a WGSL identifier of letters, digits and _ (starting with a letter)"
+        ));
+    }
+    if PROVIDED.contains(&name) || name.starts_with("wgrad") {
+        return Err(format!(
+            "parameter name '{name}' is taken by wgrad's harness ({} and names starting with wgrad): rename it",
+            PROVIDED.join(", ")
+        ));
+    }
+    let (dims, init) = rest.split_once('=').ok_or(format!("no '= init': {FORM}"))?;
+    let dims = dims.trim();
+    let inner = (dims.strip_prefix('[').and_then(|d| d.strip_suffix(']')))
+        .ok_or(format!("the shape '{dims}' is not in brackets: {FORM}"))?;
+    let dims = inner
+        .split(',')
+        .map(|d| match d.trim() {
+            "in" => Ok(Dim::In),
+            "out" => Ok(Dim::Out),
+            n => positive(n)
+                .map(Dim::Fixed)
+                .map_err(|_| format!("dimension '{n}' is not `in`, `out` or a whole number")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ParamDecl {
+        name: name.to_string(),
+        dims,
+        init: parse_init(init.trim())?,
+    })
+}
+
+fn parse_init(text: &str) -> Result<ParamInit, String> {
+    let bad = || {
+        format!(
+            "init '{text}' is not a number, `he`, `xavier` or `normal(STD)` (e.g. normal(0.01))"
+        )
+    };
+    match text {
+        "he" => Ok(ParamInit::He),
+        "xavier" => Ok(ParamInit::Xavier),
+        _ => match text
+            .strip_prefix("normal(")
+            .and_then(|t| t.strip_suffix(')'))
+        {
+            Some(std) => match std.trim().parse::<f64>() {
+                Ok(s) if s.is_finite() && s > 0.0 => Ok(ParamInit::Normal(s)),
+                _ => Err(bad()),
+            },
+            None => match text.parse::<f64>() {
+                Ok(v) if v.is_finite() => Ok(ParamInit::Constant(v)),
+                _ => Err(bad()),
+            },
+        },
+    }
+}
+
+/// The user's text without comments, line by line (so positions keep their line numbers).
+fn code_lines(source: &str) -> impl Iterator<Item = (usize, &str)> {
+    source
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.split("//").next().unwrap_or("")))
+}
+
+/// What naga cannot say in the user's terms: bindings and entry points of their own, a
+/// function wgrad requires that is missing, a name the harness already defines.
+fn check_user_text(source: &str, decl: &Declarations) -> Result<(), String> {
+    for (line, code) in code_lines(source) {
+        if let Some(what) = [
+            "@group",
+            "@binding",
+            "var<storage",
+            "var<uniform",
+            "@compute",
+        ]
+        .iter()
+        .find(|w| code.contains(**w))
+        {
+            return Err(format!(
+                "{line}: `{what}`: a binding or entry point that does not follow the contract. \
+                 wgrad binds every buffer and owns the entry points: remove it, and read the \
+                 input through x(n, i), the output through y(n, j), the output gradient through \
+                 dy(n, j) and each parameter through its name, NAME(k)"
+            ));
+        }
+        let params = decl.params.iter().map(|p| p.name.as_str());
+        for name in PROVIDED.iter().copied().chain(params) {
+            if defines(code, name) {
+                return Err(format!(
+                    "{line}: `fn {name}` redefines a function wgrad provides (x, y, dy, batch, \
+                     in_size, out_size, tanh_r, exp_r, log_r, and one per declared parameter): rename it"
+                ));
+            }
+        }
+    }
+    let required = ["forward", "backward"]
+        .into_iter()
+        .map(String::from)
+        .chain(decl.params.iter().map(|p| format!("backward_{}", p.name)));
+    for name in required {
+        if !code_lines(source).any(|(_, code)| defines(code, &name)) {
+            let signature = signature_of(&name);
+            return Err(format!(
+                "1: no `fn {name}`: the contract needs `{signature}`{}",
+                if name.starts_with("backward_") {
+                    " for the declared parameter (the gradient of each element k, summed over the batch)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `code` declares `fn name(`.
+fn defines(code: &str, name: &str) -> bool {
+    let mut rest = code;
+    while let Some(at) = rest.find("fn ") {
+        let after = rest[at + 3..].trim_start();
+        let ident: String = (after.chars())
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if ident == name && (at == 0 || !is_ident_char(rest[..at].chars().last())) {
+            return true;
+        }
+        rest = &rest[at + 3..];
+    }
+    false
+}
+
+fn is_ident_char(c: Option<char>) -> bool {
+    c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn signature_of(name: &str) -> String {
+    match name {
+        "forward" => "fn forward(n: u32, j: u32) -> real".into(),
+        "backward" => "fn backward(n: u32, i: u32) -> real".into(),
+        param => format!("fn {param}(k: u32) -> real"),
+    }
+}
+
+/// The user's text, then the harness, then per declared tensor its reader and the entry point
+/// of its gradient. The user's text comes first so that naga's line numbers are the file's.
+fn assemble(source: &str, decl: &Declarations) -> String {
+    let mut text = format!("{source}\n\n{HARNESS}\n");
+    for (t, p) in decl.params.iter().enumerate() {
+        let name = &p.name;
+        text.push_str(&format!(
+            "\n// Declared tensor {t}: {name}.\n\
+             fn {name}(k: u32) -> real {{\n    return wgrad_param({t}u, k);\n}}\n\n\
+             @compute @workgroup_size(64)\n\
+             fn wgrad_backward_{name}(@builtin(global_invocation_id) gid: vec3<u32>) {{\n    \
+                 let k = wgrad_index(gid);\n    \
+                 if (k >= wgrad_shape.count) {{\n        return;\n    }}\n    \
+                 wgrad_copy = 0u;\n    \
+                 wgrad_grads[wgrad_shape.offsets[{t}u / 4u][{t}u % 4u] + k] = backward_{name}(k);\n\
+             }}\n"
+        ));
+    }
+    text
+}
+
+/// Parses and validates the module as `precision` builds it; an error is placed in the
+/// user's file when it lies there.
+fn validate(
+    file: &str,
+    user: &str,
+    shader: Shader,
+    precision: Precision,
+    decl: &Declarations,
+) -> Result<(), String> {
+    let full = source_for(shader, precision);
+    // source_for puts the precision prelude and a newline before the shader's text.
+    let offset = full.len() - shader.source.len();
+    let user_lines = user.lines().count();
+    let place = |loc: Option<naga::SourceLocation>| -> (Option<(u32, u32)>, bool) {
+        match loc {
+            Some(l) if (l.offset as usize) >= offset => {
+                let line = full[offset..l.offset as usize].matches('\n').count() + 1;
+                let col = full[..l.offset as usize]
+                    .rsplit('\n')
+                    .next()
+                    .map_or(1, |s| s.chars().count() + 1);
+                (Some((line as u32, col as u32)), line <= user_lines)
+            }
+            _ => (None, false),
+        }
+    };
+    let report = |message: String, loc: Option<naga::SourceLocation>| {
+        let in_harness = "in the code wgrad puts around the file (its declarations and \
+                          signatures must match the contract: `fn forward(n: u32, j: u32) -> real`, \
+                          `fn backward(n: u32, i: u32) -> real`, `fn backward_NAME(k: u32) -> real` \
+                          per declared parameter, values of type `real`)";
+        match place(loc) {
+            (Some((line, col)), true) => {
+                format!("{file}:{line}:{col}: {message} ({precision} build): fix the WGSL there")
+            }
+            _ => format!("{file}: {message}, {in_harness} ({precision} build)"),
+        }
+    };
+    let module = naga::front::wgsl::parse_str(&full)
+        .map_err(|e| report(e.message().to_string(), e.location(&full)))?;
+    let capabilities = match precision {
+        Precision::F64 => naga::valid::Capabilities::FLOAT64,
+        Precision::F32 => naga::valid::Capabilities::empty(),
+    };
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+        .validate(&module)
+        .map_err(|e| {
+            let loc = e.spans().next().map(|(span, _)| span.location(&full));
+            report(e.as_inner().to_string(), loc)
+        })?;
+    check_signatures(file, &module, decl)
+}
+
+/// forward, backward and backward_NAME take u32 indices and return one `real`.
+fn check_signatures(file: &str, module: &naga::Module, decl: &Declarations) -> Result<(), String> {
+    let names = ["forward", "backward"]
+        .into_iter()
+        .map(|n| (n.to_string(), 2))
+        .chain(
+            decl.params
+                .iter()
+                .map(|p| (format!("backward_{}", p.name), 1)),
+        );
+    for (name, arity) in names {
+        let Some((_, f)) = module
+            .functions
+            .iter()
+            .find(|(_, f)| f.name.as_deref() == Some(&name))
+        else {
+            continue;
+        };
+        let is_u32 = |ty| {
+            matches!(
+                module.types[ty].inner,
+                naga::TypeInner::Scalar(naga::Scalar::U32)
+            )
+        };
+        let returns_float = f.result.as_ref().is_some_and(|r| {
+            matches!(
+                module.types[r.ty].inner,
+                naga::TypeInner::Scalar(naga::Scalar {
+                    kind: naga::ScalarKind::Float,
+                    ..
+                })
+            )
+        });
+        if f.arguments.len() != arity || !f.arguments.iter().all(|a| is_u32(a.ty)) || !returns_float
+        {
+            return Err(format!(
+                "{file}: `fn {name}` does not have the contract's signature: write `{}`",
+                signature_of(&name)
+            ));
+        }
+    }
+    Ok(())
+}
