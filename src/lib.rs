@@ -57,6 +57,7 @@ pub mod error;
 pub mod evaluate;
 pub mod gpu;
 pub mod gradcheck;
+pub mod layer_check;
 pub mod nn;
 pub mod numgrad;
 pub mod optim;
@@ -66,3 +67,4 @@ pub mod reference;
 pub mod train;
 
 pub use error::{Error, Result};
+pub use layer_check::{check_layer, LayerCheckOptions, WgslLayer};

@@ -73,13 +73,17 @@ fn expand_includes(source: &str) -> String {
         .join("\n")
 }
 
-/// Full WGSL text of `shader` built for `precision`.
-pub fn source_for(shader: Shader, precision: Precision) -> String {
-    let prelude = match precision {
+/// The text every shader built for `precision` starts with: the `real` alias and its helpers.
+pub fn prelude(precision: Precision) -> &'static str {
+    match precision {
         Precision::F32 => PRELUDE_F32,
         Precision::F64 => PRELUDE_F64,
-    };
-    format!("{prelude}\n{}", expand_includes(shader.source))
+    }
+}
+
+/// Full WGSL text of `shader` built for `precision`: the prelude, a newline, the shader.
+pub fn source_for(shader: Shader, precision: Precision) -> String {
+    format!("{}\n{}", prelude(precision), expand_includes(shader.source))
 }
 
 /// Shader modules compiled so far, per file and precision: a net builds dozens of pipelines

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use wgpu::naga;
 
-use crate::gpu::kernel::{source_for, Entry, Shader};
+use crate::gpu::kernel::{prelude, source_for, Entry, Shader};
 use crate::gpu::Precision;
 
 /// How the layer's output size follows from its input.
@@ -396,7 +396,7 @@ fn validate(
 ) -> Result<(), String> {
     let full = source_for(shader, precision);
     // source_for puts the precision prelude and a newline before the shader's text.
-    let offset = full.len() - shader.source.len();
+    let offset = prelude(precision).len() + 1;
     let user_lines = user.lines().count();
     let place = |loc: Option<naga::SourceLocation>| -> (Option<(u32, u32)>, bool) {
         match loc {
