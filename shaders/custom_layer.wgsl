@@ -97,6 +97,11 @@ fn tanh_r(v: real) -> real {
     return real(1.0) - real(2.0) / (exp_r(real(2.0) * v) + real(1.0));
 }
 
+// Entry points. The contract check builds the file once without them (so that the user's
+// own errors and signatures are reported in the user's terms) and once with them; this line
+// divides the two parts.
+// ENTRY POINTS
+
 fn wgrad_index(gid: vec3<u32>) -> u32 {
     return gid.y * wgrad_shape.row_width + gid.x;
 }

@@ -129,9 +129,12 @@ pub fn parse_layers(spec: &str) -> Result<Vec<LayerSpec>> {
 
 /// Asks each layer module whether `item` is its word.
 fn parse_layer(item: &str) -> Result<LayerSpec> {
-    let word = item.to_ascii_lowercase();
-    let parsed = custom::parse(item).unwrap_or_else(|| parse_word(&word));
-    parsed.map_err(|why| {
+    if let Some(custom) = custom::parse(item) {
+        // A layer file's error starts with the file's name and ends with the fix; the list of
+        // layer words would only bury it.
+        return custom.map_err(Error::InvalidArgument);
+    }
+    parse_word(&item.to_ascii_lowercase()).map_err(|why| {
         let words: Vec<&str> = [
             conv::SYNTAX,
             pool::SYNTAX,

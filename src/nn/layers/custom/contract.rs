@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use wgpu::naga;
 
-use crate::gpu::kernel::{prelude, source_for, Entry, Shader};
+use crate::gpu::kernel::{prelude, Entry, Shader};
 use crate::gpu::Precision;
 
 /// How the layer's output size follows from its input.
@@ -112,9 +112,15 @@ pub fn contract(file: &str, source: &str) -> Result<Arc<Contract>, String> {
     if let Some(c) = built.lock().expect("contract cache poisoned").get(&key) {
         return Ok(c.clone());
     }
-    let decl = parse_declarations(source).map_err(|e| format!("{file}:{e}"))?;
-    check_user_text(source, &decl).map_err(|e| format!("{file}:{e}"))?;
-    let full = assemble(source, &decl);
+    let decl = parse_declarations(source).map_err(|p| p.in_file(file))?;
+    check_user_text(source, &decl).map_err(|p| p.in_file(file))?;
+    let bare = assemble(source, &decl, false);
+    let full = assemble(source, &decl, true);
+    for precision in [Precision::F64, Precision::F32] {
+        let module = validate(file, source, &bare, precision)?;
+        check_signatures(file, &module, &decl, precision)?;
+        validate(file, source, &full, precision)?;
+    }
     // 'static: Shader and Entry are the kernel cache's keys, built in at compile time for
     // wgrad's own shaders.
     let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
@@ -124,9 +130,6 @@ pub fn contract(file: &str, source: &str) -> Result<Arc<Contract>, String> {
         name: leak(format!("wgsl:{file}#{number}")),
         source: leak(full),
     };
-    for precision in [Precision::F64, Precision::F32] {
-        validate(file, source, shader, precision, &decl)?;
-    }
     let forward = Entry::new(shader, "wgrad_forward");
     let c = Arc::new(Contract {
         file: file.to_string(),
@@ -144,8 +147,39 @@ pub fn contract(file: &str, source: &str) -> Result<Arc<Contract>, String> {
     Ok(built.entry(key).or_insert(c).clone())
 }
 
-/// The `//!` lines, or "LINE: what is wrong, and the fix".
-pub fn parse_declarations(source: &str) -> Result<Declarations, String> {
+/// What breaks the contract, and where in the file when at one line.
+#[derive(Debug)]
+pub struct Problem {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl Problem {
+    fn at(line: usize, message: String) -> Problem {
+        Problem {
+            line: Some(line),
+            message,
+        }
+    }
+
+    fn whole_file(message: String) -> Problem {
+        Problem {
+            line: None,
+            message,
+        }
+    }
+
+    /// "FILE:LINE: message", or "FILE: message".
+    fn in_file(&self, file: &str) -> String {
+        match self.line {
+            Some(line) => format!("{file}:{line}: {}", self.message),
+            None => format!("{file}: {}", self.message),
+        }
+    }
+}
+
+/// The `//!` lines, or what is wrong with them and the fix.
+pub fn parse_declarations(source: &str) -> Result<Declarations, Problem> {
     let mut output = None;
     let mut input = None;
     let mut params: Vec<ParamDecl> = Vec::new();
@@ -153,7 +187,7 @@ pub fn parse_declarations(source: &str) -> Result<Declarations, String> {
         let Some(text) = line.trim_start().strip_prefix("//!") else {
             continue;
         };
-        let at = |why: String| format!("{}: {why}", number + 1);
+        let at = |why: String| Problem::at(number + 1, why);
         let text = text.trim();
         if let Some(rest) = text.strip_prefix("output:") {
             output = Some(parse_output(rest.trim()).map_err(at)?);
@@ -176,15 +210,18 @@ pub fn parse_declarations(source: &str) -> Result<Declarations, String> {
         }
     }
     if params.len() > MAX_TENSORS {
-        return Err(format!(
-            "1: {} parameter tensors declared, more than the {MAX_TENSORS} a layer may have: merge some",
+        return Err(Problem::whole_file(format!(
+            "{} parameter tensors declared, more than the {MAX_TENSORS} a layer may have: merge some",
             params.len()
-        ));
+        )));
     }
-    let output = output.ok_or(
-        "1: no `//! output:` declaration: add `//! output: same` (the input's shape) or \
-         `//! output: K` (K features per sample)",
-    )?;
+    let output = output.ok_or_else(|| {
+        Problem::whole_file(
+            "no `//! output:` declaration: add `//! output: same` (the input's shape) or \
+             `//! output: K` (K features per sample)"
+                .into(),
+        )
+    })?;
     Ok(Declarations {
         output,
         input,
@@ -287,7 +324,7 @@ fn code_lines(source: &str) -> impl Iterator<Item = (usize, &str)> {
 
 /// What naga cannot say in the user's terms: bindings and entry points of their own, a
 /// function wgrad requires that is missing, a name the harness already defines.
-fn check_user_text(source: &str, decl: &Declarations) -> Result<(), String> {
+fn check_user_text(source: &str, decl: &Declarations) -> Result<(), Problem> {
     for (line, code) in code_lines(source) {
         if let Some(what) = [
             "@group",
@@ -299,20 +336,23 @@ fn check_user_text(source: &str, decl: &Declarations) -> Result<(), String> {
         .iter()
         .find(|w| code.contains(**w))
         {
-            return Err(format!(
-                "{line}: `{what}`: a binding or entry point that does not follow the contract. \
+            return Err(Problem::at(
+                line,
+                format!(
+                    "`{what}`: a binding or entry point that does not follow the contract. \
                  wgrad binds every buffer and owns the entry points: remove it, and read the \
                  input through x(n, i), the output through y(n, j), the output gradient through \
                  dy(n, j) and each parameter through its name, NAME(k)"
+                ),
             ));
         }
         let params = decl.params.iter().map(|p| p.name.as_str());
         for name in PROVIDED.iter().copied().chain(params) {
             if defines(code, name) {
-                return Err(format!(
-                    "{line}: `fn {name}` redefines a function wgrad provides (x, y, dy, batch, \
+                return Err(Problem::at(line, format!(
+                    "`fn {name}` redefines a function wgrad provides (x, y, dy, batch, \
                      in_size, out_size, tanh_r, exp_r, log_r, and one per declared parameter): rename it"
-                ));
+                )));
             }
         }
     }
@@ -323,14 +363,14 @@ fn check_user_text(source: &str, decl: &Declarations) -> Result<(), String> {
     for name in required {
         if !code_lines(source).any(|(_, code)| defines(code, &name)) {
             let signature = signature_of(&name);
-            return Err(format!(
-                "1: no `fn {name}`: the contract needs `{signature}`{}",
+            return Err(Problem::whole_file(format!(
+                "no `fn {name}`: the contract needs `{signature}`{}",
                 if name.starts_with("backward_") {
                     " for the declared parameter (the gradient of each element k, summed over the batch)"
                 } else {
                     ""
                 }
-            ));
+            )));
         }
     }
     Ok(())
@@ -364,16 +404,30 @@ fn signature_of(name: &str) -> String {
     }
 }
 
-/// The user's text, then the harness, then per declared tensor its reader and the entry point
-/// of its gradient. The user's text comes first so that naga's line numbers are the file's.
-fn assemble(source: &str, decl: &Declarations) -> String {
-    let mut text = format!("{source}\n\n{HARNESS}\n");
+/// The user's text, then the harness, then per declared tensor its reader and (`entries`) the
+/// entry point of its gradient. Without entries nothing calls the user's functions, so a
+/// wrong signature is left for [`check_signatures`] to name. The user's text comes first so
+/// that naga's line numbers are the file's.
+fn assemble(source: &str, decl: &Declarations, entries: bool) -> String {
+    let (accessors, entry_points) = HARNESS
+        .split_once("// ENTRY POINTS\n")
+        .expect("custom_layer.wgsl marks its entry points");
+    let mut text = format!("{source}\n\n{accessors}");
     for (t, p) in decl.params.iter().enumerate() {
         let name = &p.name;
         text.push_str(&format!(
             "\n// Declared tensor {t}: {name}.\n\
-             fn {name}(k: u32) -> real {{\n    return wgrad_param({t}u, k);\n}}\n\n\
-             @compute @workgroup_size(64)\n\
+             fn {name}(k: u32) -> real {{\n    return wgrad_param({t}u, k);\n}}\n"
+        ));
+    }
+    if !entries {
+        return text;
+    }
+    text.push_str(entry_points);
+    for (t, p) in decl.params.iter().enumerate() {
+        let name = &p.name;
+        text.push_str(&format!(
+            "\n@compute @workgroup_size(64)\n\
              fn wgrad_backward_{name}(@builtin(global_invocation_id) gid: vec3<u32>) {{\n    \
                  let k = wgrad_index(gid);\n    \
                  if (k >= wgrad_shape.count) {{\n        return;\n    }}\n    \
@@ -385,17 +439,17 @@ fn assemble(source: &str, decl: &Declarations) -> String {
     text
 }
 
-/// Parses and validates the module as `precision` builds it; an error is placed in the
-/// user's file when it lies there.
+/// Parses and validates `text` (the user's text first) as `precision` builds it; an error is
+/// placed in the user's file when it lies there.
 fn validate(
     file: &str,
     user: &str,
-    shader: Shader,
+    text: &str,
     precision: Precision,
-    decl: &Declarations,
-) -> Result<(), String> {
-    let full = source_for(shader, precision);
-    // source_for puts the precision prelude and a newline before the shader's text.
+) -> Result<naga::Module, String> {
+    // As kernel::source_for builds it: the precision prelude, a newline, the text (which has
+    // no includes to expand: the user's would not parse here).
+    let full = format!("{}\n{text}", prelude(precision));
     let offset = prelude(precision).len() + 1;
     let user_lines = user.lines().count();
     let place = |loc: Option<naga::SourceLocation>| -> (Option<(u32, u32)>, bool) {
@@ -432,14 +486,28 @@ fn validate(
     naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
         .validate(&module)
         .map_err(|e| {
-            let loc = e.spans().next().map(|(span, _)| span.location(&full));
-            report(e.as_inner().to_string(), loc)
+            let loc = e.spans().last().map(|(span, _)| span.location(&full));
+            // naga's outer message and first span name the function; its causes and last span
+            // say what is wrong in it, and where.
+            let mut message = e.as_inner().to_string();
+            let mut cause = std::error::Error::source(e.as_inner());
+            while let Some(c) = cause {
+                message.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            report(message, loc)
         })?;
-    check_signatures(file, &module, decl)
+    Ok(module)
 }
 
-/// forward, backward and backward_NAME take u32 indices and return one `real`.
-fn check_signatures(file: &str, module: &naga::Module, decl: &Declarations) -> Result<(), String> {
+/// forward, backward and backward_NAME take u32 indices and return one `real` (f32 or f64 as
+/// `precision` builds it: a fixed f32 or f64 builds in one precision only).
+fn check_signatures(
+    file: &str,
+    module: &naga::Module,
+    decl: &Declarations,
+    precision: Precision,
+) -> Result<(), String> {
     let names = ["forward", "backward"]
         .into_iter()
         .map(|n| (n.to_string(), 2))
@@ -454,7 +522,7 @@ fn check_signatures(file: &str, module: &naga::Module, decl: &Declarations) -> R
             .iter()
             .find(|(_, f)| f.name.as_deref() == Some(&name))
         else {
-            continue;
+            unreachable!("check_user_text found fn {name}");
         };
         let is_u32 = |ty| {
             matches!(
@@ -462,19 +530,17 @@ fn check_signatures(file: &str, module: &naga::Module, decl: &Declarations) -> R
                 naga::TypeInner::Scalar(naga::Scalar::U32)
             )
         };
-        let returns_float = f.result.as_ref().is_some_and(|r| {
-            matches!(
-                module.types[r.ty].inner,
-                naga::TypeInner::Scalar(naga::Scalar {
-                    kind: naga::ScalarKind::Float,
-                    ..
-                })
-            )
-        });
-        if f.arguments.len() != arity || !f.arguments.iter().all(|a| is_u32(a.ty)) || !returns_float
+        let real = naga::Scalar {
+            kind: naga::ScalarKind::Float,
+            width: precision.bytes() as u8,
+        };
+        let returns_real = (f.result.as_ref())
+            .is_some_and(|r| module.types[r.ty].inner == naga::TypeInner::Scalar(real));
+        if f.arguments.len() != arity || !f.arguments.iter().all(|a| is_u32(a.ty)) || !returns_real
         {
             return Err(format!(
-                "{file}: `fn {name}` does not have the contract's signature: write `{}`",
+                "{file}: `fn {name}` does not have the contract's signature: write `{}` (indices \
+                 u32, the value `real`, which is f32 or f64 as the net's precision builds it)",
                 signature_of(&name)
             ));
         }
