@@ -148,6 +148,19 @@ pub struct GradcheckReport {
     /// unchecked tensors): the elements every figure but `kink_crossings` leaves out.
     #[serde(skip)]
     pub kinks: Vec<bool>,
+    /// The input gradients checked (custom layers'), element by element.
+    #[serde(skip)]
+    pub inputs: Vec<InputGradient>,
+}
+
+/// Both gradients of a custom layer's input, `xL` for layer L, [N, IN].
+#[derive(Clone, Debug)]
+pub struct InputGradient {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub analytic: Vec<f64>,
+    pub numeric: Vec<f64>,
+    pub kinks: Vec<bool>,
 }
 
 /// The input of a layer whose input gradient is checked: `xL` for the input of layer L
@@ -273,6 +286,7 @@ pub fn check(
         None => None,
     };
     let mut input_checks = Vec::new();
+    let mut input_values = Vec::new();
     let mut input_losses = 0;
     for (input, a) in inputs.iter().zip(&analytic_inputs) {
         let elements: Vec<usize> = (0..a.len()).collect();
@@ -283,7 +297,7 @@ pub fn check(
         };
         input_losses += n.perturbed_losses + wide.as_ref().map_or(0, |w| w.perturbed_losses);
         let (numeric, twice_h, kinks) = scatter(a.len(), &elements, &n, wide.as_ref());
-        let shape = [labels.len(), input.in_size];
+        let shape = vec![labels.len(), input.in_size];
         let twice_h = twice_h.as_deref();
         input_checks.push(tensor_check(
             &input.name,
@@ -294,6 +308,13 @@ pub fn check(
             &kinks,
             &tol,
         ));
+        input_values.push(InputGradient {
+            name: input.name.clone(),
+            shape,
+            analytic: a.clone(),
+            numeric,
+            kinks,
+        });
     }
     let seconds_numeric = start.elapsed().as_secs_f64();
     // No perturbed evaluation may write what another reads: the shared base is unchanged.
@@ -342,6 +363,7 @@ pub fn check(
         analytic,
         numeric,
         kinks,
+        inputs: input_values,
     })
 }
 

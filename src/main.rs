@@ -268,7 +268,8 @@ struct GradcheckArgs {
     /// Perturbed losses per GPU chunk [default: from the device limits].
     #[arg(long)]
     chunk: Option<usize>,
-    /// Write both gradients here as safetensors (analytic.W1, numeric.W1, …).
+    /// Write both gradients here as safetensors (analytic.W1, numeric.W1, …; analytic.x2 for
+    /// the input of a custom layer 2).
     #[arg(long)]
     save_grads: Option<PathBuf>,
     /// Draw a histogram of each tensor's element-wise relative errors here (.svg or .png).
@@ -1400,6 +1401,13 @@ fn print_gradcheck(r: &gradcheck::GradcheckReport) {
             if t.passed { "pass" } else { "FAIL" }
         );
     }
+    for input in &r.inputs {
+        let layer = input.name.trim_start_matches('x');
+        println!(
+            "{}: the input of layer {layer} (a custom layer), [batch, features]",
+            input.name
+        );
+    }
     for (i, d) in r.directions.iter().enumerate() {
         println!(
             "direction {i}: analytic {:.10e} numeric {:.10e} rel err {:.2e} {}",
@@ -1458,6 +1466,16 @@ fn save_grads(
                 Precision::F32 => TensorData::F32(v.iter().map(|&a| a as f32).collect()),
             };
             tensors.push((format!("{prefix}.{}", t.name), t.shape.clone(), data));
+        }
+    }
+    for input in &r.inputs {
+        for (prefix, values) in [("analytic", &input.analytic), ("numeric", &input.numeric)] {
+            let data = match r.precision {
+                Precision::F64 => TensorData::F64(values.clone()),
+                Precision::F32 => TensorData::F32(values.iter().map(|&a| a as f32).collect()),
+            };
+            let name = format!("{prefix}.{}", input.name);
+            tensors.push((name, input.shape.clone(), data));
         }
     }
     let mut meta = BTreeMap::new();

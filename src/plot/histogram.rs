@@ -29,20 +29,27 @@ pub fn plot_gradcheck(report: &GradcheckReport, layout: &ParamLayout, out: &Path
     super::check_output(out)?;
     let mut tensors = Vec::new();
     for t in &report.tensors {
-        let info = layout.get(&t.name).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "the report checks tensor {} but the net's layout has no such tensor",
-                t.name
-            ))
-        })?;
-        let range = info.offset..info.offset + info.numel;
-        tensors.push(Histogram::of(
-            t,
-            &info.shape,
-            &report.analytic[range.clone()],
-            &report.numeric[range.clone()],
-            report.kinks.get(range).unwrap_or(&[]),
-        ));
+        let input = report.inputs.iter().find(|i| i.name == t.name);
+        let histogram = match (layout.get(&t.name), input) {
+            (Some(info), _) => {
+                let range = info.offset..info.offset + info.numel;
+                Histogram::of(
+                    t,
+                    &info.shape,
+                    &report.analytic[range.clone()],
+                    &report.numeric[range.clone()],
+                    report.kinks.get(range).unwrap_or(&[]),
+                )
+            }
+            (None, Some(i)) => Histogram::of(t, &i.shape, &i.analytic, &i.numeric, &i.kinks),
+            (None, None) => {
+                return Err(Error::InvalidArgument(format!(
+                    "the report checks tensor {} but the net's layout has no such tensor",
+                    t.name
+                )))
+            }
+        };
+        tensors.push(histogram);
     }
     save(&Grid { report, tensors }, out)
 }
