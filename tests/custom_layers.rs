@@ -69,6 +69,41 @@ fn right_layers_pass_and_wrong_ones_fail_with_exit_1_at_the_broken_row() {
     }
 }
 
+/// Full recomputes every perturbed loss from the first layer, but an input check must move the
+/// custom layer's own input: its route starts there. `--params` picks the rows, and the
+/// input's gradients are saved beside the parameters'.
+#[test]
+fn full_strategy_input_checks_and_saved_input_gradients() {
+    let out = TempDir::new().unwrap();
+    let grads = out.path().join("grads.safetensors");
+    let layers = format!("affine13,wgsl:{},affine10", layer("prelu.wgsl"));
+    let extra = [
+        "--strategy",
+        "full",
+        "--params",
+        "alpha2,x2",
+        "--save-grads",
+        path_str(&grads),
+    ];
+    let (code, report) = gradcheck(&layers, &extra);
+    assert_eq!(code, Some(0), "{report}");
+    let names: Vec<&str> = (report["tensors"].as_array().unwrap().iter())
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alpha2", "x2"]);
+    let bytes = fs::read(&grads).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for name in [
+        "analytic.x2",
+        "numeric.x2",
+        "analytic.alpha2",
+        "numeric.alpha2",
+    ] {
+        assert!(file.tensor(name).is_ok(), "{name} missing");
+    }
+    assert_eq!(file.tensor("numeric.x2").unwrap().shape(), [3, 13]);
+}
+
 /// The issue's acceptance: GELU between two affine layers trains to 0.90 on the bundled data;
 /// `wgrad eval` gets the run's accuracy back from the checkpoint alone (which holds the layer's
 /// text), and a PReLU's slopes are saved under their names and read back by `--init-from`.
@@ -153,6 +188,74 @@ fn a_custom_layer_trains_saves_and_loads() {
     assert_eq!(slopes(&second), trained);
 }
 
+/// A custom layer's tensors are in the parameter arena like any other: every optimizer moves
+/// them, from the declared start, and a resumed run continues them bit for bit.
+#[test]
+fn every_optimizer_trains_a_custom_layers_tensors() {
+    let data = small_idx_folder();
+    let out = TempDir::new().unwrap();
+    let layers = format!("affine8,wgsl:{},affine10", layer("scale_shift.wgsl"));
+    let tensor = |path: &PathBuf, name: &str| -> Vec<f32> {
+        let bytes = fs::read(path).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = file.tensor(name).unwrap();
+        (t.data().chunks(4))
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    for optimizer in [
+        "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw",
+    ] {
+        let saved = out.path().join(format!("{optimizer}.safetensors"));
+        let run = wgrad(&[
+            "train",
+            "--data",
+            path_str(data.path()),
+            "--layers",
+            &layers,
+            "--optimizer",
+            optimizer,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "20",
+            "--save",
+            path_str(&saved),
+        ]);
+        assert_eq!(run.code, Some(0), "{optimizer}: {}", run.stderr);
+        // beta2 starts at the declared 0.1 everywhere.
+        let shift = tensor(&saved, "beta2");
+        assert_eq!(shift.len(), 8);
+        assert!(
+            shift.iter().all(|b| b.is_finite()),
+            "{optimizer}: {shift:?}"
+        );
+        assert!(
+            shift.iter().any(|&b| (b - 0.1).abs() > 1e-5),
+            "{optimizer}: {shift:?}"
+        );
+    }
+
+    // One epoch, then one more from the checkpoint, against two epochs at once.
+    let [once, twice, resumed] = ["once", "twice", "resumed"].map(|n| out.path().join(n));
+    let train = |epochs: &str, save: &PathBuf, resume: Option<&PathBuf>| {
+        let mut args = vec!["train", "--data", path_str(data.path()), "--epochs", epochs];
+        args.extend(["--batch-size", "20", "--save", path_str(save)]);
+        match resume {
+            Some(from) => args.extend(["--resume", path_str(from)]),
+            None => args.extend(["--layers", &layers, "--optimizer", "adam"]),
+        }
+        let run = wgrad(&args);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+    };
+    train("1", &once, None);
+    train("2", &twice, None);
+    train("2", &resumed, Some(&once));
+    for name in ["gamma2", "beta2", "W1", "W2"] {
+        assert_eq!(tensor(&resumed, name), tensor(&twice, name), "{name}");
+    }
+}
+
 /// The five kinds of bad layer file (a WGSL error, a missing function or declaration, a
 /// binding of its own, a shape that does not fit), each refused with exit 2, the file, the
 /// place where there is one, and the fix; none panics.
@@ -161,7 +264,7 @@ fn bad_layer_files_get_their_message_and_exit_2() {
     let dir = TempDir::new().unwrap();
     let right = "fn forward(n: u32, j: u32) -> real {\n    return x(n, j);\n}\n\
                  fn backward(n: u32, i: u32) -> real {\n    return dy(n, i);\n}\n";
-    let cases: [(&str, String, &[&str]); 8] = [
+    let cases: [(&str, String, &[&str]); 9] = [
         (
             "syntax",
             format!("//! output: same\n{}", right.replace("x(n, j);", "x(n, j) +;")),
@@ -194,6 +297,14 @@ fn bad_layer_files_get_their_message_and_exit_2() {
                 right.replace("(n: u32, j: u32) -> real {\n    return x(n, j);", "(n: u32) -> real {\n    return x(n, 0u);")
             ),
             &["`fn forward` does not have the contract's signature", "fn forward(n: u32, j: u32) -> real"],
+        ),
+        (
+            "fixed_f32",
+            format!(
+                "//! output: same\n{}",
+                right.replace(") -> real {\n    return x(n, j);", ") -> f32 {\n    return f32(x(n, j));")
+            ),
+            &["`fn forward` does not have the contract's signature", "f32 or f64"],
         ),
         (
             "binding",
