@@ -247,28 +247,13 @@ pub fn check(
     let input_layers: Vec<usize> = inputs.iter().map(|i| i.layer).collect();
     let (loss, mut analytic, analytic_inputs) =
         analytic_gradients(ctx, &kernels, &model, x, labels, &input_layers)?;
-    if let Some((name, factor)) = &config.analytic_fault {
-        if let Some(t) = layout.get(name) {
-            analytic[t.offset..t.offset + t.numel]
-                .iter_mut()
-                .for_each(|g| *g *= factor);
-        }
-    }
+    plant_fault(&mut analytic, &layout, config);
     let seconds_analytic = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
-    let engine_at = |h| {
-        PerturbedLossEngine::new(
-            ctx,
-            &kernels,
-            &model,
-            x,
-            labels,
-            config.strategy,
-            h,
-            config.chunk,
-        )
-    };
+    let (strategy, chunk) = (config.strategy, config.chunk);
+    let engine_at =
+        |h| PerturbedLossEngine::new(ctx, &kernels, &model, x, labels, strategy, h, chunk);
     let engine = engine_at(config.h)?;
     let seconds_numeric_setup = start.elapsed().as_secs_f64();
     let indices: Vec<usize> = selected
@@ -285,52 +270,24 @@ pub fn check(
         Some(wide) => Some(wide.gradient(&indices)?),
         None => None,
     };
-    let mut input_checks = Vec::new();
-    let mut input_values = Vec::new();
-    let mut input_losses = 0;
-    for (input, a) in inputs.iter().zip(&analytic_inputs) {
-        let elements: Vec<usize> = (0..a.len()).collect();
-        let n = engine.input_gradient(input.layer, &elements)?;
-        let wide = match &engine_twice_h {
-            Some(wide) => Some(wide.input_gradient(input.layer, &elements)?),
-            None => None,
-        };
-        input_losses += n.perturbed_losses + wide.as_ref().map_or(0, |w| w.perturbed_losses);
-        let (numeric, twice_h, kinks) = scatter(a.len(), &elements, &n, wide.as_ref());
-        let shape = vec![labels.len(), input.in_size];
-        let twice_h = twice_h.as_deref();
-        input_checks.push(tensor_check(
-            &input.name,
-            &shape,
-            a,
-            &numeric,
-            twice_h,
-            &kinks,
-            &tol,
-        ));
-        input_values.push(InputGradient {
-            name: input.name.clone(),
-            shape,
-            analytic: a.clone(),
-            numeric,
-            kinks,
-        });
-    }
+    let (input_checks, input_values, input_losses) = check_inputs(
+        &engine,
+        engine_twice_h.as_ref(),
+        &inputs,
+        &analytic_inputs,
+        labels.len(),
+        &tol,
+    )?;
     let seconds_numeric = start.elapsed().as_secs_f64();
-    // No perturbed evaluation may write what another reads: the shared base is unchanged.
-    if bits(&model.read_params(ctx)?) != bits(&cast_all(params, config.precision)) {
-        return Err(Error::Gpu(
-            "the base parameters changed during the numerical gradient".into(),
-        ));
-    }
+    base_unchanged(ctx, &model, params)?;
 
     let (numeric, numeric_twice_h, kinks) =
         scatter(layout.total, &indices, &numeric_part, at_twice_h.as_ref());
-    let mut tensors: Vec<TensorCheck> = selected
-        .iter()
+    let twice_h = numeric_twice_h.as_deref();
+    let mut tensors: Vec<TensorCheck> = (selected.iter())
         .map(|t| {
             let r = t.offset..t.offset + t.numel;
-            let twice_h = numeric_twice_h.as_ref().map(|n2| &n2[r.clone()]);
+            let twice_h = twice_h.map(|n2| &n2[r.clone()]);
             let (a, n, k) = (&analytic[r.clone()], &numeric[r.clone()], &kinks[r]);
             tensor_check(&t.name, &t.shape, a, n, twice_h, k, &tol)
         })
@@ -365,6 +322,60 @@ pub fn check(
         kinks,
         inputs: input_values,
     })
+}
+
+/// The test hook [`GradcheckConfig::analytic_fault`]: one tensor's analytic gradient scaled.
+fn plant_fault(analytic: &mut [f64], layout: &ParamLayout, config: &GradcheckConfig) {
+    let Some((name, factor)) = &config.analytic_fault else {
+        return;
+    };
+    if let Some(t) = layout.get(name) {
+        (analytic[t.offset..t.offset + t.numel].iter_mut()).for_each(|g| *g *= factor);
+    }
+}
+
+/// The input checks of `inputs` (analytic gradients `analytic`, one per input): their rows,
+/// their values, and the perturbed losses they took.
+fn check_inputs(
+    engine: &PerturbedLossEngine,
+    engine_twice_h: Option<&PerturbedLossEngine>,
+    inputs: &[CheckedInput],
+    analytic: &[Vec<f64>],
+    batch: usize,
+    tol: &Tolerance,
+) -> Result<(Vec<TensorCheck>, Vec<InputGradient>, usize)> {
+    let mut checks = Vec::new();
+    let mut values = Vec::new();
+    let mut losses = 0;
+    for (input, a) in inputs.iter().zip(analytic) {
+        let elements: Vec<usize> = (0..a.len()).collect();
+        let n = engine.input_gradient(input.layer, &elements)?;
+        let wide = match engine_twice_h {
+            Some(wide) => Some(wide.input_gradient(input.layer, &elements)?),
+            None => None,
+        };
+        losses += n.perturbed_losses + wide.as_ref().map_or(0, |w| w.perturbed_losses);
+        let (numeric, twice_h, kinks) = scatter(a.len(), &elements, &n, wide.as_ref());
+        let shape = vec![batch, input.in_size];
+        let twice_h = twice_h.as_deref();
+        checks.push(tensor_check(
+            &input.name,
+            &shape,
+            a,
+            &numeric,
+            twice_h,
+            &kinks,
+            tol,
+        ));
+        values.push(InputGradient {
+            name: input.name.clone(),
+            shape,
+            analytic: a.clone(),
+            numeric,
+            kinks,
+        });
+    }
+    Ok((checks, values, losses))
 }
 
 /// What makes a check vacuous: BatchNorm over a batch of one (each feature's batch variance is
@@ -403,6 +414,16 @@ fn degeneracy(
         ));
     }
     (!why.is_empty()).then(|| why.join("; "))
+}
+
+/// No perturbed evaluation may write what another reads: the shared base is as it was.
+fn base_unchanged(ctx: &GpuContext, model: &Model, params: &[f64]) -> Result<()> {
+    if bits(&model.read_params(ctx)?) != bits(&cast_all(params, model.precision)) {
+        return Err(Error::Gpu(
+            "the base parameters changed during the numerical gradient".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn bits(values: &[f64]) -> Vec<u64> {

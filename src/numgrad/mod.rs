@@ -180,22 +180,10 @@ impl<'a> PerturbedLossEngine<'a> {
             work.extend(kept);
             routes.push((chunk, d));
         }
-        // An input check moves the custom layer's own input, so its route starts at that
-        // layer: Incremental's route for the layer does; Full's starts lower, so it gets one.
-        let mut input_routes = vec![None; model.layers.len()];
-        for (l, layer) in model.layers.iter().enumerate() {
-            let Some(ws) = ws.as_ref().filter(|_| checks_input(layer)) else {
-                continue;
-            };
-            input_routes[l] = Some(match strategy {
-                Strategy::Incremental => l,
-                Strategy::Full => {
-                    let copies = perturbed_copies(&bufs, &base);
-                    routes.push((ws.copies, route_from(&rec, ws, &copies, &state, &bufs, l)));
-                    routes.len() - 1
-                }
-            });
-        }
+        let input_routes = match &ws {
+            Some(ws) => input_routes(&rec, ws, &base, &state, &bufs, strategy, &mut routes),
+            None => vec![None; model.layers.len()],
+        };
         work.push(state);
         ctx.wait()?;
         Ok(PerturbedLossEngine {
@@ -507,6 +495,33 @@ fn recompute_routes(
         routes.push((ws.copies, route_from(rec, ws, &copies, state, bufs, from)));
     }
     Ok(routes)
+}
+
+/// Per layer, the route of its input check (custom layers only). An input check moves the
+/// custom layer's own input, so its route starts at that layer: Incremental's route for the
+/// layer does; Full's starts lower, so it gets one more in `routes`.
+fn input_routes(
+    rec: &Recorder,
+    ws: &Workspace,
+    base: &Workspace,
+    state: &GpuBuffer,
+    bufs: &EngineBuffers,
+    strategy: Strategy,
+    routes: &mut Vec<(usize, Vec<Dispatch>)>,
+) -> Vec<Option<usize>> {
+    let layers = rec.model.layers.iter().enumerate();
+    layers
+        .map(|(l, layer)| {
+            checks_input(layer).then(|| match strategy {
+                Strategy::Incremental => l,
+                Strategy::Full => {
+                    let copies = perturbed_copies(bufs, base);
+                    routes.push((ws.copies, route_from(rec, ws, &copies, state, bufs, l)));
+                    routes.len() - 1
+                }
+            })
+        })
+        .collect()
 }
 
 fn perturbed_copies<'b>(bufs: &'b EngineBuffers, base: &'b Workspace) -> Copies<'b> {
