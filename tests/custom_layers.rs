@@ -257,14 +257,16 @@ fn every_optimizer_trains_a_custom_layers_tensors() {
 }
 
 /// The five kinds of bad layer file (a WGSL error, a missing function or declaration, a
-/// binding of its own, a shape that does not fit), each refused with exit 2, the file, the
-/// place where there is one, and the fix; none panics.
+/// binding of its own, a shape that does not fit), and what a newcomer's first tries showed
+/// (f64 `exp`, which lavapipe gets wrong in forward and backward alike; `// param`; a name
+/// another tensor has), each refused with exit 2, the file, the place where there is one, and
+/// the fix; none panics.
 #[test]
 fn bad_layer_files_get_their_message_and_exit_2() {
     let dir = TempDir::new().unwrap();
     let right = "fn forward(n: u32, j: u32) -> real {\n    return x(n, j);\n}\n\
                  fn backward(n: u32, i: u32) -> real {\n    return dy(n, i);\n}\n";
-    let cases: [(&str, String, &[&str]); 9] = [
+    let cases: [(&str, String, &[&str]); 12] = [
         (
             "syntax",
             format!("//! output: same\n{}", right.replace("x(n, j);", "x(n, j) +;")),
@@ -305,6 +307,24 @@ fn bad_layer_files_get_their_message_and_exit_2() {
                 right.replace(") -> real {\n    return x(n, j);", ") -> f32 {\n    return f32(x(n, j));")
             ),
             &["`fn forward` does not have the contract's signature", "f32 or f64"],
+        ),
+        (
+            "f64_exp",
+            format!(
+                "//! output: same\n{}",
+                right.replace("return x(n, j);", "return exp(x(n, j));")
+            ),
+            &["f64_exp.wgsl:3:12:", "`exp` of a `real`", "no f64 exp", "use exp_r"],
+        ),
+        (
+            "plain_comment_param",
+            format!("//! output: same\n// param scale: [in] = 1\n{}", right.replace("x(n, j);", "scale(j) * x(n, j);")),
+            &["plain_comment_param.wgsl:4:", "`scale`", "`//! param`, not `// param`"],
+        ),
+        (
+            "taken_name",
+            format!("//! output: same\n//! param W: [in] = 1\n{right}fn backward_W(k: u32) -> real {{\n    return real(0.0);\n}}\n"),
+            &["layer 2", "its tensor W2 has the name of another tensor", "rename its `//! param`", "taken_name.wgsl"],
         ),
         (
             "binding",

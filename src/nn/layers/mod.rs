@@ -578,12 +578,22 @@ pub fn resolve(spec: &NetSpec) -> Result<(Vec<Layer>, ParamLayout)> {
     }
     // A custom layer's tensor may take a name an affine layer after it gives its own (W3).
     for (k, t) in placer.tensors.iter().enumerate() {
-        if placer.tensors[..k].iter().any(|u| u.name == t.name) {
-            return Err(Error::InvalidArgument(format!(
-                "two tensors of the net are named {}: rename the parameter of the custom layer",
-                t.name
-            )));
-        }
+        let Some(j) = placer.tensors[..k].iter().position(|u| u.name == t.name) else {
+            continue;
+        };
+        let custom = (layers.iter().enumerate()).find_map(|(i, l)| match l {
+            Layer::Custom(c) if c.params.contains(&j) || c.params.contains(&k) => Some((i, c)),
+            _ => None,
+        });
+        let (i, c) = custom.expect("only a custom layer's tensors can share a name");
+        return Err(Error::InvalidArgument(format!(
+            "layer {} ({}): its tensor {} has the name of another tensor of the net: rename \
+             its `//! param` in {}",
+            i + 1,
+            spec.layers[i],
+            t.name,
+            c.contract.file
+        )));
     }
     if placer.offset > MAX_PARAMS {
         return Err(Error::InvalidArgument(format!(

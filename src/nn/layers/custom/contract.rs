@@ -117,9 +117,17 @@ pub fn contract(file: &str, source: &str) -> Result<Arc<Contract>, String> {
     let bare = assemble(source, &decl, false);
     let full = assemble(source, &decl, true);
     for precision in [Precision::F64, Precision::F32] {
-        let module = validate(file, source, &bare, precision)?;
+        // Without the entry points first, so that the user's own errors and signatures are
+        // named in the contract's terms, not as a call from the harness that does not fit.
+        let build = Build::new(file, source, &bare, precision);
+        let module = build.parse()?;
         check_signatures(file, &module, &decl, precision)?;
-        validate(file, source, &full, precision)?;
+        let info = build.validate(&module)?;
+        if precision == Precision::F64 {
+            build.refuse_f64_transcendentals(&module, &info)?;
+        }
+        let build = Build::new(file, source, &full, precision);
+        build.validate(&build.parse()?)?;
     }
     // 'static: Shader and Entry are the kernel cache's keys, built in at compile time for
     // wgrad's own shaders.
@@ -439,65 +447,149 @@ fn assemble(source: &str, decl: &Declarations, entries: bool) -> String {
     text
 }
 
-/// Parses and validates `text` (the user's text first) as `precision` builds it; an error is
-/// placed in the user's file when it lies there.
-fn validate(
-    file: &str,
-    user: &str,
-    text: &str,
+/// One build of a layer file's module (the user's text first, then the harness) for one
+/// precision, as naga sees it; errors are placed in the user's file when they lie there.
+struct Build<'a> {
+    file: &'a str,
     precision: Precision,
-) -> Result<naga::Module, String> {
-    // As kernel::source_for builds it: the precision prelude, a newline, the text (which has
-    // no includes to expand: the user's would not parse here).
-    let full = format!("{}\n{text}", prelude(precision));
-    let offset = prelude(precision).len() + 1;
-    let user_lines = user.lines().count();
-    let place = |loc: Option<naga::SourceLocation>| -> (Option<(u32, u32)>, bool) {
-        match loc {
-            Some(l) if (l.offset as usize) >= offset => {
-                let line = full[offset..l.offset as usize].matches('\n').count() + 1;
-                let col = full[..l.offset as usize]
-                    .rsplit('\n')
-                    .next()
-                    .map_or(1, |s| s.chars().count() + 1);
-                (Some((line as u32, col as u32)), line <= user_lines)
-            }
-            _ => (None, false),
+    /// As kernel::source_for builds it: the precision prelude, a newline, the text (which has
+    /// no includes to expand: the user's would not parse here).
+    full: String,
+    /// Where the user's text starts in `full`, and its lines.
+    offset: usize,
+    user_lines: usize,
+}
+
+impl<'a> Build<'a> {
+    fn new(file: &'a str, user: &str, text: &str, precision: Precision) -> Build<'a> {
+        Build {
+            file,
+            precision,
+            full: format!("{}\n{text}", prelude(precision)),
+            offset: prelude(precision).len() + 1,
+            user_lines: user.lines().count(),
         }
-    };
-    let report = |message: String, loc: Option<naga::SourceLocation>| {
-        let in_harness = "in the code wgrad puts around the file (its declarations and \
-                          signatures must match the contract: `fn forward(n: u32, j: u32) -> real`, \
-                          `fn backward(n: u32, i: u32) -> real`, `fn backward_NAME(k: u32) -> real` \
-                          per declared parameter, values of type `real`)";
-        match place(loc) {
-            (Some((line, col)), true) => {
+    }
+
+    /// (line, column) in the user's file of a place in the module, if it lies there.
+    fn place(&self, loc: Option<naga::SourceLocation>) -> Option<(usize, usize)> {
+        let at = loc?.offset as usize;
+        if at < self.offset {
+            return None;
+        }
+        let line = self.full[self.offset..at].matches('\n').count() + 1;
+        let col = (self.full[..at].rsplit('\n').next()).map_or(1, |s| s.chars().count() + 1);
+        (line <= self.user_lines).then_some((line, col))
+    }
+
+    fn report(&self, message: String, loc: Option<naga::SourceLocation>) -> String {
+        let (file, precision) = (self.file, self.precision);
+        match self.place(loc) {
+            Some((line, col)) => {
                 format!("{file}:{line}:{col}: {message} ({precision} build): fix the WGSL there")
             }
-            _ => format!("{file}: {message}, {in_harness} ({precision} build)"),
+            None => format!(
+                "{file}: {message}, in the code wgrad puts around the file (its declarations \
+                 and signatures must match the contract: `fn forward(n: u32, j: u32) -> real`, \
+                 `fn backward(n: u32, i: u32) -> real`, `fn backward_NAME(k: u32) -> real` per \
+                 declared parameter, values of type `real`) ({precision} build)"
+            ),
         }
-    };
-    let module = naga::front::wgsl::parse_str(&full)
-        .map_err(|e| report(e.message().to_string(), e.location(&full)))?;
-    let capabilities = match precision {
-        Precision::F64 => naga::valid::Capabilities::FLOAT64,
-        Precision::F32 => naga::valid::Capabilities::empty(),
-    };
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
-        .validate(&module)
-        .map_err(|e| {
-            let loc = e.spans().last().map(|(span, _)| span.location(&full));
-            // naga's outer message and first span name the function; its causes and last span
-            // say what is wrong in it, and where.
-            let mut message = e.as_inner().to_string();
-            let mut cause = std::error::Error::source(e.as_inner());
-            while let Some(c) = cause {
-                message.push_str(&format!(": {c}"));
-                cause = c.source();
+    }
+
+    fn parse(&self) -> Result<naga::Module, String> {
+        naga::front::wgsl::parse_str(&self.full).map_err(|e| {
+            let mut message = e.message().to_string();
+            if message.contains("no definition in scope") && self.full.contains("\n// param ") {
+                message.push_str(
+                    " (a parameter is declared on a `//!` line: `//! param`, not `// param`)",
+                );
             }
-            report(message, loc)
-        })?;
-    Ok(module)
+            self.report(message, e.location(&self.full))
+        })
+    }
+
+    fn validate(&self, module: &naga::Module) -> Result<naga::valid::ModuleInfo, String> {
+        let capabilities = match self.precision {
+            Precision::F64 => naga::valid::Capabilities::FLOAT64,
+            Precision::F32 => naga::valid::Capabilities::empty(),
+        };
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+            .validate(module)
+            .map_err(|e| {
+                let loc = e.spans().last().map(|(span, _)| span.location(&self.full));
+                // naga's outer message and first span name the function; its causes and last
+                // span say what is wrong in it, and where.
+                let mut message = e.as_inner().to_string();
+                let mut cause = std::error::Error::source(e.as_inner());
+                while let Some(c) = cause {
+                    message.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                self.report(message, loc)
+            })
+    }
+
+    /// Vulkan's GLSL.std.450 defines the transcendental functions for 16- and 32-bit floats
+    /// only: on f64 values lavapipe computes garbage, consistently in forward and backward, so
+    /// a gradient check cannot see it. They are refused on `real` in the f64 build.
+    fn refuse_f64_transcendentals(
+        &self,
+        module: &naga::Module,
+        info: &naga::valid::ModuleInfo,
+    ) -> Result<(), String> {
+        use naga::MathFunction as M;
+        for (handle, function) in module.functions.iter() {
+            let types = &info[handle];
+            for (expr, e) in function.expressions.iter() {
+                let naga::Expression::Math { fun, arg, .. } = *e else {
+                    continue;
+                };
+                let on_f64 = matches!(
+                    types[arg].ty.inner_with(&module.types).scalar(),
+                    Some(naga::Scalar {
+                        kind: naga::ScalarKind::Float,
+                        width: 8
+                    })
+                );
+                let transcendental = matches!(
+                    fun,
+                    M::Exp
+                        | M::Exp2
+                        | M::Log
+                        | M::Log2
+                        | M::Pow
+                        | M::Sin
+                        | M::Cos
+                        | M::Tan
+                        | M::Asin
+                        | M::Acos
+                        | M::Atan
+                        | M::Atan2
+                        | M::Sinh
+                        | M::Cosh
+                        | M::Tanh
+                        | M::Asinh
+                        | M::Acosh
+                        | M::Atanh
+                );
+                if on_f64 && transcendental {
+                    let loc = function.expressions.get_span(expr).location(&self.full);
+                    let (file, at) = match self.place(Some(loc)) {
+                        Some((line, col)) => (self.file, format!(":{line}:{col}")),
+                        None => (self.file, String::new()),
+                    };
+                    return Err(format!(
+                        "{file}{at}: `{}` of a `real`: Vulkan has no f64 {0} (lavapipe computes \
+                         garbage, the same in forward and backward, so no gradient check would \
+                         see it): use exp_r, log_r or tanh_r, or write it through them",
+                        format!("{fun:?}").to_lowercase()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// forward, backward and backward_NAME take u32 indices and return one `real` (f32 or f64 as
