@@ -266,7 +266,7 @@ fn bad_layer_files_get_their_message_and_exit_2() {
     let dir = TempDir::new().unwrap();
     let right = "fn forward(n: u32, j: u32) -> real {\n    return x(n, j);\n}\n\
                  fn backward(n: u32, i: u32) -> real {\n    return dy(n, i);\n}\n";
-    let cases: [(&str, String, &[&str]); 12] = [
+    let cases: [(&str, String, &[&str]); 13] = [
         (
             "syntax",
             format!("//! output: same\n{}", right.replace("x(n, j);", "x(n, j) +;")),
@@ -325,6 +325,11 @@ fn bad_layer_files_get_their_message_and_exit_2() {
             "taken_name",
             format!("//! output: same\n//! param W: [in] = 1\n{right}fn backward_W(k: u32) -> real {{\n    return real(0.0);\n}}\n"),
             &["layer 2", "its tensor W2 has the name of another tensor", "rename its `//! param`", "taken_name.wgsl"],
+        ),
+        (
+            "block_comment",
+            format!("//! output: same\n{}", right.replace("fn backward", "/* fn backward").replace("dy(n, i);\n}", "dy(n, i);\n} */")),
+            &["block_comment.wgsl", "no `fn backward`"],
         ),
         (
             "binding",

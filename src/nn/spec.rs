@@ -7,7 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::nn::layers::custom::ParamInit;
+use crate::nn::layers::custom::Start;
 use crate::nn::layers::{Activation, Layer, LayerSpec};
 
 /// Weight initialisation, as the book's MultiLayerNet names it. Biases always start at zero.
@@ -359,13 +359,12 @@ pub fn init_params(spec: &NetSpec, init: Init, seed: u64) -> Vec<f64> {
         Layer::Custom(c) => Some(c),
         _ => None,
     });
-    for (t, declared) in custom.flat_map(|c| c.inits(&layout)) {
+    for (t, start) in custom.flat_map(|c| c.starts(&layout)) {
         let t = &layout.tensors[t];
         for v in &mut params[t.offset..t.offset + t.numel] {
-            *v = match declared {
-                ParamInit::Constant(c) => c,
-                ParamInit::Normal(std) => std * standard_normal(&mut rng),
-                ParamInit::He | ParamInit::Xavier => unreachable!("inits() gives the std"),
+            *v = match start {
+                Start::Constant(c) => c,
+                Start::Normal(std) => std * standard_normal(&mut rng),
             };
         }
     }

@@ -614,7 +614,11 @@ fn check_signatures(
             .iter()
             .find(|(_, f)| f.name.as_deref() == Some(&name))
         else {
-            unreachable!("check_user_text found fn {name}");
+            // check_user_text's scan saw it, but in a block comment.
+            return Err(format!(
+                "{file}: no `fn {name}`: the contract needs `{}`",
+                signature_of(&name)
+            ));
         };
         let is_u32 = |ty| {
             matches!(
@@ -638,4 +642,80 @@ fn check_signatures(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declarations_parse_with_their_shapes_and_starts() {
+        let decl = parse_declarations(
+            "// y = x·W (a comment)\n//! output: 7\n//! input: 33\n\
+             //! param W: [in, out] = he\n//! param s: [3, in] = normal(0.25)\n\
+             //!param b: [out] = -0.5\n",
+        )
+        .unwrap();
+        assert_eq!(decl.output, OutputShape::Features(7));
+        assert_eq!(decl.input, Some(33));
+        let params: Vec<_> = (decl.params.iter())
+            .map(|p| (p.name.as_str(), p.dims.clone(), p.init))
+            .collect();
+        assert_eq!(
+            params,
+            [
+                ("W", vec![Dim::In, Dim::Out], ParamInit::He),
+                ("s", vec![Dim::Fixed(3), Dim::In], ParamInit::Normal(0.25)),
+                ("b", vec![Dim::Out], ParamInit::Constant(-0.5)),
+            ]
+        );
+        assert_eq!(
+            parse_declarations("//! output: same").unwrap().output,
+            OutputShape::Same
+        );
+    }
+
+    #[test]
+    fn bad_declarations_name_their_line_and_fix() {
+        let problem = |text: &str| parse_declarations(text).unwrap_err();
+        let p = problem("//! output: same\n//! param a: [in] = 1\n//! param a: [out] = 0\n");
+        assert_eq!(p.line, Some(3));
+        assert!(p.message.contains("declared twice"), "{}", p.message);
+        for (text, says) in [
+            ("//! output: sometimes", "neither `same` nor a number"),
+            (
+                "//! output: same\n//! param x: [in] = 1",
+                "taken by wgrad's harness",
+            ),
+            (
+                "//! output: same\n//! param 2a: [in] = 1",
+                "not a WGSL identifier",
+            ),
+            ("//! output: same\n//! param a: in = 1", "not in brackets"),
+            (
+                "//! output: same\n//! param a: [in, 0] = 1",
+                "dimension '0'",
+            ),
+            (
+                "//! output: same\n//! param a: [in] = normal(-1)",
+                "normal(STD)",
+            ),
+            ("//! output: same\n//! outptu: 3", "not a declaration"),
+        ] {
+            let p = problem(text);
+            assert!(p.line.is_some(), "{text}");
+            assert!(p.message.contains(says), "{text}: {}", p.message);
+        }
+        assert_eq!(problem("fn forward() {}").line, None);
+    }
+
+    #[test]
+    fn function_definitions_are_found_by_whole_name() {
+        assert!(defines("fn forward(n: u32, j: u32) -> real {", "forward"));
+        assert!(defines("  fn  backward_W(k: u32) -> real", "backward_W"));
+        assert!(!defines("fn forward_helper(v: real) -> real", "forward"));
+        assert!(!defines("fn backward_Wx(k: u32) -> real", "backward_W"));
+        assert!(!defines("let defn forward = 1;", "forward"));
+        assert!(defines("let a = 1; fn y(n: u32) -> real", "y"));
+    }
 }

@@ -116,21 +116,20 @@ pub(super) fn resolve(
 impl CustomLayer {
     /// Each declared tensor's layout index and how it starts (He and Xavier take the first
     /// dimension as the fan-in).
-    pub fn inits<'a>(
+    pub fn starts<'a>(
         &'a self,
         layout: &'a ParamLayout,
-    ) -> impl Iterator<Item = (usize, ParamInit)> + 'a {
-        (self.params.iter().zip(&self.contract.decl.params))
-            .map(|(&t, decl)| (t, decl.init))
-            .map(move |(t, init)| {
-                let fan_in = layout.tensors[t].shape[0];
-                let init = match init {
-                    ParamInit::He => ParamInit::Normal(Init::He.std_for(fan_in)),
-                    ParamInit::Xavier => ParamInit::Normal(Init::Xavier.std_for(fan_in)),
-                    other => other,
-                };
-                (t, init)
-            })
+    ) -> impl Iterator<Item = (usize, Start)> + 'a {
+        (self.params.iter().zip(&self.contract.decl.params)).map(move |(&t, decl)| {
+            let fan_in = layout.tensors[t].shape[0];
+            let start = match decl.init {
+                ParamInit::Constant(c) => Start::Constant(c),
+                ParamInit::Normal(std) => Start::Normal(std),
+                ParamInit::He => Start::Normal(Init::He.std_for(fan_in)),
+                ParamInit::Xavier => Start::Normal(Init::Xavier.std_for(fan_in)),
+            };
+            (t, start)
+        })
     }
 
     fn shape(&self, layout: &ParamLayout, rows: usize, copies: usize, count: usize) -> CustomShape {
@@ -150,6 +149,14 @@ impl CustomLayer {
             offsets,
         }
     }
+}
+
+/// How a declared tensor's elements are drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Start {
+    Constant(f64),
+    /// N(0, std²)
+    Normal(f64),
 }
 
 /// custom_layer.wgsl's WgradShape.
