@@ -71,7 +71,8 @@ pub struct Declarations {
     pub params: Vec<ParamDecl>,
 }
 
-/// The most tensors one layer may declare (the harness's offset table).
+/// The most tensors one layer may declare: the harness's offset table, `array<vec4<u32>, 4>`
+/// (a uniform array needs 16-byte elements).
 pub const MAX_TENSORS: usize = 16;
 
 /// Names the harness defines, which a layer file may not reuse.
@@ -707,6 +708,11 @@ mod tests {
             assert!(p.message.contains(says), "{text}: {}", p.message);
         }
         assert_eq!(problem("fn forward() {}").line, None);
+        let many: String = (0..=MAX_TENSORS)
+            .map(|t| format!("//! param p{t}: [in] = 0\n"))
+            .collect();
+        let p = problem(&format!("//! output: same\n{many}"));
+        assert!(p.message.contains("more than the 16"), "{}", p.message);
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl CustomLayer {
     }
 
     fn shape(&self, layout: &ParamLayout, rows: usize, copies: usize, count: usize) -> CustomShape {
-        let mut offsets = [0u32; 16];
+        let mut offsets = [0u32; contract::MAX_TENSORS];
         for (slot, &t) in offsets.iter_mut().zip(&self.params) {
             *slot = layout.tensors[t].offset as u32;
         }
