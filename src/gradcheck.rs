@@ -262,9 +262,10 @@ pub fn check(
         .collect();
     let numeric_part = engine.gradient(&indices)?;
     let tol = Tolerance::for_precision(config.precision);
-    let engine_twice_h = match tol.noise_factor > 0.0 {
-        true => Some(engine_at(2.0 * config.h)?),
-        false => None,
+    let engine_twice_h = if tol.noise_factor > 0.0 {
+        Some(engine_at(2.0 * config.h)?)
+    } else {
+        None
     };
     let at_twice_h = match &engine_twice_h {
         Some(wide) => Some(wide.gradient(&indices)?),

@@ -25,8 +25,9 @@ fn precisions(ctx: &GpuContext) -> Vec<Precision> {
 fn correct_layers_pass_in_both_precisions() {
     let ctx = context();
     // Shapes differ from each other and from the head's 5 classes, so a mixed-up size shows.
-    let cases: [(&str, &[usize], &[&str]); 4] = [
+    let cases: [(&str, &[usize], &[&str]); 5] = [
         ("gelu.wgsl", &[7], &["x1"]),
+        ("swish.wgsl", &[5], &["beta1", "x1"]),
         ("prelu.wgsl", &[2, 3, 3], &["alpha1", "x1"]),
         ("scale_shift.wgsl", &[11], &["gamma1", "beta1", "x1"]),
         ("dense.wgsl", &[9], &["weight1", "x1"]),

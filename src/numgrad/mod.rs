@@ -428,7 +428,8 @@ fn chunk_sizes(
     let needs_recompute = model.layers[..tail_start].iter().any(has_route);
     let limit = |elem_bytes: usize| ctx.max_binding_elems(elem_bytes.max(1)).clamp(1, 65_535);
     // A chunk is padded to its full size, so none is larger than its route can ever fill: two
-    // perturbations for each parameter of the layer (or of the tail) it serves.
+    // perturbations for each parameter of the layer (or of the tail) it serves, and for each
+    // element of a custom layer's input.
     let numel = |layers: &[Layer]| -> usize {
         let tensors = layers.iter().flat_map(|l| l.tensors());
         tensors.map(|t| model.layout.tensors[t].numel).sum()
@@ -470,10 +471,10 @@ fn recompute_routes(
 ) -> Result<Vec<(usize, Vec<Dispatch>)>> {
     let layers = &rec.model.layers;
     let copies = perturbed_copies(bufs, base);
-    // Only layers that read an input shared by all copies (affine and convolution) can start a
-    // route: the perturbed layer itself, or the nearest one below it (recomputed unperturbed);
-    // Full starts at the first, since parameter-free layers before it give every copy the same
-    // output.
+    // Only layers that read an input shared by all copies (affine, convolution, custom) can
+    // start a route: the perturbed layer itself, or the nearest one below it (recomputed
+    // unperturbed); Full starts at the first, since parameter-free layers before it give every
+    // copy the same output.
     let first_reader = layers.iter().position(|l| l.reads_shared_input());
     let mut routes = Vec::new();
     for (start, layer) in layers.iter().enumerate() {
