@@ -1453,29 +1453,23 @@ fn save_grads(
 ) -> Result<()> {
     use checkpoint::TensorData;
     let layout = spec.layout();
-    let mut tensors = Vec::new();
-    for t in layout
-        .tensors
-        .iter()
+    // (name, shape, analytic, numeric): the checked parameter tensors, then the inputs.
+    let params = (layout.tensors.iter())
         .filter(|t| r.tensors.iter().any(|c| c.name == t.name))
-    {
-        for (prefix, values) in [("analytic", &r.analytic), ("numeric", &r.numeric)] {
-            let v = values[t.offset..t.offset + t.numel].to_vec();
+        .map(|t| {
+            let range = t.offset..t.offset + t.numel;
+            let (a, n) = (&r.analytic[range.clone()], &r.numeric[range]);
+            (&t.name, &t.shape, a, n)
+        });
+    let inputs = (r.inputs.iter()).map(|i| (&i.name, &i.shape, &i.analytic[..], &i.numeric[..]));
+    let mut tensors = Vec::new();
+    for (name, shape, analytic, numeric) in params.chain(inputs) {
+        for (prefix, values) in [("analytic", analytic), ("numeric", numeric)] {
             let data = match r.precision {
-                Precision::F64 => TensorData::F64(v),
-                Precision::F32 => TensorData::F32(v.iter().map(|&a| a as f32).collect()),
-            };
-            tensors.push((format!("{prefix}.{}", t.name), t.shape.clone(), data));
-        }
-    }
-    for input in &r.inputs {
-        for (prefix, values) in [("analytic", &input.analytic), ("numeric", &input.numeric)] {
-            let data = match r.precision {
-                Precision::F64 => TensorData::F64(values.clone()),
+                Precision::F64 => TensorData::F64(values.to_vec()),
                 Precision::F32 => TensorData::F32(values.iter().map(|&a| a as f32).collect()),
             };
-            let name = format!("{prefix}.{}", input.name);
-            tensors.push((name, input.shape.clone(), data));
+            tensors.push((format!("{prefix}.{name}"), shape.clone(), data));
         }
     }
     let mut meta = BTreeMap::new();
