@@ -72,7 +72,9 @@ impl fmt::Display for Precision {
     }
 }
 
-/// A storage buffer and the number of elements it holds.
+/// A storage buffer and the number of elements it holds. A clone is another handle to the same
+/// buffer.
+#[derive(Clone)]
 pub struct GpuBuffer {
     pub buffer: wgpu::Buffer,
     pub len: usize,

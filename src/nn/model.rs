@@ -227,6 +227,7 @@ pub fn state_names(layers: &[Layer], layout: &ParamLayout) -> Vec<(String, Strin
 }
 
 /// A batch's activations and their gradients, for N rows × P parameter copies.
+#[derive(Clone)]
 pub struct Workspace {
     pub rows: usize,
     pub copies: usize,
@@ -287,6 +288,21 @@ impl Workspace {
     pub fn upload(&self, ctx: &GpuContext, x: &[f64], labels: &[u32], precision: Precision) {
         self.x.write_real(ctx, 0, x, precision);
         self.labels.write_u32(ctx, 0, labels);
+    }
+
+    /// The same buffers seen as holding only the first `copies` parameter copies: passes
+    /// recorded over it work on that many, so a short route of the perturbed-loss engine need
+    /// not compute a chunk sized for the longest.
+    pub fn first_copies(&self, copies: usize) -> Workspace {
+        assert!(
+            copies <= self.copies,
+            "a view of {copies} of {} copies",
+            self.copies
+        );
+        Workspace {
+            copies,
+            ..self.clone()
+        }
     }
 
     /// What layer `i`'s forward kept (the numerical gradient reads the unperturbed pass's).

@@ -427,24 +427,13 @@ fn chunk_sizes(
     let tail_start = tail.map_or(model.layers.len(), |t| t.start);
     let needs_recompute = model.layers[..tail_start].iter().any(has_route);
     let limit = |elem_bytes: usize| ctx.max_binding_elems(elem_bytes.max(1)).clamp(1, 65_535);
-    // A chunk is padded to its full size, so none is larger than its route can ever fill: two
-    // perturbations for each parameter of the layer (or of the tail) it serves, and for each
-    // element of a custom layer's input.
-    let numel = |layers: &[Layer]| -> usize {
-        let tensors = layers.iter().flat_map(|l| l.tensors());
-        tensors.map(|t| model.layout.tensors[t].numel).sum()
-    };
+    // A chunk is padded to its full size, so none is larger than the longest route can ever
+    // fill ([`route_fill`]); shorter routes take views of fewer copies.
     let recompute = needs_recompute.then(|| {
         let per_eval = n * model.sizes.iter().sum::<usize>() * 2 * bytes + n * 8;
         let max_size = *model.sizes.iter().max().expect("at least one layer");
         let fill = (model.layers[..tail_start].iter())
-            .map(|l| {
-                let input = match l {
-                    Layer::Custom(c) => n * c.in_size,
-                    _ => 0,
-                };
-                2 * (numel(std::slice::from_ref(l)) + input)
-            })
+            .map(|l| route_fill(model, n, l))
             .max()
             .unwrap_or(1);
         let auto = (CHUNK_BYTES / per_eval).min(fill);
@@ -452,10 +441,24 @@ fn chunk_sizes(
     });
     let tail_chunk = tail.map(|t| {
         let per_eval = t.scratch_per_eval(n) * bytes;
-        let auto = (CHUNK_BYTES / per_eval).min(2 * numel(&model.layers[t.start..]));
+        let numel = (model.layers[t.start..].iter()).map(|l| route_fill(model, n, l) / 2);
+        let auto = (CHUNK_BYTES / per_eval).min(2 * numel.sum::<usize>());
         chunk.unwrap_or(auto).clamp(1, limit(per_eval))
     });
     (recompute, tail_chunk)
+}
+
+/// The most perturbations a layer's route can take: two for each of its parameters, and for
+/// each element of a custom layer's input.
+fn route_fill(model: &Model, rows: usize, layer: &Layer) -> usize {
+    let params: usize = (layer.tensors().iter())
+        .map(|&t| model.layout.tensors[t].numel)
+        .sum();
+    let input = match layer {
+        Layer::Custom(c) => rows * c.in_size,
+        _ => 0,
+    };
+    2 * (params + input)
 }
 
 /// One dispatch list per layer below `tail_start` that owns parameters: a forward pass of the
@@ -493,7 +496,11 @@ fn recompute_routes(
                 rec.model.spec.layers[start]
             ))
         })?;
-        routes.push((ws.copies, route_from(rec, ws, &copies, state, bufs, from)));
+        // A route of few perturbations (a bias, a normalisation's γ) runs on as many copies
+        // as it can fill, not on the longest route's chunk.
+        let view = ws.first_copies(ws.copies.min(route_fill(rec.model, ws.rows, layer)));
+        let dispatches = route_from(rec, &view, &copies, state, bufs, from);
+        routes.push((view.copies, dispatches));
     }
     Ok(routes)
 }
@@ -517,7 +524,10 @@ fn input_routes(
                 Strategy::Incremental => l,
                 Strategy::Full => {
                     let copies = perturbed_copies(bufs, base);
-                    routes.push((ws.copies, route_from(rec, ws, &copies, state, bufs, l)));
+                    let fill = route_fill(rec.model, ws.rows, layer);
+                    let view = ws.first_copies(ws.copies.min(fill));
+                    let dispatches = route_from(rec, &view, &copies, state, bufs, l);
+                    routes.push((view.copies, dispatches));
                     routes.len() - 1
                 }
             })

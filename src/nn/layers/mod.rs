@@ -406,6 +406,7 @@ pub struct Backward<'a> {
 }
 
 /// What a forward pass keeps, per layer.
+#[derive(Clone)]
 pub enum Saved {
     Nothing,
     /// Max pooling: the arg-max of each output, [P, N, C, OH, OW] (u32).
