@@ -28,7 +28,7 @@ struct Params {
     b_off: u32,      // β's offset in theta and grads
     count: u32,      // elements of the elementwise entries: copies·N·F
     row_width: u32,  // invocations per grid row of kernel::grid(count)
-    _pad: u32,
+    input_shared: u32,  // 1: x is [N, F], read by every copy (a perturbed route's start)
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -74,6 +74,11 @@ fn elementwise_index(gid: vec3<u32>) -> u32 {
     return gid.y * P.row_width + gid.x;
 }
 
+// The row of x that (copy, row) `row` reads: its own, or the shared one of every copy.
+fn input_row(row: u32) -> u32 {
+    return select(row, row % P.n, P.input_shared == 1u);
+}
+
 // (γ, β) of feature k as copy p sees them.
 fn gamma_beta(p: u32, k: u32) -> vec2<real> {
     var g = theta[P.g_off + k];
@@ -93,7 +98,7 @@ fn gamma_beta(p: u32, k: u32) -> vec2<real> {
 
 // Row statistics. One workgroup per (copy, row), grid kernel::grid(copies·N·64); two passes
 // (mean, then Σ(x − mean)²) because the one-pass E[x²] − mean² cancels badly in f32.
-//   x: [copies, N, F] -> stats: [copies, N, 2] (mean, inv_std)
+//   x: [copies, N, F] or shared [N, F] -> stats: [copies, N, 2] (mean, inv_std)
 @compute @workgroup_size(64)
 fn ln_stats(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -104,7 +109,7 @@ fn ln_stats(
     if (row >= P.copies * P.n) {
         return;
     }
-    let base = row * P.f;
+    let base = input_row(row) * P.f;
     var acc = real(0.0);
     for (var j = lid; j < P.f; j += WG) {
         acc += x[base + j];
@@ -141,7 +146,8 @@ fn ln_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row = i / P.f;
     let k = i % P.f;
     let p = i / (P.n * P.f);
-    let xh = (x[i] - stats[row * STATS + MEAN]) * stats[row * STATS + INV_STD];
+    let xi = input_row(row) * P.f + k;
+    let xh = (x[xi] - stats[row * STATS + MEAN]) * stats[row * STATS + INV_STD];
     if (!PERTURBED) {
         xhat[i] = xh;
     }

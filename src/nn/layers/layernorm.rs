@@ -60,7 +60,8 @@ pub struct LayerNormParams {
     /// Elements of the elementwise entry: copies·N·F.
     pub count: u32,
     pub row_width: u32,
-    pub _pad: u32,
+    /// 1: the input is [N, F], shared by every copy.
+    pub input_shared: u32,
 }
 
 /// layernorm.wgsl's one binding table, shared by all its entry points.
@@ -131,7 +132,7 @@ impl LayerNorm {
             b_off: layout.tensors[self.beta].offset as u32,
             count: count as u32,
             row_width: grid(count).1,
-            _pad: 0,
+            input_shared: 0,
         }
     }
 
@@ -175,7 +176,10 @@ impl LayerOps for LayerNorm {
     // stats [P, N, 2] of x; y [P, N, F] = γ·(x − mean)·inv_std + β
     fn forward(&self, io: &Forward) -> Vec<Dispatch> {
         let (stats, xhat) = LayerNorm::saved(io.saved);
-        let params = self.params(io.layout, io.rows, io.copies);
+        let params = LayerNormParams {
+            input_shared: u32::from(io.input_shared),
+            ..self.params(io.layout, io.rows, io.copies)
+        };
         let bindings = LayerNormBindings {
             consts: LayerNorm::eps(io.state),
             x: io.input,
@@ -200,6 +204,12 @@ impl LayerOps for LayerNorm {
             dispatch(&STATS, grid(io.copies * io.rows * 64).0),
             dispatch(normalise, grid(params.count as usize).0),
         ]
+    }
+
+    // A γ or β perturbation starts its route here, on the unperturbed input, instead of
+    // recomputing the layers below it for every copy.
+    fn reads_shared_input(&self) -> bool {
+        true
     }
 
     // dγ, dβ [F] summed over rows; dx [N, F] per row from its own sums
