@@ -178,13 +178,12 @@ fn selected<'l>(
     names: &[String],
 ) -> Result<(Vec<&'l TensorInfo>, Vec<CheckedInput>)> {
     let inputs: Vec<CheckedInput> = (layers.iter().enumerate())
-        .filter_map(|(layer, l)| match l {
-            Layer::Custom(c) => Some(CheckedInput {
+        .filter_map(|(layer, l)| {
+            l.checked_input().map(|in_size| CheckedInput {
                 layer,
                 name: format!("x{}", layer + 1),
-                in_size: c.in_size,
-            }),
-            _ => None,
+                in_size,
+            })
         })
         .collect();
     let known = |n: &String| layout.get(n).is_some() || inputs.iter().any(|i| &i.name == n);

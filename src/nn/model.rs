@@ -239,8 +239,8 @@ pub struct Workspace {
     pub out: Vec<GpuBuffer>,
     /// Gradients of each layer's output (training workspaces only).
     d_out: Vec<GpuBuffer>,
-    /// The gradient of the input x [N, D], when the first layer is a custom one (whose input
-    /// gradient a gradient check compares): no built-in layer needs it.
+    /// The gradient of the input x [N, D], when the first layer's input gradient is checked
+    /// (`LayerOps::checked_input`: a custom layer's); no other use needs it.
     d_x: Option<GpuBuffer>,
     /// What each layer's forward keeps.
     saved: Vec<Saved>,
@@ -267,9 +267,9 @@ impl Workspace {
             .filter(|_| with_grads)
             .map(|(i, &size)| GpuBuffer::real(ctx, &label("d_out", i), rows * size, p))
             .collect();
-        let first_is_custom = matches!(model.layers.first(), Some(Layer::Custom(_)));
+        let first_checked = (model.layers.first()).is_some_and(|l| l.checked_input().is_some());
         Workspace {
-            d_x: (with_grads && first_is_custom)
+            d_x: (with_grads && first_checked)
                 .then(|| GpuBuffer::real(ctx, "d_x", rows * model.spec.input, p)),
             rows,
             copies,

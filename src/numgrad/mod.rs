@@ -219,21 +219,21 @@ impl<'a> PerturbedLossEngine<'a> {
     }
 
     /// Losses with one element of layer `layer`'s input moved instead of a parameter: index
-    /// n·IN + i of its [N, IN] input in the unperturbed pass. Only a layer that
-    /// [`checks_input`] can take them.
+    /// n·IN + i of its [N, IN] input in the unperturbed pass. Only a layer with a
+    /// [`checked_input`](crate::nn::layers::LayerOps::checked_input) can take them.
     pub fn input_losses(
         &self,
         layer: usize,
         perturbations: &[Perturbation],
     ) -> Result<Vec<PerturbedLoss>> {
         let model = self.model;
-        let Some(Layer::Custom(custom)) = model.layers.get(layer) else {
+        let Some(in_size) = model.layers.get(layer).and_then(|l| l.checked_input()) else {
             return Err(Error::InvalidArgument(format!(
                 "layer {} has no input-gradient check: only custom WGSL layers take one",
                 layer + 1
             )));
         };
-        let elements = self.rows * custom.in_size;
+        let elements = self.rows * in_size;
         if let Some(bad) = perturbations.iter().find(|p| p.index >= elements) {
             return Err(Error::InvalidArgument(format!(
                 "input element {} is out of range: layer {}'s input has {elements}",
@@ -388,15 +388,9 @@ fn has_params(layer: &Layer) -> bool {
     !layer.tensors().is_empty()
 }
 
-/// Whether the engine can move elements of the layer's input ([`PerturbedLossEngine::input_losses`]):
-/// a custom layer's, whose backward pass a user wrote.
-pub fn checks_input(layer: &Layer) -> bool {
-    matches!(layer, Layer::Custom(_))
-}
-
 /// Whether a layer gets a route of its own: one for its parameters, its input, or both.
 fn has_route(layer: &Layer) -> bool {
-    has_params(layer) || checks_input(layer)
+    has_params(layer) || layer.checked_input().is_some()
 }
 
 /// What every route reads (the perturbations and h) and writes (each copy's loss and kink
@@ -454,11 +448,7 @@ fn route_fill(model: &Model, rows: usize, layer: &Layer) -> usize {
     let params: usize = (layer.tensors().iter())
         .map(|&t| model.layout.tensors[t].numel)
         .sum();
-    let input = match layer {
-        Layer::Custom(c) => rows * c.in_size,
-        _ => 0,
-    };
-    2 * (params + input)
+    2 * (params + rows * layer.checked_input().unwrap_or(0))
 }
 
 /// One dispatch list per layer below `tail_start` that owns parameters: a forward pass of the
@@ -520,7 +510,7 @@ fn input_routes(
     let layers = rec.model.layers.iter().enumerate();
     layers
         .map(|(l, layer)| {
-            checks_input(layer).then(|| match strategy {
+            layer.checked_input().map(|_| match strategy {
                 Strategy::Incremental => l,
                 Strategy::Full => {
                     let copies = perturbed_copies(bufs, base);

@@ -316,6 +316,13 @@ pub trait LayerOps {
     fn reads_shared_input(&self) -> bool {
         false
     }
+    /// Numerical gradients: the features per sample of the layer's input when the engine moves
+    /// its elements one by one to check the input gradient (a custom layer's, whose backward
+    /// pass a user wrote); None for the built-in layers, whose backward passes wgrad's own
+    /// tests check against the f64 reference.
+    fn checked_input(&self) -> Option<usize> {
+        None
+    }
     /// Numerical gradients: whether the layer counts kink crossings (units or windows whose
     /// state differs from the unperturbed pass).
     fn counts_kinks(&self) -> bool {

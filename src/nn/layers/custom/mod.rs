@@ -285,4 +285,8 @@ impl LayerOps for CustomLayer {
     fn reads_shared_input(&self) -> bool {
         true
     }
+
+    fn checked_input(&self) -> Option<usize> {
+        Some(self.in_size)
+    }
 }
