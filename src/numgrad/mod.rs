@@ -435,8 +435,11 @@ fn chunk_sizes(
     });
     let tail_chunk = tail.map(|t| {
         let per_eval = t.scratch_per_eval(n) * bytes;
-        let numel = (model.layers[t.start..].iter()).map(|l| route_fill(model, n, l) / 2);
-        let auto = (CHUNK_BYTES / per_eval).min(2 * numel.sum::<usize>());
+        // The MLP kernel serves every perturbation of the tail's layers.
+        let fill: usize = (model.layers[t.start..].iter())
+            .map(|l| route_fill(model, n, l))
+            .sum();
+        let auto = (CHUNK_BYTES / per_eval).min(fill);
         chunk.unwrap_or(auto).clamp(1, limit(per_eval))
     });
     (recompute, tail_chunk)
