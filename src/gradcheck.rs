@@ -156,6 +156,8 @@ pub struct GradcheckReport {
 /// Both gradients of a custom layer's input, `xL` for layer L, [N, IN].
 #[derive(Clone, Debug)]
 pub struct InputGradient {
+    /// The layer whose input it is (0-based).
+    pub layer: usize,
     pub name: String,
     pub shape: Vec<usize>,
     pub analytic: Vec<f64>,
@@ -368,6 +370,7 @@ fn check_inputs(
             tol,
         ));
         values.push(InputGradient {
+            layer: input.layer,
             name: input.name.clone(),
             shape,
             analytic: a.clone(),

@@ -1402,10 +1402,10 @@ fn print_gradcheck(r: &gradcheck::GradcheckReport) {
         );
     }
     for input in &r.inputs {
-        let layer = input.name.trim_start_matches('x');
         println!(
-            "{}: the input of layer {layer} (a custom layer), [batch, features]",
-            input.name
+            "{}: the input of layer {} (a custom layer), [batch, features]",
+            input.name,
+            input.layer + 1
         );
     }
     for (i, d) in r.directions.iter().enumerate() {
