@@ -576,10 +576,9 @@ impl<'a> Build<'a> {
                 );
                 if on_f64 && transcendental {
                     let loc = function.expressions.get_span(expr).location(&self.full);
-                    let (file, at) = match self.place(Some(loc)) {
-                        Some((line, col)) => (self.file, format!(":{line}:{col}")),
-                        None => (self.file, String::new()),
-                    };
+                    let file = self.file;
+                    let at = (self.place(Some(loc)))
+                        .map_or(String::new(), |(line, col)| format!(":{line}:{col}"));
                     return Err(format!(
                         "{file}{at}: `{}` of a `real`: Vulkan has no f64 {0} (lavapipe computes \
                          garbage, the same in forward and backward, so no gradient check would \
