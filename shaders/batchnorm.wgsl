@@ -15,6 +15,8 @@
 // row_width, per-channel ones dispatch kernel::grid(k·64) (one workgroup, or invocation, each)
 // and unfold with num_workgroups, so they need no row width of their own.
 
+#include "moved_channel.wgsl"
+
 struct Params {
     n: u32,          // batch rows N
     c: u32,          // channels C
@@ -37,6 +39,7 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> running: array<real>;   // [C, 2]
 @group(0) @binding(9) var<storage, read> pert: array<u32>;
 @group(0) @binding(10) var<storage, read> hstep: array<real>;
+@group(0) @binding(11) var<storage, read> moved: array<u32>;           // [copies]: moved channels
 
 // stats record of one (copy, channel): mean, inv_std, and the biased variance, which only the
 // running update needs (recovering it from inv_std would lose it to eps in f32).
@@ -49,6 +52,10 @@ const VAR: u32 = 2u;
 // pert[2p+1] its sign (0: +h, 1: −h), and hstep[0] is h. Each copy reads γ and β as the shared
 // base plus its own one-element change, so no copy writes what another reads.
 override PERTURBED: bool = false;
+
+// Built for a one-channel route (moved_channel.wgsl): bn_stats runs one workgroup per copy, for
+// its moved channel, and bn_forward_train's `count` covers the moved channel alone.
+override ONE_CHANNEL: bool = false;
 
 const WG: u32 = 64u;
 
@@ -109,9 +116,12 @@ fn bn_stats(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let pc = wid.y * nwg.x + wid.x;
-    if (pc >= P.copies * P.c) {
+    var pc = wid.y * nwg.x + wid.x;
+    if (pc >= select(P.copies * P.c, P.copies, ONE_CHANNEL)) {
         return;
+    }
+    if (ONE_CHANNEL) {
+        pc = pc * P.c + moved[pc];
     }
     let p = pc / P.c;
     let ch = pc % P.c;
@@ -146,9 +156,12 @@ fn bn_stats(
 //   x, stats: [copies, C, 3], θ -> xhat, y: [copies, N, C, S]
 @compute @workgroup_size(64)
 fn bn_forward_train(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = elementwise_index(gid);
+    var i = elementwise_index(gid);
     if (i >= P.count) {
         return;
+    }
+    if (ONE_CHANNEL) {
+        i = moved_channel_index(i, P.n, P.c, P.s, moved[i / (P.n * P.s)]);
     }
     let ch = channel(i);
     let p = i / (P.n * P.c * P.s);

@@ -13,6 +13,8 @@
 // element it writes and gathers its sum in a fixed order: no atomics, so results are
 // deterministic.
 
+#include "moved_channel.wgsl"
+
 struct Params {
     n: u32, c: u32, h: u32, w: u32,
     f: u32, kh: u32, kw: u32, stride: u32,
@@ -31,6 +33,10 @@ struct Params {
 // pert[2p+1] its sign (0: +h, 1: −h), and hstep[0] is h.
 override PERTURBED: bool = false;
 
+// Built for a one-channel route (moved_channel.wgsl): conv_forward computes each copy's moved
+// filter alone, its `copies·N·OH·OW` invocations given by the host.
+override ONE_CHANNEL: bool = false;
+
 // Each entry point binds only some of these; the ones sharing a number are never used by the
 // same entry point.
 @group(0) @binding(0) var<uniform> P: Params;
@@ -43,6 +49,7 @@ override PERTURBED: bool = false;
 @group(0) @binding(3) var<storage, read_write> grads: array<real>; // conv_backward_params
 @group(0) @binding(4) var<storage, read> pert: array<u32>;
 @group(0) @binding(5) var<storage, read> hstep: array<real>;
+@group(0) @binding(6) var<storage, read> moved: array<u32>;      // [copies]: moved filters
 
 fn index(gid: vec3<u32>) -> u32 {
     return gid.y * P.row_width + gid.x;
@@ -51,10 +58,14 @@ fn index(gid: vec3<u32>) -> u32 {
 // y = b + W ∗ x     x: [copies|1, N, C, H, W], W: [F, C, KH, KW], b: [F] -> y: [copies, N, F, OH, OW]
 @compute @workgroup_size(64)
 fn conv_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = index(gid);
+    var i = index(gid);
     let per_copy = P.n * P.f * P.oh * P.ow;
-    if (i >= P.copies * per_copy) {
+    let plane = P.oh * P.ow;
+    if (i >= P.copies * select(per_copy, P.n * plane, ONE_CHANNEL)) {
         return;
+    }
+    if (ONE_CHANNEL) {
+        i = moved_channel_index(i, P.n, P.f, plane, moved[i / (P.n * plane)]);
     }
     let p = i / per_copy;
     let ox = i % P.ow;

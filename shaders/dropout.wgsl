@@ -12,6 +12,8 @@
 // element's index within one parameter copy, so all perturbed copies of a check share one mask.
 // src/reference/norm.rs holds the same hash.
 
+#include "moved_channel.wgsl"
+
 struct Params {
     count: u32,      // elements: copies · per_copy
     per_copy: u32,   // elements of one copy
@@ -19,8 +21,8 @@ struct Params {
     threshold: u32,  // round(p·2³²) clamped to u32; 0 keeps everything
     step_slot: u32,  // word of `state` holding the step
     row_width: u32,  // invocations per grid row of kernel::grid(count)
-    _pad0: u32,
-    _pad1: u32,
+    channels: u32,   // C of [copies, N, C, S] (one-channel routes only)
+    plane: u32,      // S (one-channel routes only)
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -29,6 +31,10 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<real>;      // y, or dx in backward
 @group(0) @binding(4) var<storage, read_write> mask: array<real>;   // [per_copy]: 0 or 1/(1 − p)
 @group(0) @binding(5) var<storage, read> consts: array<real>;       // [1/(1 − p)]
+@group(0) @binding(6) var<storage, read> moved: array<u32>;         // [copies]: moved channels
+
+// Built for a one-channel route (moved_channel.wgsl): `count` covers the moved channel alone.
+override ONE_CHANNEL: bool = false;
 
 // PCG's output permutation (RXS-M-XS) applied to one LCG step: a cheap hash whose low and high
 // bits are both well mixed. u32 arithmetic wraps. (`s` is PCG's `state`, renamed so it does
@@ -47,9 +53,13 @@ fn index(gid: vec3<u32>) -> u32 {
 //   x: [copies, per_copy], state -> y: [copies, per_copy], mask: [per_copy]
 @compute @workgroup_size(64)
 fn dropout_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = index(gid);
+    var i = index(gid);
     if (i >= P.count) {
         return;
+    }
+    if (ONE_CHANNEL) {
+        let n = P.per_copy / (P.channels * P.plane);
+        i = moved_channel_index(i, n, P.channels, P.plane, moved[i / (n * P.plane)]);
     }
     let j = i % P.per_copy;
     let stream = pcg(state[P.step_slot] ^ pcg(P.seed));

@@ -7,6 +7,8 @@
 // overlapping windows (size > stride) need no atomics and the order of the sum is fixed. Rows
 // and columns past the last window get a zero gradient.
 
+#include "moved_channel.wgsl"
+
 struct Params {
     nc: u32,        // N·C planes per copy
     h: u32, w: u32,
@@ -16,7 +18,7 @@ struct Params {
     count: u32,     // invocations: output elements (forward) or input elements (backward), all copies
     per_copy: u32,  // N·C·OH·OW
     row_width: u32, // invocations per grid row (x workgroups · 64)
-    _pad: u32,
+    channels: u32,  // C (one-channel routes only)
 }
 
 // Built into the perturbed-loss engine: count, per copy, the outputs whose arg-max differs from
@@ -34,6 +36,20 @@ override COUNT_KINKS: bool = false;
 @group(0) @binding(3) var<storage, read_write> dx: array<real>;         // backward
 @group(0) @binding(4) var<storage, read> base_argmax: array<u32>;       // [N, C, OH, OW]
 @group(0) @binding(5) var<storage, read_write> flips: array<atomic<u32>>; // [copies]
+@group(0) @binding(6) var<storage, read> moved: array<u32>;             // [copies]: moved channels
+
+// Built for a one-channel route (moved_channel.wgsl): `count` covers the moved channel alone.
+override ONE_CHANNEL: bool = false;
+
+// The output index of forward invocation i: itself, or its element of the moved channel.
+fn forward_output(i: u32) -> u32 {
+    if (!ONE_CHANNEL) {
+        return i;
+    }
+    let n = P.nc / P.channels;
+    let plane = P.oh * P.ow;
+    return moved_channel_index(i, n, P.channels, plane, moved[i / (n * plane)]);
+}
 
 fn index(gid: vec3<u32>) -> u32 {
     return gid.y * P.row_width + gid.x;
@@ -52,10 +68,10 @@ fn first_window(i: u32) -> u32 {
 //   x: [copies, N, C, H, W] -> y, argmax: [copies, N, C, OH, OW]
 @compute @workgroup_size(64)
 fn max_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = index(gid);
-    if (i >= P.count) {
+    if (index(gid) >= P.count) {
         return;
     }
+    let i = forward_output(index(gid));
     let copy = i / P.per_copy;
     let j = i % P.per_copy;
     let ox = j % P.ow;
@@ -112,10 +128,10 @@ fn max_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // y = mean over the window      x: [copies, N, C, H, W] -> y: [copies, N, C, OH, OW]
 @compute @workgroup_size(64)
 fn avg_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = index(gid);
-    if (i >= P.count) {
+    if (index(gid) >= P.count) {
         return;
     }
+    let i = forward_output(index(gid));
     let copy = i / P.per_copy;
     let j = i % P.per_copy;
     let ox = j % P.ow;

@@ -102,12 +102,14 @@ fn batchnorm_and_dropout_nets_pass_gradcheck_in_f64() {
         .with_batchnorm()
         .with_dropout(0.3);
     mlp.image = [1, 8, 8];
-    let conv = NetSpec::sequential(
-        [1, 8, 8],
-        parse_layers("conv4x3,bn,relu,maxpool2,affine10,bn,sigmoid,dropout0.2,affine10").unwrap(),
-    )
-    .unwrap();
-    for spec in [mlp, conv] {
+    let conv = |layers: &str| NetSpec::sequential([1, 8, 8], parse_layers(layers).unwrap());
+    // The convolutions' filters and BatchNorm's γ and β move one channel each, which the
+    // incremental strategy carries alone through the channel-local layers up to the affine one.
+    for spec in [
+        mlp,
+        conv("conv4x3,bn,relu,maxpool2,affine10,bn,sigmoid,dropout0.2,affine10").unwrap(),
+        conv("conv5x3p1,bn,relu,dropout0.25,avgpool3s2,affine10").unwrap(),
+    ] {
         let params = trained(ctx, &spec, &data, 30);
         check_both_strategies(ctx, &spec, &params, &data, 5);
     }

@@ -52,6 +52,10 @@ pub const INCLUDES: &[(&str, &str)] = &[
         "activations.wgsl",
         include_str!("../../shaders/activations.wgsl"),
     ),
+    (
+        "moved_channel.wgsl",
+        include_str!("../../shaders/moved_channel.wgsl"),
+    ),
 ];
 
 /// `source` with each `#include "name"` line replaced by that file.

@@ -11,7 +11,8 @@ use crate::gpu::limits::MAX_ROWS;
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Kernels, Precision};
 use crate::nn::layers::softmax_loss::{softmax_loss, SoftmaxBindings};
 use crate::nn::layers::{
-    Backward, BatchNorm, Forward, Gpu, Layer, LayerState, Mode, Perturbation, Saved,
+    Backward, BatchNorm, Forward, Gpu, Layer, LayerState, Mode, MovedChannel, Perturbation,
+    Saved,
 };
 use crate::nn::weight_decay::WeightDecay;
 use crate::nn::{NamedTensor, NetSpec, ParamLayout};
@@ -388,6 +389,33 @@ impl Recorder<'_> {
         step: &GpuBuffer,
         start: usize,
     ) -> Vec<Dispatch> {
+        self.forward_layers(ws, copies, mode, step, start, None)
+    }
+
+    /// [`Recorder::forward_with`] of perturbed copies along a one-channel route: layers
+    /// `start..=end` compute each copy's moved channel alone ([`MovedChannel`]), the affine
+    /// layer `end` adds that channel's change to its unperturbed output, and the layers above
+    /// run in full.
+    pub fn forward_moved_channel(
+        &self,
+        ws: &Workspace,
+        copies: &Copies,
+        step: &GpuBuffer,
+        start: usize,
+        (moved, end): (MovedChannel, usize),
+    ) -> Vec<Dispatch> {
+        self.forward_layers(ws, copies, Mode::Check, step, start, Some((moved, end)))
+    }
+
+    fn forward_layers(
+        &self,
+        ws: &Workspace,
+        copies: &Copies,
+        mode: Mode,
+        step: &GpuBuffer,
+        start: usize,
+        moved_channel: Option<(MovedChannel, usize)>,
+    ) -> Vec<Dispatch> {
         let m = self.model;
         let mut out = Vec::new();
         for (i, layer) in m.layers.iter().enumerate().skip(start) {
@@ -410,6 +438,10 @@ impl Recorder<'_> {
                     flips,
                     base_input: base.input(i),
                     base_saved: &base.saved[i],
+                    base_output: &base.out[i],
+                    moved_channel: moved_channel
+                        .filter(|&(_, end)| i <= end)
+                        .map(|(moved, _)| moved),
                 }),
             };
             out.extend(layer.forward(&Forward {

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::gpu::kernel;
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Precision};
+use crate::nn::layers::MovedChannel;
 use crate::nn::{Copies, Kernels, Layer, Mode, Model, Recorder, Workspace};
 use crate::train::{copy_loss, train_metrics, StatsWord, STATE_WORDS, STATS_WORDS};
 
@@ -91,8 +92,8 @@ pub struct PerturbedLossEngine<'a> {
     host_params: Vec<f64>,
     base_penalty: f64,
     bufs: EngineBuffers,
-    /// (chunk, dispatches) per route: one per starting layer, then the MLP kernel's.
-    routes: Vec<(usize, Vec<Dispatch>)>,
+    /// One route per starting layer, then the MLP kernel's.
+    routes: Vec<Route>,
     /// First layer of the trailing MLP served by the incremental kernel.
     tail_start: Option<usize>,
     /// Per layer, the route of its input check (custom layers only).
@@ -162,6 +163,7 @@ impl<'a> PerturbedLossEngine<'a> {
             h: GpuBuffer::from_real(ctx, "h", &[h], precision),
             out_loss: GpuBuffer::real(ctx, "perturbed_loss", chunk_max, precision),
             out_flips: GpuBuffer::zeroed(ctx, "kink_flips", chunk_max, 4),
+            moved: GpuBuffer::zeroed(ctx, "moved_channels", chunk_max, 4),
         };
         // Route i < layers.len(): start at layer i (or 0 for Full); then the MLP kernel's; then
         // Full's input-check routes.
@@ -170,15 +172,15 @@ impl<'a> PerturbedLossEngine<'a> {
             ws.upload(ctx, x, labels, precision);
             ws
         });
-        let mut routes: Vec<(usize, Vec<Dispatch>)> = match &ws {
+        let mut routes: Vec<Route> = match &ws {
             Some(ws) => recompute_routes(&rec, ws, &base, &state, &bufs, strategy, tail_start)?,
-            None => model.layers.iter().map(|_| (1, Vec::new())).collect(),
+            None => model.layers.iter().map(|_| Route::new(1, Vec::new())).collect(),
         };
         let mut work = Vec::new();
         if let (Some(tail), Some(chunk)) = (&tail, tail_chunk) {
             let (d, kept) = tail.dispatches(&rec.gpu(), model, &base, chunk, &bufs)?;
             work.extend(kept);
-            routes.push((chunk, d));
+            routes.push(Route::new(chunk, d));
         }
         let input_routes = match &ws {
             Some(ws) => input_routes(&rec, ws, &base, &state, &bufs, strategy, &mut routes),
@@ -274,16 +276,22 @@ impl<'a> PerturbedLossEngine<'a> {
             by_route[route(p)].push(k);
         }
         for (route, members) in by_route.iter().enumerate() {
-            let (chunk, dispatches) = &self.routes[route];
+            let Route {
+                chunk,
+                dispatches,
+                one_channel,
+            } = &self.routes[route];
             for part in members.chunks(*chunk) {
                 // Pad a short last chunk with copies of its first entry; their results are dropped.
-                let words: Vec<u32> = (0..*chunk)
-                    .flat_map(|q| {
-                        let p = &perturbations[*part.get(q).unwrap_or(&part[0])];
-                        [p.index as u32, u32::from(p.minus)]
-                    })
+                let padded = (0..*chunk).map(|q| &perturbations[*part.get(q).unwrap_or(&part[0])]);
+                let words: Vec<u32> = (padded.clone())
+                    .flat_map(|p| [p.index as u32, u32::from(p.minus)])
                     .collect();
                 self.bufs.pert.write_u32(self.ctx, 0, &words);
+                if *one_channel {
+                    let channels: Vec<u32> = padded.map(|p| self.moved_channel(p.index)).collect();
+                    self.bufs.moved.write_u32(self.ctx, 0, &channels);
+                }
                 let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
                 encoder.clear_buffer(&self.bufs.out_flips.buffer, 0, None);
                 {
@@ -308,6 +316,14 @@ impl<'a> PerturbedLossEngine<'a> {
             }
         }
         Ok(out)
+    }
+
+    /// The channel that a change of parameter `index` moves, on a one-channel route.
+    fn moved_channel(&self, index: usize) -> u32 {
+        let model = self.model;
+        let layer = model.layer_of_param(index);
+        let channel = layer.and_then(|l| model.layers[l].moved_channel(&model.layout, index));
+        channel.expect("a one-channel route's parameters move one channel") as u32
     }
 
     /// Which dispatch list evaluates a perturbation of parameter `index`.
@@ -402,6 +418,26 @@ struct EngineBuffers {
     h: GpuBuffer,
     out_loss: GpuBuffer,
     out_flips: GpuBuffer,
+    /// One-channel routes: the channel each copy's change moves.
+    moved: GpuBuffer,
+}
+
+/// A dispatch list that evaluates `chunk` perturbations a submit.
+struct Route {
+    chunk: usize,
+    dispatches: Vec<Dispatch>,
+    /// Each submit first names the channel each copy moves ([`MovedChannel`]).
+    one_channel: bool,
+}
+
+impl Route {
+    fn new(chunk: usize, dispatches: Vec<Dispatch>) -> Route {
+        Route {
+            chunk,
+            dispatches,
+            one_channel: false,
+        }
+    }
 }
 
 mod tail;
@@ -464,7 +500,7 @@ fn recompute_routes(
     bufs: &EngineBuffers,
     strategy: Strategy,
     tail_start: usize,
-) -> Result<Vec<(usize, Vec<Dispatch>)>> {
+) -> Result<Vec<Route>> {
     let layers = &rec.model.layers;
     let copies = perturbed_copies(bufs, base);
     // Only layers that read an input shared by all copies (affine, convolution, custom) can
@@ -475,7 +511,7 @@ fn recompute_routes(
     let mut routes = Vec::new();
     for (start, layer) in layers.iter().enumerate() {
         if !has_route(layer) || start >= tail_start {
-            routes.push((ws.copies, Vec::new()));
+            routes.push(Route::new(ws.copies, Vec::new()));
             continue;
         }
         let from = match strategy {
@@ -492,8 +528,25 @@ fn recompute_routes(
         // A route of few perturbations (a bias, a normalisation's γ) runs on as many copies
         // as it can fill, not on the longest route's chunk.
         let view = ws.first_copies(ws.copies.min(route_fill(rec.model, ws.rows, layer)));
-        let dispatches = route_from(rec, &view, &copies, state, bufs, from);
-        routes.push((view.copies, dispatches));
+        let one_channel = (strategy == Strategy::Incremental)
+            .then(|| one_channel_route(rec.model, from, start))
+            .flatten();
+        routes.push(match one_channel {
+            Some((channels, end)) => {
+                let moved = MovedChannel {
+                    moved: &bufs.moved,
+                    channels,
+                };
+                let mut d = rec.forward_moved_channel(&view, &copies, state, from, (moved, end));
+                d.push(copy_loss(&rec.gpu(), &view, &bufs.out_loss));
+                Route {
+                    chunk: view.copies,
+                    dispatches: d,
+                    one_channel: true,
+                }
+            }
+            None => Route::new(view.copies, route_from(rec, &view, &copies, state, bufs, from)),
+        });
     }
     Ok(routes)
 }
@@ -508,7 +561,7 @@ fn input_routes(
     state: &GpuBuffer,
     bufs: &EngineBuffers,
     strategy: Strategy,
-    routes: &mut Vec<(usize, Vec<Dispatch>)>,
+    routes: &mut Vec<Route>,
 ) -> Vec<Option<usize>> {
     let layers = rec.model.layers.iter().enumerate();
     layers
@@ -520,7 +573,7 @@ fn input_routes(
                     let fill = route_fill(rec.model, ws.rows, layer);
                     let view = ws.first_copies(ws.copies.min(fill));
                     let dispatches = route_from(rec, &view, &copies, state, bufs, l);
-                    routes.push((view.copies, dispatches));
+                    routes.push(Route::new(view.copies, dispatches));
                     routes.len() - 1
                 }
             })
@@ -535,6 +588,20 @@ fn perturbed_copies<'b>(bufs: &'b EngineBuffers, base: &'b Workspace) -> Copies<
         flips: &bufs.out_flips,
         base,
     }
+}
+
+/// Whether the perturbations of layer `start`, on a route from layer `from`, can take a
+/// one-channel route: `from` is a convolution, each of `start`'s parameters moves one channel
+/// (a filter, or a BatchNorm's γ and β), and channel-local layers carry it to an affine layer.
+/// Returns the channel count and that affine layer.
+fn one_channel_route(model: &Model, from: usize, start: usize) -> Option<(usize, usize)> {
+    let Layer::Conv(conv) = &model.layers[from] else {
+        return None;
+    };
+    let first = model.layout.tensors[*model.layers[start].tensors().first()?].offset;
+    model.layers[start].moved_channel(&model.layout, first)?;
+    let end = (from + 1..model.layers.len()).find(|&l| !model.layers[l].channel_local())?;
+    matches!(model.layers[end], Layer::Affine(_)).then_some((conv.f, end))
 }
 
 /// A forward pass of the perturbed copies in `ws` from layer `from` (its input the base

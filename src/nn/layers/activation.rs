@@ -140,16 +140,31 @@ pub struct ActivationParams {
     pub row_width: u32,
     /// [`Activation::code`]
     pub kind: u32,
+    /// C and S of [copies, N, C, S] (one-channel routes only).
+    pub channels: u32,
+    pub plane: u32,
+    pub _pad: [u32; 2],
 }
 
 impl ActivationParams {
-    fn new(kind: Activation, count: usize, per_copy: usize) -> (ActivationParams, [u32; 3]) {
+    /// Params for `count` invocations over copies of `per_copy` elements, of `(channels,
+    /// plane)` per sample on a one-channel route ((1, 1) elsewhere).
+    fn new(
+        kind: Activation,
+        count: usize,
+        per_copy: usize,
+        (channels, plane): (usize, usize),
+    ) -> (ActivationParams, [u32; 3]) {
         let (groups, row_width) = grid(count);
+        let per_copy = per_copy.max(1);
         let params = ActivationParams {
             count: count as u32,
-            per_copy: per_copy.max(1) as u32,
+            per_copy: per_copy as u32,
             row_width,
             kind: kind.code(),
+            channels: channels as u32,
+            plane: plane as u32,
+            _pad: [0; 2],
         };
         (params, groups)
     }
@@ -166,6 +181,8 @@ pub struct ActivationBindings<'a> {
     pub y: &'a GpuBuffer,
     /// Kink crossings per copy (counting only).
     pub flips: Option<&'a GpuBuffer>,
+    /// On a one-channel route: each copy's moved channel.
+    pub moved: Option<&'a GpuBuffer>,
 }
 
 impl KernelBindings for ActivationBindings<'_> {
@@ -175,6 +192,7 @@ impl KernelBindings for ActivationBindings<'_> {
         Binding::Read,
         Binding::ReadWrite,
         Binding::ReadWrite,
+        Binding::Read,
     ];
     fn buffers<'a>(&'a self, unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
         vec![
@@ -182,12 +200,16 @@ impl KernelBindings for ActivationBindings<'_> {
             unused.real(self.aux),
             &self.y.buffer,
             unused.word_rw(self.flips),
+            unused.word(self.moved),
         ]
     }
 }
 
 const FORWARD: Entry = Entry::new(shaders::ACTIVATION, "activation_forward");
 const FORWARD_COUNTING_KINKS: Entry = FORWARD.with(&[("COUNT_KINKS", 1.0)]);
+const FORWARD_ONE_CHANNEL: Entry = FORWARD.with(&[("ONE_CHANNEL", 1.0)]);
+const FORWARD_COUNTING_KINKS_ONE_CHANNEL: Entry =
+    FORWARD.with(&[("COUNT_KINKS", 1.0), ("ONE_CHANNEL", 1.0)]);
 const BACKWARD: Entry = Entry::new(shaders::ACTIVATION, "activation_backward");
 
 impl LayerOps for ActivationLayer {
@@ -199,6 +221,10 @@ impl LayerOps for ActivationLayer {
         self.kind.has_kink()
     }
 
+    fn channel_local(&self) -> bool {
+        true
+    }
+
     // y [P, N, size] = f(x)
     fn forward(&self, io: &Forward) -> Vec<Dispatch> {
         debug_assert!(
@@ -206,17 +232,24 @@ impl LayerOps for ActivationLayer {
             "routes start at layers that read a shared input"
         );
         let per_copy = io.rows * self.size;
-        let (params, groups) = ActivationParams::new(self.kind, io.count(self.size), per_copy);
+        let moved = io.moved_channel();
+        let channels = moved.map_or(1, |m| m.channels);
+        let count = io.elementwise_count(self.size);
+        let shape = (channels, self.size / channels);
+        let (params, groups) = ActivationParams::new(self.kind, count, per_copy, shape);
         let counting = io.perturbation.filter(|_| self.counts_kinks());
-        let entry = match counting {
-            Some(_) => FORWARD_COUNTING_KINKS,
-            None => FORWARD,
+        let entry = match (counting, moved) {
+            (Some(_), Some(_)) => FORWARD_COUNTING_KINKS_ONE_CHANNEL,
+            (Some(_), None) => FORWARD_COUNTING_KINKS,
+            (None, Some(_)) => FORWARD_ONE_CHANNEL,
+            (None, None) => FORWARD,
         };
         let bindings = ActivationBindings {
             x: io.input,
             aux: counting.map(|p| p.base_input),
             y: io.output,
             flips: counting.map(|p| p.flips),
+            moved: moved.map(|m| m.moved),
         };
         vec![io
             .gpu
@@ -230,7 +263,7 @@ impl LayerOps for ActivationLayer {
             return Vec::new();
         };
         let count = io.rows * self.size;
-        let (params, groups) = ActivationParams::new(self.kind, count, count);
+        let (params, groups) = ActivationParams::new(self.kind, count, count, (1, 1));
         let saved = if self.kind.backward_reads_output() {
             io.output
         } else {
@@ -241,6 +274,7 @@ impl LayerOps for ActivationLayer {
             aux: Some(saved),
             y: dx,
             flips: None,
+            moved: None,
         };
         vec![io
             .gpu

@@ -5,8 +5,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Backward, Forward, Gpu, Layer, LayerOps, LayerSpec, TensorPlacer};
-use crate::gpu::kernel::{self, shaders, Binding, Entry, KernelBindings, Placeholders};
+use super::{Backward, Forward, Gpu, Layer, LayerOps, LayerSpec, MovedChannel, Perturbation};
+use super::TensorPlacer;
+use crate::gpu::kernel::{self, grid, shaders, Binding, Entry, KernelBindings, Placeholders};
+use crate::gpu::kernel::Shader;
 use crate::gpu::{Dispatch, GpuBuffer};
 use crate::nn::ParamRole;
 
@@ -127,6 +129,98 @@ pub fn matmul(
         .dispatch(gpu.ctx, entry, &params, bindings, groups)
 }
 
+/// affine_moved_channel.wgsl's Params.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct MovedChannelParams {
+    pub n: u32,
+    pub d_in: u32,
+    pub d_out: u32,
+    /// Features per channel and sample.
+    pub plane: u32,
+    pub w_off: u32,
+    /// Invocations: copies·N·d_out.
+    pub count: u32,
+    pub row_width: u32,
+    pub _pad: u32,
+}
+
+/// affine_moved_channel.wgsl's buffers.
+pub struct MovedChannelBindings<'a> {
+    /// [P, N, d_in], each copy's moved channel read alone.
+    pub x: &'a GpuBuffer,
+    /// The unperturbed input [N, d_in] and output [N, d_out].
+    pub base_x: &'a GpuBuffer,
+    pub base_y: &'a GpuBuffer,
+    pub theta: &'a GpuBuffer,
+    /// \[P] u32: each copy's moved channel.
+    pub moved: &'a GpuBuffer,
+    /// [P, N, d_out]
+    pub y: &'a GpuBuffer,
+}
+
+impl KernelBindings for MovedChannelBindings<'_> {
+    type Params = MovedChannelParams;
+    const ACCESS: &'static [Binding] = &[
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+    ];
+    fn buffers<'a>(&'a self, _unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
+        vec![
+            &self.x.buffer,
+            &self.base_x.buffer,
+            &self.base_y.buffer,
+            &self.theta.buffer,
+            &self.moved.buffer,
+            &self.y.buffer,
+        ]
+    }
+}
+
+/// shaders/affine_moved_channel.wgsl, which this layer alone uses.
+const MOVED_CHANNEL_SHADER: Shader = crate::shader!("affine_moved_channel.wgsl");
+const MOVED_CHANNEL: Entry = Entry::new(MOVED_CHANNEL_SHADER, "affine_moved_channel");
+
+impl Affine {
+    /// The end of a one-channel route: the unperturbed output plus the change of the one input
+    /// channel each copy moved, times that channel's rows of W.
+    fn forward_moved_channel(
+        &self,
+        io: &Forward,
+        base: &Perturbation,
+        moved: &MovedChannel,
+    ) -> Vec<Dispatch> {
+        let count = io.count(self.d_out);
+        let (groups, row_width) = grid(count);
+        let params = MovedChannelParams {
+            n: io.rows as u32,
+            d_in: self.d_in as u32,
+            d_out: self.d_out as u32,
+            plane: (self.d_in / moved.channels) as u32,
+            w_off: io.layout.tensors[self.weight].offset as u32,
+            count: count as u32,
+            row_width,
+            _pad: 0,
+        };
+        let bindings = MovedChannelBindings {
+            x: io.input,
+            base_x: base.base_input,
+            base_y: base.base_output,
+            theta: io.theta,
+            moved: moved.moved,
+            y: io.output,
+        };
+        vec![io
+            .gpu
+            .kernels
+            .dispatch(io.gpu.ctx, &MOVED_CHANNEL, &params, &bindings, groups)]
+    }
+}
+
 impl LayerOps for Affine {
     fn output_size(&self) -> usize {
         self.d_out
@@ -142,6 +236,9 @@ impl LayerOps for Affine {
 
     // y [P, N, d_out] = x [P or shared, N, d_in] · W + b
     fn forward(&self, io: &Forward) -> Vec<Dispatch> {
+        if let (Some(base), Some(moved)) = (&io.perturbation, io.moved_channel()) {
+            return self.forward_moved_channel(io, base, &moved);
+        }
         let (n, d_in, d_out) = (io.rows, self.d_in, self.d_out);
         let params = MatmulParams {
             m: n as u32,

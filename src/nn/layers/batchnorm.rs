@@ -92,6 +92,8 @@ pub struct BatchNormBindings<'a> {
     /// BN_FORWARD_PERTURBED: (flat index, sign) per copy, and \[h].
     pub pert: Option<&'a GpuBuffer>,
     pub h: Option<&'a GpuBuffer>,
+    /// On a one-channel route: each copy's moved channel.
+    pub moved: Option<&'a GpuBuffer>,
 }
 
 impl KernelBindings for BatchNormBindings<'_> {
@@ -107,6 +109,7 @@ impl KernelBindings for BatchNormBindings<'_> {
         Binding::ReadWrite,
         Binding::Read,
         Binding::Read,
+        Binding::Read,
     ];
     fn buffers<'a>(&'a self, unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
         vec![
@@ -120,6 +123,7 @@ impl KernelBindings for BatchNormBindings<'_> {
             &self.running.buffer,
             unused.word(self.pert),
             unused.real(self.h),
+            unused.word(self.moved),
         ]
     }
 }
@@ -130,14 +134,23 @@ pub const SHADER: Shader = crate::shader!("batchnorm.wgsl");
 const STATS: Entry = Entry::new(SHADER, "bn_stats");
 const FORWARD_TRAIN: Entry = Entry::new(SHADER, "bn_forward_train");
 const FORWARD_PERTURBED: Entry = FORWARD_TRAIN.with(&[("PERTURBED", 1.0)]);
+const STATS_ONE_CHANNEL: Entry = STATS.with(&[("ONE_CHANNEL", 1.0)]);
+const FORWARD_ONE_CHANNEL: Entry =
+    FORWARD_TRAIN.with(&[("PERTURBED", 1.0), ("ONE_CHANNEL", 1.0)]);
 const UPDATE_RUNNING: Entry = Entry::new(SHADER, "bn_update_running");
 const FORWARD_EVAL: Entry = Entry::new(SHADER, "bn_forward_eval");
 const BACKWARD_PARAMS: Entry = Entry::new(SHADER, "bn_backward_params");
 const BACKWARD_INPUT: Entry = Entry::new(SHADER, "bn_backward_input");
 
 impl BatchNorm {
-    fn params(&self, layout: &ParamLayout, n: usize, copies: usize) -> BatchNormParams {
-        let count = copies * n * self.c * self.s;
+    /// Params for `copies` copies of `n` rows, whose elementwise entries run `count` invocations.
+    fn params(
+        &self,
+        layout: &ParamLayout,
+        n: usize,
+        copies: usize,
+        count: usize,
+    ) -> BatchNormParams {
         BatchNormParams {
             n: n as u32,
             c: self.c as u32,
@@ -183,6 +196,18 @@ impl LayerOps for BatchNorm {
         vec![self.gamma, self.beta]
     }
 
+    /// A change of γ[c] or β[c] moves channel c alone.
+    fn moved_channel(&self, layout: &ParamLayout, index: usize) -> Option<usize> {
+        [self.gamma, self.beta].iter().find_map(|&t| {
+            let t = &layout.tensors[t];
+            (t.offset..t.offset + t.numel).contains(&index).then(|| index - t.offset)
+        })
+    }
+
+    fn channel_local(&self) -> bool {
+        true
+    }
+
     fn saved(&self, ctx: &GpuContext, p: Precision, rows: usize, copies: usize) -> Saved {
         Saved::Norm {
             stats: GpuBuffer::real(ctx, "bn_stats", copies * self.c * 3, p),
@@ -219,7 +244,8 @@ impl LayerOps for BatchNorm {
     fn forward(&self, io: &Forward) -> Vec<Dispatch> {
         let (stats, xhat) = BatchNorm::saved(io.saved);
         let (running, consts) = BatchNorm::buffers(io.state);
-        let params = self.params(io.layout, io.rows, io.copies);
+        let count = io.elementwise_count(self.output_size());
+        let params = self.params(io.layout, io.rows, io.copies, count);
         let bindings = BatchNormBindings {
             consts,
             x: io.input,
@@ -231,6 +257,7 @@ impl LayerOps for BatchNorm {
             running,
             pert: io.pert(),
             h: io.h(),
+            moved: io.moved_channel().map(|m| m.moved),
         };
         let groups = grid(params.count as usize).0;
         let dispatch = |entry: &Entry, groups| {
@@ -241,12 +268,13 @@ impl LayerOps for BatchNorm {
         if io.mode == Mode::Eval {
             return vec![dispatch(&FORWARD_EVAL, groups)];
         }
-        let normalise = match io.perturbation {
-            Some(_) => &FORWARD_PERTURBED,
-            None => &FORWARD_TRAIN,
+        let (statistics, normalise, stat_groups) = match (io.perturbation, io.moved_channel()) {
+            (Some(_), Some(_)) => (&STATS_ONE_CHANNEL, &FORWARD_ONE_CHANNEL, io.copies),
+            (Some(_), None) => (&STATS, &FORWARD_PERTURBED, io.copies * self.c),
+            (None, _) => (&STATS, &FORWARD_TRAIN, io.copies * self.c),
         };
         let mut out = vec![
-            dispatch(&STATS, grid(io.copies * self.c * 64).0),
+            dispatch(statistics, grid(stat_groups * 64).0),
             dispatch(normalise, groups),
         ];
         if io.mode == Mode::Train {
@@ -258,7 +286,7 @@ impl LayerOps for BatchNorm {
     fn backward(&self, io: &Backward) -> Vec<Dispatch> {
         let (stats, xhat) = BatchNorm::saved(io.saved);
         let (running, consts) = BatchNorm::buffers(io.state);
-        let params = self.params(io.layout, io.rows, 1);
+        let params = self.params(io.layout, io.rows, 1, io.rows * self.output_size());
         let bindings = BatchNormBindings {
             consts,
             x: io.dy,
@@ -270,6 +298,7 @@ impl LayerOps for BatchNorm {
             running,
             pert: None,
             h: None,
+            moved: None,
         };
         let dispatch = |entry: &Entry, groups| {
             io.gpu

@@ -145,6 +145,8 @@ pub struct ConvBindings<'a> {
     /// CONV_FORWARD_PERTURBED: (flat index, sign) per copy, and \[h].
     pub pert: Option<&'a GpuBuffer>,
     pub h: Option<&'a GpuBuffer>,
+    /// On a one-channel route: each copy's moved filter.
+    pub moved: Option<&'a GpuBuffer>,
 }
 
 impl KernelBindings for ConvBindings<'_> {
@@ -155,6 +157,7 @@ impl KernelBindings for ConvBindings<'_> {
         Binding::ReadWrite,
         Binding::Read,
         Binding::Read,
+        Binding::Read,
     ];
     fn buffers<'a>(&'a self, unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
         vec![
@@ -163,6 +166,7 @@ impl KernelBindings for ConvBindings<'_> {
             &self.y.buffer,
             unused.word(self.pert),
             unused.real(self.h),
+            unused.word(self.moved),
         ]
     }
 }
@@ -172,6 +176,8 @@ pub const SHADER: Shader = crate::shader!("conv.wgsl");
 
 const CONV_FORWARD: Entry = Entry::new(SHADER, "conv_forward");
 const CONV_FORWARD_PERTURBED: Entry = CONV_FORWARD.with(&[("PERTURBED", 1.0)]);
+const CONV_FORWARD_ONE_CHANNEL: Entry =
+    CONV_FORWARD.with(&[("PERTURBED", 1.0), ("ONE_CHANNEL", 1.0)]);
 const IM2COL: Entry = Entry::new(SHADER, "im2col");
 const NHWC_TO_NCHW: Entry = Entry::new(SHADER, "nhwc_to_nchw");
 const BACKWARD_INPUT: Entry = Entry::new(SHADER, "conv_backward_input");
@@ -226,6 +232,7 @@ impl Conv {
             y: col,
             pert: None,
             h: None,
+            moved: None,
         };
         let mm = MatmulParams {
             m: rows as u32,
@@ -255,6 +262,7 @@ impl Conv {
             y: io.output,
             pert: None,
             h: None,
+            moved: None,
         };
         let count = io.count(self.output_size());
         vec![
@@ -285,6 +293,16 @@ impl LayerOps for Conv {
         true
     }
 
+    /// A change of W[f, …] or b[f] moves filter f's output channel alone.
+    fn moved_channel(&self, layout: &ParamLayout, index: usize) -> Option<usize> {
+        let (w, b) = (&layout.tensors[self.weight], &layout.tensors[self.bias]);
+        if (w.offset..w.offset + w.numel).contains(&index) {
+            Some((index - w.offset) / (self.c * self.k * self.k))
+        } else {
+            (b.offset..b.offset + b.numel).contains(&index).then(|| index - b.offset)
+        }
+    }
+
     // The unfolded input holds C·K·K values per output position.
     fn largest_buffer(&self) -> usize {
         let positions = self.oh * self.ow;
@@ -310,11 +328,12 @@ impl LayerOps for Conv {
         let n = io.rows;
         let in_size = self.c * self.h * self.w;
         let x_stride = if io.input_shared { 0 } else { n * in_size };
-        let count = io.count(self.output_size());
+        let count = io.elementwise_count(self.output_size());
         let params = self.params(io.layout, n, io.copies, x_stride, count, 0..n);
-        let entry = match io.perturbation {
-            Some(_) => &CONV_FORWARD_PERTURBED,
-            None => &CONV_FORWARD,
+        let entry = match (io.perturbation, io.moved_channel()) {
+            (Some(_), Some(_)) => &CONV_FORWARD_ONE_CHANNEL,
+            (Some(_), None) => &CONV_FORWARD_PERTURBED,
+            (None, _) => &CONV_FORWARD,
         };
         let bindings = ConvBindings {
             x: io.input,
@@ -322,6 +341,7 @@ impl LayerOps for Conv {
             y: io.output,
             pert: io.pert(),
             h: io.h(),
+            moved: io.moved_channel().map(|m| m.moved),
         };
         vec![io
             .gpu
@@ -343,6 +363,7 @@ impl LayerOps for Conv {
             y: io.grads,
             pert: None,
             h: None,
+            moved: None,
         };
         let mut out: Vec<Dispatch> = (0..n)
             .step_by(slice)
@@ -360,6 +381,7 @@ impl LayerOps for Conv {
                 y: dx,
                 pert: None,
                 h: None,
+                moved: None,
             };
             out.push(gpu.kernels.dispatch(
                 gpu.ctx,

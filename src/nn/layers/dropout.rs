@@ -72,7 +72,9 @@ pub struct DropoutParams {
     /// Word of the step buffer holding the step.
     pub step_slot: u32,
     pub row_width: u32,
-    pub _pad: [u32; 2],
+    /// C and S of [copies, N, C, S] (one-channel routes only).
+    pub channels: u32,
+    pub plane: u32,
 }
 
 /// dropout.wgsl's buffers.
@@ -87,6 +89,8 @@ pub struct DropoutBindings<'a> {
     pub mask: &'a GpuBuffer,
     /// Forward: [1/(1 − p)], or \[1] in evaluation.
     pub scale: Option<&'a GpuBuffer>,
+    /// On a one-channel route: each copy's moved channel.
+    pub moved: Option<&'a GpuBuffer>,
 }
 
 impl KernelBindings for DropoutBindings<'_> {
@@ -97,6 +101,7 @@ impl KernelBindings for DropoutBindings<'_> {
         Binding::ReadWrite,
         Binding::ReadWrite,
         Binding::Read,
+        Binding::Read,
     ];
     fn buffers<'a>(&'a self, unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
         vec![
@@ -105,6 +110,7 @@ impl KernelBindings for DropoutBindings<'_> {
             &self.y.buffer,
             &self.mask.buffer,
             unused.real(self.scale),
+            unused.word(self.moved),
         ]
     }
 }
@@ -113,6 +119,7 @@ impl KernelBindings for DropoutBindings<'_> {
 pub const SHADER: Shader = crate::shader!("dropout.wgsl");
 
 const FORWARD: Entry = Entry::new(SHADER, "dropout_forward");
+const FORWARD_ONE_CHANNEL: Entry = FORWARD.with(&[("ONE_CHANNEL", 1.0)]);
 const BACKWARD: Entry = Entry::new(SHADER, "dropout_backward");
 
 impl Dropout {
@@ -127,6 +134,10 @@ impl Dropout {
 impl LayerOps for Dropout {
     fn output_size(&self) -> usize {
         self.size
+    }
+
+    fn channel_local(&self) -> bool {
+        true
     }
 
     fn saved(&self, ctx: &GpuContext, p: Precision, rows: usize, _copies: usize) -> Saved {
@@ -146,8 +157,9 @@ impl LayerOps for Dropout {
         let LayerState::Dropout { scale, one } = io.state else {
             unreachable!("dropout keeps its scale")
         };
-        let count = io.count(self.size);
+        let count = io.elementwise_count(self.size);
         let (groups, row_width) = grid(count);
+        let channels = io.moved_channel().map_or(1, |m| m.channels);
         // In evaluation dropout is the identity: a threshold of 0 keeps every element, and the
         // scale is 1.
         let eval = io.mode == Mode::Eval;
@@ -163,7 +175,8 @@ impl LayerOps for Dropout {
             threshold,
             step_slot: 0,
             row_width,
-            _pad: [0; 2],
+            channels: channels as u32,
+            plane: (self.size / channels) as u32,
         };
         let bindings = DropoutBindings {
             x: io.input,
@@ -171,11 +184,16 @@ impl LayerOps for Dropout {
             y: io.output,
             mask: Dropout::mask(io.saved),
             scale: Some(if eval { one } else { scale }),
+            moved: io.moved_channel().map(|m| m.moved),
+        };
+        let entry = match io.moved_channel() {
+            Some(_) => &FORWARD_ONE_CHANNEL,
+            None => &FORWARD,
         };
         vec![io
             .gpu
             .kernels
-            .dispatch(io.gpu.ctx, &FORWARD, &params, &bindings, groups)]
+            .dispatch(io.gpu.ctx, entry, &params, &bindings, groups)]
     }
 
     // dx [N, size] = dy · mask
@@ -192,7 +210,8 @@ impl LayerOps for Dropout {
             threshold: 0,
             step_slot: 0,
             row_width,
-            _pad: [0; 2],
+            channels: 1,
+            plane: 1,
         };
         let bindings = DropoutBindings {
             x: io.dy,
@@ -200,6 +219,7 @@ impl LayerOps for Dropout {
             y: dx,
             mask: Dropout::mask(io.saved),
             scale: None,
+            moved: None,
         };
         vec![io
             .gpu

@@ -328,6 +328,18 @@ pub trait LayerOps {
     fn counts_kinks(&self) -> bool {
         false
     }
+    /// Numerical gradients: the one output channel that a change of parameter `index` moves,
+    /// where there is one (a convolution's filter or bias, a BatchNorm's γ or β): a one-channel
+    /// route can start at such a layer.
+    fn moved_channel(&self, _layout: &ParamLayout, _index: usize) -> Option<usize> {
+        None
+    }
+    /// Numerical gradients: whether each output channel depends on the same input channel
+    /// alone (BatchNorm, activations, dropout, pooling), so that a one-channel route can pass
+    /// through the layer with the change confined to its channel.
+    fn channel_local(&self) -> bool {
+        false
+    }
 }
 
 /// What BatchNorm and Dropout do in a forward pass.
@@ -356,6 +368,21 @@ pub struct Perturbation<'a> {
     pub base_input: &'a GpuBuffer,
     /// What this layer saved in the unperturbed pass.
     pub base_saved: &'a Saved,
+    /// This layer's output in the unperturbed pass, [N, out].
+    pub base_output: &'a GpuBuffer,
+    /// On a one-channel route: which channel each copy's change moves.
+    pub moved_channel: Option<MovedChannel<'a>>,
+}
+
+/// A one-channel route's side of a forward pass (shaders/moved_channel.wgsl): each copy's change
+/// moves one channel, and a channel-local layer computes that channel alone; the affine layer
+/// that ends the route adds that channel's change to its unperturbed output.
+#[derive(Clone, Copy)]
+pub struct MovedChannel<'a> {
+    /// \[P] u32: the channel each copy's change moves.
+    pub moved: &'a GpuBuffer,
+    /// Channels of the layer's output (of its input, for the affine layer that ends the route).
+    pub channels: usize,
 }
 
 /// What a layer's forward pass reads and writes.
@@ -392,6 +419,20 @@ impl Forward<'_> {
 
     fn h(&self) -> Option<&GpuBuffer> {
         self.perturbation.map(|p| p.h)
+    }
+
+    /// On a one-channel route, which channel each copy moves.
+    fn moved_channel(&self) -> Option<MovedChannel<'_>> {
+        self.perturbation.and_then(|p| p.moved_channel)
+    }
+
+    /// Invocations of an elementwise kernel over `size` elements per sample: every copy's, or
+    /// on a one-channel route its moved channel's.
+    fn elementwise_count(&self, size: usize) -> usize {
+        match self.moved_channel() {
+            Some(m) => self.count(size) / m.channels,
+            None => self.count(size),
+        }
     }
 }
 

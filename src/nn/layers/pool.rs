@@ -117,7 +117,8 @@ pub struct PoolParams {
     /// N·C·OH·OW
     pub per_copy: u32,
     pub row_width: u32,
-    pub _pad: u32,
+    /// C (one-channel routes only).
+    pub channels: u32,
 }
 
 /// pool.wgsl's forward buffers.
@@ -129,6 +130,8 @@ pub struct PoolForwardBindings<'a> {
     /// Kink counting: the unperturbed pass's arg-max, and the crossings per copy.
     pub base_argmax: Option<&'a GpuBuffer>,
     pub flips: Option<&'a GpuBuffer>,
+    /// On a one-channel route: each copy's moved channel.
+    pub moved: Option<&'a GpuBuffer>,
 }
 
 impl KernelBindings for PoolForwardBindings<'_> {
@@ -139,6 +142,7 @@ impl KernelBindings for PoolForwardBindings<'_> {
         Binding::ReadWrite,
         Binding::Read,
         Binding::ReadWrite,
+        Binding::Read,
     ];
     fn buffers<'a>(&'a self, unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
         vec![
@@ -147,6 +151,7 @@ impl KernelBindings for PoolForwardBindings<'_> {
             unused.word_rw(self.argmax),
             unused.word(self.base_argmax),
             unused.word_rw(self.flips),
+            unused.word(self.moved),
         ]
     }
 }
@@ -174,6 +179,9 @@ const MAX_FORWARD: Entry = Entry::new(SHADER, "max_forward");
 const MAX_FORWARD_KINKS: Entry = MAX_FORWARD.with(&[("COUNT_KINKS", 1.0)]);
 const MAX_BACKWARD: Entry = Entry::new(SHADER, "max_backward");
 const AVG_FORWARD: Entry = Entry::new(SHADER, "avg_forward");
+const MAX_FORWARD_ONE_CHANNEL: Entry =
+    MAX_FORWARD.with(&[("COUNT_KINKS", 1.0), ("ONE_CHANNEL", 1.0)]);
+const AVG_FORWARD_ONE_CHANNEL: Entry = AVG_FORWARD.with(&[("ONE_CHANNEL", 1.0)]);
 const AVG_BACKWARD: Entry = Entry::new(SHADER, "avg_backward");
 
 impl Pool {
@@ -192,7 +200,7 @@ impl Pool {
             count: u(count),
             per_copy: u(n * self.c * self.oh * self.ow),
             row_width: grid(count).1,
-            _pad: 0,
+            channels: u(self.c),
         }
     }
 
@@ -213,6 +221,10 @@ impl LayerOps for Pool {
         self.kind == PoolKind::Max
     }
 
+    fn channel_local(&self) -> bool {
+        true
+    }
+
     fn saved(&self, ctx: &GpuContext, _: Precision, rows: usize, copies: usize) -> Saved {
         match self.kind {
             PoolKind::Max => Saved::Argmax(GpuBuffer::zeroed(
@@ -226,13 +238,15 @@ impl LayerOps for Pool {
     }
 
     fn forward(&self, io: &Forward) -> Vec<Dispatch> {
-        let count = io.count(self.output_size());
+        let count = io.elementwise_count(self.output_size());
         let params = self.params(io.rows, io.copies, count);
         let counting = io.perturbation.filter(|_| self.counts_kinks());
-        let entry = match (self.kind, counting) {
-            (PoolKind::Max, Some(_)) => &MAX_FORWARD_KINKS,
-            (PoolKind::Max, None) => &MAX_FORWARD,
-            (PoolKind::Avg, _) => &AVG_FORWARD,
+        let entry = match (self.kind, counting, io.moved_channel()) {
+            (PoolKind::Max, Some(_), Some(_)) => &MAX_FORWARD_ONE_CHANNEL,
+            (PoolKind::Max, Some(_), None) => &MAX_FORWARD_KINKS,
+            (PoolKind::Max, None, _) => &MAX_FORWARD,
+            (PoolKind::Avg, _, Some(_)) => &AVG_FORWARD_ONE_CHANNEL,
+            (PoolKind::Avg, _, None) => &AVG_FORWARD,
         };
         let bindings = PoolForwardBindings {
             x: io.input,
@@ -240,6 +254,7 @@ impl LayerOps for Pool {
             argmax: Pool::argmax(io.saved),
             base_argmax: counting.and_then(|p| Pool::argmax(p.base_saved)),
             flips: counting.map(|p| p.flips),
+            moved: io.moved_channel().map(|m| m.moved),
         };
         vec![io
             .gpu
