@@ -20,6 +20,8 @@
 // Loops stay short for lavapipe, which ends an invocation after 65,535 loop iterations in all:
 // per-row loops take F/64 steps a lane, and ln_backward_params's one loop takes N steps.
 
+#include "moved_channel.wgsl"
+
 struct Params {
     n: u32,          // rows per copy N
     f: u32,          // features per row F
@@ -29,6 +31,10 @@ struct Params {
     count: u32,      // elements of the elementwise entries: copies·N·F
     row_width: u32,  // invocations per grid row of kernel::grid(count)
     input_shared: u32,  // 1: x is [N, F], read by every copy (a perturbed route's start)
+    plane: u32,      // features per channel, F/C (one-channel routes only)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -41,6 +47,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> grads: array<real>;  // gradient arena
 @group(0) @binding(8) var<storage, read> pert: array<u32>;
 @group(0) @binding(9) var<storage, read> hstep: array<real>;
+@group(0) @binding(10) var<storage, read> moved: array<u32>;    // [copies]: moved channels
 
 // stats record of one (copy, row).
 const STATS: u32 = 2u;
@@ -51,6 +58,10 @@ const INV_STD: u32 = 1u;
 // pert[2p+1] its sign (0: +h, 1: −h), and hstep[0] is h. Each copy reads γ and β as the shared
 // base plus its own one-element change, so no copy writes what another reads.
 override PERTURBED: bool = false;
+
+// Built for a one-channel route (moved_channel.wgsl): ln_forward's `count` covers each copy's
+// moved channel alone (a γ or β change moves one feature of every row).
+override ONE_CHANNEL: bool = false;
 
 const WG: u32 = 64u;
 
@@ -74,7 +85,8 @@ fn elementwise_index(gid: vec3<u32>) -> u32 {
     return gid.y * P.row_width + gid.x;
 }
 
-// The row of x that (copy, row) `row` reads: its own, or the shared one of every copy.
+// The row of x, and of the statistics, that (copy, row) `row` reads: its own, or the shared one
+// of every copy (whose statistics ln_stats computes once).
 fn input_row(row: u32) -> u32 {
     return select(row, row % P.n, P.input_shared == 1u);
 }
@@ -96,9 +108,10 @@ fn gamma_beta(p: u32, k: u32) -> vec2<real> {
     return vec2<real>(g, b);
 }
 
-// Row statistics. One workgroup per (copy, row), grid kernel::grid(copies·N·64); two passes
-// (mean, then Σ(x − mean)²) because the one-pass E[x²] − mean² cancels badly in f32.
-//   x: [copies, N, F] or shared [N, F] -> stats: [copies, N, 2] (mean, inv_std)
+// Row statistics. One workgroup per (copy, row), grid kernel::grid(copies·N·64), or per row of
+// a shared input, grid kernel::grid(N·64); two passes (mean, then Σ(x − mean)²) because the
+// one-pass E[x²] − mean² cancels badly in f32.
+//   x: [copies, N, F] or shared [N, F] -> stats: [copies, N, 2] or [N, 2] (mean, inv_std)
 @compute @workgroup_size(64)
 fn ln_stats(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -106,10 +119,10 @@ fn ln_stats(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let row = wid.y * nwg.x + wid.x;
-    if (row >= P.copies * P.n) {
+    if (row >= select(P.copies * P.n, P.n, P.input_shared == 1u)) {
         return;
     }
-    let base = input_row(row) * P.f;
+    let base = row * P.f;
     var acc = real(0.0);
     for (var j = lid; j < P.f; j += WG) {
         acc += x[base + j];
@@ -139,15 +152,20 @@ fn ln_stats(
 //   x, stats: [copies, N, 2], θ -> xhat, y: [copies, N, F]
 @compute @workgroup_size(64)
 fn ln_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = elementwise_index(gid);
+    var i = elementwise_index(gid);
     if (i >= P.count) {
         return;
+    }
+    if (ONE_CHANNEL) {
+        let c = P.f / P.plane;
+        i = moved_channel_index(i, P.n, c, P.plane, moved[i / (P.n * P.plane)]);
     }
     let row = i / P.f;
     let k = i % P.f;
     let p = i / (P.n * P.f);
     let xi = input_row(row) * P.f + k;
-    let xh = (x[xi] - stats[row * STATS + MEAN]) * stats[row * STATS + INV_STD];
+    let st = input_row(row) * STATS;
+    let xh = (x[xi] - stats[st + MEAN]) * stats[st + INV_STD];
     if (!PERTURBED) {
         xhat[i] = xh;
     }

@@ -11,8 +11,7 @@ use crate::gpu::limits::MAX_ROWS;
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Kernels, Precision};
 use crate::nn::layers::softmax_loss::{softmax_loss, SoftmaxBindings};
 use crate::nn::layers::{
-    Backward, BatchNorm, Forward, Gpu, Layer, LayerState, Mode, MovedChannel, Perturbation,
-    Saved,
+    Backward, BatchNorm, Forward, Gpu, Layer, LayerState, Mode, MovedChannel, Perturbation, Saved,
 };
 use crate::nn::weight_decay::WeightDecay;
 use crate::nn::{NamedTensor, NetSpec, ParamLayout};

@@ -174,7 +174,11 @@ impl<'a> PerturbedLossEngine<'a> {
         });
         let mut routes: Vec<Route> = match &ws {
             Some(ws) => recompute_routes(&rec, ws, &base, &state, &bufs, strategy, tail_start)?,
-            None => model.layers.iter().map(|_| Route::new(1, Vec::new())).collect(),
+            None => model
+                .layers
+                .iter()
+                .map(|_| Route::new(1, Vec::new()))
+                .collect(),
         };
         let mut work = Vec::new();
         if let (Some(tail), Some(chunk)) = (&tail, tail_chunk) {
@@ -545,7 +549,10 @@ fn recompute_routes(
                     one_channel: true,
                 }
             }
-            None => Route::new(view.copies, route_from(rec, &view, &copies, state, bufs, from)),
+            None => Route::new(
+                view.copies,
+                route_from(rec, &view, &copies, state, bufs, from),
+            ),
         });
     }
     Ok(routes)
@@ -591,17 +598,20 @@ fn perturbed_copies<'b>(bufs: &'b EngineBuffers, base: &'b Workspace) -> Copies<
 }
 
 /// Whether the perturbations of layer `start`, on a route from layer `from`, can take a
-/// one-channel route: `from` is a convolution, each of `start`'s parameters moves one channel
-/// (a filter, or a BatchNorm's γ and β), and channel-local layers carry it to an affine layer.
-/// Returns the channel count and that affine layer.
+/// one-channel route: `from` is a convolution or a LayerNorm after one, each of `start`'s
+/// parameters moves one channel (a filter, a BatchNorm's γ and β, a LayerNorm's γ and β), and
+/// channel-local layers carry it to an affine layer. Returns the channel count and that affine
+/// layer.
 fn one_channel_route(model: &Model, from: usize, start: usize) -> Option<(usize, usize)> {
-    let Layer::Conv(conv) = &model.layers[from] else {
-        return None;
+    let channels = match &model.layers[from] {
+        Layer::Conv(conv) => conv.f,
+        Layer::LayerNorm(norm) => norm.f / norm.plane,
+        _ => return None,
     };
     let first = model.layout.tensors[*model.layers[start].tensors().first()?].offset;
     model.layers[start].moved_channel(&model.layout, first)?;
     let end = (from + 1..model.layers.len()).find(|&l| !model.layers[l].channel_local())?;
-    matches!(model.layers[end], Layer::Affine(_)).then_some((conv.f, end))
+    matches!(model.layers[end], Layer::Affine(_)).then_some((channels, end))
 }
 
 /// A forward pass of the perturbed copies in `ws` from layer `from` (its input the base

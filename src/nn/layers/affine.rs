@@ -5,10 +5,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Backward, Forward, Gpu, Layer, LayerOps, LayerSpec, MovedChannel, Perturbation};
 use super::TensorPlacer;
-use crate::gpu::kernel::{self, grid, shaders, Binding, Entry, KernelBindings, Placeholders};
+use super::{Backward, Forward, Gpu, Layer, LayerOps, LayerSpec, MovedChannel, Perturbation};
 use crate::gpu::kernel::Shader;
+use crate::gpu::kernel::{self, grid, shaders, Binding, Entry, KernelBindings, Placeholders};
 use crate::gpu::{Dispatch, GpuBuffer};
 use crate::nn::ParamRole;
 

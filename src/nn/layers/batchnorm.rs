@@ -135,8 +135,7 @@ const STATS: Entry = Entry::new(SHADER, "bn_stats");
 const FORWARD_TRAIN: Entry = Entry::new(SHADER, "bn_forward_train");
 const FORWARD_PERTURBED: Entry = FORWARD_TRAIN.with(&[("PERTURBED", 1.0)]);
 const STATS_ONE_CHANNEL: Entry = STATS.with(&[("ONE_CHANNEL", 1.0)]);
-const FORWARD_ONE_CHANNEL: Entry =
-    FORWARD_TRAIN.with(&[("PERTURBED", 1.0), ("ONE_CHANNEL", 1.0)]);
+const FORWARD_ONE_CHANNEL: Entry = FORWARD_TRAIN.with(&[("PERTURBED", 1.0), ("ONE_CHANNEL", 1.0)]);
 const UPDATE_RUNNING: Entry = Entry::new(SHADER, "bn_update_running");
 const FORWARD_EVAL: Entry = Entry::new(SHADER, "bn_forward_eval");
 const BACKWARD_PARAMS: Entry = Entry::new(SHADER, "bn_backward_params");
@@ -200,7 +199,9 @@ impl LayerOps for BatchNorm {
     fn moved_channel(&self, layout: &ParamLayout, index: usize) -> Option<usize> {
         [self.gamma, self.beta].iter().find_map(|&t| {
             let t = &layout.tensors[t];
-            (t.offset..t.offset + t.numel).contains(&index).then(|| index - t.offset)
+            (t.offset..t.offset + t.numel)
+                .contains(&index)
+                .then(|| index - t.offset)
         })
     }
 

@@ -299,7 +299,9 @@ impl LayerOps for Conv {
         if (w.offset..w.offset + w.numel).contains(&index) {
             Some((index - w.offset) / (self.c * self.k * self.k))
         } else {
-            (b.offset..b.offset + b.numel).contains(&index).then(|| index - b.offset)
+            (b.offset..b.offset + b.numel)
+                .contains(&index)
+                .then(|| index - b.offset)
         }
     }
 

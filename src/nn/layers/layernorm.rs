@@ -26,8 +26,9 @@ pub(super) fn parse(word: &str) -> Option<Result<LayerSpec, String>> {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerNorm {
-    /// Features per sample.
+    /// Features per sample, and per channel (H·W after a convolution, 1 after an affine layer).
     pub f: usize,
+    pub plane: usize,
     /// Tensor indices of γ and β \[F].
     pub gamma: usize,
     pub beta: usize,
@@ -41,6 +42,7 @@ pub(super) fn resolve(
     let (gamma, beta) = placer.add_scale_and_shift(shape)?;
     let layer = LayerNorm {
         f: c * h * w,
+        plane: h * w,
         gamma,
         beta,
     };
@@ -62,6 +64,9 @@ pub struct LayerNormParams {
     pub row_width: u32,
     /// 1: the input is [N, F], shared by every copy.
     pub input_shared: u32,
+    /// Features per channel (one-channel routes only).
+    pub plane: u32,
+    pub _pad: [u32; 3],
 }
 
 /// layernorm.wgsl's one binding table, shared by all its entry points.
@@ -82,6 +87,8 @@ pub struct LayerNormBindings<'a> {
     /// FORWARD_PERTURBED: (flat index, sign) per copy, and \[h].
     pub pert: Option<&'a GpuBuffer>,
     pub h: Option<&'a GpuBuffer>,
+    /// On a one-channel route: each copy's moved channel.
+    pub moved: Option<&'a GpuBuffer>,
 }
 
 impl KernelBindings for LayerNormBindings<'_> {
@@ -96,6 +103,7 @@ impl KernelBindings for LayerNormBindings<'_> {
         Binding::ReadWrite,
         Binding::Read,
         Binding::Read,
+        Binding::Read,
     ];
     fn buffers<'a>(&'a self, unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
         vec![
@@ -108,6 +116,7 @@ impl KernelBindings for LayerNormBindings<'_> {
             unused.real_rw(self.grads),
             unused.word(self.pert),
             unused.real(self.h),
+            unused.word(self.moved),
         ]
     }
 }
@@ -118,12 +127,19 @@ pub const SHADER: Shader = crate::shader!("layernorm.wgsl");
 const STATS: Entry = Entry::new(SHADER, "ln_stats");
 const FORWARD: Entry = Entry::new(SHADER, "ln_forward");
 const FORWARD_PERTURBED: Entry = FORWARD.with(&[("PERTURBED", 1.0)]);
+const FORWARD_ONE_CHANNEL: Entry = FORWARD.with(&[("PERTURBED", 1.0), ("ONE_CHANNEL", 1.0)]);
 const BACKWARD_PARAMS: Entry = Entry::new(SHADER, "ln_backward_params");
 const BACKWARD_INPUT: Entry = Entry::new(SHADER, "ln_backward_input");
 
 impl LayerNorm {
-    fn params(&self, layout: &ParamLayout, n: usize, copies: usize) -> LayerNormParams {
-        let count = copies * n * self.f;
+    /// Params for `copies` copies of `n` rows, reading one shared input when `input_shared`, whose
+    /// elementwise entry runs `count` invocations.
+    fn params(
+        &self,
+        layout: &ParamLayout,
+        (n, copies, count): (usize, usize, usize),
+        input_shared: bool,
+    ) -> LayerNormParams {
         LayerNormParams {
             n: n as u32,
             f: self.f as u32,
@@ -132,7 +148,9 @@ impl LayerNorm {
             b_off: layout.tensors[self.beta].offset as u32,
             count: count as u32,
             row_width: grid(count).1,
-            input_shared: 0,
+            input_shared: u32::from(input_shared),
+            plane: self.plane as u32,
+            _pad: [0; 3],
         }
     }
 
@@ -176,10 +194,8 @@ impl LayerOps for LayerNorm {
     // stats [P, N, 2] of x; y [P, N, F] = γ·(x − mean)·inv_std + β
     fn forward(&self, io: &Forward) -> Vec<Dispatch> {
         let (stats, xhat) = LayerNorm::saved(io.saved);
-        let params = LayerNormParams {
-            input_shared: u32::from(io.input_shared),
-            ..self.params(io.layout, io.rows, io.copies)
-        };
+        let count = io.elementwise_count(self.f);
+        let params = self.params(io.layout, (io.rows, io.copies, count), io.input_shared);
         let bindings = LayerNormBindings {
             consts: LayerNorm::eps(io.state),
             x: io.input,
@@ -190,10 +206,18 @@ impl LayerOps for LayerNorm {
             grads: None,
             pert: io.pert(),
             h: io.h(),
+            moved: io.moved_channel().map(|m| m.moved),
         };
-        let normalise = match io.perturbation {
-            Some(_) => &FORWARD_PERTURBED,
-            None => &FORWARD,
+        let normalise = match (io.perturbation, io.moved_channel()) {
+            (Some(_), Some(_)) => &FORWARD_ONE_CHANNEL,
+            (Some(_), None) => &FORWARD_PERTURBED,
+            (None, _) => &FORWARD,
+        };
+        // A shared input has the same statistics in every copy: they are computed once.
+        let stat_rows = if io.input_shared {
+            io.rows
+        } else {
+            io.copies * io.rows
         };
         let dispatch = |entry: &Entry, groups| {
             io.gpu
@@ -201,7 +225,7 @@ impl LayerOps for LayerNorm {
                 .dispatch(io.gpu.ctx, entry, &params, &bindings, groups)
         };
         vec![
-            dispatch(&STATS, grid(io.copies * io.rows * 64).0),
+            dispatch(&STATS, grid(stat_rows * 64).0),
             dispatch(normalise, grid(params.count as usize).0),
         ]
     }
@@ -212,10 +236,21 @@ impl LayerOps for LayerNorm {
         true
     }
 
+    /// A change of γ[c, …] or β[c, …] moves a feature of channel c alone.
+    fn moved_channel(&self, layout: &ParamLayout, index: usize) -> Option<usize> {
+        [self.gamma, self.beta].iter().find_map(|&t| {
+            let t = &layout.tensors[t];
+            let range = t.offset..t.offset + t.numel;
+            range
+                .contains(&index)
+                .then(|| (index - t.offset) / self.plane)
+        })
+    }
+
     // dγ, dβ [F] summed over rows; dx [N, F] per row from its own sums
     fn backward(&self, io: &Backward) -> Vec<Dispatch> {
         let (stats, xhat) = LayerNorm::saved(io.saved);
-        let params = self.params(io.layout, io.rows, 1);
+        let params = self.params(io.layout, (io.rows, 1, io.rows * self.f), false);
         let bindings = LayerNormBindings {
             consts: LayerNorm::eps(io.state),
             x: io.dy,
@@ -226,6 +261,7 @@ impl LayerOps for LayerNorm {
             grads: Some(io.grads),
             pert: None,
             h: None,
+            moved: None,
         };
         let dispatch = |entry: &Entry, groups| {
             io.gpu
