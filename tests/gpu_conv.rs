@@ -14,9 +14,10 @@ use wgrad::nn::layers::{conv, pool};
 use wgrad::reference::conv::{self as r, conv_out};
 use Binding::{Read, ReadWrite, Uniform};
 
-const CONV_BINDINGS: [Binding; 6] = [Uniform, Read, Read, ReadWrite, Read, Read];
+// The last binding of each forward table is `moved`, which only one-channel routes read.
+const CONV_BINDINGS: [Binding; 7] = [Uniform, Read, Read, ReadWrite, Read, Read, Read];
 const CONV_BACKWARD_BINDINGS: [Binding; 4] = [Uniform, Read, Read, ReadWrite];
-const POOL_BINDINGS: [Binding; 6] = [Uniform, Read, ReadWrite, ReadWrite, Read, ReadWrite];
+const POOL_BINDINGS: [Binding; 7] = [Uniform, Read, ReadWrite, ReadWrite, Read, ReadWrite, Read];
 const POOL_BACKWARD_BINDINGS: [Binding; 4] = [Uniform, Read, Read, ReadWrite];
 
 #[repr(C)]
@@ -58,7 +59,7 @@ struct PoolParams {
     count: u32,
     per_copy: u32,
     row_width: u32,
-    _pad: u32,
+    channels: u32,
 }
 
 /// Deterministic values in [−1, 1) with 24-bit mantissas, exact in f32, so the f32 kernels see
@@ -320,6 +321,7 @@ fn gpu_conv_forward(
             &y.buffer,
             &pert.buffer,
             &hstep.buffer,
+            &pert.buffer,
         ],
         groups,
     );
@@ -568,7 +570,7 @@ impl Pool {
             count: count as u32,
             per_copy: self.y_len() as u32,
             row_width,
-            _pad: 0,
+            channels: self.c as u32,
         }
     }
 }
@@ -617,6 +619,7 @@ fn gpu_pool_forward(
             &argmax.buffer,
             &base.buffer,
             &flips.buffer,
+            &base.buffer,
         ],
         groups,
     );

@@ -110,12 +110,14 @@ struct LnParams {
     b_off: u32,
     count: u32,
     row_width: u32,
-    _pad: u32,
+    input_shared: u32,
+    plane: u32,
+    _pad: [u32; 3],
 }
 
 /// shaders/layernorm.wgsl's binding table, shared by every entry point: P, consts, x (or dy),
-/// stats, theta, xhat, y (or dx), grads, pert, hstep.
-const LN_BINDINGS: [Binding; 10] = [
+/// stats, theta, xhat, y (or dx), grads, pert, hstep, moved (one-channel routes, not run here).
+const LN_BINDINGS: [Binding; 11] = [
     Binding::Uniform,
     Binding::Read,
     Binding::Read,
@@ -124,6 +126,7 @@ const LN_BINDINGS: [Binding; 10] = [
     Binding::ReadWrite,
     Binding::ReadWrite,
     Binding::ReadWrite,
+    Binding::Read,
     Binding::Read,
     Binding::Read,
 ];
@@ -211,7 +214,9 @@ impl LnLayer {
             b_off: b_off(f) as u32,
             count: count as u32,
             row_width: grid(count).1,
-            _pad: 0,
+            input_shared: 0,
+            plane: 1,
+            _pad: [0; 3],
         };
         let real = |label, values: &[f64]| GpuBuffer::from_real(ctx, label, values, precision);
         LnLayer {
@@ -258,6 +263,7 @@ impl LnLayer {
                 &self.grads.buffer,
                 &self.pert.buffer,
                 &self.hstep.buffer,
+                &self.pert.buffer,
             ],
             groups,
         )

@@ -110,8 +110,9 @@ struct BnParams {
 }
 
 /// shaders/batchnorm.wgsl's binding table, shared by every entry point: P, consts, x (or dy),
-/// stats, theta, xhat, y (or dx), grads, running, pert, hstep.
-const BN_BINDINGS: [Binding; 11] = [
+/// stats, theta, xhat, y (or dx), grads, running, pert, hstep, moved (one-channel routes, not run
+/// here).
+const BN_BINDINGS: [Binding; 12] = [
     Binding::Uniform,
     Binding::Read,
     Binding::Read,
@@ -121,6 +122,7 @@ const BN_BINDINGS: [Binding; 11] = [
     Binding::ReadWrite,
     Binding::ReadWrite,
     Binding::ReadWrite,
+    Binding::Read,
     Binding::Read,
     Binding::Read,
 ];
@@ -266,6 +268,7 @@ impl BnLayer {
                 &self.running.buffer,
                 &self.pert.buffer,
                 &self.hstep.buffer,
+                &self.pert.buffer,
             ],
             groups,
         )
@@ -668,17 +671,19 @@ struct DropoutParams {
     threshold: u32,
     step_slot: u32,
     row_width: u32,
-    _pad0: u32,
-    _pad1: u32,
+    channels: u32,
+    plane: u32,
 }
 
-/// shaders/dropout.wgsl's binding table: P, x (or dy), state, y (or dx), mask, consts.
-const DROPOUT_BINDINGS: [Binding; 6] = [
+/// shaders/dropout.wgsl's binding table: P, x (or dy), state, y (or dx), mask, consts, moved
+/// (one-channel routes, not run here).
+const DROPOUT_BINDINGS: [Binding; 7] = [
     Binding::Uniform,
     Binding::Read,
     Binding::Read,
     Binding::ReadWrite,
     Binding::ReadWrite,
+    Binding::Read,
     Binding::Read,
 ];
 
@@ -706,8 +711,8 @@ impl Dropout {
             threshold: reference::dropout_threshold(p),
             step_slot,
             row_width: grid(count).1,
-            _pad0: 0,
-            _pad1: 0,
+            channels: 1,
+            plane: 1,
         };
         Dropout {
             params: uniform(ctx, "dropout", &params),
@@ -731,6 +736,7 @@ impl Dropout {
                 &y.buffer,
                 &mask.buffer,
                 &self.consts.buffer,
+                &state.buffer,
             ],
             grid(self.count).0,
         )
