@@ -507,10 +507,11 @@ fn recompute_routes(
 ) -> Result<Vec<Route>> {
     let layers = &rec.model.layers;
     let copies = perturbed_copies(bufs, base);
-    // Only layers that read an input shared by all copies (affine, convolution, custom) can
-    // start a route: the perturbed layer itself, or the nearest one below it (recomputed
-    // unperturbed); Full starts at the first, since parameter-free layers before it give every
-    // copy the same output.
+    // Only layers that read an input shared by all copies (affine, convolution, LayerNorm,
+    // custom) can start a route: the perturbed layer itself, or the nearest one below it
+    // (recomputed unperturbed); Full starts at the first, since parameter-free layers before it
+    // give every copy the same output. Where the perturbed channel stays alone up to an affine
+    // layer, the incremental route computes that channel alone.
     let first_reader = layers.iter().position(|l| l.reads_shared_input());
     let mut routes = Vec::new();
     for (start, layer) in layers.iter().enumerate() {
