@@ -456,6 +456,61 @@ fn every_perturbed_loss_of_a_normalised_mlp_matches_the_reference() {
     }
 }
 
+/// Every perturbed loss of convnets whose filters and normalisations take one-channel routes
+/// (each copy computes the channel its change moves, through BatchNorm, LayerNorm, activations,
+/// dropout and pooling, and the affine layer above adds that channel's change) against the f64
+/// reference at θ ± h, so a wrong channel, a stale one or a lost base term shows in the loss
+/// itself. Two input channels, odd filter counts and overlapping windows keep every index in
+/// play; a step of 0.3 moves max-pooling windows and ReLUs across their kinks.
+#[test]
+fn every_perturbed_loss_of_a_one_channel_route_matches_the_reference() {
+    let Some(ctx) = f64_ctx() else { return };
+    for layers in [
+        "conv5x3p1,bn,relu,dropout0.25,maxpool3s2,affine4",
+        "conv3x2,ln,sigmoid,avgpool2,affine7,relu,affine4",
+        "conv4x3s2p1,relu,bn,maxpool2,affine4",
+    ] {
+        let mut s = NetSpec::sequential([2, 7, 7], parse_layers(layers).unwrap()).unwrap();
+        s.weight_decay = 0.05;
+        let n = 3;
+        let prob = common::Problem::random(&s, n, 33);
+        let net = RefNet::new(&s, DropoutMasks::gradient_check(0)).unwrap();
+        let model = Model::new(ctx, &s, &prob.params, Precision::F64).unwrap();
+        let kernels = Kernels::new(ctx, Precision::F64).unwrap();
+        // The tensors of the convolution and the normalisation above it: W1, b1, gamma1, beta1.
+        let layout = s.layout();
+        let below_affine = layout.tensors[..4].iter();
+        let perturbations: Vec<Perturbation> = below_affine
+            .flat_map(|t| t.offset..t.offset + t.numel)
+            .flat_map(|index| [false, true].map(|minus| Perturbation { index, minus }))
+            .collect();
+        for h in [1e-3, 0.3] {
+            let engine = PerturbedLossEngine::new(
+                ctx,
+                &kernels,
+                &model,
+                &prob.x,
+                &prob.labels,
+                Strategy::Incremental,
+                h,
+                None,
+            )
+            .unwrap();
+            let got = engine.losses(&perturbations).unwrap();
+            for (p, g) in perturbations.iter().zip(&got) {
+                let mut theta = prob.params.clone();
+                theta[p.index] += if p.minus { -h } else { h };
+                let want = net.loss(&theta, &prob.x, &prob.labels);
+                assert!(
+                    (g.loss - want).abs() <= 1e-12 * want.abs(),
+                    "{layers} h {h}: {p:?}: {} vs {want}",
+                    g.loss
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn full_and_incremental_agree_to_rounding() {
     let Some(ctx) = f64_ctx() else { return };
