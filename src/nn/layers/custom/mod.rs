@@ -132,7 +132,14 @@ impl CustomLayer {
         })
     }
 
-    fn shape(&self, layout: &ParamLayout, rows: usize, copies: usize, count: usize) -> CustomShape {
+    /// The harness's shape for `copies` copies of `rows` rows over `count` invocations, reading
+    /// one input shared by every copy when `input_shared`.
+    fn shape(
+        &self,
+        layout: &ParamLayout,
+        (rows, copies, count): (usize, usize, usize),
+        input_shared: bool,
+    ) -> CustomShape {
         let mut offsets = [0u32; contract::MAX_TENSORS];
         for (slot, &t) in offsets.iter_mut().zip(&self.params) {
             *slot = layout.tensors[t].offset as u32;
@@ -144,7 +151,7 @@ impl CustomLayer {
             copies: copies as u32,
             count: count as u32,
             row_width: grid(count).1,
-            input_shared: 1,
+            input_shared: u32::from(input_shared),
             input_base: layout.total as u32,
             offsets,
         }
@@ -234,8 +241,7 @@ impl LayerOps for CustomLayer {
     // y [P, N, OUT] = forward(n, j) per copy
     fn forward(&self, io: &Forward) -> Vec<Dispatch> {
         let count = io.count(self.out_size);
-        let mut shape = self.shape(io.layout, io.rows, io.copies, count);
-        shape.input_shared = u32::from(io.input_shared);
+        let shape = self.shape(io.layout, (io.rows, io.copies, count), io.input_shared);
         let bindings = CustomBindings {
             theta: io.theta,
             x: io.input,
@@ -267,7 +273,7 @@ impl LayerOps for CustomLayer {
             h: None,
         };
         let dispatch = |entry: &Entry, count: usize| {
-            let shape = self.shape(io.layout, io.rows, 1, count);
+            let shape = self.shape(io.layout, (io.rows, 1, count), false);
             (io.gpu.kernels).dispatch(io.gpu.ctx, entry, &shape, &bindings, grid(count).0)
         };
         let mut out: Vec<Dispatch> = (self.params.iter().zip(&self.contract.backward_params))
