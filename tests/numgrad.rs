@@ -456,19 +456,26 @@ fn every_perturbed_loss_of_a_normalised_mlp_matches_the_reference() {
     }
 }
 
-/// Every perturbed loss of convnets whose filters and normalisations take one-channel routes
-/// (each copy computes the channel its change moves, through BatchNorm, LayerNorm, activations,
-/// dropout and pooling, and the affine layer above adds that channel's change) against the f64
-/// reference at θ ± h, so a wrong channel, a stale one or a lost base term shows in the loss
-/// itself. Two input channels, odd filter counts and overlapping windows keep every index in
-/// play; a step of 0.3 moves max-pooling windows and ReLUs across their kinks.
+/// Every perturbed loss of the routes below a net's MLP tail against the f64 reference at θ ± h,
+/// so a wrong channel, a stale one or a lost base term shows in the loss itself:
+/// - convnets whose filters and normalisations take one-channel routes (each copy computes the
+///   channel its change moves, through BatchNorm, LayerNorm, activations, dropout and pooling,
+///   and the affine layer above adds that channel's change). Two input channels, odd filter
+///   counts and overlapping windows keep every index in play;
+/// - MLPs whose first block the tail kernels do not serve (its activation differs from the
+///   others'), whose route starts at the affine layer with its unperturbed output plus the one
+///   column a change moves.
+///
+/// A step of 0.3 moves max-pooling windows and ReLUs across their kinks.
 #[test]
-fn every_perturbed_loss_of_a_one_channel_route_matches_the_reference() {
+fn every_perturbed_loss_below_the_mlp_tail_matches_the_reference() {
     let Some(ctx) = f64_ctx() else { return };
     for layers in [
         "conv5x3p1,bn,relu,dropout0.25,maxpool3s2,affine4",
         "conv3x2,ln,sigmoid,avgpool2,affine7,relu,affine4",
         "conv4x3s2p1,relu,bn,maxpool2,affine4",
+        "affine6,tanh,affine5,relu,affine4",
+        "affine6,ln,sigmoid,dropout0.3,affine5,relu,affine4",
     ] {
         let mut s = NetSpec::sequential([2, 7, 7], parse_layers(layers).unwrap()).unwrap();
         s.weight_decay = 0.05;
@@ -477,7 +484,8 @@ fn every_perturbed_loss_of_a_one_channel_route_matches_the_reference() {
         let net = RefNet::new(&s, DropoutMasks::gradient_check(0)).unwrap();
         let model = Model::new(ctx, &s, &prob.params, Precision::F64).unwrap();
         let kernels = Kernels::new(ctx, Precision::F64).unwrap();
-        // The tensors of the convolution and the normalisation above it: W1, b1, gamma1, beta1.
+        // The first four tensors: the first layer's and those of the normalisation above it
+        // (W1, b1, gamma1, beta1), or the first two blocks' (W1, b1, W2, b2).
         let layout = s.layout();
         let below_affine = layout.tensors[..4].iter();
         let perturbations: Vec<Perturbation> = below_affine

@@ -340,12 +340,15 @@ pub enum Copies<'a> {
     /// P perturbed copies: `pert` holds (flat index, sign) pairs, `h` the step; each copy
     /// reads the shared base plus its own one-element change. `flips` receives, per copy, the
     /// ReLU units and max-pool windows whose state differs from `base` (the unperturbed
-    /// workspace).
+    /// workspace). `incremental`: the layer a route starts at may form its output as the
+    /// unperturbed one plus its own change (the full strategy, the reference, computes every
+    /// output).
     Perturbed {
         pert: &'a GpuBuffer,
         h: &'a GpuBuffer,
         flips: &'a GpuBuffer,
         base: &'a Workspace,
+        incremental: bool,
     },
 }
 
@@ -431,6 +434,7 @@ impl Recorder<'_> {
                     h,
                     flips,
                     base,
+                    incremental,
                 } => Some(Perturbation {
                     pert,
                     h,
@@ -438,6 +442,7 @@ impl Recorder<'_> {
                     base_input: base.input(i),
                     base_saved: &base.saved[i],
                     base_output: &base.out[i],
+                    from_base: *incremental && i == start,
                     moved_channel: moved_channel
                         .filter(|&(_, end)| i <= end)
                         .map(|(moved, _)| moved),

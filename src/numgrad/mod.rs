@@ -506,7 +506,7 @@ fn recompute_routes(
     tail_start: usize,
 ) -> Result<Vec<Route>> {
     let layers = &rec.model.layers;
-    let copies = perturbed_copies(bufs, base);
+    let copies = perturbed_copies(bufs, base, strategy);
     // Only layers that read an input shared by all copies (affine, convolution, LayerNorm,
     // custom) can start a route: the perturbed layer itself, or the nearest one below it
     // (recomputed unperturbed); Full starts at the first, since parameter-free layers before it
@@ -577,7 +577,7 @@ fn input_routes(
             layer.checked_input().map(|_| match strategy {
                 Strategy::Incremental => l,
                 Strategy::Full => {
-                    let copies = perturbed_copies(bufs, base);
+                    let copies = perturbed_copies(bufs, base, strategy);
                     let fill = route_fill(rec.model, ws.rows, layer);
                     let view = ws.first_copies(ws.copies.min(fill));
                     let dispatches = route_from(rec, &view, &copies, state, bufs, l);
@@ -589,12 +589,17 @@ fn input_routes(
         .collect()
 }
 
-fn perturbed_copies<'b>(bufs: &'b EngineBuffers, base: &'b Workspace) -> Copies<'b> {
+fn perturbed_copies<'b>(
+    bufs: &'b EngineBuffers,
+    base: &'b Workspace,
+    strategy: Strategy,
+) -> Copies<'b> {
     Copies::Perturbed {
         pert: &bufs.pert,
         h: &bufs.h,
         flips: &bufs.out_flips,
         base,
+        incremental: strategy == Strategy::Incremental,
     }
 }
 

@@ -185,7 +185,86 @@ impl KernelBindings for MovedChannelBindings<'_> {
 const MOVED_CHANNEL_SHADER: Shader = crate::shader!("affine_moved_channel.wgsl");
 const MOVED_CHANNEL: Entry = Entry::new(MOVED_CHANNEL_SHADER, "affine_moved_channel");
 
+/// affine_moved_parameter.wgsl's Params.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct MovedParameterParams {
+    pub n: u32,
+    pub d_in: u32,
+    pub d_out: u32,
+    pub w_off: u32,
+    pub b_off: u32,
+    /// Invocations: copies·N·d_out.
+    pub count: u32,
+    pub row_width: u32,
+    pub _pad: u32,
+}
+
+/// affine_moved_parameter.wgsl's buffers.
+pub struct MovedParameterBindings<'a> {
+    /// The shared input [N, d_in] and the unperturbed output [N, d_out].
+    pub x: &'a GpuBuffer,
+    pub base_y: &'a GpuBuffer,
+    /// (flat index, sign) per copy, and \[h].
+    pub pert: &'a GpuBuffer,
+    pub h: &'a GpuBuffer,
+    /// [P, N, d_out]
+    pub y: &'a GpuBuffer,
+}
+
+impl KernelBindings for MovedParameterBindings<'_> {
+    type Params = MovedParameterParams;
+    const ACCESS: &'static [Binding] = &[
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+    ];
+    fn buffers<'a>(&'a self, _unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
+        vec![
+            &self.x.buffer,
+            &self.base_y.buffer,
+            &self.pert.buffer,
+            &self.h.buffer,
+            &self.y.buffer,
+        ]
+    }
+}
+
+/// shaders/affine_moved_parameter.wgsl, which this layer alone uses.
+const MOVED_PARAMETER_SHADER: Shader = crate::shader!("affine_moved_parameter.wgsl");
+const MOVED_PARAMETER: Entry = Entry::new(MOVED_PARAMETER_SHADER, "affine_moved_parameter");
+
 impl Affine {
+    /// The start of an incremental route: the unperturbed output plus the one column a copy's
+    /// change of W or b moves, O(1) an output where the matmul forms d_in products.
+    fn forward_from_base(&self, io: &Forward, base: &Perturbation) -> Vec<Dispatch> {
+        let count = io.count(self.d_out);
+        let (groups, row_width) = grid(count);
+        let params = MovedParameterParams {
+            n: io.rows as u32,
+            d_in: self.d_in as u32,
+            d_out: self.d_out as u32,
+            w_off: io.layout.tensors[self.weight].offset as u32,
+            b_off: io.layout.tensors[self.bias].offset as u32,
+            count: count as u32,
+            row_width,
+            _pad: 0,
+        };
+        let bindings = MovedParameterBindings {
+            x: io.input,
+            base_y: base.base_output,
+            pert: base.pert,
+            h: base.h,
+            y: io.output,
+        };
+        vec![io
+            .gpu
+            .kernels
+            .dispatch(io.gpu.ctx, &MOVED_PARAMETER, &params, &bindings, groups)]
+    }
+
     /// The end of a one-channel route: the unperturbed output plus the change of the one input
     /// channel each copy moved, times that channel's rows of W.
     fn forward_moved_channel(
@@ -236,6 +315,13 @@ impl LayerOps for Affine {
 
     // y [P, N, d_out] = x [P or shared, N, d_in] · W + b
     fn forward(&self, io: &Forward) -> Vec<Dispatch> {
+        if let Some(base) = io.perturbation.filter(|p| p.from_base) {
+            debug_assert!(
+                io.input_shared,
+                "an incremental route starts on the shared input"
+            );
+            return self.forward_from_base(io, &base);
+        }
         if let (Some(base), Some(moved)) = (&io.perturbation, io.moved_channel()) {
             return self.forward_moved_channel(io, base, &moved);
         }

@@ -370,6 +370,9 @@ pub struct Perturbation<'a> {
     pub base_saved: &'a Saved,
     /// This layer's output in the unperturbed pass, [N, out].
     pub base_output: &'a GpuBuffer,
+    /// The layer starts an incremental route, on the shared input: it may form each copy's
+    /// output as `base_output` plus the change of the copy's parameter.
+    pub from_base: bool,
     /// On a one-channel route: which channel each copy's change moves.
     pub moved_channel: Option<MovedChannel<'a>>,
 }
