@@ -37,6 +37,10 @@ override PERTURBED: bool = false;
 // filter alone, its `copies·N·OH·OW` invocations given by the host.
 override ONE_CHANNEL: bool = false;
 
+// Built for the start of an incremental route, on the shared input: each output is the
+// unperturbed one (base_y) plus the one product a copy's change of W moves, or its change of b.
+override FROM_BASE: bool = false;
+
 // Each entry point binds only some of these; the ones sharing a number are never used by the
 // same entry point.
 @group(0) @binding(0) var<uniform> P: Params;
@@ -50,6 +54,7 @@ override ONE_CHANNEL: bool = false;
 @group(0) @binding(4) var<storage, read> pert: array<u32>;
 @group(0) @binding(5) var<storage, read> hstep: array<real>;
 @group(0) @binding(6) var<storage, read> moved: array<u32>;      // [copies]: moved filters
+@group(0) @binding(7) var<storage, read> base_y: array<real>;    // [N, F, OH, OW] (FROM_BASE)
 
 fn index(gid: vec3<u32>) -> u32 {
     return gid.y * P.row_width + gid.x;
@@ -78,6 +83,7 @@ fn conv_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     var pw = 0xffffffffu;
     var delta = real(0.0);
     var bias = theta[P.b_off + fo];
+    var bias_change = real(0.0);
     if (PERTURBED) {
         let flat = pert[2u * p];
         delta = select(hstep[0], -hstep[0], pert[2u * p + 1u] == 1u);
@@ -86,11 +92,26 @@ fn conv_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
         if (flat == P.b_off + fo) {
             bias = bias + delta;
+            bias_change = delta;
         }
     }
 
-    var acc = bias;
     let x_base = p * P.x_copy_stride + n * P.c * P.h * P.w;
+    if (FROM_BASE) {
+        var out = base_y[i % per_copy] + bias_change;
+        let taps = P.c * P.kh * P.kw;
+        if (pw != 0xffffffffu && pw / taps == fo) {
+            let c = (pw % taps) / (P.kh * P.kw);
+            let iy = oy * P.stride + (pw / P.kw) % P.kh - P.pad;
+            let ix = ox * P.stride + pw % P.kw - P.pad;
+            if (iy < P.h && ix < P.w) {
+                out += delta * x[x_base + (c * P.h + iy) * P.w + ix];
+            }
+        }
+        y[i] = out;
+        return;
+    }
+    var acc = bias;
     let w_base = fo * P.c * P.kh * P.kw;
     for (var c = 0u; c < P.c; c++) {
         for (var ky = 0u; ky < P.kh; ky++) {

@@ -14,8 +14,9 @@ use wgrad::nn::layers::{conv, pool};
 use wgrad::reference::conv::{self as r, conv_out};
 use Binding::{Read, ReadWrite, Uniform};
 
-// The last binding of each forward table is `moved`, which only one-channel routes read.
-const CONV_BINDINGS: [Binding; 7] = [Uniform, Read, Read, ReadWrite, Read, Read, Read];
+// The forward tables end in `moved`, which only one-channel routes read, and the convolution's
+// in `base_y`, which only the start of an incremental route reads.
+const CONV_BINDINGS: [Binding; 8] = [Uniform, Read, Read, ReadWrite, Read, Read, Read, Read];
 const CONV_BACKWARD_BINDINGS: [Binding; 4] = [Uniform, Read, Read, ReadWrite];
 const POOL_BINDINGS: [Binding; 7] = [Uniform, Read, ReadWrite, ReadWrite, Read, ReadWrite, Read];
 const POOL_BACKWARD_BINDINGS: [Binding; 4] = [Uniform, Read, Read, ReadWrite];
@@ -322,6 +323,7 @@ fn gpu_conv_forward(
             &pert.buffer,
             &hstep.buffer,
             &pert.buffer,
+            &theta.buffer,
         ],
         groups,
     );

@@ -147,6 +147,8 @@ pub struct ConvBindings<'a> {
     pub h: Option<&'a GpuBuffer>,
     /// On a one-channel route: each copy's moved filter.
     pub moved: Option<&'a GpuBuffer>,
+    /// At the start of an incremental route: the unperturbed output.
+    pub base_y: Option<&'a GpuBuffer>,
 }
 
 impl KernelBindings for ConvBindings<'_> {
@@ -155,6 +157,7 @@ impl KernelBindings for ConvBindings<'_> {
         Binding::Read,
         Binding::Read,
         Binding::ReadWrite,
+        Binding::Read,
         Binding::Read,
         Binding::Read,
         Binding::Read,
@@ -167,6 +170,7 @@ impl KernelBindings for ConvBindings<'_> {
             unused.word(self.pert),
             unused.real(self.h),
             unused.word(self.moved),
+            unused.real(self.base_y),
         ]
     }
 }
@@ -178,6 +182,9 @@ const CONV_FORWARD: Entry = Entry::new(SHADER, "conv_forward");
 const CONV_FORWARD_PERTURBED: Entry = CONV_FORWARD.with(&[("PERTURBED", 1.0)]);
 const CONV_FORWARD_ONE_CHANNEL: Entry =
     CONV_FORWARD.with(&[("PERTURBED", 1.0), ("ONE_CHANNEL", 1.0)]);
+const CONV_FORWARD_FROM_BASE: Entry = CONV_FORWARD.with(&[("PERTURBED", 1.0), ("FROM_BASE", 1.0)]);
+const CONV_FORWARD_ONE_CHANNEL_FROM_BASE: Entry =
+    CONV_FORWARD.with(&[("PERTURBED", 1.0), ("ONE_CHANNEL", 1.0), ("FROM_BASE", 1.0)]);
 const IM2COL: Entry = Entry::new(SHADER, "im2col");
 const NHWC_TO_NCHW: Entry = Entry::new(SHADER, "nhwc_to_nchw");
 const BACKWARD_INPUT: Entry = Entry::new(SHADER, "conv_backward_input");
@@ -233,6 +240,7 @@ impl Conv {
             pert: None,
             h: None,
             moved: None,
+            base_y: None,
         };
         let mm = MatmulParams {
             m: rows as u32,
@@ -263,6 +271,7 @@ impl Conv {
             pert: None,
             h: None,
             moved: None,
+            base_y: None,
         };
         let count = io.count(self.output_size());
         vec![
@@ -332,10 +341,13 @@ impl LayerOps for Conv {
         let x_stride = if io.input_shared { 0 } else { n * in_size };
         let count = io.elementwise_count(self.output_size());
         let params = self.params(io.layout, n, io.copies, x_stride, count, 0..n);
-        let entry = match (io.perturbation, io.moved_channel()) {
-            (Some(_), Some(_)) => &CONV_FORWARD_ONE_CHANNEL,
-            (Some(_), None) => &CONV_FORWARD_PERTURBED,
-            (None, _) => &CONV_FORWARD,
+        let from_base = io.perturbation.filter(|p| p.from_base);
+        let entry = match (io.perturbation, io.moved_channel(), from_base) {
+            (Some(_), Some(_), Some(_)) => &CONV_FORWARD_ONE_CHANNEL_FROM_BASE,
+            (Some(_), Some(_), None) => &CONV_FORWARD_ONE_CHANNEL,
+            (Some(_), None, Some(_)) => &CONV_FORWARD_FROM_BASE,
+            (Some(_), None, None) => &CONV_FORWARD_PERTURBED,
+            (None, _, _) => &CONV_FORWARD,
         };
         let bindings = ConvBindings {
             x: io.input,
@@ -344,6 +356,7 @@ impl LayerOps for Conv {
             pert: io.pert(),
             h: io.h(),
             moved: io.moved_channel().map(|m| m.moved),
+            base_y: from_base.map(|p| p.base_output),
         };
         vec![io
             .gpu
@@ -366,6 +379,7 @@ impl LayerOps for Conv {
             pert: None,
             h: None,
             moved: None,
+            base_y: None,
         };
         let mut out: Vec<Dispatch> = (0..n)
             .step_by(slice)
@@ -384,6 +398,7 @@ impl LayerOps for Conv {
                 pert: None,
                 h: None,
                 moved: None,
+                base_y: None,
             };
             out.push(gpu.kernels.dispatch(
                 gpu.ctx,
