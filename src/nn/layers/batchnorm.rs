@@ -195,7 +195,7 @@ impl LayerOps for BatchNorm {
         vec![self.gamma, self.beta]
     }
 
-    /// A change of γ[c] or β[c] moves channel c alone.
+    /// A change of γ\[c] or β\[c] moves channel c alone.
     fn moved_channel(&self, layout: &ParamLayout, index: usize) -> Option<usize> {
         [self.gamma, self.beta].iter().find_map(|&t| {
             let t = &layout.tensors[t];

@@ -302,7 +302,7 @@ impl LayerOps for Conv {
         true
     }
 
-    /// A change of W[f, …] or b[f] moves filter f's output channel alone.
+    /// A change of W[f, …] or b\[f] moves filter f's output channel alone.
     fn moved_channel(&self, layout: &ParamLayout, index: usize) -> Option<usize> {
         let (w, b) = (&layout.tensors[self.weight], &layout.tensors[self.bias]);
         if (w.offset..w.offset + w.numel).contains(&index) {
