@@ -4,7 +4,7 @@
 // change in that channel. Such a route dispatches copies·N·S invocations, not copies·N·C·S:
 // invocation i works on one element of its copy's moved channel, moved[p]. A copy's other
 // channels are neither written nor read; the affine layer that ends the route adds the moved
-// channel's change to the unperturbed output (affine_moved_channel.wgsl).
+// channel's change to the unperturbed output (affine_delta.wgsl).
 
 // Index in a [copies, N, C, S] tensor (S = `plane`) of invocation i of a one-channel dispatch,
 // whose copy's moved channel is `channel`.

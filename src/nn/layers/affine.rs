@@ -129,140 +129,88 @@ pub fn matmul(
         .dispatch(gpu.ctx, entry, &params, bindings, groups)
 }
 
-/// affine_moved_channel.wgsl's Params.
+/// affine_delta.wgsl's Params, shared by its entry points.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct MovedChannelParams {
+pub struct AffineDeltaParams {
     pub n: u32,
     pub d_in: u32,
     pub d_out: u32,
-    /// Features per channel and sample.
+    /// Features per channel and sample (affine_moved_channel).
     pub plane: u32,
-    pub w_off: u32,
-    /// Invocations: copies·N·d_out.
-    pub count: u32,
-    pub row_width: u32,
-    pub _pad: u32,
-}
-
-/// affine_moved_channel.wgsl's buffers.
-pub struct MovedChannelBindings<'a> {
-    /// [P, N, d_in], each copy's moved channel read alone.
-    pub x: &'a GpuBuffer,
-    /// The unperturbed input [N, d_in] and output [N, d_out].
-    pub base_x: &'a GpuBuffer,
-    pub base_y: &'a GpuBuffer,
-    pub theta: &'a GpuBuffer,
-    /// \[P] u32: each copy's moved channel.
-    pub moved: &'a GpuBuffer,
-    /// [P, N, d_out]
-    pub y: &'a GpuBuffer,
-}
-
-impl KernelBindings for MovedChannelBindings<'_> {
-    type Params = MovedChannelParams;
-    const ACCESS: &'static [Binding] = &[
-        Binding::Read,
-        Binding::Read,
-        Binding::Read,
-        Binding::Read,
-        Binding::Read,
-        Binding::ReadWrite,
-    ];
-    fn buffers<'a>(&'a self, _unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
-        vec![
-            &self.x.buffer,
-            &self.base_x.buffer,
-            &self.base_y.buffer,
-            &self.theta.buffer,
-            &self.moved.buffer,
-            &self.y.buffer,
-        ]
-    }
-}
-
-/// shaders/affine_moved_channel.wgsl, which this layer alone uses.
-const MOVED_CHANNEL_SHADER: Shader = crate::shader!("affine_moved_channel.wgsl");
-const MOVED_CHANNEL: Entry = Entry::new(MOVED_CHANNEL_SHADER, "affine_moved_channel");
-
-/// affine_moved_parameter.wgsl's Params.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct MovedParameterParams {
-    pub n: u32,
-    pub d_in: u32,
-    pub d_out: u32,
     pub w_off: u32,
     pub b_off: u32,
     /// Invocations: copies·N·d_out.
     pub count: u32,
     pub row_width: u32,
-    pub _pad: u32,
 }
 
-/// affine_moved_parameter.wgsl's buffers.
-pub struct MovedParameterBindings<'a> {
-    /// The shared input [N, d_in] and the unperturbed output [N, d_out].
+/// affine_delta.wgsl's one binding table, shared by its entry points.
+pub struct AffineDeltaBindings<'a> {
+    /// The shared input [N, d_in] (affine_moved_parameter), or the copies' inputs [P, N, d_in],
+    /// each copy's moved channel read alone (affine_moved_channel).
     pub x: &'a GpuBuffer,
+    /// affine_moved_channel: the unperturbed input [N, d_in].
+    pub base_x: Option<&'a GpuBuffer>,
+    /// The unperturbed output [N, d_out].
     pub base_y: &'a GpuBuffer,
-    /// (flat index, sign) per copy, and \[h].
-    pub pert: &'a GpuBuffer,
-    pub h: &'a GpuBuffer,
+    /// affine_moved_channel: the arena, for W.
+    pub theta: Option<&'a GpuBuffer>,
+    /// affine_moved_parameter: (flat index, sign) per copy, and \[h].
+    pub pert: Option<&'a GpuBuffer>,
+    pub h: Option<&'a GpuBuffer>,
+    /// affine_moved_channel: \[P] u32, each copy's moved channel.
+    pub moved: Option<&'a GpuBuffer>,
     /// [P, N, d_out]
     pub y: &'a GpuBuffer,
 }
 
-impl KernelBindings for MovedParameterBindings<'_> {
-    type Params = MovedParameterParams;
+impl KernelBindings for AffineDeltaBindings<'_> {
+    type Params = AffineDeltaParams;
     const ACCESS: &'static [Binding] = &[
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
         Binding::Read,
         Binding::Read,
         Binding::Read,
         Binding::Read,
         Binding::ReadWrite,
     ];
-    fn buffers<'a>(&'a self, _unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
+    fn buffers<'a>(&'a self, unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
         vec![
             &self.x.buffer,
+            unused.real(self.base_x),
             &self.base_y.buffer,
-            &self.pert.buffer,
-            &self.h.buffer,
+            unused.real(self.theta),
+            unused.word(self.pert),
+            unused.real(self.h),
+            unused.word(self.moved),
             &self.y.buffer,
         ]
     }
 }
 
-/// shaders/affine_moved_parameter.wgsl, which this layer alone uses.
-const MOVED_PARAMETER_SHADER: Shader = crate::shader!("affine_moved_parameter.wgsl");
-const MOVED_PARAMETER: Entry = Entry::new(MOVED_PARAMETER_SHADER, "affine_moved_parameter");
+/// shaders/affine_delta.wgsl, which this layer alone uses.
+const AFFINE_DELTA: Shader = crate::shader!("affine_delta.wgsl");
+const MOVED_PARAMETER: Entry = Entry::new(AFFINE_DELTA, "affine_moved_parameter");
+const MOVED_CHANNEL: Entry = Entry::new(AFFINE_DELTA, "affine_moved_channel");
 
 impl Affine {
     /// The start of an incremental route: the unperturbed output plus the one column a copy's
     /// change of W or b moves, O(1) an output where the matmul forms d_in products.
     fn forward_from_base(&self, io: &Forward, base: &Perturbation) -> Vec<Dispatch> {
-        let count = io.count(self.d_out);
-        let (groups, row_width) = grid(count);
-        let params = MovedParameterParams {
-            n: io.rows as u32,
-            d_in: self.d_in as u32,
-            d_out: self.d_out as u32,
-            w_off: io.layout.tensors[self.weight].offset as u32,
-            b_off: io.layout.tensors[self.bias].offset as u32,
-            count: count as u32,
-            row_width,
-            _pad: 0,
-        };
-        let bindings = MovedParameterBindings {
+        let bindings = AffineDeltaBindings {
             x: io.input,
+            base_x: None,
             base_y: base.base_output,
-            pert: base.pert,
-            h: base.h,
+            theta: None,
+            pert: Some(base.pert),
+            h: Some(base.h),
+            moved: None,
             y: io.output,
         };
-        vec![io
-            .gpu
-            .kernels
-            .dispatch(io.gpu.ctx, &MOVED_PARAMETER, &params, &bindings, groups)]
+        self.delta(io, &MOVED_PARAMETER, 1, &bindings)
     }
 
     /// The end of a one-channel route: the unperturbed output plus the change of the one input
@@ -273,30 +221,43 @@ impl Affine {
         base: &Perturbation,
         moved: &MovedChannel,
     ) -> Vec<Dispatch> {
+        let bindings = AffineDeltaBindings {
+            x: io.input,
+            base_x: Some(base.base_input),
+            base_y: base.base_output,
+            theta: Some(io.theta),
+            pert: None,
+            h: None,
+            moved: Some(moved.moved),
+            y: io.output,
+        };
+        self.delta(io, &MOVED_CHANNEL, self.d_in / moved.channels, &bindings)
+    }
+
+    /// `entry` of affine_delta.wgsl over every output of the copies, `plane` features a channel.
+    fn delta(
+        &self,
+        io: &Forward,
+        entry: &Entry,
+        plane: usize,
+        bindings: &AffineDeltaBindings,
+    ) -> Vec<Dispatch> {
         let count = io.count(self.d_out);
         let (groups, row_width) = grid(count);
-        let params = MovedChannelParams {
+        let params = AffineDeltaParams {
             n: io.rows as u32,
             d_in: self.d_in as u32,
             d_out: self.d_out as u32,
-            plane: (self.d_in / moved.channels) as u32,
+            plane: plane as u32,
             w_off: io.layout.tensors[self.weight].offset as u32,
+            b_off: io.layout.tensors[self.bias].offset as u32,
             count: count as u32,
             row_width,
-            _pad: 0,
-        };
-        let bindings = MovedChannelBindings {
-            x: io.input,
-            base_x: base.base_input,
-            base_y: base.base_output,
-            theta: io.theta,
-            moved: moved.moved,
-            y: io.output,
         };
         vec![io
             .gpu
             .kernels
-            .dispatch(io.gpu.ctx, &MOVED_CHANNEL, &params, &bindings, groups)]
+            .dispatch(io.gpu.ctx, entry, &params, bindings, groups)]
     }
 }
 
