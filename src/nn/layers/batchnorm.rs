@@ -197,12 +197,7 @@ impl LayerOps for BatchNorm {
 
     /// A change of γ\[c] or β\[c] moves channel c alone.
     fn moved_channel(&self, layout: &ParamLayout, index: usize) -> Option<usize> {
-        [self.gamma, self.beta].iter().find_map(|&t| {
-            let t = &layout.tensors[t];
-            (t.offset..t.offset + t.numel)
-                .contains(&index)
-                .then(|| index - t.offset)
-        })
+        super::scale_shift_channel(layout, [self.gamma, self.beta], index, 1)
     }
 
     fn channel_local(&self) -> bool {

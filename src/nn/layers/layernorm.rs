@@ -26,8 +26,9 @@ pub(super) fn parse(word: &str) -> Option<Result<LayerSpec, String>> {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerNorm {
-    /// Features per sample, and per channel (H·W after a convolution, 1 after an affine layer).
+    /// Features per sample.
     pub f: usize,
+    /// Features per channel: H·W after a convolution, 1 after an affine layer.
     pub plane: usize,
     /// Tensor indices of γ and β \[F].
     pub gamma: usize,
@@ -238,13 +239,7 @@ impl LayerOps for LayerNorm {
 
     /// A change of γ[c, …] or β[c, …] moves a feature of channel c alone.
     fn moved_channel(&self, layout: &ParamLayout, index: usize) -> Option<usize> {
-        [self.gamma, self.beta].iter().find_map(|&t| {
-            let t = &layout.tensors[t];
-            let range = t.offset..t.offset + t.numel;
-            range
-                .contains(&index)
-                .then(|| (index - t.offset) / self.plane)
-        })
+        super::scale_shift_channel(layout, [self.gamma, self.beta], index, self.plane)
     }
 
     // dγ, dβ [F] summed over rows; dx [N, F] per row from its own sums

@@ -329,8 +329,8 @@ pub trait LayerOps {
         false
     }
     /// Numerical gradients: the one output channel that a change of parameter `index` moves,
-    /// where there is one (a convolution's filter or bias, a BatchNorm's γ or β): a one-channel
-    /// route can start at such a layer.
+    /// where there is one (a convolution's filter or bias, a BatchNorm's or LayerNorm's γ or β):
+    /// a one-channel route can carry such a change.
     fn moved_channel(&self, _layout: &ParamLayout, _index: usize) -> Option<usize> {
         None
     }
@@ -340,6 +340,23 @@ pub trait LayerOps {
     fn channel_local(&self) -> bool {
         false
     }
+}
+
+/// The channel of a normalisation's γ or β element `index` (`per_channel` elements a channel),
+/// if `index` is one of theirs.
+fn scale_shift_channel(
+    layout: &ParamLayout,
+    scale_and_shift: [usize; 2],
+    index: usize,
+    per_channel: usize,
+) -> Option<usize> {
+    scale_and_shift.iter().find_map(|&t| {
+        let t = &layout.tensors[t];
+        let range = t.offset..t.offset + t.numel;
+        range
+            .contains(&index)
+            .then(|| (index - t.offset) / per_channel)
+    })
 }
 
 /// What BatchNorm and Dropout do in a forward pass.
