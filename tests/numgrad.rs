@@ -421,37 +421,52 @@ fn every_perturbed_loss_of_a_normalised_mlp_matches_the_reference() {
         for (row, col) in [(0, 2), (1, 2), (3, 5), (0, 7), (2, 7), (3, 7)] {
             prob.x[row * s.input + col] = 0.0;
         }
-        let net = RefNet::new(&s, DropoutMasks::gradient_check(0)).unwrap();
-        let model = Model::new(ctx, &s, &prob.params, Precision::F64).unwrap();
-        let kernels = Kernels::new(ctx, Precision::F64).unwrap();
         // A step of 0.3 moves many ReLU units across the kink, whose exact corrections the
         // LayerNorm route must make.
-        for h in [1e-3, 0.3] {
-            let engine = PerturbedLossEngine::new(
-                ctx,
-                &kernels,
-                &model,
-                &prob.x,
-                &prob.labels,
-                Strategy::Incremental,
-                h,
-                None,
-            )
-            .unwrap();
-            let perturbations: Vec<Perturbation> = (0..s.layout().total)
-                .flat_map(|index| [false, true].map(|minus| Perturbation { index, minus }))
-                .collect();
-            let got = engine.losses(&perturbations).unwrap();
-            for (p, g) in perturbations.iter().zip(&got) {
-                let mut theta = prob.params.clone();
-                theta[p.index] += if p.minus { -h } else { h };
-                let want = net.loss(&theta, &prob.x, &prob.labels);
-                assert!(
-                    (g.loss - want).abs() <= 1e-12 * want.abs(),
-                    "{layers} h {h}: {p:?}: {} vs {want}",
-                    g.loss
-                );
-            }
+        let every_parameter = 0..s.layout().total;
+        assert_losses_match_reference(ctx, layers, &prob, every_parameter, &[1e-3, 0.3]);
+    }
+}
+
+/// Each incremental perturbed loss L(θ ± h·eᵢ), for i in `indices` and each `h` in `steps`,
+/// against the f64 reference net at that θ (dropout masks as a check draws them), to 1e-12
+/// relative.
+fn assert_losses_match_reference(
+    ctx: &GpuContext,
+    layers: &str,
+    prob: &common::Problem,
+    indices: impl Iterator<Item = usize>,
+    steps: &[f64],
+) {
+    let s = &prob.spec;
+    let net = RefNet::new(s, DropoutMasks::gradient_check(0)).unwrap();
+    let model = Model::new(ctx, s, &prob.params, Precision::F64).unwrap();
+    let kernels = Kernels::new(ctx, Precision::F64).unwrap();
+    let perturbations: Vec<Perturbation> = indices
+        .flat_map(|index| [false, true].map(|minus| Perturbation { index, minus }))
+        .collect();
+    for &h in steps {
+        let engine = PerturbedLossEngine::new(
+            ctx,
+            &kernels,
+            &model,
+            &prob.x,
+            &prob.labels,
+            Strategy::Incremental,
+            h,
+            None,
+        )
+        .unwrap();
+        let got = engine.losses(&perturbations).unwrap();
+        for (p, g) in perturbations.iter().zip(&got) {
+            let mut theta = prob.params.clone();
+            theta[p.index] += if p.minus { -h } else { h };
+            let want = net.loss(&theta, &prob.x, &prob.labels);
+            assert!(
+                (g.loss - want).abs() <= 1e-12 * want.abs(),
+                "{layers} h {h}: {p:?}: {} vs {want}",
+                g.loss
+            );
         }
     }
 }
@@ -481,41 +496,11 @@ fn every_perturbed_loss_below_the_mlp_tail_matches_the_reference() {
         s.weight_decay = 0.05;
         let n = 3;
         let prob = common::Problem::random(&s, n, 33);
-        let net = RefNet::new(&s, DropoutMasks::gradient_check(0)).unwrap();
-        let model = Model::new(ctx, &s, &prob.params, Precision::F64).unwrap();
-        let kernels = Kernels::new(ctx, Precision::F64).unwrap();
         // The first four tensors: the first layer's and those of the normalisation above it
         // (W1, b1, gamma1, beta1), or the first two blocks' (W1, b1, W2, b2).
         let layout = s.layout();
-        let below_affine = layout.tensors[..4].iter();
-        let perturbations: Vec<Perturbation> = below_affine
-            .flat_map(|t| t.offset..t.offset + t.numel)
-            .flat_map(|index| [false, true].map(|minus| Perturbation { index, minus }))
-            .collect();
-        for h in [1e-3, 0.3] {
-            let engine = PerturbedLossEngine::new(
-                ctx,
-                &kernels,
-                &model,
-                &prob.x,
-                &prob.labels,
-                Strategy::Incremental,
-                h,
-                None,
-            )
-            .unwrap();
-            let got = engine.losses(&perturbations).unwrap();
-            for (p, g) in perturbations.iter().zip(&got) {
-                let mut theta = prob.params.clone();
-                theta[p.index] += if p.minus { -h } else { h };
-                let want = net.loss(&theta, &prob.x, &prob.labels);
-                assert!(
-                    (g.loss - want).abs() <= 1e-12 * want.abs(),
-                    "{layers} h {h}: {p:?}: {} vs {want}",
-                    g.loss
-                );
-            }
-        }
+        let below_affine = (layout.tensors[..4].iter()).flat_map(|t| t.offset..t.offset + t.numel);
+        assert_losses_match_reference(ctx, layers, &prob, below_affine, &[1e-3, 0.3]);
     }
 }
 
