@@ -14,8 +14,16 @@
 // Dropout after a hidden activation is a fixed mask during a check: the unit's output is
 // mask·f(a), with the mask the unperturbed pass drew, so a masked unit changes nothing above.
 //
+// ReLU's linear regime: while a change dz of unit j's output keeps every unit of the hidden
+// layers above on its side of the kink, each of them is linear in dz, and the logits move by
+// exactly dz times a row [classes] that the host formed once from the unperturbed pass
+// (src/numgrad/linear_regime.rs), with the open interval of dz for which that holds. A change
+// inside it reads one row instead of the dense layers; any other takes them, and they count the
+// units that cross.
+//
 // layers[l]: in, out, W offset, b offset, pre offset, act offset (after dropout), mask offset
-// (NONE: no dropout), all into `base`; 7 words a layer.
+// (NONE: no dropout), linear-regime rows [N, out, classes] and intervals [N, out, 2] offsets
+// (NONE: none, the dense layers serve every change), all into `base`; 9 words a layer.
 
 #include "activations.wgsl"
 
@@ -49,14 +57,16 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> out_flips: array<u32>;
 @group(0) @binding(11) var<storage, read_write> scratch: array<real>;
 
+const NONE: u32 = 0xffffffffu;
+
 fn layer(l: u32, field: u32) -> u32 {
-    return layers[7u * l + field];
+    return layers[9u * l + field];
 }
 
 // The dropout mask of hidden layer l at (sample n, unit c): 0 or 1/(1 − p), 1 without dropout.
 fn mask(l: u32, n: u32, c: u32) -> real {
     let at = layer(l, 6u);
-    if (at == 0xffffffffu) {
+    if (at == NONE) {
         return real(1.0);
     }
     return base[at + n * layer(l, 1u) + c];
@@ -76,6 +86,19 @@ fn row_loss(row_at: u32, t: u32) -> real {
     return (m - scratch[row_at + t]) + log_r(s);
 }
 
+// Softmax-CE of the logits base[logits ..] moved by dz times base[row ..], formed on the fly.
+fn moved_logits_loss(logits: u32, row: u32, dz: real, t: u32) -> real {
+    var m = base[logits] + dz * base[row];
+    for (var c = 1u; c < P.classes; c++) {
+        m = max(m, base[logits + c] + dz * base[row + c]);
+    }
+    var s = real(0.0);
+    for (var c = 0u; c < P.classes; c++) {
+        s += exp_r(base[logits + c] + dz * base[row + c] - m);
+    }
+    return (m - (base[logits + t] + dz * base[row + t])) + log_r(s);
+}
+
 @compute @workgroup_size(64)
 fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
     let q = gid.y * P.row_width + gid.x;
@@ -86,7 +109,6 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
     let delta = select(hstep[0], -hstep[0], pert[2u * q + 1u] == 1u);
 
     // Which layer, and which (input i, unit j) of it; i = NONE for a bias.
-    let NONE = 0xffffffffu;
     var l = 0u;
     var i = NONE;
     var j = 0u;
@@ -158,6 +180,16 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
             let t = labels[n];
             total += (m - (base[up_pre + t] + dz * theta[w_row + t])) + log_r(s);
             continue;
+        }
+        let rows = layer(l, 7u);
+        if (rows != NONE) {
+            let unit = n * outs + j;
+            let bounds = layer(l, 8u) + 2u * unit;
+            if (dz > base[bounds] && dz < base[bounds + 1u]) {
+                let logits = layer(last, 4u) + n * P.classes;
+                total += moved_logits_loss(logits, rows + unit * P.classes, dz, labels[n]);
+                continue;
+            }
         }
         for (var c = 0u; c < up_out; c++) {
             let base_up = base[up_pre + c];

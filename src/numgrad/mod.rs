@@ -444,6 +444,7 @@ impl Route {
     }
 }
 
+mod linear_regime;
 mod tail;
 use tail::MlpTail;
 

@@ -6,10 +6,13 @@
 //! samples whose input to the perturbed weight is 0 cost nothing and long batches split across
 //! dispatches), shaders/perturbed_norm_mlp.wgsl when one does (BatchNorm couples the samples, so
 //! an invocation keeps all N rows; a tail whose invocation would pass lavapipe's loop limit is
-//! left to the recomputing routes). Dropout is its fixed mask during a check, in both.
+//! left to the recomputing routes). Dropout is its fixed mask during a check, in both. Under
+//! ReLU the plain kernel skips the dense layers above a perturbed unit while its change stays in
+//! their linear regime ([`super::linear_regime`]).
 
 use bytemuck::{Pod, Zeroable};
 
+use super::linear_regime::{cost, linear_regime, HiddenAbove, LinearRegime};
 use super::EngineBuffers;
 use crate::error::Result;
 use crate::gpu::kernel::{grid, shaders, Binding, Entry, KernelBindings, Placeholders};
@@ -171,6 +174,15 @@ impl MlpTail {
         let bytes = model.precision.bytes();
         let mut table = Vec::new();
         let sums = self.layer_norm_sums(ctx, model, base)?;
+        let regimes: Vec<Option<[GpuBuffer; 2]>> = (self.linear_regimes(ctx, model, base)?)
+            .into_iter()
+            .map(|r| {
+                r.map(|r| {
+                    [("linear_rows", &r.rows), ("linear_bounds", &r.bounds)]
+                        .map(|(name, v)| GpuBuffer::from_real(ctx, name, v, model.precision))
+                })
+            })
+            .collect();
         let mut concat = Concat::default();
         let tensor = |t: usize| model.layout.tensors[t].offset;
         for (l, block) in self.blocks.iter().enumerate() {
@@ -204,7 +216,11 @@ impl MlpTail {
                 let row = [ins, outs, w, b, z, norm_kind, gamma, beta, y, a, mask, sums];
                 table.extend(row.map(|v| v as u32));
             } else {
-                table.extend([ins, outs, w, b, z, a, mask].map(|v| v as u32));
+                let [rows, bounds] = match &regimes[l] {
+                    Some([rows, bounds]) => [concat.place(rows), concat.place(bounds)],
+                    None => [NONE as usize; 2],
+                };
+                table.extend([ins, outs, w, b, z, a, mask, rows, bounds].map(|v| v as u32));
             }
         }
         let joined = GpuBuffer::real(ctx, "base_activations", concat.len, model.precision);
@@ -215,6 +231,65 @@ impl MlpTail {
         }
         ctx.queue.submit([encoder.finish()]);
         Ok((joined, GpuBuffer::from_u32(ctx, "layer_table", &table)))
+    }
+
+    /// For each block with a hidden block above it, under ReLU and within the host budgets, its
+    /// [`LinearRegime`]: the logit rows and intervals that let perturbed_mlp.wgsl skip the dense
+    /// layers above.
+    fn linear_regimes(
+        &self,
+        ctx: &GpuContext,
+        model: &Model,
+        base: &Workspace,
+    ) -> Result<Vec<Option<LinearRegime>>> {
+        let depth = self.blocks.len();
+        let (n, classes) = (base.rows, self.widths[depth]);
+        // Which blocks get one: each within the time budget, all together within the memory
+        // budget (they share the base buffer's binding), the nearest the logits first.
+        let mut reals = 0;
+        let mut wanted = vec![false; depth];
+        for l in (0..depth.saturating_sub(2)).rev() {
+            let width = self.widths[l + 1];
+            let size = n * width * (classes + 2);
+            wanted[l] = cost(n, width, &self.widths[l + 2..]) <= LINEAR_REGIME_COST
+                && reals + size <= LINEAR_REGIME_REALS;
+            reals += if wanted[l] { size } else { 0 };
+        }
+        if self.normalised || self.activation != Activation::Relu || !wanted.contains(&true) {
+            return Ok((0..depth).map(|_| None).collect());
+        }
+        let theta = model.read_params(ctx)?;
+        let read = |b: &GpuBuffer, len: usize| b.read_real_range(ctx, model.precision, 0..len);
+        let mut weights = Vec::new();
+        let mut pre = Vec::new();
+        let mut masks = Vec::new();
+        for (l, block) in self.blocks.iter().enumerate() {
+            let Layer::Affine(affine) = &model.layers[block.affine] else {
+                unreachable!("a block starts with its affine layer")
+            };
+            let len = self.widths[l] * self.widths[l + 1];
+            weights.push(&theta[model.layout.tensors[affine.weight].offset..][..len]);
+            let units = n * self.widths[l + 1];
+            pre.push(read(&base.out[block.affine], units)?);
+            masks.push(match block.dropout.map(|d| base.saved(d)) {
+                Some(Saved::Mask(mask)) => Some(read(mask, units)?),
+                _ => None,
+            });
+        }
+        Ok((0..depth)
+            .map(|l| {
+                wanted[l].then(|| {
+                    let hidden: Vec<HiddenAbove> = (l + 1..depth - 1)
+                        .map(|k| HiddenAbove {
+                            weight: weights[k],
+                            pre: &pre[k],
+                            mask: masks[k].as_deref(),
+                        })
+                        .collect();
+                    linear_regime(n, self.widths[l + 1], &hidden, weights[depth - 1])
+                })
+            })
+            .collect())
     }
 
     /// For each LayerNorm block under ReLU, its per-sample sums [U_n, V_n] over the units the
@@ -429,6 +504,12 @@ impl Shared<'_> {
 /// A layer table offset that points nowhere: no dropout mask, no LayerNorm sums (the kernels'
 /// NONE).
 const NONE: u32 = u32::MAX;
+
+/// Most multiply-adds the host spends on one block's [`LinearRegime`] (about 0.1 s), and most
+/// reals the rows and intervals of all blocks take; a block past either takes the dense layers
+/// throughout.
+const LINEAR_REGIME_COST: usize = 100_000_000;
+const LINEAR_REGIME_REALS: usize = 4 << 20;
 
 /// Loop iterations an invocation may run on lavapipe (65,535, with room for the bookkeeping).
 const LOOP_BUDGET: usize = 60_000;
