@@ -12,15 +12,15 @@
 //! dense layers, which also count the units that cross. Formed here in f64 from the unperturbed
 //! pass, once per check.
 //!
-//! Shapes: a_l [N, H], each hidden block k above [N, H_k], the logits [N, C];
-//! `rows` [N, H, C] and `bounds` [N, H, 2] (lower, upper).
+//! Shapes: a_l \[N, H], each hidden block k above \[N, H_k], the logits \[N, C];
+//! `rows` \[N, H, C] and `bounds` \[N, H, 2] (lower, upper).
 
 /// Relative margin that shrinks each interval, so a da within rounding of a kink is left to the
 /// dense layers rather than decided by host rounding.
 const MARGIN: f64 = 1e-6;
 
-/// A hidden block above the perturbed one: its affine weight W_k [H_{k−1}, H_k] and the
-/// unperturbed pass's pre-activations [N, H_k] and dropout mask [N, H_k] (None: no dropout).
+/// A hidden block above the perturbed one: its affine weight W_k \[H_{k−1}, H_k] and the
+/// unperturbed pass's pre-activations \[N, H_k] and dropout mask \[N, H_k] (None: no dropout).
 pub(super) struct HiddenAbove<'a> {
     pub weight: &'a [f64],
     pub pre: &'a [f64],
@@ -30,9 +30,9 @@ pub(super) struct HiddenAbove<'a> {
 /// The logit rows and the intervals of one perturbed block.
 #[derive(Debug)]
 pub(super) struct LinearRegime {
-    /// [N, H, C]: how the logits of sample n move per unit change of unit j.
+    /// \[N, H, C]: how the logits of sample n move per unit change of unit j.
     pub rows: Vec<f64>,
-    /// [N, H, 2]: the open interval of changes for which no unit above crosses a kink.
+    /// \[N, H, 2]: the open interval of changes for which no unit above crosses a kink.
     pub bounds: Vec<f64>,
 }
 
@@ -43,7 +43,7 @@ pub(super) fn cost(n: usize, width: usize, above: &[usize]) -> usize {
 }
 
 /// The linear regime of a block `width` wide, under `hidden` (at least one) and the logits'
-/// weight `last` [H_{L−1}, C], over `n` samples.
+/// weight `last` \[H_{L−1}, C], over `n` samples.
 pub(super) fn linear_regime(
     n: usize,
     width: usize,
@@ -93,7 +93,7 @@ pub(super) fn linear_regime(
     LinearRegime { rows, bounds }
 }
 
-/// v [H] · W [H, outs]
+/// v \[H] · W \[H, outs]
 fn times(v: &[f64], w: &[f64], outs: usize) -> Vec<f64> {
     let mut out = vec![0.0; outs];
     for (&x, row) in v.iter().zip(w.chunks(outs)) {
@@ -110,10 +110,11 @@ fn times(v: &[f64], w: &[f64], outs: usize) -> Vec<f64> {
 mod tests {
     use super::*;
 
-    /// The logits of one sample from block l's output row `a` [H], directly: each hidden block's
-    /// ReLU (times its mask), then the logits' weight. Biases cancel in the differences taken
-    /// here, so they are left out; `pre_shift` [per block] puts back the unperturbed pass's
-    /// pre-activations minus what `a` gives, so that the test can choose the kink positions.
+    /// Sample s's logits (without the last bias, which cancels in the differences taken here)
+    /// and the side of the kink of every hidden unit, from block l's output row `a` \[H]: each
+    /// hidden block's affine product plus its `offsets` \[block]\[unit] (standing in for its
+    /// bias, so that the test chooses where the kinks lie), ReLU times its mask, then the
+    /// logits' weight.
     fn logits(
         a: &[f64],
         hidden: &[HiddenAbove],
