@@ -53,6 +53,14 @@ struct Params {
 @group(0) @binding(11) var<storage, read_write> out_flips: array<u32>;
 @group(0) @binding(12) var<storage, read_write> scratch: array<real>;
 
+// The batch's rows and the net's classes when the host specialises this kernel to them (0: not
+// specialised), for batchnorm_top's registers; at most MAX_ROWS, MAX_CLASSES and MAX_LOGITS.
+override ROWS: u32 = 0u;
+override CLASSES: u32 = 0u;
+const MAX_ROWS: u32 = 8u;
+const MAX_CLASSES: u32 = 16u;
+const MAX_LOGITS: u32 = 64u;
+
 const NONE: u32 = 0xffffffffu;
 const NO_NORM: u32 = 0u;
 const BATCH_NORM: u32 = 1u;
@@ -305,6 +313,93 @@ fn dense_row(k: u32, row_in: u32, row_out: u32) {
     }
 }
 
+// The summed loss and kink crossings of a batch whose block l output changed by scratch[col + n]
+// in column j of each sample n, when block l + 1 has BatchNorm and block l + 2 is the logits.
+// Column c of block l + 1's affine output moves by that change times W_{l+1}[j, c]; the column's
+// statistics, normalised values, activations (times the dropout mask) and their products with
+// row c of the logits' weight are formed at once, the N·C logits held in registers (ROWS and
+// CLASSES fix the loops over them). The general route instead writes the rank-one update, the
+// normalised rows and the logits to scratch and reads them back: on lavapipe every read inside
+// a loop costs a lane-by-lane loop, and this reads about 2N + C + 3 numbers a column instead of
+// about 10N + 2NC. The arithmetic is the general route's, in the same order.
+struct Top {
+    total: real,
+    flips: u32,
+}
+
+fn batchnorm_top(l: u32, j: u32, col: u32) -> Top {
+    let k = l + 1u;
+    let top = l + 2u;
+    let outs = layer(k, 1u);
+    let w_row = layer(k, 2u) + j * outs;
+    let z = layer(k, 4u);
+    let y_base = layer(k, 8u);
+    let g = layer(k, 6u);
+    let b = layer(k, 7u);
+    let masks = layer(k, 10u);
+    let w_top = layer(top, 2u);
+    let b_top = layer(top, 3u);
+    var change: array<real, MAX_ROWS>;
+    var logits: array<real, MAX_LOGITS>;
+    for (var n = 0u; n < ROWS; n++) {
+        change[n] = scratch[col + n];
+        for (var t = 0u; t < CLASSES; t++) {
+            logits[n * CLASSES + t] = theta[b_top + t];
+        }
+    }
+    var flips = 0u;
+    for (var c = 0u; c < outs; c++) {
+        let w = theta[w_row + c];
+        var v: array<real, MAX_ROWS>;
+        var mean = real(0.0);
+        for (var n = 0u; n < ROWS; n++) {
+            v[n] = base[z + n * outs + c] + change[n] * w;
+            mean += v[n];
+        }
+        mean = mean / real(ROWS);
+        var spread = real(0.0);
+        for (var n = 0u; n < ROWS; n++) {
+            let e = v[n] - mean;
+            spread += e * e;
+        }
+        let inv = real(1.0) / sqrt(spread / real(ROWS) + eps[0]);
+        let gamma = theta[g + c];
+        let beta = theta[b + c];
+        var w_out: array<real, MAX_CLASSES>;
+        for (var t = 0u; t < CLASSES; t++) {
+            w_out[t] = theta[w_top + c * CLASSES + t];
+        }
+        for (var n = 0u; n < ROWS; n++) {
+            let y = gamma * ((v[n] - mean) * inv) + beta;
+            if (crosses_kink(P.activation, y, base[y_base + n * outs + c])) {
+                flips += 1u;
+            }
+            var a = activate(P.activation, y);
+            if (masks != NONE) {
+                a *= base[masks + n * outs + c];
+            }
+            for (var t = 0u; t < CLASSES; t++) {
+                logits[n * CLASSES + t] += a * w_out[t];
+            }
+        }
+    }
+    var total = real(0.0);
+    for (var n = 0u; n < ROWS; n++) {
+        var m = logits[n * CLASSES];
+        for (var t = 1u; t < CLASSES; t++) {
+            m = max(m, logits[n * CLASSES + t]);
+        }
+        var s = real(0.0);
+        var picked = real(0.0);
+        for (var t = 0u; t < CLASSES; t++) {
+            s += exp_r(logits[n * CLASSES + t] - m);
+            picked = select(picked, logits[n * CLASSES + t], t == labels[n]);
+        }
+        total += (m - picked) + log_r(s);
+    }
+    return Top(total, flips);
+}
+
 // Whether a block above l has BatchNorm, whose statistics couple the samples.
 fn coupled_above(l: u32) -> bool {
     for (var k = l + 1u; k < P.depth; k++) {
@@ -457,6 +552,12 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
             let a = activate(P.activation, y) * mask(l, n, j);
             scratch[col + n] = a - base[layer(l, 9u) + n * outs + j];
+        }
+        if (ROWS > 0u && l + 2u == last && layer(l + 1u, 5u) == BATCH_NORM) {
+            let top = batchnorm_top(l, j, col);
+            out_loss[q] = top.total / real(P.n);
+            out_flips[q] = flips + top.flips;
+            return;
         }
         // Block l + 1's affine output: its base plus Δa[:, j] ⊗ W_{l+1}[j, :].
         let w_row = layer(l + 1u, 2u) + j * next_outs;

@@ -413,6 +413,7 @@ fn every_perturbed_loss_of_a_normalised_mlp_matches_the_reference() {
         "affine6,ln,relu,affine5,relu,affine7,ln,relu,affine4",
         "affine6,ln,tanh,affine5,ln,tanh,affine4",
         "affine7,bn,sigmoid,dropout0.3,affine5,bn,sigmoid,affine4",
+        "affine6,bn,relu,affine5,bn,relu,dropout0.25,affine4",
     ] {
         let mut s = NetSpec::sequential([1, 1, 9], parse_layers(layers).unwrap()).unwrap();
         s.weight_decay = 0.05;
@@ -425,6 +426,59 @@ fn every_perturbed_loss_of_a_normalised_mlp_matches_the_reference() {
         // LayerNorm route must make.
         let every_parameter = 0..s.layout().total;
         assert_losses_match_reference(ctx, layers, &prob, every_parameter, &[1e-3, 0.3]);
+    }
+}
+
+/// The norm kernel's fused top (a block under a BatchNorm block under the logits, the batch's
+/// logits in registers) against complete forward passes, evaluation by evaluation: the loss and
+/// the number of ReLU states that differ from the base pass. The top serves only nets with enough
+/// work to repay its pipeline, so these take MNIST's 784 inputs and 50 units under it, and check
+/// one parameter in 23 of every tensor. A step of 0.3 crosses many kinks. The nets put a
+/// BatchNorm block or a plain one under the top, and the first has dropout in the top and fills
+/// its registers exactly (8 rows of 8 logits).
+#[test]
+fn batchnorm_tops_match_the_full_strategy_loss_by_loss() {
+    let Some(ctx) = f64_ctx() else { return };
+    for (layers, n) in [
+        ("affine50,bn,relu,affine48,bn,relu,dropout0.25,affine8", 8),
+        ("affine60,relu,affine40,bn,relu,affine7", 3),
+    ] {
+        let mut s = NetSpec::sequential([1, 28, 28], parse_layers(layers).unwrap()).unwrap();
+        s.weight_decay = 0.05;
+        let prob = common::Problem::random(&s, n, 5);
+        let model = Model::new(ctx, &s, &prob.params, Precision::F64).unwrap();
+        let kernels = Kernels::new(ctx, Precision::F64).unwrap();
+        let perturbations: Vec<Perturbation> = (s.layout().tensors.iter())
+            .flat_map(|t| (t.offset..t.offset + t.numel).step_by(23))
+            .flat_map(|index| [false, true].map(|minus| Perturbation { index, minus }))
+            .collect();
+        let losses = |strategy| {
+            let engine = PerturbedLossEngine::new(
+                ctx,
+                &kernels,
+                &model,
+                &prob.x,
+                &prob.labels,
+                strategy,
+                0.3,
+                None,
+            )
+            .unwrap();
+            engine.losses(&perturbations).unwrap()
+        };
+        let (full, inc) = (losses(Strategy::Full), losses(Strategy::Incremental));
+        let mut crossed = 0;
+        for ((p, f), i) in perturbations.iter().zip(&full).zip(&inc) {
+            assert!(
+                (f.loss - i.loss).abs() <= 1e-12 * f.loss.abs(),
+                "{layers} {p:?}: {} vs {}",
+                i.loss,
+                f.loss
+            );
+            assert_eq!(f.kink_flips, i.kink_flips, "{layers} {p:?}");
+            crossed += usize::from(f.kink_flips > 0);
+        }
+        assert!(crossed > 0, "{layers}: h = 0.3 should cross kinks");
     }
 }
 

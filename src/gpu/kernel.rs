@@ -392,7 +392,20 @@ impl Kernels {
     /// The pipeline of `entry` over the binding table `access`. A shader that fails validation
     /// is a bug in wgrad, not in the input, so it panics with wgpu's message.
     pub fn kernel(&self, ctx: &GpuContext, entry: &Entry, access: &[Binding]) -> Kernel {
-        let key = format!("{}::{}{:?}", entry.shader.name, entry.name, entry.constants);
+        self.specialised(ctx, entry, &[], access)
+    }
+
+    /// [`Kernels::kernel`], with `sizes` added to the entry's override constants (see
+    /// [`Kernels::dispatch_specialised`]).
+    fn specialised(
+        &self,
+        ctx: &GpuContext,
+        entry: &Entry,
+        sizes: &[(&'static str, f64)],
+        access: &[Binding],
+    ) -> Kernel {
+        let constants: Vec<(&str, f64)> = entry.constants.iter().chain(sizes).copied().collect();
+        let key = format!("{}::{}{:?}", entry.shader.name, entry.name, constants);
         let mut built = self.built.lock().expect("kernel cache poisoned");
         built
             .entry(key)
@@ -406,7 +419,7 @@ impl Kernels {
                     entry.name,
                     self.precision,
                     &bindings,
-                    entry.constants,
+                    &constants,
                 );
                 if let Some(e) = pollster::block_on(scope.pop()) {
                     panic!("building kernel {}: {e}", kernel.name);
@@ -425,7 +438,22 @@ impl Kernels {
         bindings: &B,
         workgroups: [u32; 3],
     ) -> Dispatch {
-        let kernel = self.kernel(ctx, entry, B::ACCESS);
+        self.dispatch_specialised(ctx, entry, &[], params, bindings, workgroups)
+    }
+
+    /// [`Kernels::dispatch`] of `entry` specialised to `sizes`: override constants known only at
+    /// run time (a batch's rows, a net's classes), which fix loop bounds so that the compiler can
+    /// unroll them. Each set of values builds its own pipeline.
+    pub fn dispatch_specialised<B: KernelBindings>(
+        &self,
+        ctx: &GpuContext,
+        entry: &Entry,
+        sizes: &[(&'static str, f64)],
+        params: &B::Params,
+        bindings: &B,
+        workgroups: [u32; 3],
+    ) -> Dispatch {
+        let kernel = self.specialised(ctx, entry, sizes, B::ACCESS);
         let params = uniform(ctx, entry.name, params);
         let mut buffers = vec![&params];
         buffers.extend(bindings.buffers(&self.unused));
