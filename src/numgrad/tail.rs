@@ -550,7 +550,7 @@ const TOP_ROWS: usize = 8;
 const TOP_CLASSES: usize = 16;
 const TOP_LOGITS: usize = 64;
 /// Perturbations times columns of the BatchNorm block below which batchnorm_top does not repay
-/// its pipeline (0.3 s / 0.1 µs): `--hidden 100,100 --batchnorm` has 15.7M and gains 1.4 s from
+/// its pipeline (0.3 s / 0.1 µs): `--hidden 100,100 --batchnorm` has 15.7M and gains 1.3 s from
 /// it, the test suite's small BatchNorm nets have under 0.1M and would lose 0.3 s.
 const TOP_WORK: usize = 3 << 20;
 
