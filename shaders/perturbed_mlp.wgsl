@@ -26,6 +26,7 @@
 // (NONE: none, the dense layers serve every change), all into `base`; 9 words a layer.
 
 #include "activations.wgsl"
+#include "dense_row.wgsl"
 
 struct Params {
     perturbations: u32,   // invocations in this dispatch
@@ -205,23 +206,14 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
         var src = row_a;
         var dst = row_b;
         for (var k = up + 1u; k <= last; k++) {
-            let k_in = layer(k, 0u);
+            dense_row(k, src, dst);
             let k_out = layer(k, 1u);
-            let w_off = layer(k, 2u);
-            let b_off = layer(k, 3u);
-            for (var c = 0u; c < k_out; c++) {
-                var s = theta[b_off + c];
-                for (var r = 0u; r < k_in; r++) {
-                    s += scratch[src + r] * theta[w_off + r * k_out + c];
+            for (var c = 0u; c < k_out && k < last; c++) {
+                let s = scratch[dst + c];
+                if (crosses_kink(P.activation, s, base[layer(k, 4u) + n * k_out + c])) {
+                    flips += 1u;
                 }
-                scratch[dst + c] = s;
-                if (k < last) {
-                    let base_k = base[layer(k, 4u) + n * k_out + c];
-                    if (crosses_kink(P.activation, s, base_k)) {
-                        flips += 1u;
-                    }
-                    scratch[dst + c] = activate(P.activation, s) * mask(k, n, c);
-                }
+                scratch[dst + c] = activate(P.activation, s) * mask(k, n, c);
             }
             let t = src;
             src = dst;

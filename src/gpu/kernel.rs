@@ -56,6 +56,10 @@ pub const INCLUDES: &[(&str, &str)] = &[
         "moved_channel.wgsl",
         include_str!("../../shaders/moved_channel.wgsl"),
     ),
+    (
+        "dense_row.wgsl",
+        include_str!("../../shaders/dense_row.wgsl"),
+    ),
 ];
 
 /// `source` with each `#include "name"` line replaced by that file.
