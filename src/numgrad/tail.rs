@@ -243,6 +243,10 @@ impl MlpTail {
         base: &Workspace,
     ) -> Result<Vec<Option<LinearRegime>>> {
         let depth = self.blocks.len();
+        let none = || (0..depth).map(|_| None).collect();
+        if self.normalised || self.activation != Activation::Relu {
+            return Ok(none());
+        }
         let (n, classes) = (base.rows, self.widths[depth]);
         // Which blocks get one: each within the time budget, all together within the memory
         // budget (they share the base buffer's binding), the nearest the logits first.
@@ -255,38 +259,45 @@ impl MlpTail {
                 && reals + size <= LINEAR_REGIME_REALS;
             reals += if wanted[l] { size } else { 0 };
         }
-        if self.normalised || self.activation != Activation::Relu || !wanted.contains(&true) {
-            return Ok((0..depth).map(|_| None).collect());
-        }
+        let Some(lowest) = wanted.iter().position(|&w| w) else {
+            return Ok(none());
+        };
         let theta = model.read_params(ctx)?;
+        let weights: Vec<&[f64]> = (self.blocks.iter().enumerate())
+            .map(|(l, block)| {
+                let Layer::Affine(affine) = &model.layers[block.affine] else {
+                    unreachable!("a block starts with its affine layer")
+                };
+                let len = self.widths[l] * self.widths[l + 1];
+                &theta[model.layout.tensors[affine.weight].offset..][..len]
+            })
+            .collect();
+        // The pre-activations and dropout masks of the hidden blocks above the lowest block
+        // served, read back once for all the blocks served.
         let read = |b: &GpuBuffer, len: usize| b.read_real_range(ctx, model.precision, 0..len);
-        let mut weights = Vec::new();
-        let mut pre = Vec::new();
-        let mut masks = Vec::new();
-        for (l, block) in self.blocks.iter().enumerate() {
-            let Layer::Affine(affine) = &model.layers[block.affine] else {
-                unreachable!("a block starts with its affine layer")
-            };
-            let len = self.widths[l] * self.widths[l + 1];
-            weights.push(&theta[model.layout.tensors[affine.weight].offset..][..len]);
-            let units = n * self.widths[l + 1];
-            pre.push(read(&base.out[block.affine], units)?);
-            masks.push(match block.dropout.map(|d| base.saved(d)) {
+        let above = lowest + 1..depth - 1;
+        let mut reads = Vec::new();
+        for k in above.clone() {
+            let block = &self.blocks[k];
+            let units = n * self.widths[k + 1];
+            let mask = match block.dropout.map(|d| base.saved(d)) {
                 Some(Saved::Mask(mask)) => Some(read(mask, units)?),
                 _ => None,
-            });
+            };
+            reads.push((read(&base.out[block.affine], units)?, mask));
         }
+        let hidden: Vec<HiddenAbove> = (above.zip(&reads))
+            .map(|(k, (pre, mask))| HiddenAbove {
+                weight: weights[k],
+                pre,
+                mask: mask.as_deref(),
+            })
+            .collect();
         Ok((0..depth)
             .map(|l| {
                 wanted[l].then(|| {
-                    let hidden: Vec<HiddenAbove> = (l + 1..depth - 1)
-                        .map(|k| HiddenAbove {
-                            weight: weights[k],
-                            pre: &pre[k],
-                            mask: masks[k].as_deref(),
-                        })
-                        .collect();
-                    linear_regime(n, self.widths[l + 1], &hidden, weights[depth - 1])
+                    let above = &hidden[l - lowest..];
+                    linear_regime(n, self.widths[l + 1], above, weights[depth - 1])
                 })
             })
             .collect())
