@@ -448,17 +448,19 @@ impl MlpTail {
             .collect())
     }
 
-    /// Whether perturbed_norm_mlp.wgsl's batchnorm_top serves this tail: a block under a
-    /// BatchNorm block under the logits, a batch whose logits fit its registers, and enough work
-    /// through it to repay building a pipeline specialised to the batch (about 0.3 s on lavapipe,
-    /// against about 0.1 µs saved per perturbation and column of the BatchNorm block).
+    /// Whether perturbed_norm_mlp.wgsl's batchnorm_top serves this tail: a block whose changes
+    /// move one column (not a LayerNorm block, whose changes move whole rows and never reach the
+    /// top) under a BatchNorm block under the logits, a batch whose logits fit its registers, and
+    /// enough work through it to repay building a pipeline specialised to the batch (about 0.3 s
+    /// on lavapipe, against about 0.1 µs saved per perturbation and column of the BatchNorm
+    /// block).
     fn batchnorm_top_pays(&self, n: usize, classes: usize) -> bool {
         let depth = self.blocks.len();
         if depth < 3 || n > TOP_ROWS || classes > TOP_CLASSES || n * classes > TOP_LOGITS {
             return false;
         }
         let (under, top) = (&self.blocks[depth - 3], &self.blocks[depth - 2]);
-        if top.norm.is_none() || top.row_mode {
+        if top.norm.is_none() || top.row_mode || under.row_mode {
             return false;
         }
         let w = &self.widths;
