@@ -34,16 +34,17 @@ struct Params {
     n: u32,               // batch rows
     classes: u32,
     scratch_stride: u32,  // reals of scratch per invocation (two rows of the widest layer)
-    activation: u32,      // the hidden layers' ACT_ kind (activations.wgsl)
     row_width: u32,
     // This dispatch's slice of the batch: lavapipe stops an invocation after 65,535 loop
     // iterations, so long batches of deep nets go in several dispatches that accumulate.
     n_begin: u32,
     n_end: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
+
+// The hidden layers' ACT_ kind (activations.wgsl), fixed when the host builds the pipeline:
+// lavapipe runs every arm of a switch under a mask, so a kind read at run time would make each
+// ReLU unit pay for sigmoid's and tanh's exponentials too.
+override ACTIVATION: u32;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> layers: array<u32>;
@@ -158,10 +159,10 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
             total += row_loss(row_a, labels[n]);
             continue;
         }
-        if (crosses_kink(P.activation, a, base_a)) {
+        if (crosses_kink(ACTIVATION, a, base_a)) {
             flips += 1u;
         }
-        let dz = activate(P.activation, a) * mask(l, n, j) - base[layer(l, 5u) + n * outs + j];
+        let dz = activate(ACTIVATION, a) * mask(l, n, j) - base[layer(l, 5u) + n * outs + j];
         // Layer l+1: its unperturbed pre-activation plus dz times row j of its W.
         let up = l + 1u;
         let up_out = layer(up, 1u);
@@ -196,10 +197,10 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
             let base_up = base[up_pre + c];
             let v = base_up + dz * theta[w_row + c];
             scratch[row_a + c] = v;
-            if (crosses_kink(P.activation, v, base_up)) {
+            if (crosses_kink(ACTIVATION, v, base_up)) {
                 flips += 1u;
             }
-            scratch[row_a + c] = activate(P.activation, v) * mask(up, n, c);
+            scratch[row_a + c] = activate(ACTIVATION, v) * mask(up, n, c);
         }
         // Layers above that: dense, per sample, ping-ponging between two scratch rows (which hold
         // activations, or logits for the last layer).
@@ -210,10 +211,10 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
             let k_out = layer(k, 1u);
             for (var c = 0u; c < k_out && k < last; c++) {
                 let s = scratch[dst + c];
-                if (crosses_kink(P.activation, s, base[layer(k, 4u) + n * k_out + c])) {
+                if (crosses_kink(ACTIVATION, s, base[layer(k, 4u) + n * k_out + c])) {
                     flips += 1u;
                 }
-                scratch[dst + c] = activate(P.activation, s) * mask(k, n, c);
+                scratch[dst + c] = activate(ACTIVATION, s) * mask(k, n, c);
             }
             let t = src;
             src = dst;

@@ -36,9 +36,14 @@ struct Params {
     classes: u32,
     scratch_stride: u32,  // reals of scratch per invocation: N + 2·N·max_width + 2·max_width
     max_width: u32,
-    activation: u32,      // the hidden layers' ACT_ kind (activations.wgsl)
     row_width: u32,
+    _pad: u32,
 }
+
+// The hidden layers' ACT_ kind (activations.wgsl), fixed when the host builds the pipeline:
+// lavapipe runs every arm of a switch under a mask, so a kind read at run time would make each
+// ReLU unit pay for sigmoid's and tanh's exponentials too.
+override ACTIVATION: u32;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> layers: array<u32>;
@@ -53,6 +58,13 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> out_loss: array<real>;
 @group(0) @binding(11) var<storage, read_write> out_flips: array<u32>;
 @group(0) @binding(12) var<storage, read_write> scratch: array<real>;
+// batchnorm_top's constants: block l + 1's z, y and mask [N, out] (the mask only with dropout),
+// γ and β [out], the logits' weight [out, C] and bias [C].
+@group(0) @binding(13) var<uniform> top_consts: array<vec4<real>, UNIFORM_VEC4S>;
+
+fn top_const(at: u32) -> real {
+    return top_consts[at >> 2u][at & 3u];
+}
 
 // The batch's rows and the net's classes when the host specialises this kernel to them (0: not
 // specialised), for batchnorm_top's registers; at most MAX_ROWS, MAX_CLASSES and MAX_LOGITS.
@@ -160,10 +172,10 @@ fn finish_row(k: u32, at: u32, n: u32, normalise: bool) -> u32 {
     var flips = 0u;
     for (var c = 0u; c < outs; c++) {
         let y = scratch[at + c];
-        if (crosses_kink(P.activation, y, base[layer(k, 8u) + n * outs + c])) {
+        if (crosses_kink(ACTIVATION, y, base[layer(k, 8u) + n * outs + c])) {
             flips += 1u;
         }
-        scratch[at + c] = activate(P.activation, y) * mask(k, n, c);
+        scratch[at + c] = activate(ACTIVATION, y) * mask(k, n, c);
     }
     return flips;
 }
@@ -247,7 +259,7 @@ fn layer_norm_row_update(l: u32, n: u32, j: u32, d: real, dg: real, db: real, ou
             beta += db;
         }
         let y_new = gamma * ((zc - mean_new) / s_new) + beta;
-        let crossed = crosses_kink(P.activation, y_new, base[y + c]);
+        let crossed = crosses_kink(ACTIVATION, y_new, base[y + c]);
         if (crossed) {
             flips += 1u;
         }
@@ -259,7 +271,7 @@ fn layer_norm_row_update(l: u32, n: u32, j: u32, d: real, dg: real, db: real, ou
         if (base[y + c] > real(0.0)) {
             linear = m * theta[g + c] * ((base[z + c] - mean) * alpha - kappa);
         }
-        let correction = activate(P.activation, y_new) * m - base[a + c] - linear;
+        let correction = activate(ACTIVATION, y_new) * m - base[a + c] - linear;
         for (var k = 0u; k < next; k++) {
             scratch[out + k] += correction * theta[w + c * next + k];
         }
@@ -295,32 +307,33 @@ fn dense(k: u32, rows_in: u32, rows_out: u32) {
 // statistics, normalised values, activations (times the dropout mask) and their products with
 // row c of the logits' weight are formed at once, the N·C logits held in registers (ROWS and
 // CLASSES fix the loops over them). The general route instead writes the rank-one update, the
-// normalised rows and the logits to scratch and reads them back: on lavapipe every read inside
-// a loop costs a lane-by-lane loop, and this reads about 2N + C + 3 numbers a column instead of
-// about 10N + 2NC. The arithmetic is the general route's, in the same order.
+// normalised rows and the logits to scratch and reads them back: on lavapipe every storage read
+// inside a loop costs a lane-by-lane loop, and this reads one storage number a column (the
+// perturbed row's weight) and about 2N + C + 2 from `top_consts`, a uniform array, whose reads
+// compile to plain gathers. The arithmetic is the general route's, in the same order.
 struct Top {
     total: real,
     flips: u32,
 }
 
-fn batchnorm_top(l: u32, j: u32, col: u32) -> Top {
+fn batchnorm_top(l: u32, j: u32, col: u32, logits_at: u32) -> Top {
     let k = l + 1u;
-    let top = l + 2u;
     let outs = layer(k, 1u);
     let w_row = layer(k, 2u) + j * outs;
-    let z = layer(k, 4u);
-    let y_base = layer(k, 8u);
-    let g = layer(k, 6u);
-    let b = layer(k, 7u);
-    let masks = layer(k, 10u);
-    let w_top = layer(top, 2u);
-    let b_top = layer(top, 3u);
+    let z = 0u;
+    let y_base = ROWS * outs;
+    let has_mask = layer(k, 10u) != NONE;
+    let masks = 2u * ROWS * outs;
+    let g = select(2u, 3u, has_mask) * ROWS * outs;
+    let b = g + outs;
+    let w_top = b + outs;
+    let b_top = w_top + outs * CLASSES;
     var change: array<real, MAX_ROWS>;
     var logits: array<real, MAX_LOGITS>;
     for (var n = 0u; n < ROWS; n++) {
         change[n] = scratch[col + n];
         for (var t = 0u; t < CLASSES; t++) {
-            logits[n * CLASSES + t] = theta[b_top + t];
+            logits[n * CLASSES + t] = top_const(b_top + t);
         }
     }
     var flips = 0u;
@@ -329,7 +342,7 @@ fn batchnorm_top(l: u32, j: u32, col: u32) -> Top {
         var v: array<real, MAX_ROWS>;
         var mean = real(0.0);
         for (var n = 0u; n < ROWS; n++) {
-            v[n] = base[z + n * outs + c] + change[n] * w;
+            v[n] = top_const(z + n * outs + c) + change[n] * w;
             mean += v[n];
         }
         mean = mean / real(ROWS);
@@ -339,39 +352,36 @@ fn batchnorm_top(l: u32, j: u32, col: u32) -> Top {
             spread += e * e;
         }
         let inv = real(1.0) / sqrt(spread / real(ROWS) + eps[0]);
-        let gamma = theta[g + c];
-        let beta = theta[b + c];
+        let gamma = top_const(g + c);
+        let beta = top_const(b + c);
         var w_out: array<real, MAX_CLASSES>;
         for (var t = 0u; t < CLASSES; t++) {
-            w_out[t] = theta[w_top + c * CLASSES + t];
+            w_out[t] = top_const(w_top + c * CLASSES + t);
         }
         for (var n = 0u; n < ROWS; n++) {
             let y = gamma * ((v[n] - mean) * inv) + beta;
-            if (crosses_kink(P.activation, y, base[y_base + n * outs + c])) {
+            if (crosses_kink(ACTIVATION, y, top_const(y_base + n * outs + c))) {
                 flips += 1u;
             }
-            var a = activate(P.activation, y);
-            if (masks != NONE) {
-                a *= base[masks + n * outs + c];
+            var a = activate(ACTIVATION, y);
+            if (has_mask) {
+                a *= top_const(masks + n * outs + c);
             }
             for (var t = 0u; t < CLASSES; t++) {
                 logits[n * CLASSES + t] += a * w_out[t];
             }
         }
     }
+    // The loss from scratch, not from registers: unrolled over the rows and classes, its
+    // exponentials would take lavapipe longer to compile than they take to read back.
     var total = real(0.0);
     for (var n = 0u; n < ROWS; n++) {
-        var m = logits[n * CLASSES];
-        for (var t = 1u; t < CLASSES; t++) {
-            m = max(m, logits[n * CLASSES + t]);
-        }
-        var s = real(0.0);
-        var picked = real(0.0);
         for (var t = 0u; t < CLASSES; t++) {
-            s += exp_r(logits[n * CLASSES + t] - m);
-            picked = select(picked, logits[n * CLASSES + t], t == labels[n]);
+            scratch[logits_at + n * CLASSES + t] = logits[n * CLASSES + t];
         }
-        total += (m - picked) + log_r(s);
+    }
+    for (var n = 0u; n < P.n; n++) {
+        total += row_loss(logits_at + n * CLASSES, labels[n]);
     }
     return Top(total, flips);
 }
@@ -523,14 +533,14 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
             if (norm == BATCH_NORM) {
                 y = gamma * ((y - mean) * inv) + beta;
             }
-            if (crosses_kink(P.activation, y, base[layer(l, 8u) + n * outs + j])) {
+            if (crosses_kink(ACTIVATION, y, base[layer(l, 8u) + n * outs + j])) {
                 flips += 1u;
             }
-            let a = activate(P.activation, y) * mask(l, n, j);
+            let a = activate(ACTIVATION, y) * mask(l, n, j);
             scratch[col + n] = a - base[layer(l, 9u) + n * outs + j];
         }
         if (ROWS > 0u && l + 2u == last && layer(l + 1u, 5u) == BATCH_NORM) {
-            let top = batchnorm_top(l, j, col);
+            let top = batchnorm_top(l, j, col, rows_a);
             out_loss[q] = top.total / real(P.n);
             out_flips[q] = flips + top.flips;
             return;

@@ -1,6 +1,8 @@
 // Precision prelude for f32: every kernel is written once over `real` and built with this or
 // precision_f64.wgsl in front of it.
 alias real = f32;
+// 64 KiB of reals in a uniform array (array<vec4<real>, UNIFORM_VEC4S>).
+const UNIFORM_VEC4S: u32 = 4096u;
 
 fn exp_r(x: f32) -> f32 { return exp(x); }
 

@@ -2,6 +2,8 @@
 // only (lavapipe returns garbage for f64), so both are written out here, accurate to about an
 // ulp. Needs wgpu's SHADER_F64 feature.
 alias real = f64;
+// 64 KiB of reals in a uniform array (array<vec4<real>, UNIFORM_VEC4S>).
+const UNIFORM_VEC4S: u32 = 2048u;
 
 // exp(x) = 2^k · exp(r), r = x − k·ln2 with |r| ≤ ln2/2 split in two parts for exactness; exp(r)
 // by its Taylor series to degree 13 (truncation error < 1e-17 on that interval).

@@ -102,6 +102,21 @@ impl GpuBuffer {
         }
     }
 
+    /// A zeroed buffer of `bytes` for a uniform array, filled by copies.
+    pub fn uniform_array(ctx: &GpuContext, label: &str, bytes: usize) -> Self {
+        let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        GpuBuffer {
+            buffer,
+            len: bytes,
+            elem_bytes: 1,
+        }
+    }
+
     pub fn real(ctx: &GpuContext, label: &str, len: usize, precision: Precision) -> Self {
         Self::zeroed(ctx, label, len, precision.bytes())
     }

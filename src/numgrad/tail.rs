@@ -170,7 +170,7 @@ impl MlpTail {
         ctx: &GpuContext,
         model: &Model,
         base: &Workspace,
-    ) -> Result<(GpuBuffer, GpuBuffer)> {
+    ) -> Result<(GpuBuffer, Vec<u32>)> {
         let bytes = model.precision.bytes();
         let mut table = Vec::new();
         let sums = self.layer_norm_sums(ctx, model, base)?;
@@ -230,7 +230,7 @@ impl MlpTail {
             encoder.copy_buffer_to_buffer(&src.buffer, 0, &joined.buffer, to, size);
         }
         ctx.queue.submit([encoder.finish()]);
-        Ok((joined, GpuBuffer::from_u32(ctx, "layer_table", &table)))
+        Ok((joined, table))
     }
 
     /// For each block with a hidden block above it, under ReLU and within the host budgets, its
@@ -373,7 +373,8 @@ impl MlpTail {
         chunk: usize,
         bufs: &EngineBuffers,
     ) -> Result<(Vec<Dispatch>, Vec<GpuBuffer>)> {
-        let (concat, table) = self.base_activations(gpu.ctx, model, base)?;
+        let (concat, table_words) = self.base_activations(gpu.ctx, model, base)?;
+        let table = GpuBuffer::from_u32(gpu.ctx, "layer_table", &table_words);
         let input = if self.start == 0 {
             &base.x
         } else {
@@ -392,22 +393,29 @@ impl MlpTail {
             bufs,
             scratch: &scratch,
         };
-        let (dispatches, eps) = if self.normalised {
+        let (dispatches, extra) = if self.normalised {
             let eps = GpuBuffer::from_real(
                 gpu.ctx,
                 "norm_eps",
                 &[BATCHNORM_EPS, LAYERNORM_EPS],
                 model.precision,
             );
+            let top = self.batchnorm_top_pays(gpu.ctx, model, n);
+            let consts = self.top_constants(gpu.ctx, model, n, top, &concat, &table_words);
+            let norm = NormKernel {
+                eps: &eps,
+                top,
+                consts: &consts,
+            };
             (
-                vec![self.norm_dispatch(gpu, model, n, chunk, &shared, &eps)],
-                Some(eps),
+                vec![self.norm_dispatch(gpu, model, n, chunk, &shared, norm)],
+                vec![eps, consts],
             )
         } else {
-            (self.mlp_dispatches(gpu, model, n, chunk, &shared)?, None)
+            (self.mlp_dispatches(gpu, model, n, chunk, &shared)?, vec![])
         };
         let mut kept = vec![concat, table, scratch];
-        kept.extend(eps);
+        kept.extend(extra);
         Ok((dispatches, kept))
     }
 
@@ -436,16 +444,25 @@ impl MlpTail {
                     n: n as u32,
                     classes: model.spec.output as u32,
                     scratch_stride: self.scratch_per_eval(n) as u32,
-                    activation: self.activation.code(),
                     row_width,
                     n_begin: begin as u32,
                     n_end: (begin + slice).min(n) as u32,
-                    _pad: [0; 3],
                 };
-                gpu.kernels
-                    .dispatch(gpu.ctx, &PERTURBED_MLP, &params, &bindings, groups)
+                gpu.kernels.dispatch_specialised(
+                    gpu.ctx,
+                    &PERTURBED_MLP,
+                    &[self.activation_constant()],
+                    &params,
+                    &bindings,
+                    groups,
+                )
             })
             .collect())
+    }
+
+    /// Both kernels' ACTIVATION override: the hidden layers' [`Activation::code`].
+    fn activation_constant(&self) -> (&'static str, f64) {
+        ("ACTIVATION", f64::from(self.activation.code()))
     }
 
     /// Whether perturbed_norm_mlp.wgsl's batchnorm_top serves this tail: a block whose changes
@@ -454,13 +471,20 @@ impl MlpTail {
     /// enough work through it to repay building a pipeline specialised to the batch (about 0.3 s
     /// on lavapipe, against about 0.1 µs saved per perturbation and column of the BatchNorm
     /// block).
-    fn batchnorm_top_pays(&self, n: usize, classes: usize) -> bool {
+    fn batchnorm_top_pays(&self, ctx: &GpuContext, model: &Model, n: usize) -> bool {
+        let classes = model.spec.output;
         let depth = self.blocks.len();
         if depth < 3 || n > TOP_ROWS || classes > TOP_CLASSES || n * classes > TOP_LOGITS {
             return false;
         }
         let (under, top) = (&self.blocks[depth - 3], &self.blocks[depth - 2]);
         if top.norm.is_none() || top.row_mode || under.row_mode {
+            return false;
+        }
+        let uniform_reals = UNIFORM_BYTES / model.precision.bytes();
+        if self.top_constants_len(n, classes) > uniform_reals
+            || (ctx.limits.max_uniform_buffer_binding_size as usize) < UNIFORM_BYTES
+        {
             return false;
         }
         let w = &self.widths;
@@ -473,6 +497,65 @@ impl MlpTail {
         perturbations * w[depth - 1] >= TOP_WORK
     }
 
+    /// Reals of batchnorm_top's constants: the BatchNorm block's z, y and mask (with dropout)
+    /// [N, F], its γ and β [F], the logits' weight [F, C] and bias [C].
+    fn top_constants_len(&self, n: usize, classes: usize) -> usize {
+        let depth = self.blocks.len();
+        let f = self.widths[depth - 1];
+        let per_row = if self.blocks[depth - 2].dropout.is_some() {
+            3
+        } else {
+            2
+        };
+        per_row * n * f + 2 * f + f * classes + classes
+    }
+
+    /// batchnorm_top's constants (its `top_consts` uniform) copied from the base activations
+    /// and θ, or zeros when it does not serve this tail.
+    fn top_constants(
+        &self,
+        ctx: &GpuContext,
+        model: &Model,
+        n: usize,
+        top: bool,
+        concat: &GpuBuffer,
+        table: &[u32],
+    ) -> GpuBuffer {
+        let consts = GpuBuffer::uniform_array(ctx, "top_constants", UNIFORM_BYTES);
+        if !top {
+            return consts;
+        }
+        let depth = self.blocks.len();
+        let field = |block: usize, word: usize| table[TABLE_WORDS * block + word] as usize;
+        let (k, logits) = (depth - 2, depth - 1);
+        let (f, classes) = (self.widths[depth - 1], model.spec.output);
+        let mut parts = vec![(concat, field(k, 4), n * f), (concat, field(k, 8), n * f)];
+        if field(k, 10) != NONE as usize {
+            parts.push((concat, field(k, 10), n * f));
+        }
+        let theta = &model.params;
+        parts.extend([
+            (theta, field(k, 6), f),
+            (theta, field(k, 7), f),
+            (theta, field(logits, 2), f * classes),
+            (theta, field(logits, 3), classes),
+        ]);
+        let bytes = model.precision.bytes();
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        let mut at = 0;
+        for (src, from, len) in parts {
+            let (from, to, size) = (
+                (from * bytes) as u64,
+                (at * bytes) as u64,
+                (len * bytes) as u64,
+            );
+            encoder.copy_buffer_to_buffer(&src.buffer, from, &consts.buffer, to, size);
+            at += len;
+        }
+        ctx.queue.submit([encoder.finish()]);
+        consts
+    }
+
     /// perturbed_norm_mlp.wgsl over the whole batch.
     fn norm_dispatch(
         &self,
@@ -481,7 +564,7 @@ impl MlpTail {
         n: usize,
         chunk: usize,
         shared: &Shared,
-        eps: &GpuBuffer,
+        norm: NormKernel,
     ) -> Dispatch {
         let (groups, row_width) = grid(chunk);
         let params = PerturbedNormParams {
@@ -491,14 +574,21 @@ impl MlpTail {
             classes: model.spec.output as u32,
             scratch_stride: self.scratch_per_eval(n) as u32,
             max_width: self.max_width() as u32,
-            activation: self.activation.code(),
             row_width,
+            _pad: 0,
         };
-        let bindings = PerturbedNormBindings { shared, eps };
+        let bindings = PerturbedNormBindings {
+            shared,
+            eps: norm.eps,
+            top_constants: norm.consts,
+        };
         let classes = model.spec.output;
-        let batchnorm_top = self.batchnorm_top_pays(n, classes);
-        let sizes = [("ROWS", n as f64), ("CLASSES", classes as f64)];
-        let sizes: &[_] = if batchnorm_top { &sizes } else { &[] };
+        let sizes = [
+            self.activation_constant(),
+            ("ROWS", n as f64),
+            ("CLASSES", classes as f64),
+        ];
+        let sizes = if norm.top { &sizes[..] } else { &sizes[..1] };
         gpu.kernels.dispatch_specialised(
             gpu.ctx,
             &PERTURBED_NORM_MLP,
@@ -547,6 +637,13 @@ impl Shared<'_> {
     }
 }
 
+/// Words of the layer table a block (the norm kernel's).
+const TABLE_WORDS: usize = 12;
+
+/// Bytes of the uniform arrays the kernels declare (UNIFORM_VEC4S in the precision preludes):
+/// WebGPU's default uniform binding limit.
+const UNIFORM_BYTES: usize = 64 << 10;
+
 /// A layer table offset that points nowhere: no dropout mask, no LayerNorm sums (the kernels'
 /// NONE).
 const NONE: u32 = u32::MAX;
@@ -582,13 +679,10 @@ struct PerturbedMlpParams {
     classes: u32,
     /// Reals of scratch per invocation.
     scratch_stride: u32,
-    /// The hidden layers' [`Activation::code`].
-    activation: u32,
     row_width: u32,
     /// This dispatch's slice of the batch.
     n_begin: u32,
     n_end: u32,
-    _pad: [u32; 3],
 }
 
 /// perturbed_mlp.wgsl's buffers.
@@ -631,16 +725,25 @@ struct PerturbedNormParams {
     /// Reals of scratch per invocation: N + 2·N·max_width.
     scratch_stride: u32,
     max_width: u32,
-    /// The hidden layers' [`Activation::code`].
-    activation: u32,
     row_width: u32,
+    _pad: u32,
 }
 
-/// perturbed_norm_mlp.wgsl's buffers: perturbed_mlp.wgsl's, and the norms' eps.
+/// What the norm kernel adds to the plain kernel's bindings, and whether batchnorm_top serves.
+struct NormKernel<'a> {
+    /// [BatchNorm eps, LayerNorm eps]
+    eps: &'a GpuBuffer,
+    top: bool,
+    consts: &'a GpuBuffer,
+}
+
+/// perturbed_norm_mlp.wgsl's buffers: perturbed_mlp.wgsl's, the norms' eps, and batchnorm_top's
+/// constants.
 struct PerturbedNormBindings<'a> {
     shared: &'a Shared<'a>,
     /// [BatchNorm eps, LayerNorm eps]
     eps: &'a GpuBuffer,
+    top_constants: &'a GpuBuffer,
 }
 
 impl KernelBindings for PerturbedNormBindings<'_> {
@@ -658,9 +761,12 @@ impl KernelBindings for PerturbedNormBindings<'_> {
         Binding::ReadWrite,
         Binding::ReadWrite,
         Binding::ReadWrite,
+        Binding::Uniform,
     ];
     fn buffers<'a>(&'a self, _: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
-        self.shared.buffers(Some(self.eps))
+        let mut buffers = self.shared.buffers(Some(self.eps));
+        buffers.push(&self.top_constants.buffer);
+        buffers
     }
 }
 
