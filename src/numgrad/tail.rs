@@ -393,6 +393,12 @@ impl MlpTail {
             bufs,
             scratch: &scratch,
         };
+        let uniform_bytes = gpu.ctx.limits.max_uniform_buffer_binding_size as usize;
+        if self.normalised && uniform_bytes < UNIFORM_BYTES {
+            return Err(crate::Error::InvalidArgument(format!(
+                "this adapter's uniform buffers hold {uniform_bytes} bytes, under the 64 KiB the incremental kernel for normalised MLPs binds: use --strategy full"
+            )));
+        }
         let (dispatches, extra) = if self.normalised {
             let eps = GpuBuffer::from_real(
                 gpu.ctx,
@@ -400,7 +406,7 @@ impl MlpTail {
                 &[BATCHNORM_EPS, LAYERNORM_EPS],
                 model.precision,
             );
-            let top = self.batchnorm_top_pays(gpu.ctx, model, n);
+            let top = self.batchnorm_top_pays(model, n);
             let consts = self.top_constants(gpu.ctx, model, n, top, &concat, &table_words);
             let norm = NormKernel {
                 eps: &eps,
@@ -471,7 +477,7 @@ impl MlpTail {
     /// enough work through it to repay building a pipeline specialised to the batch (about 0.3 s
     /// on lavapipe, against about 0.1 µs saved per perturbation and column of the BatchNorm
     /// block).
-    fn batchnorm_top_pays(&self, ctx: &GpuContext, model: &Model, n: usize) -> bool {
+    fn batchnorm_top_pays(&self, model: &Model, n: usize) -> bool {
         let classes = model.spec.output;
         let depth = self.blocks.len();
         if depth < 3 || n > TOP_ROWS || classes > TOP_CLASSES || n * classes > TOP_LOGITS {
@@ -481,10 +487,7 @@ impl MlpTail {
         if top.norm.is_none() || top.row_mode || under.row_mode {
             return false;
         }
-        let uniform_reals = UNIFORM_BYTES / model.precision.bytes();
-        if self.top_constants_len(n, classes) > uniform_reals
-            || (ctx.limits.max_uniform_buffer_binding_size as usize) < UNIFORM_BYTES
-        {
+        if self.top_constants_len(n, classes) > UNIFORM_BYTES / model.precision.bytes() {
             return false;
         }
         let w = &self.widths;
