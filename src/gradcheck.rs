@@ -132,6 +132,9 @@ pub struct GradcheckReport {
     pub seconds_numeric_setup: f64,
     pub seconds_analytic: f64,
     pub perturbed_losses: usize,
+    /// Of them, those known without a pass: two for each first-layer weight whose input is 0 in
+    /// every sample (incremental only).
+    pub idle_losses: usize,
     pub chunk: usize,
     pub tolerance: Tolerance,
     pub tensors: Vec<TensorCheck>,
@@ -314,6 +317,7 @@ pub fn check(
         perturbed_losses: numeric_part.perturbed_losses
             + at_twice_h.as_ref().map_or(0, |w| w.perturbed_losses)
             + input_losses,
+        idle_losses: numeric_part.idle_losses + at_twice_h.as_ref().map_or(0, |w| w.idle_losses),
         chunk: engine.chunk,
         tolerance: tol,
         tensors,

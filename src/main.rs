@@ -1419,8 +1419,12 @@ fn print_gradcheck(r: &gradcheck::GradcheckReport) {
     }
     let kinks: usize = r.tensors.iter().map(|t| t.kink_crossings).sum();
     println!(
-        "{} perturbed losses in {:.3} s (setup {:.3} s), analytic gradient {:.4} s; {} kink crossings excluded; tolerance: ‖a-n‖ ≤ {:e}·‖a‖ + {}·√numel{}",
+        "{} perturbed losses{} in {:.3} s (setup {:.3} s), analytic gradient {:.4} s; {} kink crossings excluded; tolerance: ‖a-n‖ ≤ {:e}·‖a‖ + {}·√numel{}",
         r.perturbed_losses,
+        match r.idle_losses {
+            0 => String::new(),
+            idle => format!(" ({idle} of them exact without a pass: first-layer inputs 0 in every sample)"),
+        },
         r.seconds_numeric,
         r.seconds_numeric_setup,
         r.seconds_analytic,

@@ -482,6 +482,61 @@ fn batchnorm_tops_match_the_full_strategy_loss_by_loss() {
     }
 }
 
+#[test]
+fn first_layer_weights_whose_input_is_zero_in_every_sample_keep_the_base_loss() {
+    let Some(ctx) = f64_ctx() else { return };
+    // MNIST's border pixels are 0 in every image of a small batch: a change to a first-layer
+    // weight they feed moves nothing, and the incremental strategy takes the unperturbed loss
+    // (plus the L2 term's change) without a pass. The full strategy evaluates every one.
+    let (x, labels) = batch(3);
+    let idle_inputs = (0..784)
+        .filter(|&i| (0..3).all(|n| x[n * 784 + i] == 0.0))
+        .count();
+    assert!(idle_inputs > 300 && idle_inputs < 784, "{idle_inputs}");
+    for layers in [
+        "affine7,relu,affine5,bn,relu,affine10",
+        "affine9,ln,tanh,affine10",
+        "affine6,sigmoid,affine10",
+    ] {
+        let mut s = NetSpec::sequential([1, 28, 28], parse_layers(layers).unwrap()).unwrap();
+        s.weight_decay = 0.05;
+        let params = init_params(&s, Init::He, 3);
+        let model = Model::new(ctx, &s, &params, Precision::F64).unwrap();
+        let kernels = Kernels::new(ctx, Precision::F64).unwrap();
+        let layout = s.layout();
+        let (w1, b1) = (&layout.tensors[0], &layout.tensors[1]);
+        let indices: Vec<usize> = (w1.offset..b1.offset + b1.numel).collect();
+        let perturbations: Vec<Perturbation> = (indices.iter())
+            .flat_map(|&index| [false, true].map(|minus| Perturbation { index, minus }))
+            .collect();
+        let engine = |strategy| {
+            PerturbedLossEngine::new(ctx, &kernels, &model, &x, &labels, strategy, 0.3, None)
+                .unwrap()
+        };
+        let (full, inc) = (engine(Strategy::Full), engine(Strategy::Incremental));
+        let outs = w1.shape[1];
+        assert_eq!(
+            inc.idle_losses(&indices),
+            2 * idle_inputs * outs,
+            "{layers}"
+        );
+        assert_eq!(full.idle_losses(&indices), 0, "{layers}");
+        let (full, inc) = (
+            full.losses(&perturbations).unwrap(),
+            inc.losses(&perturbations).unwrap(),
+        );
+        for ((p, f), i) in perturbations.iter().zip(&full).zip(&inc) {
+            assert!(
+                (f.loss - i.loss).abs() <= 1e-12 * f.loss.abs(),
+                "{layers} {p:?}: {} vs {}",
+                i.loss,
+                f.loss
+            );
+            assert_eq!(f.kink_flips, i.kink_flips, "{layers} {p:?}");
+        }
+    }
+}
+
 /// Each incremental perturbed loss L(θ ± h·eᵢ), for i in `indices` and each `h` in `steps`,
 /// against the f64 reference net at that θ (dropout masks as a check draws them), to 1e-12
 /// relative.
