@@ -62,6 +62,19 @@ override ACTIVATION: u32;
 // γ and β [out], the logits' weight [out, C] and bias [C].
 @group(0) @binding(13) var<uniform> top_consts: array<vec4<real>, UNIFORM_VEC4S>;
 
+// The base activations again, as a uniform array, where they fit in it (BASE_UNIFORM): lavapipe
+// compiles a uniform read to a gather and a storage read inside a loop to a lane-by-lane loop.
+// It runs both sides of a branch, so which one is read is fixed when the pipeline is built.
+@group(0) @binding(14) var<uniform> base_uniform: array<vec4<real>, UNIFORM_VEC4S>;
+override BASE_UNIFORM: bool;
+
+fn base_at(at: u32) -> real {
+    if (BASE_UNIFORM) {
+        return base_uniform[at >> 2u][at & 3u];
+    }
+    return base[at];
+}
+
 fn top_const(at: u32) -> real {
     return top_consts[at >> 2u][at & 3u];
 }
@@ -94,7 +107,7 @@ fn mask(l: u32, n: u32, c: u32) -> real {
     if (at == NONE) {
         return real(1.0);
     }
-    return base[at + n * layer(l, 1u) + c];
+    return base_at(at + n * layer(l, 1u) + c);
 }
 
 // Block l's input at (sample n, unit i): the tail's input, or block l − 1's activations.
@@ -102,7 +115,7 @@ fn block_input(l: u32, n: u32, i: u32) -> real {
     if (l == 0u) {
         return x[n * layer(0u, 0u) + i];
     }
-    return base[layer(l - 1u, 9u) + n * layer(l, 0u) + i];
+    return base_at(layer(l - 1u, 9u) + n * layer(l, 0u) + i);
 }
 
 // The change to unit j of block l's affine output in sample n when W_l[i, j] or b_l[j] moves by
@@ -172,7 +185,7 @@ fn finish_row(k: u32, at: u32, n: u32, normalise: bool) -> u32 {
     var flips = 0u;
     for (var c = 0u; c < outs; c++) {
         let y = scratch[at + c];
-        if (crosses_kink(ACTIVATION, y, base[layer(k, 8u) + n * outs + c])) {
+        if (crosses_kink(ACTIVATION, y, base_at(layer(k, 8u) + n * outs + c))) {
             flips += 1u;
         }
         scratch[at + c] = activate(ACTIVATION, y) * mask(k, n, c);
@@ -224,16 +237,16 @@ fn layer_norm_row_update(l: u32, n: u32, j: u32, d: real, dg: real, db: real, ou
     let fr = real(f);
     var mean = real(0.0);
     for (var c = 0u; c < f; c++) {
-        mean += base[z + c];
+        mean += base_at(z + c);
     }
     mean = mean / fr;
     var var_ = real(0.0);
     for (var c = 0u; c < f; c++) {
-        let e = base[z + c] - mean;
+        let e = base_at(z + c) - mean;
         var_ += e * e;
     }
     var_ = var_ / fr;
-    let dvar = (real(2.0) * d * (base[z + j] - mean) + d * d * (real(1.0) - real(1.0) / fr)) / fr;
+    let dvar = (real(2.0) * d * (base_at(z + j) - mean) + d * d * (real(1.0) - real(1.0) / fr)) / fr;
     let s = sqrt(var_ + eps[1]);
     let s_new = sqrt(var_ + dvar + eps[1]);
     let alpha = -dvar / (s * s_new * (s + s_new));
@@ -242,7 +255,7 @@ fn layer_norm_row_update(l: u32, n: u32, j: u32, d: real, dg: real, db: real, ou
     let sums = layer(l, 11u) + 2u * n * next;
     let z_next = layer(l + 1u, 4u) + n * next;
     for (var k = 0u; k < next; k++) {
-        scratch[out + k] = base[z_next + k] + alpha * base[sums + k] - kappa * base[sums + next + k];
+        scratch[out + k] = base_at(z_next + k) + alpha * base_at(sums + k) - kappa * base_at(sums + next + k);
     }
     var flips = 0u;
     for (var c = 0u; c < f; c++) {
@@ -250,7 +263,7 @@ fn layer_norm_row_update(l: u32, n: u32, j: u32, d: real, dg: real, db: real, ou
         if (!moved && d == real(0.0)) {
             continue; // only γ_j or β_j moved: no other unit changes
         }
-        var zc = base[z + c];
+        var zc = base_at(z + c);
         var gamma = theta[g + c];
         var beta = theta[b + c];
         if (moved) {
@@ -259,7 +272,7 @@ fn layer_norm_row_update(l: u32, n: u32, j: u32, d: real, dg: real, db: real, ou
             beta += db;
         }
         let y_new = gamma * ((zc - mean_new) / s_new) + beta;
-        let crossed = crosses_kink(ACTIVATION, y_new, base[y + c]);
+        let crossed = crosses_kink(ACTIVATION, y_new, base_at(y + c));
         if (crossed) {
             flips += 1u;
         }
@@ -268,10 +281,10 @@ fn layer_norm_row_update(l: u32, n: u32, j: u32, d: real, dg: real, db: real, ou
         }
         let m = mask(l, n, c);
         var linear = real(0.0);
-        if (base[y + c] > real(0.0)) {
-            linear = m * theta[g + c] * ((base[z + c] - mean) * alpha - kappa);
+        if (base_at(y + c) > real(0.0)) {
+            linear = m * theta[g + c] * ((base_at(z + c) - mean) * alpha - kappa);
         }
-        let correction = activate(ACTIVATION, y_new) * m - base[a + c] - linear;
+        let correction = activate(ACTIVATION, y_new) * m - base_at(a + c) - linear;
         for (var k = 0u; k < next; k++) {
             scratch[out + k] += correction * theta[w + c * next + k];
         }
@@ -285,7 +298,7 @@ fn layer_norm_row_update(l: u32, n: u32, j: u32, d: real, dg: real, db: real, ou
 fn layer_norm_row_dense(l: u32, n: u32, j: u32, z_j: real, dg: real, db: real, row: u32, out: u32) -> u32 {
     let outs = layer(l, 1u);
     for (var c = 0u; c < outs; c++) {
-        scratch[row + c] = base[layer(l, 4u) + n * outs + c];
+        scratch[row + c] = base_at(layer(l, 4u) + n * outs + c);
     }
     scratch[row + j] = z_j;
     normalise_row(row, outs, layer(l, 6u), layer(l, 7u), j, dg, db);
@@ -400,7 +413,7 @@ fn coupled_above(l: u32) -> bool {
 fn row_moved(k: u32, n: u32, row: u32) -> bool {
     let outs = layer(k, 1u);
     for (var c = 0u; c < outs; c++) {
-        if (scratch[row + c] != base[layer(k, 4u) + n * outs + c]) {
+        if (scratch[row + c] != base_at(layer(k, 4u) + n * outs + c)) {
             return true;
         }
     }
@@ -458,7 +471,7 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var n = 0u; n < P.n; n++) {
         let dz = unit_change(moves, l, n, i, delta);
         moved = moved || dz != real(0.0);
-        scratch[col + n] = base[layer(l, 4u) + n * outs + j] + dz;
+        scratch[col + n] = base_at(layer(l, 4u) + n * outs + j) + dz;
     }
     var total = real(0.0);
     if (!moved) {
@@ -475,7 +488,7 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
         // The logits themselves: copy each row, change unit j.
         for (var n = 0u; n < P.n; n++) {
             for (var c = 0u; c < outs; c++) {
-                scratch[rows_a + c] = base[layer(l, 4u) + n * outs + c];
+                scratch[rows_a + c] = base_at(layer(l, 4u) + n * outs + c);
             }
             scratch[rows_a + j] = scratch[col + n];
             total += row_loss(rows_a, labels[n]);
@@ -495,9 +508,9 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
         let gamma_or_beta = moves == MOVES_GAMMA || moves == MOVES_BETA;
         for (var n = 0u; n < P.n; n++) {
             let out_row = rows_b + n * next_outs;
-            if (!gamma_or_beta && scratch[col + n] == base[layer(l, 4u) + n * outs + j]) {
+            if (!gamma_or_beta && scratch[col + n] == base_at(layer(l, 4u) + n * outs + j)) {
                 for (var c = 0u; c < next_outs; c++) {
-                    scratch[out_row + c] = base[layer(l + 1u, 4u) + n * next_outs + c];
+                    scratch[out_row + c] = base_at(layer(l + 1u, 4u) + n * next_outs + c);
                 }
                 continue;
             }
@@ -533,11 +546,11 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
             if (norm == BATCH_NORM) {
                 y = gamma * ((y - mean) * inv) + beta;
             }
-            if (crosses_kink(ACTIVATION, y, base[layer(l, 8u) + n * outs + j])) {
+            if (crosses_kink(ACTIVATION, y, base_at(layer(l, 8u) + n * outs + j))) {
                 flips += 1u;
             }
             let a = activate(ACTIVATION, y) * mask(l, n, j);
-            scratch[col + n] = a - base[layer(l, 9u) + n * outs + j];
+            scratch[col + n] = a - base_at(layer(l, 9u) + n * outs + j);
         }
         if (ROWS > 0u && l + 2u == last && layer(l + 1u, 5u) == BATCH_NORM) {
             let top = batchnorm_top(l, j, col, rows_a);
@@ -549,7 +562,7 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
         let w_row = layer(l + 1u, 2u) + j * next_outs;
         for (var n = 0u; n < P.n; n++) {
             for (var c = 0u; c < next_outs; c++) {
-                let z = base[layer(l + 1u, 4u) + n * next_outs + c];
+                let z = base_at(layer(l + 1u, 4u) + n * next_outs + c);
                 scratch[rows_b + n * next_outs + c] = z + scratch[col + n] * theta[w_row + c];
             }
         }

@@ -358,12 +358,20 @@ fn dropout_mlps_agree_between_incremental_and_full() {
 /// BatchNorm and LayerNorm inside the incremental kernel's MLP (shaders/perturbed_norm_mlp.wgsl):
 /// the same numerical gradient and kink counts as complete forward passes, for a perturbation
 /// in every kind of tensor (W, b, γ, β), with dropout, weight decay, a convolution head below the
-/// tail, and BatchNorm over a batch of one.
+/// tail, BatchNorm over a batch of one, and a batch whose base activations do not fit the
+/// kernel's uniform array.
 #[test]
 fn normalised_mlps_agree_between_incremental_and_full() {
     let Some(ctx) = f64_ctx() else { return };
-    let cases: [(&str, [usize; 3], usize); 6] = [
+    let cases: [(&str, [usize; 3], usize); 7] = [
         ("affine12,bn,relu,affine9,bn,relu,affine10", [1, 1, 30], 5),
+        // 40 rows: the base activations (80 KB) pass the 64 KiB uniform array, so the kernel
+        // reads them from storage.
+        (
+            "affine40,bn,relu,affine30,bn,relu,dropout0.2,affine10",
+            [1, 1, 30],
+            40,
+        ),
         (
             "affine11,ln,relu,dropout0.3,affine8,ln,relu,affine10",
             [1, 1, 30],

@@ -408,14 +408,17 @@ impl MlpTail {
             );
             let top = self.batchnorm_top_pays(model, n);
             let consts = self.top_constants(gpu.ctx, model, n, top, &concat, &table_words);
+            let (base_uniform, base_fits) = base_uniform(gpu.ctx, &concat);
             let norm = NormKernel {
                 eps: &eps,
                 top,
                 consts: &consts,
+                base_uniform: &base_uniform,
+                base_fits,
             };
             (
                 vec![self.norm_dispatch(gpu, model, n, chunk, &shared, norm)],
-                vec![eps, consts],
+                vec![eps, consts, base_uniform],
             )
         } else {
             (self.mlp_dispatches(gpu, model, n, chunk, &shared)?, vec![])
@@ -584,14 +587,16 @@ impl MlpTail {
             shared,
             eps: norm.eps,
             top_constants: norm.consts,
+            base_uniform: norm.base_uniform,
         };
         let classes = model.spec.output;
         let sizes = [
             self.activation_constant(),
+            ("BASE_UNIFORM", f64::from(u8::from(norm.base_fits))),
             ("ROWS", n as f64),
             ("CLASSES", classes as f64),
         ];
-        let sizes = if norm.top { &sizes[..] } else { &sizes[..1] };
+        let sizes = if norm.top { &sizes[..] } else { &sizes[..2] };
         gpu.kernels.dispatch_specialised(
             gpu.ctx,
             &PERTURBED_NORM_MLP,
@@ -738,6 +743,9 @@ struct NormKernel<'a> {
     eps: &'a GpuBuffer,
     top: bool,
     consts: &'a GpuBuffer,
+    /// The base activations as a uniform array, where they fit (`base_fits`).
+    base_uniform: &'a GpuBuffer,
+    base_fits: bool,
 }
 
 /// perturbed_norm_mlp.wgsl's buffers: perturbed_mlp.wgsl's, the norms' eps, and batchnorm_top's
@@ -747,6 +755,7 @@ struct PerturbedNormBindings<'a> {
     /// [BatchNorm eps, LayerNorm eps]
     eps: &'a GpuBuffer,
     top_constants: &'a GpuBuffer,
+    base_uniform: &'a GpuBuffer,
 }
 
 impl KernelBindings for PerturbedNormBindings<'_> {
@@ -765,10 +774,11 @@ impl KernelBindings for PerturbedNormBindings<'_> {
         Binding::ReadWrite,
         Binding::ReadWrite,
         Binding::Uniform,
+        Binding::Uniform,
     ];
     fn buffers<'a>(&'a self, _: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
         let mut buffers = self.shared.buffers(Some(self.eps));
-        buffers.push(&self.top_constants.buffer);
+        buffers.extend([&self.top_constants.buffer, &self.base_uniform.buffer]);
         buffers
     }
 }
@@ -777,6 +787,20 @@ const PERTURBED_NORM_MLP: Entry = Entry::new(
     crate::shader!("perturbed_norm_mlp.wgsl"),
     "perturbed_losses",
 );
+
+/// The base activations copied into a uniform array, and whether they fit in it (the norm
+/// kernel's BASE_UNIFORM; zeros when they do not).
+fn base_uniform(ctx: &GpuContext, concat: &GpuBuffer) -> (GpuBuffer, bool) {
+    let uniform = GpuBuffer::uniform_array(ctx, "base_uniform", UNIFORM_BYTES);
+    let bytes = concat.len * concat.elem_bytes;
+    let fits = bytes <= UNIFORM_BYTES;
+    if fits {
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&concat.buffer, 0, &uniform.buffer, 0, bytes as u64);
+        ctx.queue.submit([encoder.finish()]);
+    }
+    (uniform, fits)
+}
 
 /// Buffers to be copied one after another into one, and where each lands.
 #[derive(Default)]
