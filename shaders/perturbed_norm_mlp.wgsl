@@ -58,9 +58,11 @@ override ACTIVATION: u32;
 @group(0) @binding(10) var<storage, read_write> out_loss: array<real>;
 @group(0) @binding(11) var<storage, read_write> out_flips: array<u32>;
 @group(0) @binding(12) var<storage, read_write> scratch: array<real>;
-// batchnorm_top's constants: block l + 1's z, y and mask [N, out] (the mask only with dropout),
-// γ and β [out], the logits' weight [out, C] and bias [C].
+// The logits' weight [F, C] and bias [C] (F: the last hidden block's width) where they fit
+// (LOGITS_UNIFORM), then batchnorm_top's: its BatchNorm block's z, y and mask [N, F] (the mask
+// only with dropout), γ and β [F].
 @group(0) @binding(13) var<uniform> top_consts: array<vec4<real>, UNIFORM_VEC4S>;
+override LOGITS_UNIFORM: bool;
 
 // The base activations again, as a uniform array, where they fit in it (BASE_UNIFORM): lavapipe
 // compiles a uniform read to a gather and a storage read inside a loop to a lane-by-lane loop.
@@ -77,6 +79,34 @@ fn base_at(at: u32) -> real {
 
 fn top_const(at: u32) -> real {
     return top_consts[at >> 2u][at & 3u];
+}
+
+// The logits of one row: dense_row of the last block, reading its weight and bias from
+// `top_consts` where they are there (the same sums in the same order).
+fn logits_row(row_in: u32, row_out: u32) {
+    let last = P.depth - 1u;
+    if (!LOGITS_UNIFORM) {
+        dense_row(last, row_in, row_out);
+        return;
+    }
+    let ins = layer(last, 0u);
+    let outs = P.classes;
+    let b = ins * outs;
+    for (var c = 0u; c < outs; c += 4u) {
+        let c1 = min(c + 1u, outs - 1u);
+        let c2 = min(c + 2u, outs - 1u);
+        let c3 = min(c + 3u, outs - 1u);
+        var s = vec4<real>(top_const(b + c), top_const(b + c1), top_const(b + c2), top_const(b + c3));
+        for (var r = 0u; r < ins; r++) {
+            let row = r * outs;
+            let wr = vec4<real>(top_const(row + c), top_const(row + c1), top_const(row + c2), top_const(row + c3));
+            s += scratch[row_in + r] * wr;
+        }
+        scratch[row_out + c] = s.x;
+        scratch[row_out + c1] = s.y;
+        scratch[row_out + c2] = s.z;
+        scratch[row_out + c3] = s.w;
+    }
 }
 
 // The batch's rows and the net's classes when the host specialises this kernel to them (0: not
@@ -333,14 +363,14 @@ fn batchnorm_top(l: u32, j: u32, col: u32, logits_at: u32) -> Top {
     let k = l + 1u;
     let outs = layer(k, 1u);
     let w_row = layer(k, 2u) + j * outs;
-    let z = 0u;
-    let y_base = ROWS * outs;
+    let w_top = 0u;
+    let b_top = outs * CLASSES;
+    let z = b_top + CLASSES;
+    let y_base = z + ROWS * outs;
     let has_mask = layer(k, 10u) != NONE;
-    let masks = 2u * ROWS * outs;
-    let g = select(2u, 3u, has_mask) * ROWS * outs;
+    let masks = y_base + ROWS * outs;
+    let g = select(masks, masks + ROWS * outs, has_mask);
     let b = g + outs;
-    let w_top = b + outs;
-    let b_top = w_top + outs * CLASSES;
     var change: array<real, MAX_ROWS>;
     var logits: array<real, MAX_LOGITS>;
     for (var n = 0u; n < ROWS; n++) {
@@ -580,11 +610,16 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
             var cur = row;
             var other = one;
-            for (var k = l + 1u; k < last; k++) {
+            for (var k = l + 1u; k + 1u < last; k++) {
                 flips += finish_row(k, cur, n, layer(k, 5u) == LAYER_NORM);
                 dense_row(k + 1u, cur, other);
                 cur = other;
                 other = select(one, one + P.max_width, cur == one);
+            }
+            if (l + 1u < last) {
+                flips += finish_row(last - 1u, cur, n, layer(last - 1u, 5u) == LAYER_NORM);
+                logits_row(cur, other);
+                cur = other;
             }
             total += row_loss(cur, labels[n]);
         }
@@ -595,12 +630,20 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
     // Blocks l + 1 … last, every row, ping-ponging between the two scratch buffers.
     var cur = rows_b;
     var other = rows_a;
-    for (var k = l + 1u; k < last; k++) {
+    for (var k = l + 1u; k + 1u < last; k++) {
         flips += finish_block(k, cur);
         dense(k + 1u, cur, other);
         let t = cur;
         cur = other;
         other = t;
+    }
+    if (l + 1u < last) {
+        flips += finish_block(last - 1u, cur);
+        let ins = layer(last, 0u);
+        for (var n = 0u; n < P.n; n++) {
+            logits_row(cur + n * ins, other + n * P.classes);
+        }
+        cur = other;
     }
     for (var n = 0u; n < P.n; n++) {
         total += row_loss(cur + n * P.classes, labels[n]);

@@ -358,12 +358,12 @@ fn dropout_mlps_agree_between_incremental_and_full() {
 /// BatchNorm and LayerNorm inside the incremental kernel's MLP (shaders/perturbed_norm_mlp.wgsl):
 /// the same numerical gradient and kink counts as complete forward passes, for a perturbation
 /// in every kind of tensor (W, b, γ, β), with dropout, weight decay, a convolution head below the
-/// tail, BatchNorm over a batch of one, and a batch whose base activations do not fit the
-/// kernel's uniform array.
+/// tail, BatchNorm over a batch of one, and a batch whose base activations, and a net whose
+/// logits' weight, do not fit the kernel's uniform arrays.
 #[test]
 fn normalised_mlps_agree_between_incremental_and_full() {
     let Some(ctx) = f64_ctx() else { return };
-    let cases: [(&str, [usize; 3], usize); 7] = [
+    let cases: [(&str, [usize; 3], usize); 8] = [
         ("affine12,bn,relu,affine9,bn,relu,affine10", [1, 1, 30], 5),
         // 40 rows: the base activations (80 KB) pass the 64 KiB uniform array, so the kernel
         // reads them from storage.
@@ -372,6 +372,9 @@ fn normalised_mlps_agree_between_incremental_and_full() {
             [1, 1, 30],
             40,
         ),
+        // 1,000 classes: the logits' weight and bias (10,000 reals) pass the uniform array, so
+        // the rows carried up to them read them from storage.
+        ("affine8,ln,relu,affine9,relu,affine1000", [1, 1, 30], 2),
         (
             "affine11,ln,relu,dropout0.3,affine8,ln,relu,affine10",
             [1, 1, 30],

@@ -407,7 +407,8 @@ impl MlpTail {
                 model.precision,
             );
             let top = self.batchnorm_top_pays(model, n);
-            let consts = self.top_constants(gpu.ctx, model, n, top, &concat, &table_words);
+            let (consts, logits_fit) =
+                self.top_constants(gpu.ctx, model, n, top, &concat, &table_words);
             let (base_uniform, base_fits) = base_uniform(gpu.ctx, &concat);
             let norm = NormKernel {
                 eps: &eps,
@@ -415,6 +416,7 @@ impl MlpTail {
                 consts: &consts,
                 base_uniform: &base_uniform,
                 base_fits,
+                logits_fit,
             };
             (
                 vec![self.norm_dispatch(gpu, model, n, chunk, &shared, norm)],
@@ -503,8 +505,13 @@ impl MlpTail {
         perturbations * w[depth - 1] >= TOP_WORK
     }
 
-    /// Reals of batchnorm_top's constants: the BatchNorm block's z, y and mask (with dropout)
-    /// [N, F], its γ and β [F], the logits' weight [F, C] and bias [C].
+    /// Reals of the logits' weight [F, C] and bias [C] in the norm kernel's `top_consts`.
+    fn logits_constants_len(&self, classes: usize) -> usize {
+        (self.widths[self.blocks.len() - 1] + 1) * classes
+    }
+
+    /// Reals of all of `top_consts` with batchnorm_top's constants: the logits', then the
+    /// BatchNorm block's z, y and mask (with dropout) [N, F], its γ and β [F].
     fn top_constants_len(&self, n: usize, classes: usize) -> usize {
         let depth = self.blocks.len();
         let f = self.widths[depth - 1];
@@ -513,11 +520,12 @@ impl MlpTail {
         } else {
             2
         };
-        per_row * n * f + 2 * f + f * classes + classes
+        self.logits_constants_len(classes) + per_row * n * f + 2 * f
     }
 
-    /// batchnorm_top's constants (its `top_consts` uniform) copied from the base activations
-    /// and θ, or zeros when it does not serve this tail.
+    /// The norm kernel's `top_consts` uniform array, copied from θ and the base activations:
+    /// the logits' weight and bias where they fit (the returned flag, its LOGITS_UNIFORM), and
+    /// batchnorm_top's constants after them when `top`; zeros where nothing fits.
     fn top_constants(
         &self,
         ctx: &GpuContext,
@@ -526,26 +534,30 @@ impl MlpTail {
         top: bool,
         concat: &GpuBuffer,
         table: &[u32],
-    ) -> GpuBuffer {
+    ) -> (GpuBuffer, bool) {
         let consts = GpuBuffer::uniform_array(ctx, "top_constants", UNIFORM_BYTES);
-        if !top {
-            return consts;
+        let classes = model.spec.output;
+        let logits_fit =
+            self.logits_constants_len(classes) <= UNIFORM_BYTES / model.precision.bytes();
+        if !logits_fit {
+            return (consts, false);
         }
         let depth = self.blocks.len();
         let field = |block: usize, word: usize| table[TABLE_WORDS * block + word] as usize;
         let (k, logits) = (depth - 2, depth - 1);
-        let (f, classes) = (self.widths[depth - 1], model.spec.output);
-        let mut parts = vec![(concat, field(k, 4), n * f), (concat, field(k, 8), n * f)];
-        if field(k, 10) != NONE as usize {
-            parts.push((concat, field(k, 10), n * f));
-        }
+        let f = self.widths[depth - 1];
         let theta = &model.params;
-        parts.extend([
-            (theta, field(k, 6), f),
-            (theta, field(k, 7), f),
+        let mut parts = vec![
             (theta, field(logits, 2), f * classes),
             (theta, field(logits, 3), classes),
-        ]);
+        ];
+        if top {
+            parts.extend([(concat, field(k, 4), n * f), (concat, field(k, 8), n * f)]);
+            if field(k, 10) != NONE as usize {
+                parts.push((concat, field(k, 10), n * f));
+            }
+            parts.extend([(theta, field(k, 6), f), (theta, field(k, 7), f)]);
+        }
         let bytes = model.precision.bytes();
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         let mut at = 0;
@@ -559,7 +571,7 @@ impl MlpTail {
             at += len;
         }
         ctx.queue.submit([encoder.finish()]);
-        consts
+        (consts, true)
     }
 
     /// perturbed_norm_mlp.wgsl over the whole batch.
@@ -593,10 +605,11 @@ impl MlpTail {
         let sizes = [
             self.activation_constant(),
             ("BASE_UNIFORM", f64::from(u8::from(norm.base_fits))),
+            ("LOGITS_UNIFORM", f64::from(u8::from(norm.logits_fit))),
             ("ROWS", n as f64),
             ("CLASSES", classes as f64),
         ];
-        let sizes = if norm.top { &sizes[..] } else { &sizes[..2] };
+        let sizes = if norm.top { &sizes[..] } else { &sizes[..3] };
         gpu.kernels.dispatch_specialised(
             gpu.ctx,
             &PERTURBED_NORM_MLP,
@@ -746,6 +759,8 @@ struct NormKernel<'a> {
     /// The base activations as a uniform array, where they fit (`base_fits`).
     base_uniform: &'a GpuBuffer,
     base_fits: bool,
+    /// `consts` holds the logits' weight and bias (LOGITS_UNIFORM).
+    logits_fit: bool,
 }
 
 /// perturbed_norm_mlp.wgsl's buffers: perturbed_mlp.wgsl's, the norms' eps, and batchnorm_top's
