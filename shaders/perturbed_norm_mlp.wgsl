@@ -20,11 +20,12 @@
 // can see another's change. Samples whose input to a perturbed weight is 0 keep their base row
 // where nothing couples them (the perturbed block has no BatchNorm).
 //
-// layers[l] (12 words): in, out, W offset, b offset, z offset (affine output), norm kind (0 none,
+// layers[l] (13 words): in, out, W offset, b offset, z offset (affine output), norm kind (0 none,
 // 1 BatchNorm, 2 LayerNorm), γ offset, β offset, y offset (the norm's output: the activation's
 // input), a offset (after activation and dropout), mask offset (NONE: no dropout), LayerNorm sums
-// offset (per sample [U_n, V_n], each out_{l+1} wide; NONE: no LayerNorm under ReLU here). The
-// offsets of z, y, a, the mask and the sums point into `base`, of W, b, γ, β into θ.
+// offset (per sample [U_n, V_n], each out_{l+1} wide; NONE: no LayerNorm under ReLU here), γ's
+// offset in `norm_consts` (β follows it). The offsets of z, y, a, the mask and the sums point
+// into `base`, of W, b, γ, β into θ.
 
 #include "activations.wgsl"
 #include "dense_row.wgsl"
@@ -46,7 +47,10 @@ struct Params {
 override ACTIVATION: u32;
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> layers: array<u32>;
+// The layer table as a uniform array (at most MAX_BLOCKS blocks): it is read in nearly every
+// loop, and lavapipe compiles a uniform read to a gather, a storage read inside a loop to a
+// lane-by-lane loop.
+@group(0) @binding(1) var<uniform> layers: array<vec4<u32>, 208>; // MAX_BLOCKS · 13 words
 @group(0) @binding(2) var<storage, read> theta: array<real>;
 @group(0) @binding(3) var<storage, read> x: array<real>;         // [N, D]: the tail's input
 @group(0) @binding(4) var<storage, read> labels: array<u32>;     // [N]
@@ -75,6 +79,19 @@ fn base_at(at: u32) -> real {
         return base_uniform[at >> 2u][at & 3u];
     }
     return base[at];
+}
+
+// Every normalised block's γ and β again, as a uniform array, where they fit (NORM_UNIFORM).
+@group(0) @binding(15) var<uniform> norm_consts: array<vec4<real>, UNIFORM_VEC4S>;
+override NORM_UNIFORM: bool;
+
+// γ_l[c], or β_l[c] when `beta`.
+fn norm_param(l: u32, c: u32, beta: bool) -> real {
+    if (NORM_UNIFORM) {
+        let at = layer(l, 12u) + select(0u, layer(l, 1u), beta) + c;
+        return norm_consts[at >> 2u][at & 3u];
+    }
+    return theta[layer(l, select(6u, 7u, beta)) + c];
 }
 
 fn top_const(at: u32) -> real {
@@ -128,7 +145,8 @@ const MOVES_GAMMA: u32 = 2u;
 const MOVES_BETA: u32 = 3u;
 
 fn layer(l: u32, field: u32) -> u32 {
-    return layers[12u * l + field];
+    let at = 13u * l + field;
+    return layers[at >> 2u][at & 3u];
 }
 
 // The dropout mask of block l at (sample n, unit c): 0 or 1/(1 − p), 1 without dropout.
@@ -178,8 +196,6 @@ fn row_loss(at: u32, t: u32) -> real {
 fn finish_block(k: u32, rows: u32) -> u32 {
     let outs = layer(k, 1u);
     if (layer(k, 5u) == BATCH_NORM) {
-        let g = layer(k, 6u);
-        let b = layer(k, 7u);
         for (var c = 0u; c < outs; c++) {
             var mean = real(0.0);
             for (var n = 0u; n < P.n; n++) {
@@ -194,7 +210,7 @@ fn finish_block(k: u32, rows: u32) -> u32 {
             let inv = real(1.0) / sqrt(var_ / real(P.n) + eps[0]);
             for (var n = 0u; n < P.n; n++) {
                 let at = rows + n * outs + c;
-                scratch[at] = theta[g + c] * ((scratch[at] - mean) * inv) + theta[b + c];
+                scratch[at] = norm_param(k, c, false) * ((scratch[at] - mean) * inv) + norm_param(k, c, true);
             }
         }
     }
@@ -210,7 +226,7 @@ fn finish_block(k: u32, rows: u32) -> u32 {
 fn finish_row(k: u32, at: u32, n: u32, normalise: bool) -> u32 {
     let outs = layer(k, 1u);
     if (normalise) {
-        normalise_row(at, outs, layer(k, 6u), layer(k, 7u), NONE, real(0.0), real(0.0));
+        normalise_row(k, at, NONE, real(0.0), real(0.0));
     }
     var flips = 0u;
     for (var c = 0u; c < outs; c++) {
@@ -223,9 +239,10 @@ fn finish_row(k: u32, at: u32, n: u32, normalise: bool) -> u32 {
     return flips;
 }
 
-// LayerNorm of the row of `f` values at scratch[at ..], in place, with γ_j and β_j moved by
-// dg and db at unit j (NONE: none moved).
-fn normalise_row(at: u32, f: u32, g: u32, b: u32, j: u32, dg: real, db: real) {
+// LayerNorm of block k's row at scratch[at ..], in place, with γ_j and β_j moved by dg and db
+// at unit j (NONE: none moved).
+fn normalise_row(k: u32, at: u32, j: u32, dg: real, db: real) {
+    let f = layer(k, 1u);
     var mean = real(0.0);
     for (var c = 0u; c < f; c++) {
         mean += scratch[at + c];
@@ -238,8 +255,8 @@ fn normalise_row(at: u32, f: u32, g: u32, b: u32, j: u32, dg: real, db: real) {
     }
     let inv = real(1.0) / sqrt(var_ / real(f) + eps[1]);
     for (var c = 0u; c < f; c++) {
-        var gamma = theta[g + c];
-        var beta = theta[b + c];
+        var gamma = norm_param(k, c, false);
+        var beta = norm_param(k, c, true);
         if (c == j) {
             gamma += dg;
             beta += db;
@@ -261,8 +278,6 @@ fn layer_norm_row_update(l: u32, n: u32, j: u32, d: real, dg: real, db: real, ou
     let z = layer(l, 4u) + n * f;
     let y = layer(l, 8u) + n * f;
     let a = layer(l, 9u) + n * f;
-    let g = layer(l, 6u);
-    let b = layer(l, 7u);
     let w = layer(l + 1u, 2u);
     let fr = real(f);
     var mean = real(0.0);
@@ -294,8 +309,8 @@ fn layer_norm_row_update(l: u32, n: u32, j: u32, d: real, dg: real, db: real, ou
             continue; // only γ_j or β_j moved: no other unit changes
         }
         var zc = base_at(z + c);
-        var gamma = theta[g + c];
-        var beta = theta[b + c];
+        var gamma = norm_param(l, c, false);
+        var beta = norm_param(l, c, true);
         if (moved) {
             zc += d;
             gamma += dg;
@@ -312,7 +327,7 @@ fn layer_norm_row_update(l: u32, n: u32, j: u32, d: real, dg: real, db: real, ou
         let m = mask(l, n, c);
         var linear = real(0.0);
         if (base_at(y + c) > real(0.0)) {
-            linear = m * theta[g + c] * ((base_at(z + c) - mean) * alpha - kappa);
+            linear = m * norm_param(l, c, false) * ((base_at(z + c) - mean) * alpha - kappa);
         }
         let correction = activate(ACTIVATION, y_new) * m - base_at(a + c) - linear;
         for (var k = 0u; k < next; k++) {
@@ -331,7 +346,7 @@ fn layer_norm_row_dense(l: u32, n: u32, j: u32, z_j: real, dg: real, db: real, r
         scratch[row + c] = base_at(layer(l, 4u) + n * outs + c);
     }
     scratch[row + j] = z_j;
-    normalise_row(row, outs, layer(l, 6u), layer(l, 7u), j, dg, db);
+    normalise_row(l, row, j, dg, db);
     let flips = finish_row(l, row, n, false);
     dense_row(l + 1u, row, out);
     return flips;
@@ -558,8 +573,8 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
         var mean = real(0.0);
         var inv = real(1.0);
         if (norm == BATCH_NORM) {
-            gamma = theta[layer(l, 6u) + j] + dg;
-            beta = theta[layer(l, 7u) + j] + db;
+            gamma = norm_param(l, j, false) + dg;
+            beta = norm_param(l, j, true) + db;
             for (var n = 0u; n < P.n; n++) {
                 mean += scratch[col + n];
             }

@@ -53,7 +53,11 @@ impl MlpTail {
     pub fn of(model: &Model, rows: usize) -> Option<MlpTail> {
         (0..model.layers.len())
             .filter_map(|start| MlpTail::from(model, start))
-            .find(|tail| !tail.normalised || tail.norm_iterations(rows) <= LOOP_BUDGET)
+            .find(|tail| {
+                !tail.normalised
+                    || (tail.norm_iterations(rows) <= LOOP_BUDGET
+                        && tail.blocks.len() <= MAX_NORM_BLOCKS)
+            })
     }
 
     /// The tail from layer `start`, if the layers from there on are one.
@@ -184,6 +188,7 @@ impl MlpTail {
             })
             .collect();
         let mut concat = Concat::default();
+        let mut norm_at = 0;
         let tensor = |t: usize| model.layout.tensors[t].offset;
         for (l, block) in self.blocks.iter().enumerate() {
             let Layer::Affine(affine) = &model.layers[block.affine] else {
@@ -213,7 +218,15 @@ impl MlpTail {
             let (ins, outs) = (self.widths[l], self.widths[l + 1]);
             if self.normalised {
                 let sums = sums[l].as_ref().map_or(NONE as usize, |s| concat.place(s));
-                let row = [ins, outs, w, b, z, norm_kind, gamma, beta, y, a, mask, sums];
+                let norm = if norm_kind == 0 {
+                    NONE as usize
+                } else {
+                    norm_at
+                };
+                norm_at += if norm_kind == 0 { 0 } else { 2 * outs };
+                let row = [
+                    ins, outs, w, b, z, norm_kind, gamma, beta, y, a, mask, sums, norm,
+                ];
                 table.extend(row.map(|v| v as u32));
             } else {
                 let [rows, bounds] = match &regimes[l] {
@@ -374,7 +387,15 @@ impl MlpTail {
         bufs: &EngineBuffers,
     ) -> Result<(Vec<Dispatch>, Vec<GpuBuffer>)> {
         let (concat, table_words) = self.base_activations(gpu.ctx, model, base)?;
-        let table = GpuBuffer::from_u32(gpu.ctx, "layer_table", &table_words);
+        let table = if self.normalised {
+            let bytes = MAX_NORM_BLOCKS * TABLE_WORDS * 4;
+            let table = GpuBuffer::uniform_array(gpu.ctx, "layer_table", bytes);
+            let words = bytemuck::cast_slice(&table_words);
+            gpu.ctx.queue.write_buffer(&table.buffer, 0, words);
+            table
+        } else {
+            GpuBuffer::from_u32(gpu.ctx, "layer_table", &table_words)
+        };
         let input = if self.start == 0 {
             &base.x
         } else {
@@ -410,6 +431,7 @@ impl MlpTail {
             let (consts, logits_fit) =
                 self.top_constants(gpu.ctx, model, n, top, &concat, &table_words);
             let (base_uniform, base_fits) = base_uniform(gpu.ctx, &concat);
+            let (norm_consts, norms_fit) = norm_constants(gpu.ctx, model, &table_words);
             let norm = NormKernel {
                 eps: &eps,
                 top,
@@ -417,10 +439,12 @@ impl MlpTail {
                 base_uniform: &base_uniform,
                 base_fits,
                 logits_fit,
+                norm_consts: &norm_consts,
+                norms_fit,
             };
             (
                 vec![self.norm_dispatch(gpu, model, n, chunk, &shared, norm)],
-                vec![eps, consts, base_uniform],
+                vec![eps, consts, base_uniform, norm_consts],
             )
         } else {
             (self.mlp_dispatches(gpu, model, n, chunk, &shared)?, vec![])
@@ -600,16 +624,18 @@ impl MlpTail {
             eps: norm.eps,
             top_constants: norm.consts,
             base_uniform: norm.base_uniform,
+            norm_consts: norm.norm_consts,
         };
         let classes = model.spec.output;
         let sizes = [
             self.activation_constant(),
             ("BASE_UNIFORM", f64::from(u8::from(norm.base_fits))),
             ("LOGITS_UNIFORM", f64::from(u8::from(norm.logits_fit))),
+            ("NORM_UNIFORM", f64::from(u8::from(norm.norms_fit))),
             ("ROWS", n as f64),
             ("CLASSES", classes as f64),
         ];
-        let sizes = if norm.top { &sizes[..] } else { &sizes[..3] };
+        let sizes = if norm.top { &sizes[..] } else { &sizes[..4] };
         gpu.kernels.dispatch_specialised(
             gpu.ctx,
             &PERTURBED_NORM_MLP,
@@ -659,7 +685,11 @@ impl Shared<'_> {
 }
 
 /// Words of the layer table a block (the norm kernel's).
-const TABLE_WORDS: usize = 12;
+const TABLE_WORDS: usize = 13;
+
+/// Blocks the norm kernel's layer table holds (a uniform array of 208 vec4 there); a deeper
+/// normalised tail is left to the recomputing routes.
+const MAX_NORM_BLOCKS: usize = 64;
 
 /// Bytes of the uniform arrays the kernels declare (UNIFORM_VEC4S in the precision preludes):
 /// WebGPU's default uniform binding limit.
@@ -761,6 +791,9 @@ struct NormKernel<'a> {
     base_fits: bool,
     /// `consts` holds the logits' weight and bias (LOGITS_UNIFORM).
     logits_fit: bool,
+    /// Every normalised block's γ and β as a uniform array, where they fit (`norms_fit`).
+    norm_consts: &'a GpuBuffer,
+    norms_fit: bool,
 }
 
 /// perturbed_norm_mlp.wgsl's buffers: perturbed_mlp.wgsl's, the norms' eps, and batchnorm_top's
@@ -771,12 +804,13 @@ struct PerturbedNormBindings<'a> {
     eps: &'a GpuBuffer,
     top_constants: &'a GpuBuffer,
     base_uniform: &'a GpuBuffer,
+    norm_consts: &'a GpuBuffer,
 }
 
 impl KernelBindings for PerturbedNormBindings<'_> {
     type Params = PerturbedNormParams;
     const ACCESS: &'static [Binding] = &[
-        Binding::Read,
+        Binding::Uniform,
         Binding::Read,
         Binding::Read,
         Binding::Read,
@@ -788,12 +822,17 @@ impl KernelBindings for PerturbedNormBindings<'_> {
         Binding::ReadWrite,
         Binding::ReadWrite,
         Binding::ReadWrite,
+        Binding::Uniform,
         Binding::Uniform,
         Binding::Uniform,
     ];
     fn buffers<'a>(&'a self, _: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
         let mut buffers = self.shared.buffers(Some(self.eps));
-        buffers.extend([&self.top_constants.buffer, &self.base_uniform.buffer]);
+        buffers.extend([
+            &self.top_constants.buffer,
+            &self.base_uniform.buffer,
+            &self.norm_consts.buffer,
+        ]);
         buffers
     }
 }
@@ -812,6 +851,36 @@ fn base_uniform(ctx: &GpuContext, concat: &GpuBuffer) -> (GpuBuffer, bool) {
     if fits {
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(&concat.buffer, 0, &uniform.buffer, 0, bytes as u64);
+        ctx.queue.submit([encoder.finish()]);
+    }
+    (uniform, fits)
+}
+
+/// Every normalised block's γ then β [out] copied from θ into a uniform array, at the offset
+/// its layer table row names (word 12), and whether they fit in it (the norm kernel's
+/// NORM_UNIFORM; zeros when they do not).
+fn norm_constants(ctx: &GpuContext, model: &Model, table: &[u32]) -> (GpuBuffer, bool) {
+    let uniform = GpuBuffer::uniform_array(ctx, "norm_constants", UNIFORM_BYTES);
+    let bytes = model.precision.bytes();
+    let normalised = (table.chunks(TABLE_WORDS)).filter(|row| row[12] != NONE);
+    let reals: usize = normalised.clone().map(|row| 2 * row[1] as usize).sum();
+    let fits = reals * bytes <= UNIFORM_BYTES;
+    if fits {
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        for row in normalised {
+            let (outs, at) = (row[1] as u64, row[12] as u64);
+            for (word, to) in [(6, at), (7, at + outs)] {
+                let (from, size) = (u64::from(row[word]), outs);
+                let b = bytes as u64;
+                encoder.copy_buffer_to_buffer(
+                    &model.params.buffer,
+                    from * b,
+                    &uniform.buffer,
+                    to * b,
+                    size * b,
+                );
+            }
+        }
         ctx.queue.submit([encoder.finish()]);
     }
     (uniform, fits)
