@@ -559,12 +559,11 @@ impl MlpTail {
         concat: &GpuBuffer,
         table: &[u32],
     ) -> (GpuBuffer, bool) {
-        let consts = GpuBuffer::uniform_array(ctx, "top_constants", UNIFORM_BYTES);
         let classes = model.spec.output;
         let logits_fit =
             self.logits_constants_len(classes) <= UNIFORM_BYTES / model.precision.bytes();
         if !logits_fit {
-            return (consts, false);
+            return (uniform_copies(ctx, "top_constants", &[]), false);
         }
         let depth = self.blocks.len();
         let field = |block: usize, word: usize| table[TABLE_WORDS * block + word] as usize;
@@ -582,20 +581,7 @@ impl MlpTail {
             }
             parts.extend([(theta, field(k, 6), f), (theta, field(k, 7), f)]);
         }
-        let bytes = model.precision.bytes();
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        let mut at = 0;
-        for (src, from, len) in parts {
-            let (from, to, size) = (
-                (from * bytes) as u64,
-                (at * bytes) as u64,
-                (len * bytes) as u64,
-            );
-            encoder.copy_buffer_to_buffer(&src.buffer, from, &consts.buffer, to, size);
-            at += len;
-        }
-        ctx.queue.submit([encoder.finish()]);
-        (consts, true)
+        (uniform_copies(ctx, "top_constants", &parts), true)
     }
 
     /// perturbed_norm_mlp.wgsl over the whole batch.
@@ -842,48 +828,51 @@ const PERTURBED_NORM_MLP: Entry = Entry::new(
     "perturbed_losses",
 );
 
-/// The base activations copied into a uniform array, and whether they fit in it (the norm
-/// kernel's BASE_UNIFORM; zeros when they do not).
-fn base_uniform(ctx: &GpuContext, concat: &GpuBuffer) -> (GpuBuffer, bool) {
-    let uniform = GpuBuffer::uniform_array(ctx, "base_uniform", UNIFORM_BYTES);
-    let bytes = concat.len * concat.elem_bytes;
-    let fits = bytes <= UNIFORM_BYTES;
-    if fits {
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(&concat.buffer, 0, &uniform.buffer, 0, bytes as u64);
-        ctx.queue.submit([encoder.finish()]);
+/// A uniform array of `UNIFORM_BYTES` holding `parts` one after another from its start, each
+/// (source, offset, length) in the source's elements; zeros past them.
+fn uniform_copies(
+    ctx: &GpuContext,
+    label: &str,
+    parts: &[(&GpuBuffer, usize, usize)],
+) -> GpuBuffer {
+    let uniform = GpuBuffer::uniform_array(ctx, label, UNIFORM_BYTES);
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    let mut at = 0;
+    for &(src, from, len) in parts {
+        let bytes = src.elem_bytes as u64;
+        let (from, to, size) = (from as u64 * bytes, at, len as u64 * bytes);
+        encoder.copy_buffer_to_buffer(&src.buffer, from, &uniform.buffer, to, size);
+        at += size;
     }
-    (uniform, fits)
+    ctx.queue.submit([encoder.finish()]);
+    uniform
 }
 
-/// Every normalised block's γ then β [out] copied from θ into a uniform array, at the offset
-/// its layer table row names (word 12), and whether they fit in it (the norm kernel's
+/// The base activations in a uniform array, and whether they fit in it (the norm kernel's
+/// BASE_UNIFORM; zeros when they do not).
+fn base_uniform(ctx: &GpuContext, concat: &GpuBuffer) -> (GpuBuffer, bool) {
+    let fits = concat.len * concat.elem_bytes <= UNIFORM_BYTES;
+    let parts: &[_] = if fits {
+        &[(concat, 0, concat.len)]
+    } else {
+        &[]
+    };
+    (uniform_copies(ctx, "base_uniform", parts), fits)
+}
+
+/// Every normalised block's γ then β [out] from θ in a uniform array, in block order (the
+/// offsets its layer table rows name in word 12), and whether they fit in it (the norm kernel's
 /// NORM_UNIFORM; zeros when they do not).
 fn norm_constants(ctx: &GpuContext, model: &Model, table: &[u32]) -> (GpuBuffer, bool) {
-    let uniform = GpuBuffer::uniform_array(ctx, "norm_constants", UNIFORM_BYTES);
-    let bytes = model.precision.bytes();
-    let normalised = (table.chunks(TABLE_WORDS)).filter(|row| row[12] != NONE);
-    let reals: usize = normalised.clone().map(|row| 2 * row[1] as usize).sum();
-    let fits = reals * bytes <= UNIFORM_BYTES;
-    if fits {
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        for row in normalised {
-            let (outs, at) = (row[1] as u64, row[12] as u64);
-            for (word, to) in [(6, at), (7, at + outs)] {
-                let (from, size) = (u64::from(row[word]), outs);
-                let b = bytes as u64;
-                encoder.copy_buffer_to_buffer(
-                    &model.params.buffer,
-                    from * b,
-                    &uniform.buffer,
-                    to * b,
-                    size * b,
-                );
-            }
-        }
-        ctx.queue.submit([encoder.finish()]);
-    }
-    (uniform, fits)
+    let theta = &model.params;
+    let parts: Vec<_> = (table.chunks(TABLE_WORDS))
+        .filter(|row| row[12] != NONE)
+        .flat_map(|row| [6, 7].map(|word| (theta, row[word] as usize, row[1] as usize)))
+        .collect();
+    let reals: usize = parts.iter().map(|&(_, _, len)| len).sum();
+    let fits = reals * theta.elem_bytes <= UNIFORM_BYTES;
+    let parts = if fits { &parts[..] } else { &[] };
+    (uniform_copies(ctx, "norm_constants", parts), fits)
 }
 
 /// Buffers to be copied one after another into one, and where each lands.
