@@ -166,13 +166,7 @@ impl<'a> PerturbedLossEngine<'a> {
             .unwrap_or(0)
             .max(tail_chunk.unwrap_or(0))
             .max(1);
-        let bufs = EngineBuffers {
-            pert: GpuBuffer::zeroed(ctx, "perturbations", 2 * chunk_max, 4),
-            h: GpuBuffer::from_real(ctx, "h", &[h], precision),
-            out_loss: GpuBuffer::real(ctx, "perturbed_loss", chunk_max, precision),
-            out_flips: GpuBuffer::zeroed(ctx, "kink_flips", chunk_max, 4),
-            moved: GpuBuffer::zeroed(ctx, "moved_channels", chunk_max, 4),
-        };
+        let bufs = EngineBuffers::new(ctx, chunk_max, h, precision);
         // Route i < layers.len(): start at layer i (or 0 for Full); then the MLP kernel's; then
         // Full's input-check routes.
         let ws = recompute_chunk.map(|chunk| {
@@ -458,6 +452,19 @@ struct EngineBuffers {
     out_flips: GpuBuffer,
     /// One-channel routes: the channel each copy's change moves.
     moved: GpuBuffer,
+}
+
+impl EngineBuffers {
+    /// For chunks of up to `chunk` perturbations.
+    fn new(ctx: &GpuContext, chunk: usize, h: f64, precision: Precision) -> EngineBuffers {
+        EngineBuffers {
+            pert: GpuBuffer::zeroed(ctx, "perturbations", 2 * chunk, 4),
+            h: GpuBuffer::from_real(ctx, "h", &[h], precision),
+            out_loss: GpuBuffer::real(ctx, "perturbed_loss", chunk, precision),
+            out_flips: GpuBuffer::zeroed(ctx, "kink_flips", chunk, 4),
+            moved: GpuBuffer::zeroed(ctx, "moved_channels", chunk, 4),
+        }
+    }
 }
 
 /// A dispatch list that evaluates `chunk` perturbations a submit.
