@@ -9,7 +9,7 @@ use wgrad::gpu::{GpuContext, Precision};
 use wgrad::gradcheck::{self, GradcheckConfig};
 use wgrad::nn::layers::parse_layers;
 use wgrad::nn::{init_params, Activation, Init, Kernels, Model, NetSpec};
-use wgrad::numgrad::{default_h, Perturbation, PerturbedLossEngine, Strategy};
+use wgrad::numgrad::{default_h, Perturbation, PerturbedLoss, PerturbedLossEngine, Strategy};
 use wgrad::reference::net::{DropoutMasks, RefNet};
 use wgrad::reference::RefMlp;
 
@@ -478,17 +478,8 @@ fn batchnorm_tops_match_the_full_strategy_loss_by_loss() {
             engine.losses(&perturbations).unwrap()
         };
         let (full, inc) = (losses(Strategy::Full), losses(Strategy::Incremental));
-        let mut crossed = 0;
-        for ((p, f), i) in perturbations.iter().zip(&full).zip(&inc) {
-            assert!(
-                (f.loss - i.loss).abs() <= 1e-12 * f.loss.abs(),
-                "{layers} {p:?}: {} vs {}",
-                i.loss,
-                f.loss
-            );
-            assert_eq!(f.kink_flips, i.kink_flips, "{layers} {p:?}");
-            crossed += usize::from(f.kink_flips > 0);
-        }
+        assert_same_losses(layers, &perturbations, &full, &inc);
+        let crossed = full.iter().filter(|f| f.kink_flips > 0).count();
         assert!(crossed > 0, "{layers}: h = 0.3 should cross kinks");
     }
 }
@@ -536,15 +527,26 @@ fn first_layer_weights_whose_input_is_zero_in_every_sample_keep_the_base_loss() 
             full.losses(&perturbations).unwrap(),
             inc.losses(&perturbations).unwrap(),
         );
-        for ((p, f), i) in perturbations.iter().zip(&full).zip(&inc) {
-            assert!(
-                (f.loss - i.loss).abs() <= 1e-12 * f.loss.abs(),
-                "{layers} {p:?}: {} vs {}",
-                i.loss,
-                f.loss
-            );
-            assert_eq!(f.kink_flips, i.kink_flips, "{layers} {p:?}");
-        }
+        assert_same_losses(layers, &perturbations, &full, &inc);
+    }
+}
+
+/// The full strategy's and the incremental strategy's losses of `perturbations` agree to 1e-12
+/// relative, and so do their kink counts.
+fn assert_same_losses(
+    what: &str,
+    perturbations: &[Perturbation],
+    full: &[PerturbedLoss],
+    inc: &[PerturbedLoss],
+) {
+    for ((p, f), i) in perturbations.iter().zip(full).zip(inc) {
+        assert!(
+            (f.loss - i.loss).abs() <= 1e-12 * f.loss.abs(),
+            "{what} {p:?}: {} vs {}",
+            i.loss,
+            f.loss
+        );
+        assert_eq!(f.kink_flips, i.kink_flips, "{what} {p:?}");
     }
 }
 
