@@ -47,10 +47,10 @@ struct Params {
 override ACTIVATION: u32;
 
 @group(0) @binding(0) var<uniform> P: Params;
-// The layer table as a uniform array (at most MAX_BLOCKS blocks): it is read in nearly every
-// loop, and lavapipe compiles a uniform read to a gather, a storage read inside a loop to a
-// lane-by-lane loop.
-@group(0) @binding(1) var<uniform> layers: array<vec4<u32>, 208>; // MAX_BLOCKS · 13 words
+// The layer table as a uniform array (at most 64 blocks, the host's MAX_NORM_BLOCKS): it is
+// read in nearly every loop, and lavapipe compiles a uniform read to a gather, a storage read
+// inside a loop to a lane-by-lane loop.
+@group(0) @binding(1) var<uniform> layers: array<vec4<u32>, 208>; // 64 blocks · 13 words
 @group(0) @binding(2) var<storage, read> theta: array<real>;
 @group(0) @binding(3) var<storage, read> x: array<real>;         // [N, D]: the tail's input
 @group(0) @binding(4) var<storage, read> labels: array<u32>;     // [N]
@@ -98,8 +98,9 @@ fn top_const(at: u32) -> real {
     return top_consts[at >> 2u][at & 3u];
 }
 
-// The logits of one row: dense_row of the last block, reading its weight and bias from
-// `top_consts` where they are there (the same sums in the same order).
+// The logits of one row: dense_row of the last block, its weight and bias read from
+// `top_consts` where the host put them (LOGITS_UNIFORM), from θ otherwise; the same sums in
+// the same order.
 fn logits_row(row_in: u32, row_out: u32) {
     let last = P.depth - 1u;
     if (!LOGITS_UNIFORM) {
