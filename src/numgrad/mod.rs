@@ -184,7 +184,8 @@ impl<'a> PerturbedLossEngine<'a> {
         };
         let mut work = Vec::new();
         if let (Some(tail), Some(chunk)) = (&tail, tail_chunk) {
-            let (d, kept) = tail.dispatches(&rec.gpu(), model, &base, chunk, &bufs)?;
+            let gpu = rec.gpu();
+            let (d, kept) = tail.dispatches(&gpu, model, &host_params, &base, chunk, &bufs)?;
             work.extend(kept);
             routes.push(Route::new(chunk, d));
         }

@@ -173,20 +173,22 @@ impl MlpTail {
         &self,
         ctx: &GpuContext,
         model: &Model,
+        theta: &[f64],
         base: &Workspace,
     ) -> Result<(GpuBuffer, Vec<u32>)> {
         let bytes = model.precision.bytes();
         let mut table = Vec::new();
-        let sums = self.layer_norm_sums(ctx, model, base)?;
-        let regimes: Vec<Option<[GpuBuffer; 2]>> = (self.linear_regimes(ctx, model, base)?)
-            .into_iter()
-            .map(|r| {
-                r.map(|r| {
-                    [("linear_rows", &r.rows), ("linear_bounds", &r.bounds)]
-                        .map(|(name, v)| GpuBuffer::from_real(ctx, name, v, model.precision))
-                })
+        let sums = self.layer_norm_sums(ctx, model, theta, base)?;
+        let regimes: Vec<Option<[GpuBuffer; 2]>> = (self
+            .linear_regimes(ctx, model, theta, base)?)
+        .into_iter()
+        .map(|r| {
+            r.map(|r| {
+                [("linear_rows", &r.rows), ("linear_bounds", &r.bounds)]
+                    .map(|(name, v)| GpuBuffer::from_real(ctx, name, v, model.precision))
             })
-            .collect();
+        })
+        .collect();
         let mut concat = Concat::default();
         let mut norm_at = 0;
         let tensor = |t: usize| model.layout.tensors[t].offset;
@@ -253,6 +255,7 @@ impl MlpTail {
         &self,
         ctx: &GpuContext,
         model: &Model,
+        theta: &[f64],
         base: &Workspace,
     ) -> Result<Vec<Option<LinearRegime>>> {
         let depth = self.blocks.len();
@@ -275,7 +278,6 @@ impl MlpTail {
         let Some(lowest) = wanted.iter().position(|&w| w) else {
             return Ok(none());
         };
-        let theta = model.read_params(ctx)?;
         let weights: Vec<&[f64]> = (self.blocks.iter().enumerate())
             .map(|(l, block)| {
                 let Layer::Affine(affine) = &model.layers[block.affine] else {
@@ -323,10 +325,10 @@ impl MlpTail {
         &self,
         ctx: &GpuContext,
         model: &Model,
+        theta: &[f64],
         base: &Workspace,
     ) -> Result<Vec<Option<GpuBuffer>>> {
         let (precision, n) = (model.precision, base.rows);
-        let mut params = None;
         let mut all = Vec::new();
         for (l, block) in self.blocks.iter().enumerate() {
             let Some(Layer::LayerNorm(ln)) = block.norm.map(|i| &model.layers[i]) else {
@@ -337,10 +339,6 @@ impl MlpTail {
                 all.push(None);
                 continue;
             }
-            let theta = match &params {
-                Some(p) => p,
-                None => params.insert(model.read_params(ctx)?),
-            };
             let Layer::Affine(next) = &model.layers[self.blocks[l + 1].affine] else {
                 unreachable!("a block starts with its affine layer")
             };
@@ -377,16 +375,18 @@ impl MlpTail {
         Ok(all)
     }
 
-    /// The kernel's dispatches and the buffers they keep alive.
+    /// The kernel's dispatches and the buffers they keep alive; `theta` is the parameters as the
+    /// host read them.
     pub fn dispatches(
         &self,
         gpu: &Gpu,
         model: &Model,
+        theta: &[f64],
         base: &Workspace,
         chunk: usize,
         bufs: &EngineBuffers,
     ) -> Result<(Vec<Dispatch>, Vec<GpuBuffer>)> {
-        let (concat, table_words) = self.base_activations(gpu.ctx, model, base)?;
+        let (concat, table_words) = self.base_activations(gpu.ctx, model, theta, base)?;
         let table = if self.normalised {
             let bytes = MAX_NORM_BLOCKS * TABLE_WORDS * 4;
             let table = GpuBuffer::uniform_array(gpu.ctx, "layer_table", bytes);
