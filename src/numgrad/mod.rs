@@ -91,8 +91,6 @@ pub struct PerturbedLossEngine<'a> {
     pub chunk: usize,
     host_params: Vec<f64>,
     base_penalty: f64,
-    /// The unperturbed loss without its L2 term, as the kernels average it.
-    base_loss: f64,
     /// Incremental: the first layer's weights whose change moves nothing.
     idle: Option<IdleInputs>,
     bufs: EngineBuffers,
@@ -148,10 +146,10 @@ impl<'a> PerturbedLossEngine<'a> {
         )?;
         let host_params = model.read_params(ctx)?;
         let base_penalty = penalty(model, &host_params);
-        let base_loss = mean_in(precision, &base.row_loss.read_real(ctx, precision)?);
-        let idle = (strategy == Strategy::Incremental)
-            .then(|| IdleInputs::of(model, x, n))
-            .flatten();
+        let idle = match strategy {
+            Strategy::Incremental => IdleInputs::of(ctx, model, &base, x)?,
+            Strategy::Full => None,
+        };
 
         // Incremental: the trailing affine/activation layers (all of a plain MLP, or the dense
         // head of a convnet) take the MLP kernel; a perturbation below them recomputes from its
@@ -203,7 +201,6 @@ impl<'a> PerturbedLossEngine<'a> {
             chunk: chunk_max,
             host_params,
             base_penalty,
-            base_loss,
             idle,
             bufs,
             routes,
@@ -226,19 +223,21 @@ impl<'a> PerturbedLossEngine<'a> {
                 bad.index
             )));
         }
-        let idle = |p: &Perturbation| self.idle.as_ref().is_some_and(|i| i.moves_nothing(p.index));
-        let evaluated: Vec<Perturbation> =
-            perturbations.iter().filter(|p| !idle(p)).copied().collect();
+        let idle = |p: &Perturbation| self.idle.as_ref().filter(|i| i.moves_nothing(p.index));
+        let evaluated: Vec<Perturbation> = (perturbations.iter())
+            .filter(|p| idle(p).is_none())
+            .copied()
+            .collect();
         let mut losses = self
             .losses_on_routes(&evaluated, |p| self.route_of(p.index))?
             .into_iter();
         Ok((perturbations.iter())
             .map(|p| match idle(p) {
-                true => PerturbedLoss {
-                    loss: self.base_loss + self.penalty_change(p),
+                Some(inputs) => PerturbedLoss {
+                    loss: inputs.base_loss + self.penalty_change(p),
                     kink_flips: 0,
                 },
-                false => losses.next().expect("one loss per evaluated perturbation"),
+                None => losses.next().expect("one loss per evaluated perturbation"),
             })
             .collect())
     }
@@ -689,22 +688,31 @@ struct IdleInputs {
     outs: usize,
     /// Per input unit: 0 in every sample.
     idle: Vec<bool>,
+    /// The unperturbed loss without its L2 term, as the kernels average it.
+    base_loss: f64,
 }
 
 impl IdleInputs {
-    fn of(model: &Model, x: &[f64], rows: usize) -> Option<IdleInputs> {
+    /// Those of `x` [N, IN] under the unperturbed pass in `base`, whose per-sample losses are
+    /// read back only when some input is idle.
+    fn of(ctx: &GpuContext, model: &Model, base: &Workspace, x: &[f64]) -> Result<Option<Self>> {
         let Some(Layer::Affine(affine)) = model.layers.first() else {
-            return None;
+            return Ok(None);
         };
-        let ins = affine.d_in;
+        let (ins, rows) = (affine.d_in, base.rows);
         let idle: Vec<bool> = (0..ins)
             .map(|i| (0..rows).all(|n| x[n * ins + i] == 0.0))
             .collect();
-        idle.contains(&true).then(|| IdleInputs {
+        if !idle.contains(&true) {
+            return Ok(None);
+        }
+        let precision = model.precision;
+        Ok(Some(IdleInputs {
             offset: model.layout.tensors[affine.weight].offset,
             outs: affine.d_out,
             idle,
-        })
+            base_loss: mean_in(precision, &base.row_loss.read_real(ctx, precision)?),
+        }))
     }
 
     fn moves_nothing(&self, index: usize) -> bool {
