@@ -176,7 +176,6 @@ impl MlpTail {
         theta: &[f64],
         base: &Workspace,
     ) -> Result<(GpuBuffer, Vec<u32>)> {
-        let bytes = model.precision.bytes();
         let mut table = Vec::new();
         let sums = self.layer_norm_sums(ctx, model, theta, base)?;
         let regimes: Vec<Option<[GpuBuffer; 2]>> = (self
@@ -239,12 +238,10 @@ impl MlpTail {
             }
         }
         let joined = GpuBuffer::real(ctx, "base_activations", concat.len, model.precision);
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        for (src, at) in concat.sources {
-            let (to, size) = ((at * bytes) as u64, (src.len * bytes) as u64);
-            encoder.copy_buffer_to_buffer(&src.buffer, 0, &joined.buffer, to, size);
-        }
-        ctx.queue.submit([encoder.finish()]);
+        let parts: Vec<_> = (concat.sources.iter())
+            .map(|&src| (src, 0, src.len))
+            .collect();
+        copy_in_turn(ctx, &joined, &parts);
         Ok((joined, table))
     }
 
@@ -828,23 +825,28 @@ const PERTURBED_NORM_MLP: Entry = Entry::new(
     "perturbed_losses",
 );
 
-/// A uniform array of `UNIFORM_BYTES` holding `parts` one after another from its start, each
-/// (source, offset, length) in the source's elements; zeros past them.
+/// Copies `parts` into `dst` one after another from its start, each (source, offset, length)
+/// in the source's elements, in one submit.
+fn copy_in_turn(ctx: &GpuContext, dst: &GpuBuffer, parts: &[(&GpuBuffer, usize, usize)]) {
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    let mut at = 0;
+    for &(src, from, len) in parts {
+        let bytes = src.elem_bytes as u64;
+        let (from, size) = (from as u64 * bytes, len as u64 * bytes);
+        encoder.copy_buffer_to_buffer(&src.buffer, from, &dst.buffer, at, size);
+        at += size;
+    }
+    ctx.queue.submit([encoder.finish()]);
+}
+
+/// A uniform array of `UNIFORM_BYTES` holding `parts` ([`copy_in_turn`]); zeros past them.
 fn uniform_copies(
     ctx: &GpuContext,
     label: &str,
     parts: &[(&GpuBuffer, usize, usize)],
 ) -> GpuBuffer {
     let uniform = GpuBuffer::uniform_array(ctx, label, UNIFORM_BYTES);
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    let mut at = 0;
-    for &(src, from, len) in parts {
-        let bytes = src.elem_bytes as u64;
-        let (from, to, size) = (from as u64 * bytes, at, len as u64 * bytes);
-        encoder.copy_buffer_to_buffer(&src.buffer, from, &uniform.buffer, to, size);
-        at += size;
-    }
-    ctx.queue.submit([encoder.finish()]);
+    copy_in_turn(ctx, &uniform, parts);
     uniform
 }
 
@@ -875,10 +877,10 @@ fn norm_constants(ctx: &GpuContext, model: &Model, table: &[u32]) -> (GpuBuffer,
     (uniform_copies(ctx, "norm_constants", parts), fits)
 }
 
-/// Buffers to be copied one after another into one, and where each lands.
+/// Buffers to be copied one after another into one ([`copy_in_turn`]), and their total length.
 #[derive(Default)]
 struct Concat<'a> {
-    sources: Vec<(&'a GpuBuffer, usize)>,
+    sources: Vec<&'a GpuBuffer>,
     len: usize,
 }
 
@@ -886,7 +888,7 @@ impl<'a> Concat<'a> {
     /// Appends `src`; returns its offset in the joined buffer.
     fn place(&mut self, src: &'a GpuBuffer) -> usize {
         let at = self.len;
-        self.sources.push((src, at));
+        self.sources.push(src);
         self.len += src.len;
         at
     }
