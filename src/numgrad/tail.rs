@@ -602,27 +602,24 @@ impl MlpTail {
             row_width,
             _pad: 0,
         };
+        let flag = |set: bool| f64::from(u8::from(set));
+        let mut constants = vec![
+            self.activation_constant(),
+            ("BASE_UNIFORM", flag(norm.base_fits)),
+            ("LOGITS_UNIFORM", flag(norm.logits_fit)),
+            ("NORM_UNIFORM", flag(norm.norms_fit)),
+        ];
+        if norm.top {
+            constants.extend([("ROWS", n as f64), ("CLASSES", model.spec.output as f64)]);
+        }
         let bindings = PerturbedNormBindings {
             shared,
-            eps: norm.eps,
-            top_constants: norm.consts,
-            base_uniform: norm.base_uniform,
-            norm_consts: norm.norm_consts,
+            norm: &norm,
         };
-        let classes = model.spec.output;
-        let sizes = [
-            self.activation_constant(),
-            ("BASE_UNIFORM", f64::from(u8::from(norm.base_fits))),
-            ("LOGITS_UNIFORM", f64::from(u8::from(norm.logits_fit))),
-            ("NORM_UNIFORM", f64::from(u8::from(norm.norms_fit))),
-            ("ROWS", n as f64),
-            ("CLASSES", classes as f64),
-        ];
-        let sizes = if norm.top { &sizes[..] } else { &sizes[..4] };
         gpu.kernels.dispatch_specialised(
             gpu.ctx,
             &PERTURBED_NORM_MLP,
-            sizes,
+            &constants,
             &params,
             &bindings,
             groups,
@@ -779,15 +776,11 @@ struct NormKernel<'a> {
     norms_fit: bool,
 }
 
-/// perturbed_norm_mlp.wgsl's buffers: perturbed_mlp.wgsl's, the norms' eps, and batchnorm_top's
-/// constants.
+/// perturbed_norm_mlp.wgsl's buffers: perturbed_mlp.wgsl's, the norms' eps, and its uniform
+/// arrays.
 struct PerturbedNormBindings<'a> {
     shared: &'a Shared<'a>,
-    /// [BatchNorm eps, LayerNorm eps]
-    eps: &'a GpuBuffer,
-    top_constants: &'a GpuBuffer,
-    base_uniform: &'a GpuBuffer,
-    norm_consts: &'a GpuBuffer,
+    norm: &'a NormKernel<'a>,
 }
 
 impl KernelBindings for PerturbedNormBindings<'_> {
@@ -810,11 +803,12 @@ impl KernelBindings for PerturbedNormBindings<'_> {
         Binding::Uniform,
     ];
     fn buffers<'a>(&'a self, _: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
-        let mut buffers = self.shared.buffers(Some(self.eps));
+        let norm = self.norm;
+        let mut buffers = self.shared.buffers(Some(norm.eps));
         buffers.extend([
-            &self.top_constants.buffer,
-            &self.base_uniform.buffer,
-            &self.norm_consts.buffer,
+            &norm.consts.buffer,
+            &norm.base_uniform.buffer,
+            &norm.norm_consts.buffer,
         ]);
         buffers
     }
