@@ -197,6 +197,7 @@ fn row_loss(at: u32, t: u32) -> real {
 fn finish_block(k: u32, rows: u32) -> u32 {
     let outs = layer(k, 1u);
     if (layer(k, 5u) == BATCH_NORM) {
+        let bn_eps = eps[0]; // read once: a storage read in the loop costs one per column
         for (var c = 0u; c < outs; c++) {
             var mean = real(0.0);
             for (var n = 0u; n < P.n; n++) {
@@ -208,7 +209,7 @@ fn finish_block(k: u32, rows: u32) -> u32 {
                 let d = scratch[rows + n * outs + c] - mean;
                 var_ += d * d;
             }
-            let inv = real(1.0) / sqrt(var_ / real(P.n) + eps[0]);
+            let inv = real(1.0) / sqrt(var_ / real(P.n) + bn_eps);
             for (var n = 0u; n < P.n; n++) {
                 let at = rows + n * outs + c;
                 scratch[at] = norm_param(k, c, false) * ((scratch[at] - mean) * inv) + norm_param(k, c, true);
@@ -387,6 +388,7 @@ fn batchnorm_top(l: u32, j: u32, col: u32, logits_at: u32) -> Top {
     let masks = y_base + ROWS * outs;
     let g = select(masks, masks + ROWS * outs, has_mask);
     let b = g + outs;
+    let bn_eps = eps[0]; // read once: a storage read in the loop costs one per column
     var change: array<real, MAX_ROWS>;
     var logits: array<real, MAX_LOGITS>;
     for (var n = 0u; n < ROWS; n++) {
@@ -410,7 +412,7 @@ fn batchnorm_top(l: u32, j: u32, col: u32, logits_at: u32) -> Top {
             let e = v[n] - mean;
             spread += e * e;
         }
-        let inv = real(1.0) / sqrt(spread / real(ROWS) + eps[0]);
+        let inv = real(1.0) / sqrt(spread / real(ROWS) + bn_eps);
         let gamma = top_const(g + c);
         let beta = top_const(b + c);
         var w_out: array<real, MAX_CLASSES>;
