@@ -102,6 +102,28 @@ fn listed_mutations_are_caught() {
     assert!(failed.is_empty(), "not caught: {}", failed.join(", "));
 }
 
+/// The list still fits the code: each `find` occurs exactly once in its file. Run with the
+/// ordinary suite, so a change that rewrites a mutated line fails here, at once, instead of
+/// leaving an entry that the ignored run above reports stale sessions later.
+#[test]
+fn every_listed_mutation_still_applies_once() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let list = fs::read_to_string(root.join("tests/mutations.txt")).unwrap();
+    let mutations = parse(&list).unwrap_or_else(|e| panic!("tests/mutations.txt: {e}"));
+    let stale: Vec<String> = (mutations.iter())
+        .filter_map(|m| {
+            let source = fs::read_to_string(root.join(&m.file)).unwrap_or_default();
+            let found = source.matches(m.find.as_str()).count();
+            (found != 1).then(|| format!("{} ({}: found {found} times)", m.id, m.file))
+        })
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "stale entries in tests/mutations.txt, update their `find`: {}",
+        stale.join(", ")
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The list
 
