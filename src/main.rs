@@ -1398,7 +1398,12 @@ fn print_gradcheck(r: &gradcheck::GradcheckReport) {
             format!("{:?}", t.max_rel_err_at),
             t.norm_rel_err,
             t.kink_crossings,
-            if t.passed { "pass" } else { "FAIL" }
+            match (t.passed, t.failed_at_h.is_some()) {
+                (true, false) => "pass",
+                (true, true) => "pass*",
+                (false, false) => "FAIL",
+                (false, true) => "FAIL*",
+            }
         );
     }
     for input in &r.inputs {
@@ -1444,6 +1449,14 @@ fn print_gradcheck(r: &gradcheck::GradcheckReport) {
             String::new()
         }
     );
+    for t in &r.tensors {
+        if let Some(at_h) = &t.failed_at_h {
+            println!(
+                "* {}: failed against the central differences at h (norm rel err {:.3e}, max rel err {:.3e}, {} elements failing); its row compares the extrapolation from h and h/2, (4·n(h/2) − n(h))/3, which cancels their h² truncation error but not a wrong gradient",
+                t.name, at_h.norm_rel_err, at_h.max_rel_err, at_h.elements_failed
+            );
+        }
+    }
     if let Some(why) = &r.degenerate {
         println!("DEGENERATE: {why}");
     }

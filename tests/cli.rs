@@ -897,6 +897,41 @@ fn gradcheck_flags_batchnorm_over_a_batch_of_one() {
     assert_eq!(two["passed"], true, "{two}");
 }
 
+/// A correct backward pass that fails against the central differences at h alone: BatchNorm
+/// over the small pre-activations of the 0.01 init curves the loss sharply on the scale of h,
+/// and W1's differences err by h² (2.2e-6 of its norm, past the 1e-6 bound). The check takes
+/// the extrapolation from h and h/2 for it, which cancels the h² term, says that it did, and
+/// passes; the other tensors pass at h and keep their figures there.
+#[test]
+fn gradcheck_extrapolates_past_truncation_error_that_fails_a_correct_gradient() {
+    if !common::f64_runs() {
+        return;
+    }
+    let run = wgrad(&[
+        "gradcheck",
+        "--layers",
+        "affine12,bn,relu,affine9,bn,relu,affine10",
+        "--crop",
+        "8",
+        "--params",
+        "W1,W3",
+        "--json",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(r["passed"], true, "{r}");
+    let (w1, w3) = (&r["tensors"][0], &r["tensors"][1]);
+    let at_h = w1["failed_at_h"]["norm_rel_err"]
+        .as_f64()
+        .expect("W1 failed at h");
+    assert!(at_h > 1e-6, "{w1}");
+    let extrapolated = w1["norm_rel_err"].as_f64().unwrap();
+    assert!(extrapolated < 1e-8, "{w1}");
+    assert!(w3["failed_at_h"].is_null(), "{w3}");
+    // Two losses an element of W1 and W3 at h, and two of W1 at h/2.
+    assert_eq!(r["perturbed_losses"], 2 * (768 + 90) + 2 * 768, "{r}");
+}
+
 /// A net too large for the adapter is refused before anything is allocated: 784-60000-60000-10
 /// has 3.6e9 parameters (14 GB in f32, 29 GB as the host's f64), past any adapter's 4 GiB
 /// binding limit. It used to abort in the host allocator, or, smaller, panic inside wgpu.

@@ -388,6 +388,7 @@ mod tests {
             max_rel_err_at: vec![0],
             norm_rel_err: 0.0,
             noise_rms: None,
+            failed_at_h: None,
             kink_crossings: 1,
             elements_failed: 0,
             passed: true,
