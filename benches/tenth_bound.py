@@ -68,18 +68,21 @@ def main():
     parser.add_argument("nets", nargs="*", help="layer lists with their crop, LIST@S")
     args = parser.parse_args()
     binary, nets = args.wgrad, args.nets or NETS
-    print("| net | perturbed losses | wgrad (of it setup) | NumPy loop | NumPy / wgrad |")
-    print("|---|---|---|---|---|")
+    print("| net | perturbed losses | wgrad (of it setup) | NumPy loop | a tenth of it | NumPy / wgrad |")
+    print("|---|---|---|---|---|---|")
     for net in nets:
         ours, setup, losses = wgrad_seconds(binary, net)
         theirs, their_losses = numpy_seconds(net)
-        flag = "" if theirs >= 10 * ours else " (under 10×)"
-        same = "" if losses == their_losses else f" (NumPy: {their_losses})"
+        tenth = theirs / 10
+        flag = ""
+        if ours > tenth:
+            # Whether building the check's engine alone, before any perturbed loss, passes the bound.
+            flag = " (under 10×: setup alone over a tenth)" if setup > tenth else " (under 10×)"
+        same = "" if losses == their_losses else f" (NumPy: {their_losses:,})"
         print(
             f"| `{net}` | {losses:,}{same} | {ours:.3f} s ({setup:.3f} s) | {theirs:.2f} s | "
-            f"{theirs / ours:.1f}×{flag} |"
+            f"{tenth:.3f} s | {theirs / ours:.1f}×{flag} |"
         )
-
 
 if __name__ == "__main__":
     main()
