@@ -556,9 +556,17 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
         let gamma_or_beta = moves == MOVES_GAMMA || moves == MOVES_BETA;
         for (var n = 0u; n < P.n; n++) {
             let out_row = rows_b + n * next_outs;
-            if (!gamma_or_beta && scratch[col + n] == base_at(layer(l, 4u) + n * outs + j)) {
-                for (var c = 0u; c < next_outs; c++) {
-                    scratch[out_row + c] = base_at(layer(l + 1u, 4u) + n * next_outs + c);
+            let z_j = scratch[col + n];
+            let unmoved = !gamma_or_beta && z_j == base_at(layer(l, 4u) + n * outs + j);
+            // Column j is spent: it now says whether the row moved, which spares independent
+            // rows above a copy of the base row and row_moved's comparison with it. BatchNorm
+            // above reads every row.
+            scratch[col + n] = select(real(1.0), real(0.0), unmoved);
+            if (unmoved) {
+                if (coupled_above(l)) {
+                    for (var c = 0u; c < next_outs; c++) {
+                        scratch[out_row + c] = base_at(layer(l + 1u, 4u) + n * next_outs + c);
+                    }
                 }
                 continue;
             }
@@ -566,7 +574,7 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
                 let d = unit_change(moves, l, n, i, delta);
                 flips += layer_norm_row_update(l, n, j, d, dg, db, out_row);
             } else {
-                flips += layer_norm_row_dense(l, n, j, scratch[col + n], dg, db, rows_a + n * outs, out_row);
+                flips += layer_norm_row_dense(l, n, j, z_j, dg, db, rows_a + n * outs, out_row);
             }
         }
     } else {
@@ -622,7 +630,13 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
         let one = rows_b + P.n * P.max_width;
         for (var n = 0u; n < P.n; n++) {
             let row = rows_b + n * next_outs;
-            if (!row_moved(l + 1u, n, row)) {
+            var moved_row: bool;
+            if (norm == LAYER_NORM) {
+                moved_row = scratch[col + n] != real(0.0);
+            } else {
+                moved_row = row_moved(l + 1u, n, row);
+            }
+            if (!moved_row) {
                 total += base_loss[n];
                 continue;
             }
