@@ -218,53 +218,48 @@ fn finish_block(k: u32, rows: u32) -> u32 {
     }
     var flips = 0u;
     for (var n = 0u; n < P.n; n++) {
-        flips += finish_row(k, rows + n * outs, n, layer(k, 5u) == LAYER_NORM);
+        flips += finish_row(k, rows + n * outs, n, layer(k, 5u) == LAYER_NORM, NONE, real(0.0), real(0.0));
     }
     return flips;
 }
 
-// Block k's row of sample n at scratch[at ..]: LayerNorm if `normalise`, then activation and
-// mask, in place. Returns its kink crossings.
-fn finish_row(k: u32, at: u32, n: u32, normalise: bool) -> u32 {
+// Block k's row of sample n at scratch[at ..], in place: LayerNorm if `normalise` (γ_j and β_j
+// moved by dg and db at unit j; NONE: none moved), then activation and mask, in one pass over
+// the row after the statistics. Returns its kink crossings.
+fn finish_row(k: u32, at: u32, n: u32, normalise: bool, j: u32, dg: real, db: real) -> u32 {
     let outs = layer(k, 1u);
+    var mean = real(0.0);
+    var inv = real(1.0);
     if (normalise) {
-        normalise_row(k, at, NONE, real(0.0), real(0.0));
+        for (var c = 0u; c < outs; c++) {
+            mean += scratch[at + c];
+        }
+        mean = mean / real(outs);
+        var var_ = real(0.0);
+        for (var c = 0u; c < outs; c++) {
+            let d = scratch[at + c] - mean;
+            var_ += d * d;
+        }
+        inv = real(1.0) / sqrt(var_ / real(outs) + eps[1]);
     }
     var flips = 0u;
     for (var c = 0u; c < outs; c++) {
-        let y = scratch[at + c];
+        var y = scratch[at + c];
+        if (normalise) {
+            var gamma = norm_param(k, c, false);
+            var beta = norm_param(k, c, true);
+            if (c == j) {
+                gamma += dg;
+                beta += db;
+            }
+            y = gamma * ((y - mean) * inv) + beta;
+        }
         if (crosses_kink(ACTIVATION, y, base_at(layer(k, 8u) + n * outs + c))) {
             flips += 1u;
         }
         scratch[at + c] = activate(ACTIVATION, y) * mask(k, n, c);
     }
     return flips;
-}
-
-// LayerNorm of block k's row at scratch[at ..], in place, with γ_j and β_j moved by dg and db
-// at unit j (NONE: none moved).
-fn normalise_row(k: u32, at: u32, j: u32, dg: real, db: real) {
-    let f = layer(k, 1u);
-    var mean = real(0.0);
-    for (var c = 0u; c < f; c++) {
-        mean += scratch[at + c];
-    }
-    mean = mean / real(f);
-    var var_ = real(0.0);
-    for (var c = 0u; c < f; c++) {
-        let d = scratch[at + c] - mean;
-        var_ += d * d;
-    }
-    let inv = real(1.0) / sqrt(var_ / real(f) + eps[1]);
-    for (var c = 0u; c < f; c++) {
-        var gamma = norm_param(k, c, false);
-        var beta = norm_param(k, c, true);
-        if (c == j) {
-            gamma += dg;
-            beta += db;
-        }
-        scratch[at + c] = gamma * ((scratch[at + c] - mean) * inv) + beta;
-    }
 }
 
 // LayerNorm block l's sample n, moved by d at unit j's affine output or by dg, db at γ_j, β_j:
@@ -348,8 +343,7 @@ fn layer_norm_row_dense(l: u32, n: u32, j: u32, z_j: real, dg: real, db: real, r
         scratch[row + c] = base_at(layer(l, 4u) + n * outs + c);
     }
     scratch[row + j] = z_j;
-    normalise_row(l, row, j, dg, db);
-    let flips = finish_row(l, row, n, false);
+    let flips = finish_row(l, row, n, true, j, dg, db);
     dense_row(l + 1u, row, out);
     return flips;
 }
@@ -643,13 +637,14 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
             var cur = row;
             var other = one;
             for (var k = l + 1u; k + 1u < last; k++) {
-                flips += finish_row(k, cur, n, layer(k, 5u) == LAYER_NORM);
+                flips += finish_row(k, cur, n, layer(k, 5u) == LAYER_NORM, NONE, real(0.0), real(0.0));
                 dense_row(k + 1u, cur, other);
                 cur = other;
                 other = select(one, one + P.max_width, cur == one);
             }
             if (l + 1u < last) {
-                flips += finish_row(last - 1u, cur, n, layer(last - 1u, 5u) == LAYER_NORM);
+                let normalise = layer(last - 1u, 5u) == LAYER_NORM;
+                flips += finish_row(last - 1u, cur, n, normalise, NONE, real(0.0), real(0.0));
                 logits_row(cur, other);
                 cur = other;
             }
