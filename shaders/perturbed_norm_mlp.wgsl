@@ -110,20 +110,32 @@ fn logits_row(row_in: u32, row_out: u32) {
     let ins = layer(last, 0u);
     let outs = P.classes;
     let b = ins * outs;
-    for (var c = 0u; c < outs; c += 4u) {
+    // Eight classes a pass over the row, which lavapipe reads from storage lane by lane: ten
+    // classes take two passes, not three. Classes past the last repeat it; so do their sums.
+    for (var c = 0u; c < outs; c += 8u) {
         let c1 = min(c + 1u, outs - 1u);
         let c2 = min(c + 2u, outs - 1u);
         let c3 = min(c + 3u, outs - 1u);
-        var s = vec4<real>(top_const(b + c), top_const(b + c1), top_const(b + c2), top_const(b + c3));
+        let c4 = min(c + 4u, outs - 1u);
+        let c5 = min(c + 5u, outs - 1u);
+        let c6 = min(c + 6u, outs - 1u);
+        let c7 = min(c + 7u, outs - 1u);
+        var lo = vec4<real>(top_const(b + c), top_const(b + c1), top_const(b + c2), top_const(b + c3));
+        var hi = vec4<real>(top_const(b + c4), top_const(b + c5), top_const(b + c6), top_const(b + c7));
         for (var r = 0u; r < ins; r++) {
             let row = r * outs;
-            let wr = vec4<real>(top_const(row + c), top_const(row + c1), top_const(row + c2), top_const(row + c3));
-            s += scratch[row_in + r] * wr;
+            let x = scratch[row_in + r];
+            lo += x * vec4<real>(top_const(row + c), top_const(row + c1), top_const(row + c2), top_const(row + c3));
+            hi += x * vec4<real>(top_const(row + c4), top_const(row + c5), top_const(row + c6), top_const(row + c7));
         }
-        scratch[row_out + c] = s.x;
-        scratch[row_out + c1] = s.y;
-        scratch[row_out + c2] = s.z;
-        scratch[row_out + c3] = s.w;
+        scratch[row_out + c] = lo.x;
+        scratch[row_out + c1] = lo.y;
+        scratch[row_out + c2] = lo.z;
+        scratch[row_out + c3] = lo.w;
+        scratch[row_out + c4] = hi.x;
+        scratch[row_out + c5] = hi.y;
+        scratch[row_out + c6] = hi.z;
+        scratch[row_out + c7] = hi.w;
     }
 }
 
