@@ -4,7 +4,8 @@
 // of one copy:
 //
 //   training:   xhat = (x − mean)·inv_std,  inv_std = 1/√(var + eps)  (biased var),
-//               y = γ·xhat + β;  running ← (1 − m)·running + m·(mean, var·M/(M − 1))
+//               y = γ·xhat + β;  running ← (1 − m)·running + m·(mean, var·M/(M − 1)), or
+//               m·(mean, var) where the net follows the book (consts[2] = 0)
 //   evaluation: y = γ·(x − running_mean)/√(running_var + eps) + β
 //   backward:   dγ = Σ dy·xhat,  dβ = Σ dy,  dx = γ·inv_std/M·(M·dy − dβ − xhat·dγ)
 //
@@ -29,7 +30,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> consts: array<real>;          // [eps, momentum]
+@group(0) @binding(1) var<storage, read> consts: array<real>;          // [eps, momentum, unbiased (1 or 0)]
 @group(0) @binding(2) var<storage, read> x: array<real>;               // x, or dy in backward
 @group(0) @binding(3) var<storage, read_write> stats: array<real>;     // [copies, C, 3]
 @group(0) @binding(4) var<storage, read> theta: array<real>;           // parameter arena
@@ -235,7 +236,8 @@ fn bn_update_running(
     let m = P.n * P.s;
     let mom = consts[1];
     let keep = real(1.0) - mom;
-    let unbiased = stats[ch * STATS + VAR] * real(m) / real(max(m, 2u) - 1u);
+    let var_ = stats[ch * STATS + VAR];
+    let unbiased = select(var_, var_ * real(m) / real(max(m, 2u) - 1u), consts[2] != real(0.0));
     running[2u * ch] = keep * running[2u * ch] + mom * stats[ch * STATS + MEAN];
     running[2u * ch + 1u] = keep * running[2u * ch + 1u] + mom * unbiased;
 }

@@ -27,6 +27,7 @@
 
 #include "activations.wgsl"
 #include "dense_row.wgsl"
+#include "cross_entropy.wgsl"
 
 struct Params {
     perturbations: u32,   // invocations in this dispatch
@@ -85,7 +86,7 @@ fn row_loss(row_at: u32, t: u32) -> real {
     for (var c = 0u; c < P.classes; c++) {
         s += exp_r(scratch[row_at + c] - m);
     }
-    return (m - scratch[row_at + t]) + log_r(s);
+    return sample_loss((m - scratch[row_at + t]) + log_r(s));
 }
 
 // Softmax-CE of the logits base[logits ..] moved by dz times base[row ..], formed on the fly.
@@ -98,7 +99,7 @@ fn moved_logits_loss(logits: u32, row: u32, dz: real, t: u32) -> real {
     for (var c = 0u; c < P.classes; c++) {
         s += exp_r(base[logits + c] + dz * base[row + c] - m);
     }
-    return (m - (base[logits + t] + dz * base[row + t])) + log_r(s);
+    return sample_loss((m - (base[logits + t] + dz * base[row + t])) + log_r(s));
 }
 
 @compute @workgroup_size(64)
@@ -180,7 +181,7 @@ fn perturbed_losses(@builtin(global_invocation_id) gid: vec3<u32>) {
                 s += exp_r(base[up_pre + c] + dz * theta[w_row + c] - m);
             }
             let t = labels[n];
-            total += (m - (base[up_pre + t] + dz * theta[w_row + t])) + log_r(s);
+            total += sample_loss((m - (base[up_pre + t] + dz * theta[w_row + t])) + log_r(s));
             continue;
         }
         let rows = layer(l, 7u);

@@ -29,6 +29,7 @@
 
 #include "activations.wgsl"
 #include "dense_row.wgsl"
+#include "cross_entropy.wgsl"
 
 struct Params {
     perturbations: u32,   // invocations in this dispatch
@@ -200,7 +201,7 @@ fn row_loss(at: u32, t: u32) -> real {
     for (var c = 0u; c < P.classes; c++) {
         s += exp_r(scratch[at + c] - m);
     }
-    return (m - scratch[at + t]) + log_r(s);
+    return sample_loss((m - scratch[at + t]) + log_r(s));
 }
 
 // Normalises, activates and masks block k's rows [N, out] in place at scratch[rows ..]

@@ -3,9 +3,11 @@
 //   loss_r   = logsumexp(logits_r) − logits_r[t]      (max subtracted first: no overflow)
 //   dlogits  = (softmax(logits_r) − onehot(t)) / N    (exact gradient of the mean loss)
 //
-// This is log-softmax, not the book's −log(y + 1e-7): the gradient is exactly the gradient of
-// the loss we report. Rows whose label is INVALID (padding of a last, partial evaluation batch)
+// The loss is log-softmax's, or the book's −log(y + 1e-7) for a net that follows the book
+// (cross_entropy.wgsl); the gradient is log-softmax's for both, as the book's backward pass. Rows whose label is INVALID (padding of a last, partial evaluation batch)
 // get loss 0 and are not counted.
+
+#include "cross_entropy.wgsl"
 
 struct Params {
     rows: u32,      // copies · N
@@ -51,7 +53,7 @@ fn softmax_ce(@builtin(global_invocation_id) gid: vec3<u32>) {
         row_correct[r] = 0u;
     } else {
         // (m − z_t) first: both are large, their difference is small and exact-ish.
-        row_loss[r] = (m - logits[base + t]) + log_r(s);
+        row_loss[r] = sample_loss((m - logits[base + t]) + log_r(s));
         row_correct[r] = select(0u, 1u, arg == t);
     }
     if (WRITE_GRAD) {

@@ -259,7 +259,7 @@ pub fn check(
     crate::nn::model::check_fits(ctx, spec, labels.len(), config.precision)?;
     let (layers, layout) = spec.resolve()?;
     let (selected, inputs) = selected(&layers, &layout, &config.tensors)?;
-    let kernels = Kernels::new(ctx, config.precision)?;
+    let kernels = Kernels::for_conventions(ctx, config.precision, spec.conventions)?;
     let model = Model::new(ctx, spec, params, config.precision)?;
 
     let start = Instant::now();

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use super::buffers::uniform;
 use super::{GpuBuffer, GpuContext, Precision};
 use crate::error::Result;
+use crate::nn::Conventions;
 
 /// One WGSL file of shaders/, embedded so the binary runs from anywhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,6 +50,10 @@ const PRELUDE_F64: &str = include_str!("../../shaders/precision_f64.wgsl");
 pub const INCLUDES: &[(&str, &str)] = &[
     ("words.wgsl", include_str!("../../shaders/words.wgsl")),
     (
+        "cross_entropy.wgsl",
+        include_str!("../../shaders/cross_entropy.wgsl"),
+    ),
+    (
         "activations.wgsl",
         include_str!("../../shaders/activations.wgsl"),
     ),
@@ -89,28 +94,41 @@ pub fn prelude(precision: Precision) -> &'static str {
     }
 }
 
-/// Full WGSL text of `shader` built for `precision`: the prelude, a newline, the shader.
-pub fn source_for(shader: Shader, precision: Precision) -> String {
-    format!("{}\n{}", prelude(precision), expand_includes(shader.source))
+/// Full WGSL text of `shader` built for `precision`: the prelude, the ε of the loss's log that
+/// `conventions` give (cross_entropy.wgsl reads it), the shader.
+pub fn source_for(shader: Shader, precision: Precision, conventions: Conventions) -> String {
+    format!(
+        "{}\nconst LOSS_EPS: real = {:e};\n{}",
+        prelude(precision),
+        conventions.loss_eps(),
+        expand_includes(shader.source)
+    )
 }
 
-/// Shader modules compiled so far, per file and precision: a net builds dozens of pipelines
-/// from a handful of files.
+/// Shader modules compiled so far, per file, precision and conventions: a net builds dozens of
+/// pipelines from a handful of files.
 #[derive(Default)]
 pub struct ModuleCache {
-    modules: Mutex<HashMap<(&'static str, Precision), wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<(&'static str, Precision, Conventions), wgpu::ShaderModule>>,
 }
 
 impl ModuleCache {
-    fn get(&self, ctx: &GpuContext, shader: Shader, precision: Precision) -> wgpu::ShaderModule {
+    fn get(
+        &self,
+        ctx: &GpuContext,
+        shader: Shader,
+        precision: Precision,
+        conventions: Conventions,
+    ) -> wgpu::ShaderModule {
         let mut modules = self.modules.lock().expect("module cache poisoned");
         modules
-            .entry((shader.name, precision))
+            .entry((shader.name, precision, conventions))
             .or_insert_with(|| {
+                let source = source_for(shader, precision, conventions);
                 ctx.device
                     .create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(shader.name),
-                        source: wgpu::ShaderSource::Wgsl(source_for(shader, precision).into()),
+                        source: wgpu::ShaderSource::Wgsl(source.into()),
                     })
             })
             .clone()
@@ -135,7 +153,8 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Builds `entry` of `shader` for `precision`, with override constants.
+    /// Builds `entry` of `shader` for `precision`, with override constants, for a net that
+    /// follows PyTorch's conventions.
     pub fn new(
         ctx: &GpuContext,
         shader: Shader,
@@ -144,7 +163,27 @@ impl Kernel {
         bindings: &[Binding],
         constants: &[(&str, f64)],
     ) -> Kernel {
-        let module = ctx.modules.get(ctx, shader, precision);
+        let conventions = Conventions::PyTorch;
+        Kernel::build(
+            ctx,
+            shader,
+            entry,
+            (precision, conventions),
+            bindings,
+            constants,
+        )
+    }
+
+    /// [`Kernel::new`] for a net that follows `conventions`.
+    fn build(
+        ctx: &GpuContext,
+        shader: Shader,
+        entry: &str,
+        (precision, conventions): (Precision, Conventions),
+        bindings: &[Binding],
+        constants: &[(&str, f64)],
+    ) -> Kernel {
+        let module = ctx.modules.get(ctx, shader, precision, conventions);
         let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
             .iter()
             .enumerate()
@@ -369,20 +408,32 @@ impl Gpu<'_> {
     }
 }
 
-/// The compute pipelines of one device and precision, built on first use and kept: layers ask
-/// for their entry points by [`Entry`] and get a ready [`Dispatch`] back.
+/// The compute pipelines of one device, precision and set of conventions, built on first use
+/// and kept: layers ask for their entry points by [`Entry`] and get a ready [`Dispatch`] back.
 pub struct Kernels {
     pub precision: Precision,
+    pub conventions: Conventions,
     built: Mutex<HashMap<String, Kernel>>,
     pub unused: Placeholders,
 }
 
 impl Kernels {
-    /// Fails when the adapter cannot run `precision` (f64 needs SHADER_F64).
+    /// Kernels for nets that follow PyTorch's conventions. Fails when the adapter cannot run
+    /// `precision` (f64 needs SHADER_F64).
     pub fn new(ctx: &GpuContext, precision: Precision) -> Result<Kernels> {
+        Kernels::for_conventions(ctx, precision, Conventions::PyTorch)
+    }
+
+    /// Kernels for nets that follow `conventions` (a net's `spec.conventions`).
+    pub fn for_conventions(
+        ctx: &GpuContext,
+        precision: Precision,
+        conventions: Conventions,
+    ) -> Result<Kernels> {
         ctx.require(precision)?;
         Ok(Kernels {
             precision,
+            conventions,
             built: Mutex::new(HashMap::new()),
             unused: Placeholders {
                 real: GpuBuffer::real(ctx, "unused", 1, precision),
@@ -417,11 +468,11 @@ impl Kernels {
                 let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
                 let mut bindings = vec![Binding::Uniform];
                 bindings.extend_from_slice(access);
-                let kernel = Kernel::new(
+                let kernel = Kernel::build(
                     ctx,
                     entry.shader,
                     entry.name,
-                    self.precision,
+                    (self.precision, self.conventions),
                     &bindings,
                     &constants,
                 );

@@ -72,6 +72,55 @@ pub struct NetSpec {
     pub layers: Vec<LayerSpec>,
     /// L2 penalty λ: the loss gains 0.5·λ·Σ‖W‖² over weight matrices (not biases), as in the book.
     pub weight_decay: f64,
+    /// Whose definitions of the loss, BatchNorm and dropout the net follows.
+    #[serde(default)]
+    pub conventions: Conventions,
+}
+
+/// Where PyTorch and "Deep Learning from Scratch" define a layer differently, which of the two a
+/// net follows. The book's nets from Python (`wgrad.book`) follow the book, so that a reader's
+/// numbers come out as the book's; everything else follows PyTorch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Conventions {
+    /// Log-softmax cross-entropy; BatchNorm eps 1e-5 with the unbiased batch variance in its
+    /// running variance; inverted dropout (kept units scaled by 1/(1 − p) in training).
+    #[default]
+    PyTorch,
+    /// The book's `cross_entropy_error`, −log(y_t + 1e-7) (its backward pass still drops the
+    /// 1e-7, as the book's does); BatchNorm eps 1e-6 (the book's `10e-7`) with the biased batch
+    /// variance in its running variance; dropout that keeps units unscaled in training and
+    /// scales every unit by 1 − p in evaluation.
+    Book,
+}
+
+impl Conventions {
+    /// ε inside the loss's log: −log(y_t + ε); 0 is log-softmax.
+    pub fn loss_eps(self) -> f64 {
+        match self {
+            Conventions::PyTorch => 0.0,
+            Conventions::Book => 1e-7,
+        }
+    }
+
+    pub fn batchnorm_eps(self) -> f64 {
+        match self {
+            Conventions::PyTorch => crate::nn::layers::batchnorm::BATCHNORM_EPS,
+            Conventions::Book => 1e-6,
+        }
+    }
+
+    /// Whether BatchNorm's running variance takes the unbiased batch variance, M/(M − 1) times
+    /// the biased one the batch is normalised with.
+    pub fn unbiased_running_var(self) -> bool {
+        self == Conventions::PyTorch
+    }
+
+    /// Whether dropout scales kept units by 1/(1 − p) in training (and is the identity in
+    /// evaluation), rather than scaling every unit by 1 − p in evaluation.
+    pub fn inverted_dropout(self) -> bool {
+        self == Conventions::PyTorch
+    }
 }
 
 impl NetSpec {
@@ -88,6 +137,7 @@ impl NetSpec {
             output,
             layers,
             weight_decay: 0.0,
+            conventions: Conventions::PyTorch,
         }
     }
 
@@ -140,6 +190,7 @@ impl NetSpec {
             output,
             layers,
             weight_decay: 0.0,
+            conventions: Conventions::PyTorch,
         };
         spec.resolve()?;
         Ok(spec)

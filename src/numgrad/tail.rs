@@ -17,7 +17,6 @@ use super::EngineBuffers;
 use crate::error::Result;
 use crate::gpu::kernel::{grid, shaders, Binding, Entry, KernelBindings, Placeholders};
 use crate::gpu::{Dispatch, Gpu, GpuBuffer, GpuContext};
-use crate::nn::layers::batchnorm::BATCHNORM_EPS;
 use crate::nn::layers::layernorm::LAYERNORM_EPS;
 use crate::nn::layers::Saved;
 use crate::nn::{Activation, Layer, Model, Workspace};
@@ -421,7 +420,7 @@ impl MlpTail {
             let eps = GpuBuffer::from_real(
                 gpu.ctx,
                 "norm_eps",
-                &[BATCHNORM_EPS, LAYERNORM_EPS],
+                &[model.spec.conventions.batchnorm_eps(), LAYERNORM_EPS],
                 model.precision,
             );
             let top = self.batchnorm_top_pays(model, n);

@@ -13,7 +13,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{grid, Binding, Entry, KernelBindings, Placeholders, Shader};
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Precision};
-use crate::nn::{ParamLayout, ParamRole};
+use crate::nn::{Conventions, ParamLayout, ParamRole};
 
 /// PyTorch's BatchNorm defaults.
 pub const BATCHNORM_EPS: f64 = 1e-5;
@@ -37,10 +37,15 @@ pub struct BatchNorm {
     pub beta: usize,
     /// Which BatchNorm layer of the net this is (0, 1, …).
     pub index: usize,
+    pub eps: f64,
+    /// The running variance takes the unbiased batch variance (PyTorch), or the biased one
+    /// (the book).
+    pub unbiased_running_var: bool,
 }
 
 pub(super) fn resolve(
     [c, h, w]: [usize; 3],
+    conventions: Conventions,
     placer: &mut TensorPlacer,
     counts: &mut KindCounts,
 ) -> Result<(Layer, [usize; 3]), String> {
@@ -53,6 +58,8 @@ pub(super) fn resolve(
         gamma,
         beta,
         index: counts.norms - 1,
+        eps: conventions.batchnorm_eps(),
+        unbiased_running_var: conventions.unbiased_running_var(),
     };
     Ok((Layer::BatchNorm(layer), [c, h, w]))
 }
@@ -74,7 +81,7 @@ pub struct BatchNormParams {
 
 /// batchnorm.wgsl's one binding table, shared by all its entry points.
 pub struct BatchNormBindings<'a> {
-    /// [eps, momentum]
+    /// [eps, momentum, unbiased (1 or 0)]
     pub consts: &'a GpuBuffer,
     /// x, or dy in backward.
     pub x: &'a GpuBuffer,
@@ -162,7 +169,7 @@ impl BatchNorm {
         }
     }
 
-    /// (running statistics [C, 2], [eps, momentum]) of this layer's state.
+    /// (running statistics [C, 2], [eps, momentum, unbiased]) of this layer's state.
     pub fn buffers(state: &LayerState) -> (&GpuBuffer, &GpuBuffer) {
         match state {
             LayerState::BatchNorm { running, consts } => (running, consts),
@@ -218,7 +225,11 @@ impl LayerOps for BatchNorm {
             consts: GpuBuffer::from_real(
                 ctx,
                 "bn_consts",
-                &[BATCHNORM_EPS, BATCHNORM_MOMENTUM],
+                &[
+                    self.eps,
+                    BATCHNORM_MOMENTUM,
+                    f64::from(u8::from(self.unbiased_running_var)),
+                ],
                 precision,
             ),
         }

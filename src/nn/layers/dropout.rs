@@ -10,6 +10,7 @@ use bytemuck::{Pod, Zeroable};
 use super::{Backward, Forward, KindCounts, Layer, LayerOps, LayerSpec, LayerState, Mode, Saved};
 use crate::gpu::kernel::{grid, Binding, Entry, KernelBindings, Placeholders, Shader};
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Precision};
+use crate::nn::Conventions;
 
 /// Whether `p` is a dropout probability wgrad takes: [0, 1), as PyTorch (p = 1 would zero every
 /// activation, and its 1/(1 − p) scale is infinite). NaN is outside.
@@ -38,11 +39,15 @@ pub struct Dropout {
     pub size: usize,
     /// Which dropout layer of the net this is (0, 1, …).
     pub index: usize,
+    /// Kept units scaled by 1/(1 − p) in training (PyTorch), or every unit by 1 − p in
+    /// evaluation (the book).
+    pub inverted: bool,
 }
 
 pub(super) fn resolve(
     p: f64,
     shape: [usize; 3],
+    conventions: Conventions,
     counts: &mut KindCounts,
 ) -> Result<(Layer, [usize; 3]), String> {
     if !valid_dropout(p) {
@@ -55,6 +60,7 @@ pub(super) fn resolve(
         p,
         size: shape.iter().product(),
         index: counts.dropouts - 1,
+        inverted: conventions.inverted_dropout(),
     };
     Ok((Layer::Dropout(layer), shape))
 }
@@ -146,22 +152,31 @@ impl LayerOps for Dropout {
 
     fn state(&self, ctx: &GpuContext, precision: Precision) -> LayerState {
         let real = |label, v| GpuBuffer::from_real(ctx, label, &[v], precision);
+        let (train, eval) = if self.inverted {
+            (1.0 / (1.0 - self.p), 1.0)
+        } else {
+            (1.0, 1.0 - self.p)
+        };
         LayerState::Dropout {
-            scale: real("dropout_scale", 1.0 / (1.0 - self.p)),
-            one: real("one", 1.0),
+            train_scale: real("dropout_train_scale", train),
+            eval_scale: real("dropout_eval_scale", eval),
         }
     }
 
     // y [P, N, size] = x · mask; mask [N, size] drawn from (seed, step word 0)
     fn forward(&self, io: &Forward) -> Vec<Dispatch> {
-        let LayerState::Dropout { scale, one } = io.state else {
+        let LayerState::Dropout {
+            train_scale,
+            eval_scale,
+        } = io.state
+        else {
             unreachable!("dropout keeps its scale")
         };
         let count = io.elementwise_count(self.size);
         let (groups, row_width) = grid(count);
         let channels = io.moved_channel().map_or(1, |m| m.channels);
-        // In evaluation dropout is the identity: a threshold of 0 keeps every element, and the
-        // scale is 1.
+        // In evaluation a threshold of 0 keeps every element, each scaled by the evaluation scale
+        // (1 for inverted dropout: the identity).
         let eval = io.mode == Mode::Eval;
         let threshold = if eval {
             0
@@ -183,7 +198,7 @@ impl LayerOps for Dropout {
             step: Some(io.step),
             y: io.output,
             mask: Dropout::mask(io.saved),
-            scale: Some(if eval { one } else { scale }),
+            scale: Some(if eval { eval_scale } else { train_scale }),
             moved: io.moved_channel().map(|m| m.moved),
         };
         let entry = match io.moved_channel() {

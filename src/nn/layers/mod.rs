@@ -497,15 +497,16 @@ pub enum Saved {
 /// What a layer keeps on the GPU across steps.
 pub enum LayerState {
     None,
-    /// BatchNorm: running (mean, var) per channel [C, 2], and [eps, momentum].
+    /// BatchNorm: running (mean, var) per channel [C, 2], and [eps, momentum, unbiased].
     BatchNorm {
         running: GpuBuffer,
         consts: GpuBuffer,
     },
-    /// Dropout: [1/(1 − p)] in training, and \[1] for evaluation, where it is the identity.
+    /// Dropout: the value of a kept unit in training, and the scale of every unit in evaluation
+    /// (1/(1 − p) and 1 for inverted dropout, 1 and 1 − p for the book's).
     Dropout {
-        scale: GpuBuffer,
-        one: GpuBuffer,
+        train_scale: GpuBuffer,
+        eval_scale: GpuBuffer,
     },
     /// LayerNorm: \[eps].
     LayerNorm {
@@ -624,9 +625,11 @@ pub fn resolve(spec: &NetSpec) -> Result<(Vec<Layer>, ParamLayout)> {
             LayerSpec::Relu | LayerSpec::Sigmoid | LayerSpec::Tanh => {
                 Ok(activation::resolve(layer, shape))
             }
-            LayerSpec::BatchNorm => batchnorm::resolve(shape, &mut placer, &mut counts),
+            LayerSpec::BatchNorm => {
+                batchnorm::resolve(shape, spec.conventions, &mut placer, &mut counts)
+            }
             LayerSpec::LayerNorm => layernorm::resolve(shape, &mut placer),
-            LayerSpec::Dropout { p } => dropout::resolve(p, shape, &mut counts),
+            LayerSpec::Dropout { p } => dropout::resolve(p, shape, spec.conventions, &mut counts),
             LayerSpec::Wgsl {
                 ref path,
                 ref source,
