@@ -18,6 +18,9 @@ const AMSGRAD: u32 = 2u;
 const CENTERED: u32 = 4u;
 const DECOUPLED: u32 = 8u;   // AdamW
 const SCHEDULED: u32 = 16u;
+// The net follows the book ("Deep Learning from Scratch"): its Momentum, Nesterov and Adam keep
+// their own forms (see sgd and adam) instead of torch.optim's.
+const BOOK: u32 = 32u;
 
 // hyper[SCHEDULE + 3t ..]: step t's lr, momentum (β1 for Adam) and Adam's 1 − β1^(t+1).
 const SCHEDULE: u32 = 9u;
@@ -65,7 +68,9 @@ fn prepare() {
     powers[1] = powers[1] * hyper[5];
 }
 
-// SGD, with momentum, dampening and Nesterov.
+// SGD, with momentum, dampening and Nesterov. The book's Momentum keeps v = −lr·buf instead of
+// buf (v ← μv − lr·g; θ ← θ + v), and its Nesterov is another form altogether:
+//   v ← μv − lr·g;  θ ← θ + μ²v − (1 + μ)·lr·g
 @compute @workgroup_size(64)
 fn sgd(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = index(gid);
@@ -74,6 +79,17 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let mu = momentum_now(hyper[1]);
     var g = grad[i] + hyper[3] * theta[i];
+    if ((P.flags & BOOK) != 0u && mu != real(0.0)) {
+        let lr = lr_now();
+        let v = mu * s1[i] - lr * g;
+        s1[i] = v;
+        if ((P.flags & NESTEROV) != 0u) {
+            theta[i] += mu * mu * v - (real(1.0) + mu) * lr * g;
+        } else {
+            theta[i] += v;
+        }
+        return;
+    }
     if (mu != real(0.0)) {
         var b = g;
         if (state[STATE_STEP] > 0u) {
@@ -128,7 +144,9 @@ fn rmsprop(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-// Adam and AdamW (DECOUPLED: θ ← θ·(1 − lr·wd) first, and no L2 term in g).
+// Adam and AdamW (DECOUPLED: θ ← θ·(1 − lr·wd) first, and no L2 term in g). The book's Adam puts
+// ε beside √v itself and folds both bias corrections into the step:
+//   θ ← θ − lr·√(1 − β2ᵗ)/(1 − β1ᵗ) · m / (√v + ε)
 @compute @workgroup_size(64)
 fn adam(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = index(gid);
@@ -159,6 +177,10 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>) {
         bc1 = hyper[schedule_row() + 2u];
     }
     let bc2 = real(1.0) - powers[1];
+    if ((P.flags & BOOK) != 0u) {
+        theta[i] = th - (lr * sqrt(bc2) / bc1) * m / (sqrt(v_used) + hyper[6]);
+        return;
+    }
     let denom = sqrt(v_used) / sqrt(bc2) + hyper[6];
     theta[i] = th - (lr / bc1) * m / denom;
 }

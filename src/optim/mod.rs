@@ -362,13 +362,16 @@ impl Hyper {
 
 /// optim.wgsl's flag: `hyper` holds a row per step after its constants.
 const SCHEDULED: u32 = 16;
+/// optim.wgsl's flag: the net follows the book, whose Momentum, Nesterov and Adam differ from
+/// torch.optim's in form.
+const BOOK: u32 = 32;
 
 /// optim.wgsl's Params.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct OptimParams {
     numel: u32,
-    /// NESTEROV 1, AMSGRAD 2, CENTERED 4, DECOUPLED (AdamW) 8, SCHEDULED 16.
+    /// NESTEROV 1, AMSGRAD 2, CENTERED 4, DECOUPLED (AdamW) 8, SCHEDULED 16, BOOK 32.
     flags: u32,
     row_width: u32,
     _pad: u32,
@@ -520,6 +523,9 @@ impl GpuOptimizer {
         optimizer.validate()?;
         let (ctx, precision, numel) = (gpu.ctx, model.precision, model.layout.total);
         let (entry, mut flags, hyper, initial) = optimizer.plan();
+        if model.spec.conventions == crate::nn::Conventions::Book {
+            flags |= BOOK;
+        }
         let mut hyper = hyper.words().to_vec();
         if let Some(rows) = schedule {
             flags |= SCHEDULED;
