@@ -61,6 +61,7 @@ pub mod layer_check;
 pub mod nn;
 pub mod numgrad;
 pub mod optim;
+pub mod pass;
 pub mod plot;
 pub mod predict;
 pub mod reference;
