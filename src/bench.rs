@@ -69,7 +69,7 @@ pub fn run(
     let mut numeric = Vec::new();
     for &precision in &config.precisions {
         ctx.require(precision)?;
-        let kernels = Kernels::for_conventions(ctx, precision, spec.conventions)?;
+        let kernels = Kernels::with_loss(ctx, precision, spec.conventions.cross_entropy())?;
         let model = Model::new(ctx, spec, params, precision)?;
         analytic_gradient(ctx, &kernels, &model, x, labels)?; // warm-up: pipelines, caches
         let (seconds, _) = best_of(config.repeats, || {

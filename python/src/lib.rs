@@ -16,7 +16,7 @@ use wgrad::data::{Dataset, Mnist};
 use wgrad::gpu::{GpuContext, Precision};
 use wgrad::gradcheck::{self, GradcheckConfig};
 use wgrad::nn::layers::parse_layers;
-use wgrad::nn::{Conventions, Kernels, Mode, Model, NamedTensor, NetSpec};
+use wgrad::nn::{Conventions, CrossEntropy, Kernels, Mode, Model, NamedTensor, NetSpec};
 use wgrad::numgrad::{PerturbedLossEngine, Strategy};
 use wgrad::optim::Optimizer;
 use wgrad::train::{self, CheckpointEvery, Hooks, TrainConfig};
@@ -47,22 +47,17 @@ fn context() -> PyResult<Arc<GpuContext>> {
     Ok(ctx)
 }
 
-/// Pipelines are built once per process for each precision and set of conventions, and shared
-/// by every net.
-fn kernels(
-    ctx: &GpuContext,
-    precision: Precision,
-    conventions: Conventions,
-) -> PyResult<Arc<Kernels>> {
-    type Cache = Mutex<Option<HashMap<(Precision, Conventions), Arc<Kernels>>>>;
+/// Pipelines are built once per process for each precision and loss, and shared by every net.
+fn kernels(ctx: &GpuContext, precision: Precision, loss: CrossEntropy) -> PyResult<Arc<Kernels>> {
+    type Cache = Mutex<Option<HashMap<(Precision, CrossEntropy), Arc<Kernels>>>>;
     static KERNELS: Cache = Mutex::new(None);
     let mut cache = KERNELS.lock().expect("kernel cache poisoned");
     let map = cache.get_or_insert_with(HashMap::new);
-    if let Some(k) = map.get(&(precision, conventions)) {
+    if let Some(k) = map.get(&(precision, loss)) {
         return Ok(k.clone());
     }
-    let k = Arc::new(Kernels::for_conventions(ctx, precision, conventions).map_err(py_err)?);
-    map.insert((precision, conventions), k.clone());
+    let k = Arc::new(Kernels::with_loss(ctx, precision, loss).map_err(py_err)?);
+    map.insert((precision, loss), k.clone());
     Ok(k)
 }
 
@@ -180,7 +175,7 @@ impl Net {
         let precision = precision_of(precision)?;
         let ctx = context()?;
         ctx.require(precision).map_err(py_err)?;
-        let kernels = kernels(&ctx, precision, spec.conventions)?;
+        let kernels = kernels(&ctx, precision, spec.conventions.cross_entropy())?;
         let zeros = vec![0.0; spec.layout().total];
         let model = Model::new(&ctx, &spec, &zeros, precision).map_err(py_err)?;
         Ok(Net {

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use super::buffers::uniform;
 use super::{GpuBuffer, GpuContext, Precision};
 use crate::error::Result;
-use crate::nn::Conventions;
+use crate::nn::CrossEntropy;
 
 /// One WGSL file of shaders/, embedded so the binary runs from anywhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -94,22 +94,22 @@ pub fn prelude(precision: Precision) -> &'static str {
     }
 }
 
-/// Full WGSL text of `shader` built for `precision`: the prelude, the ε of the loss's log that
-/// `conventions` give (cross_entropy.wgsl reads it), the shader.
-pub fn source_for(shader: Shader, precision: Precision, conventions: Conventions) -> String {
+/// Full WGSL text of `shader` built for `precision`: the prelude, the ε of `loss`'s log
+/// (cross_entropy.wgsl reads it), the shader.
+pub fn source_for(shader: Shader, precision: Precision, loss: CrossEntropy) -> String {
     format!(
         "{}\nconst LOSS_EPS: real = {:e};\n{}",
         prelude(precision),
-        conventions.loss_eps(),
+        loss.eps(),
         expand_includes(shader.source)
     )
 }
 
-/// Shader modules compiled so far, per file, precision and conventions: a net builds dozens of
+/// Shader modules compiled so far, per file, precision and loss: a net builds dozens of
 /// pipelines from a handful of files.
 #[derive(Default)]
 pub struct ModuleCache {
-    modules: Mutex<HashMap<(&'static str, Precision, Conventions), wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<(&'static str, Precision, CrossEntropy), wgpu::ShaderModule>>,
 }
 
 impl ModuleCache {
@@ -118,13 +118,13 @@ impl ModuleCache {
         ctx: &GpuContext,
         shader: Shader,
         precision: Precision,
-        conventions: Conventions,
+        loss: CrossEntropy,
     ) -> wgpu::ShaderModule {
         let mut modules = self.modules.lock().expect("module cache poisoned");
         modules
-            .entry((shader.name, precision, conventions))
+            .entry((shader.name, precision, loss))
             .or_insert_with(|| {
-                let source = source_for(shader, precision, conventions);
+                let source = source_for(shader, precision, loss);
                 ctx.device
                     .create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(shader.name),
@@ -153,8 +153,8 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Builds `entry` of `shader` for `precision`, with override constants, for a net that
-    /// follows PyTorch's conventions.
+    /// Builds `entry` of `shader` for `precision`, with override constants, for log-softmax's
+    /// loss.
     pub fn new(
         ctx: &GpuContext,
         shader: Shader,
@@ -163,27 +163,20 @@ impl Kernel {
         bindings: &[Binding],
         constants: &[(&str, f64)],
     ) -> Kernel {
-        let conventions = Conventions::PyTorch;
-        Kernel::build(
-            ctx,
-            shader,
-            entry,
-            (precision, conventions),
-            bindings,
-            constants,
-        )
+        let loss = CrossEntropy::LogSoftmax;
+        Kernel::build(ctx, shader, entry, (precision, loss), bindings, constants)
     }
 
-    /// [`Kernel::new`] for a net that follows `conventions`.
+    /// [`Kernel::new`] for the loss `loss`.
     fn build(
         ctx: &GpuContext,
         shader: Shader,
         entry: &str,
-        (precision, conventions): (Precision, Conventions),
+        (precision, loss): (Precision, CrossEntropy),
         bindings: &[Binding],
         constants: &[(&str, f64)],
     ) -> Kernel {
-        let module = ctx.modules.get(ctx, shader, precision, conventions);
+        let module = ctx.modules.get(ctx, shader, precision, loss);
         let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
             .iter()
             .enumerate()
@@ -408,32 +401,32 @@ impl Gpu<'_> {
     }
 }
 
-/// The compute pipelines of one device, precision and set of conventions, built on first use
+/// The compute pipelines of one device, precision and loss, built on first use
 /// and kept: layers ask for their entry points by [`Entry`] and get a ready [`Dispatch`] back.
 pub struct Kernels {
     pub precision: Precision,
-    pub conventions: Conventions,
+    pub loss: CrossEntropy,
     built: Mutex<HashMap<String, Kernel>>,
     pub unused: Placeholders,
 }
 
 impl Kernels {
-    /// Kernels for nets that follow PyTorch's conventions. Fails when the adapter cannot run
-    /// `precision` (f64 needs SHADER_F64).
+    /// Kernels for log-softmax's loss. Fails when the adapter cannot run `precision` (f64
+    /// needs SHADER_F64).
     pub fn new(ctx: &GpuContext, precision: Precision) -> Result<Kernels> {
-        Kernels::for_conventions(ctx, precision, Conventions::PyTorch)
+        Kernels::with_loss(ctx, precision, CrossEntropy::LogSoftmax)
     }
 
-    /// Kernels for nets that follow `conventions` (a net's `spec.conventions`).
-    pub fn for_conventions(
+    /// Kernels whose loss kernels report `loss` (a net's `spec.conventions.cross_entropy()`).
+    pub fn with_loss(
         ctx: &GpuContext,
         precision: Precision,
-        conventions: Conventions,
+        loss: CrossEntropy,
     ) -> Result<Kernels> {
         ctx.require(precision)?;
         Ok(Kernels {
             precision,
-            conventions,
+            loss,
             built: Mutex::new(HashMap::new()),
             unused: Placeholders {
                 real: GpuBuffer::real(ctx, "unused", 1, precision),
@@ -472,7 +465,7 @@ impl Kernels {
                     ctx,
                     entry.shader,
                     entry.name,
-                    (self.precision, self.conventions),
+                    (self.precision, self.loss),
                     &bindings,
                     &constants,
                 );

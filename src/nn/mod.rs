@@ -10,6 +10,6 @@ pub use crate::gpu::Kernels;
 pub use layers::{Activation, Layer, LayerSpec, Mode};
 pub use model::{Copies, Model, Recorder, Workspace};
 pub use spec::{
-    init_params, standard_normal, unravel, Conventions, Init, NamedTensor, NetSpec, ParamLayout,
-    ParamRole, TensorInfo,
+    init_params, standard_normal, unravel, Conventions, CrossEntropy, Init, NamedTensor, NetSpec,
+    ParamLayout, ParamRole, TensorInfo,
 };

@@ -94,12 +94,31 @@ pub enum Conventions {
     Book,
 }
 
-impl Conventions {
-    /// ε inside the loss's log: −log(y_t + ε); 0 is log-softmax.
-    pub fn loss_eps(self) -> f64 {
+/// Which cross-entropy the loss kernels report. Both share one backward pass, (softmax −
+/// onehot)/N, the exact gradient of log-softmax's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CrossEntropy {
+    /// −log softmax(z)_t
+    LogSoftmax,
+    /// The book's `cross_entropy_error`, −log(softmax(z)_t + 1e-7).
+    Book,
+}
+
+impl CrossEntropy {
+    /// ε inside the loss's log: −log(y_t + ε).
+    pub fn eps(self) -> f64 {
         match self {
-            Conventions::PyTorch => 0.0,
-            Conventions::Book => 1e-7,
+            CrossEntropy::LogSoftmax => 0.0,
+            CrossEntropy::Book => 1e-7,
+        }
+    }
+}
+
+impl Conventions {
+    pub fn cross_entropy(self) -> CrossEntropy {
+        match self {
+            Conventions::PyTorch => CrossEntropy::LogSoftmax,
+            Conventions::Book => CrossEntropy::Book,
         }
     }
 

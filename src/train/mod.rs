@@ -514,7 +514,7 @@ pub fn train_with(
     let (train_data, val_data) = config.split(&data.train);
     config.validate_parts(&train_data, val_data.as_ref())?;
     let eval_rows = config.eval_batch.min(data.train.len().max(data.test.len()));
-    let kernels = Kernels::for_conventions(ctx, precision, config.spec.conventions)?;
+    let kernels = Kernels::with_loss(ctx, precision, config.spec.conventions.cross_entropy())?;
     let model = config.model(ctx, config.batch_size.max(eval_rows))?;
     let rec = Recorder {
         ctx,
@@ -734,7 +734,7 @@ pub(crate) fn with_evaluator<T>(
     precision: Precision,
     f: impl FnOnce(&Evaluator, &[Dispatch], &GpuDataset) -> Result<T>,
 ) -> Result<T> {
-    let kernels = Kernels::for_conventions(ctx, precision, spec.conventions)?;
+    let kernels = Kernels::with_loss(ctx, precision, spec.conventions.cross_entropy())?;
     let model = Model::new(ctx, spec, params, precision)?;
     model.write_state(ctx, state);
     let rec = Recorder {
