@@ -295,6 +295,28 @@ pub fn stored_spec(
     })
 }
 
+/// The readable metadata beside the run's record, for [`save_run`]: numpy and PyTorch users see
+/// these keys (`format`, `spec`, `init`, `step`, `test_accuracy`, `val_accuracy`).
+pub fn run_metadata(
+    config: &crate::train::TrainConfig,
+    run: &RunState,
+) -> BTreeMap<String, String> {
+    let mut meta = BTreeMap::new();
+    meta.insert("format".into(), "wgrad-mlp".into());
+    let spec = serde_json::to_string(&config.spec).expect("serialisable");
+    meta.insert("spec".into(), spec);
+    meta.insert("init".into(), config.init.to_string());
+    meta.insert("step".into(), run.progress.steps.to_string());
+    let last = run.progress.history.last();
+    if let Some(accuracy) = last.and_then(|e| e.test_accuracy) {
+        meta.insert("test_accuracy".into(), format!("{accuracy:.6}"));
+    }
+    if let Some(accuracy) = last.and_then(|e| e.val_accuracy) {
+        meta.insert("val_accuracy".into(), format!("{accuracy:.6}"));
+    }
+    meta
+}
+
 /// The net in a checkpoint written by `wgrad train` (a full-state checkpoint, or one with the
 /// net in its `spec` metadata).
 pub fn load_net(path: &Path) -> Result<StoredNet> {

@@ -64,6 +64,7 @@ pub mod optim;
 pub mod plot;
 pub mod predict;
 pub mod reference;
+pub mod report;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -1,0 +1,70 @@
+//! `wgrad predict`: classify pictures (PNG) or IDX image files with a saved net.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use wgrad::{checkpoint, report, Result};
+
+use super::net::StoredNetArgs;
+use super::write_stdout;
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// A checkpoint written by `wgrad train`; the net is built from it alone.
+    pub checkpoint: PathBuf,
+    /// PNG pictures (any size, colour type or bit depth), each made into the net's input as
+    /// MNIST's digits were: greyscale, inverted when the background is light, the digit fitted
+    /// into the central 20×20 of 28×28 and centred by mass. IDX image files (raw or gzip): one
+    /// prediction per image, taken as they are when of the net's size.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Show the K most probable classes of each picture.
+    #[arg(long, value_name = "K", default_value_t = 3)]
+    pub top: usize,
+    /// Never invert: bright pixels are ink even on a light background.
+    #[arg(long)]
+    pub no_invert: bool,
+    #[command(flatten)]
+    pub run: StoredNetArgs,
+    /// Print one JSON document on stdout: an array of {file, index (IDX only), top: [{class,
+    /// probability}], blank (when no ink was found)}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
+    use wgrad::predict;
+    if args.files.is_empty() {
+        return Err(wgrad::Error::InvalidArgument(format!(
+            "no pictures given: name one or more PNG or IDX image files after the checkpoint, \
+             as in `wgrad predict {} digit.png`",
+            args.checkpoint.display()
+        )));
+    }
+    if args.top == 0 {
+        return Err(wgrad::Error::InvalidArgument(
+            "--top 0 shows no class: give 1 or more".into(),
+        ));
+    }
+    let net = checkpoint::load_net(&args.checkpoint)?;
+    let precision = args.run.precision(&net)?;
+    let shape = predict::input_shape(&net.spec, net.run.as_ref())?;
+    // Every file is read before the GPU is opened, so that a bad one is reported at once.
+    let mut inputs = Vec::new();
+    for file in &args.files {
+        inputs.extend(predict::read_file(file, shape, !args.no_invert)?);
+    }
+    let ctx = args.run.context()?;
+    let stored = (&net.spec, &net.params[..], &net.state[..]);
+    let probabilities = predict::predict(&ctx, stored, &inputs, shape, precision)?;
+    let k = args.top.min(net.spec.output);
+    let text = if args.json {
+        format!("{}\n", report::predictions_json(&inputs, &probabilities, k))
+    } else {
+        report::predictions_text(&inputs, &probabilities, k)
+    };
+    write_stdout(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
