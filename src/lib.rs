@@ -59,6 +59,7 @@ pub mod gpu;
 pub mod gradcheck;
 pub mod layer_check;
 pub mod nn;
+pub mod npz;
 pub mod numgrad;
 pub mod optim;
 pub mod plot;

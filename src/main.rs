@@ -18,8 +18,8 @@ fn main() -> ExitCode {
         Command::Train(args) => cli::train::run_train(*args, &given("train")),
         Command::Gradcheck(args) => cli::gradcheck::run_gradcheck(args, &given("gradcheck")),
         Command::Bench(args) => cli::bench::run_bench(args, &given("bench")),
-        Command::Eval(args) => cli::eval::run_eval(args),
-        Command::Predict(args) => cli::predict::run_predict(args),
+        Command::Eval(args) => cli::eval::run_eval(args, &given("eval")),
+        Command::Predict(args) => cli::predict::run_predict(args, &given("predict")),
         Command::Plot(args) => cli::plot::run_plot(args),
         Command::Devices { json } => cli::devices::run_devices(json),
     };

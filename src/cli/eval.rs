@@ -7,12 +7,15 @@ use clap::Args;
 
 use wgrad::{checkpoint, data, report, Result};
 
-use super::net::StoredNetArgs;
+use super::net::{ShapeArgs, StoredNetArgs};
+use super::Given;
 
 #[derive(Args)]
 pub struct EvalArgs {
     /// A checkpoint written by `wgrad train` (--save, --save-best, --checkpoint-every, or an
-    /// interrupt); the net is built from it alone.
+    /// interrupt), whose net is built from it alone; or any weights file, safetensors or numpy
+    /// .npz (W1, b1, …), with the net flags (--model, --layers, --hidden, …) that describe it.
+    #[arg(value_name = "WEIGHTS")]
     pub checkpoint: PathBuf,
     /// The data folder [default: the run's own, else the bundled set].
     #[arg(long)]
@@ -22,22 +25,30 @@ pub struct EvalArgs {
     pub split: String,
     #[command(flatten)]
     pub run: StoredNetArgs,
+    #[command(flatten, next_help_heading = "The net of a plain weights file")]
+    pub net: ShapeArgs,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
-pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
+pub fn run_eval(args: EvalArgs, given: &Given) -> Result<ExitCode> {
     if !["test", "train", "val"].contains(&args.split.as_str()) {
         return Err(wgrad::Error::InvalidArgument(format!(
             "unknown split '{}': use test, train or val",
             args.split
         )));
     }
-    let net = checkpoint::load_net(&args.checkpoint)?;
+    let (net, mnist) = if ShapeArgs::given(given) {
+        let mnist = data::load(args.data.as_deref())?;
+        (args.net.load(&args.checkpoint, &mnist.train)?, mnist)
+    } else {
+        let net = checkpoint::load_net(&args.checkpoint)?;
+        let run_dir = net.run.as_ref().and_then(|r| r.data_dir.clone());
+        let mnist = data::load(args.data.clone().or(run_dir).as_deref())?;
+        (net, mnist)
+    };
     let config = net.run.as_ref().map(|r| &r.config);
-    let dir = (args.data.clone()).or_else(|| net.run.as_ref().and_then(|r| r.data_dir.clone()));
-    let mnist = data::load(dir.as_deref())?;
     let set = match (args.split.as_str(), config) {
         ("test", _) => mnist.test,
         ("train", Some(config)) => config.split(&mnist.train).0.into_owned(),

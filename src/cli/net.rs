@@ -5,16 +5,18 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use wgrad::checkpoint::{self, StoredNet};
 use wgrad::gpu::{AdapterOptions, GpuContext, Precision};
 use wgrad::nn::{Activation, Init, NamedTensor, NetSpec};
 use wgrad::optim::Optimizer;
-use wgrad::{checkpoint, data, train, Result};
+use wgrad::{data, train, Result};
 
 use super::Given;
 
-/// The flags that describe a net.
+/// The flags that shape a net: train, gradcheck and bench build it, eval and predict read a
+/// plain weights file (numpy's, PyTorch's) as it.
 #[derive(Args, Clone)]
-pub struct NetArgs {
+pub struct ShapeArgs {
     /// Hidden layer sizes, comma-separated (50 is the book's TwoLayerNet) [default: train
     /// 256,128 with BatchNorm; gradcheck and bench 50]. Given sizes make a plain MLP unless
     /// --batchnorm is added.
@@ -39,6 +41,13 @@ pub struct NetArgs {
     /// Hidden nonlinearity: any activation layer's word (relu, sigmoid, …; see --layers).
     #[arg(long, default_value = "relu")]
     pub activation: String,
+}
+
+/// The flags that describe a net.
+#[derive(Args, Clone)]
+pub struct NetArgs {
+    #[command(flatten)]
+    pub shape: ShapeArgs,
     /// Weight init: he, xavier, or a standard deviation such as 0.01 [default: train he;
     /// gradcheck and bench 0.01, as the book's TwoLayerNet].
     #[arg(long)]
@@ -57,8 +66,8 @@ pub struct NetArgs {
     /// Use the adapter whose name contains this (see `wgrad devices`).
     #[arg(long)]
     pub adapter: Option<String>,
-    /// Start from the parameters in this safetensors file (tensors W1, b1, …). A wgrad
-    /// checkpoint brings its net: no net flags are needed.
+    /// Start from the parameters in this safetensors or numpy .npz file (tensors W1, b1, …). A
+    /// wgrad checkpoint brings its net: no net flags are needed.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
 }
@@ -84,7 +93,7 @@ pub struct StoredNetArgs {
 }
 
 impl StoredNetArgs {
-    pub fn precision(&self, net: &checkpoint::StoredNet) -> Result<Precision> {
+    pub fn precision(&self, net: &StoredNet) -> Result<Precision> {
         Ok(match (&self.precision, &net.run) {
             (Some(p), _) => p.parse()?,
             (None, Some(run)) => run.config.precision,
@@ -120,22 +129,9 @@ pub const CHECK_NET: NetDefaults = NetDefaults {
     init: "0.01",
 };
 
-impl NetArgs {
-    pub fn init(&self, defaults: &NetDefaults) -> Result<Init> {
-        self.init.as_deref().unwrap_or(defaults.init).parse()
-    }
-
-    pub fn spec(
-        &self,
-        data: &data::Dataset,
-        defaults: &NetDefaults,
-        given: &Given,
-    ) -> Result<NetSpec> {
-        if let Some(mut spec) = self.stored_spec(given)? {
-            spec.weight_decay = self.weight_decay;
-            spec.validate()?;
-            return Ok(spec);
-        }
+impl ShapeArgs {
+    /// The net these flags describe for `data` (its image shape and class count).
+    pub fn spec(&self, data: &data::Dataset, defaults: &NetDefaults) -> Result<NetSpec> {
         let activation: Activation = self.activation.parse()?;
         let layers = match (&self.layers, self.model.as_str()) {
             (Some(text), "mlp") => Some(text.clone()),
@@ -154,7 +150,7 @@ impl NetArgs {
                  (labels 0 to K−1)"
             )));
         }
-        let mut spec = match layers {
+        let spec = match layers {
             Some(text) => {
                 if self.batchnorm || self.dropout != 0.0 || self.hidden.is_some() {
                     return Err(wgrad::Error::InvalidArgument(
@@ -182,11 +178,51 @@ impl NetArgs {
                 spec.with_dropout(self.dropout)
             }
         };
-        spec.weight_decay = self.weight_decay;
         spec.validate()?;
         Ok(spec)
     }
 
+    /// The net these flags describe for `data`, with its parameters (and any BatchNorm
+    /// statistics) from the weights file at `path`: a plain safetensors or .npz file as numpy or
+    /// PyTorch write it, or a wgrad checkpoint read as that net.
+    pub fn load(&self, path: &std::path::Path, data: &data::Dataset) -> Result<StoredNet> {
+        let spec = self.spec(data, &TRAIN_NET)?;
+        let (params, state) = checkpoint::load_with_state(path, &spec)?;
+        Ok(StoredNet {
+            spec,
+            params,
+            state,
+            run: None,
+        })
+    }
+
+    /// Whether any flag that shapes a net is given.
+    pub fn given(given: &Given) -> bool {
+        given.any(NET_SHAPE_FLAGS)
+    }
+}
+
+impl NetArgs {
+    pub fn init(&self, defaults: &NetDefaults) -> Result<Init> {
+        self.init.as_deref().unwrap_or(defaults.init).parse()
+    }
+
+    pub fn spec(
+        &self,
+        data: &data::Dataset,
+        defaults: &NetDefaults,
+        given: &Given,
+    ) -> Result<NetSpec> {
+        if let Some(mut spec) = self.stored_spec(given)? {
+            spec.weight_decay = self.weight_decay;
+            spec.validate()?;
+            return Ok(spec);
+        }
+        let mut spec = self.shape.spec(data, defaults)?;
+        spec.weight_decay = self.weight_decay;
+        spec.validate()?;
+        Ok(spec)
+    }
     /// The net that a wgrad checkpoint given to --init-from describes, unless net flags describe
     /// one (a plain numpy/PyTorch file has no description: the flags' net is used).
     pub fn stored_spec(&self, given: &Given) -> Result<Option<NetSpec>> {

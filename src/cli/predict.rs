@@ -7,12 +7,16 @@ use clap::Args;
 
 use wgrad::{checkpoint, report, Result};
 
-use super::net::StoredNetArgs;
+use super::net::{ShapeArgs, StoredNetArgs};
 use super::write_stdout;
+use super::Given;
 
 #[derive(Args)]
 pub struct PredictArgs {
-    /// A checkpoint written by `wgrad train`; the net is built from it alone.
+    /// A checkpoint written by `wgrad train`, whose net is built from it alone; or any weights
+    /// file, safetensors or numpy .npz (W1, b1, …), with the net flags (--model, --layers,
+    /// --hidden, …) that describe it.
+    #[arg(value_name = "WEIGHTS")]
     pub checkpoint: PathBuf,
     /// PNG pictures (any size, colour type or bit depth), each made into the net's input as
     /// MNIST's digits were: greyscale, inverted when the background is light, the digit fitted
@@ -28,13 +32,19 @@ pub struct PredictArgs {
     pub no_invert: bool,
     #[command(flatten)]
     pub run: StoredNetArgs,
+    #[command(flatten, next_help_heading = "The net of a plain weights file")]
+    pub net: ShapeArgs,
+    /// With net flags: the data set whose image shape and class count the net takes
+    /// [default: the bundled MNIST subset, 28×28, 10 classes].
+    #[arg(long, help_heading = "The net of a plain weights file")]
+    pub data: Option<PathBuf>,
     /// Print one JSON document on stdout: an array of {file, index (IDX only), top: [{class,
     /// probability}], blank (when no ink was found)}.
     #[arg(long)]
     pub json: bool,
 }
 
-pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
+pub fn run_predict(args: PredictArgs, given: &Given) -> Result<ExitCode> {
     use wgrad::predict;
     if args.files.is_empty() {
         return Err(wgrad::Error::InvalidArgument(format!(
@@ -48,7 +58,19 @@ pub fn run_predict(args: PredictArgs) -> Result<ExitCode> {
             "--top 0 shows no class: give 1 or more".into(),
         ));
     }
-    let net = checkpoint::load_net(&args.checkpoint)?;
+    let net = if ShapeArgs::given(given) {
+        let data = wgrad::data::load(args.data.as_deref())?;
+        args.net.load(&args.checkpoint, &data.train)?
+    } else if let Some(dir) = &args.data {
+        return Err(wgrad::Error::InvalidArgument(format!(
+            "--data {} describes the net of a plain weights file: give it with the net flags \
+             (--model, --layers, --hidden, …), or drop it for a wgrad checkpoint, which brings \
+             its net",
+            dir.display()
+        )));
+    } else {
+        checkpoint::load_net(&args.checkpoint)?
+    };
     let precision = args.run.precision(&net)?;
     let shape = predict::input_shape(&net.spec, net.run.as_ref())?;
     // Every file is read before the GPU is opened, so that a bad one is reported at once.

@@ -16,7 +16,7 @@ impl TrainArgs {
     /// The bare run's recipes: momentum SGD (lr 0.1) for MLPs, Adam (lr 1e-3) for convnets,
     /// as the PyTorch anchors that wgrad is measured against train them.
     pub fn is_convnet(&self) -> bool {
-        self.net.layers.is_some() || self.net.model != "mlp"
+        self.net.shape.layers.is_some() || self.net.shape.model != "mlp"
     }
 
     pub fn epochs(&self) -> usize {
