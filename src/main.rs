@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::FromArgMatches;
 
 mod cli;
 
@@ -11,7 +11,7 @@ use cli::{Cli, Command, Given};
 
 fn main() -> ExitCode {
     quiet_mesa_runtime_dir();
-    let matches = Cli::command().get_matches();
+    let matches = cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let given = |name| Given::of(matches.subcommand_matches(name));
     let result = match cli.command {
@@ -22,6 +22,8 @@ fn main() -> ExitCode {
         Command::Predict(args) => cli::predict::run_predict(args, &given("predict")),
         Command::Plot(args) => cli::plot::run_plot(args),
         Command::Devices { json } => cli::devices::run_devices(json),
+        Command::Completions { shell } => cli::generate::run_completions(shell),
+        Command::Man(args) => cli::generate::run_man(args),
     };
     match result {
         Ok(code) => code,

@@ -10,6 +10,11 @@ use wgrad::{bench, gradcheck, report, Result};
 use super::net::{check_params, cropped, NetArgs, CHECK_NET};
 use super::Given;
 
+/// The examples under `wgrad bench --help`.
+pub const EXAMPLES: &str = "Examples:
+  wgrad bench --hidden 50 --batch 100            # each strategy and precision
+  wgrad bench --model simple-conv --precision f32 --variants incremental --json";
+
 #[derive(Args)]
 pub struct BenchArgs {
     #[command(flatten)]

@@ -10,6 +10,12 @@ use wgrad::{checkpoint, data, report, Result};
 use super::net::{ShapeArgs, StoredNetArgs};
 use super::Given;
 
+/// The examples under `wgrad eval --help`.
+pub const EXAMPLES: &str = "Examples:
+  wgrad eval net.safetensors                      # a checkpoint of wgrad train
+  wgrad eval net.safetensors --split val --json
+  wgrad eval params.npz --model simple-conv        # numpy's weights, the net named by flags";
+
 #[derive(Args)]
 pub struct EvalArgs {
     /// A checkpoint written by `wgrad train` (--save, --save-best, --checkpoint-every, or an

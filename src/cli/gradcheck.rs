@@ -12,6 +12,13 @@ use wgrad::{gradcheck, plot, report, Result};
 use super::net::{check_params, cropped, NetArgs, CHECK_NET};
 use super::Given;
 
+/// The examples under `wgrad gradcheck --help`.
+pub const EXAMPLES: &str = "Examples:
+  wgrad gradcheck                               # TwoLayerNet 784-50-10, batch 3, f64
+  wgrad gradcheck --model simple-conv --after-steps 50
+  wgrad gradcheck --layers affine50,wgsl:my_layer.wgsl,affine10   # your own WGSL layer
+  wgrad gradcheck --params W1,b2 --save-grads grads.safetensors --json";
+
 #[derive(Args)]
 pub struct GradcheckArgs {
     #[command(flatten)]

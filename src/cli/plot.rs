@@ -7,6 +7,11 @@ use clap::Args;
 
 use wgrad::{plot, Result};
 
+/// The examples under `wgrad plot --help`.
+pub const EXAMPLES: &str = "Examples:
+  wgrad plot run.jsonl -o curves.png
+  wgrad plot momentum.jsonl adam.csv -o both.svg --x step";
+
 #[derive(Args)]
 pub struct PlotArgs {
     /// Metrics files the trainer wrote: JSON Lines (.jsonl) or CSV (.csv) with a header row.

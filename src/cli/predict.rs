@@ -11,6 +11,12 @@ use super::net::{ShapeArgs, StoredNetArgs};
 use super::write_stdout;
 use super::Given;
 
+/// The examples under `wgrad predict --help`.
+pub const EXAMPLES: &str = "Examples:
+  wgrad predict net.safetensors digit.png drawn-7.png
+  wgrad predict net.safetensors t10k-images-idx3-ubyte.gz --top 5 --json
+  wgrad predict params.npz --model simple-conv digit.png";
+
 #[derive(Args)]
 pub struct PredictArgs {
     /// A checkpoint written by `wgrad train`, whose net is built from it alone; or any weights

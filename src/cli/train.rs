@@ -12,6 +12,15 @@ use wgrad::{checkpoint, data, report, train, Result};
 use super::net::{data_folder, NetArgs, TRAIN_NET};
 use super::Given;
 
+/// The examples under `wgrad train --help`.
+pub const EXAMPLES: &str = "Examples:
+  wgrad train                                   # 784-256-128-10 + BatchNorm, momentum SGD, 20 epochs
+  wgrad train --model simple-conv --save net.safetensors   # the book's SimpleConvNet, Adam
+  wgrad train --hidden 50 --init 0.01 --optimizer sgd --lr 0.1 --epochs 125   # TwoLayerNet
+  wgrad train --layers conv16x3p1,bn,relu,maxpool2,affine100,relu,affine10
+  wgrad train --resume net.safetensors --epochs 30      # continue a run, bit for bit
+  wgrad train --init-from weights.npz --model simple-conv   # start from numpy weights";
+
 #[derive(Args)]
 pub struct TrainArgs {
     #[command(flatten)]
