@@ -295,6 +295,28 @@ pub fn stored_spec(
     })
 }
 
+/// The readable metadata beside the run's record, for [`save_run`]: numpy and PyTorch users see
+/// these keys (`format`, `spec`, `init`, `step`, `test_accuracy`, `val_accuracy`).
+pub fn run_metadata(
+    config: &crate::train::TrainConfig,
+    run: &RunState,
+) -> BTreeMap<String, String> {
+    let mut meta = BTreeMap::new();
+    meta.insert("format".into(), "wgrad-mlp".into());
+    let spec = serde_json::to_string(&config.spec).expect("serialisable");
+    meta.insert("spec".into(), spec);
+    meta.insert("init".into(), config.init.to_string());
+    meta.insert("step".into(), run.progress.steps.to_string());
+    let last = run.progress.history.last();
+    if let Some(accuracy) = last.and_then(|e| e.test_accuracy) {
+        meta.insert("test_accuracy".into(), format!("{accuracy:.6}"));
+    }
+    if let Some(accuracy) = last.and_then(|e| e.val_accuracy) {
+        meta.insert("val_accuracy".into(), format!("{accuracy:.6}"));
+    }
+    meta
+}
+
 /// The net in a checkpoint written by `wgrad train` (a full-state checkpoint, or one with the
 /// net in its `spec` metadata).
 pub fn load_net(path: &Path) -> Result<StoredNet> {
@@ -311,8 +333,9 @@ pub fn load_net(path: &Path) -> Result<StoredNet> {
     let spec = stored_spec(path, &metadata)?.ok_or_else(|| {
         checkpoint_error(
             path,
-            "does not say which net it holds (no spec metadata): it was not written by wgrad \
-             train; evaluate it with `wgrad train --init-from` and the net flags instead",
+            "does not say which net it holds (no spec metadata), as a numpy or PyTorch file \
+             does not: describe the net with the flags it was trained with, as for `wgrad train \
+             --init-from`, e.g. `--model simple-conv`, `--hidden 100,100` or `--layers …`",
         )
     })?;
     let invalid =
@@ -533,13 +556,13 @@ pub fn load(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> {
 /// `exp_avg.`, or nothing for the parameters).
 fn read_params(
     path: &Path,
-    file: &SafeTensors,
+    file: &Tensors,
     layout: &ParamLayout,
     prefix: &str,
 ) -> Result<Vec<f64>> {
     // The layout may come from the file's own metadata: no allocation is sized by it before it
     // is checked against what the file can hold (two bytes a value at the least, F16).
-    let stored: usize = file.tensors().iter().map(|(_, v)| v.data().len()).sum();
+    let stored = file.stored_bytes();
     if layout.total > stored / 2 {
         return Err(checkpoint_error(
             path,
@@ -553,7 +576,7 @@ fn read_params(
     let mut params = vec![0.0; layout.total];
     for t in &layout.tensors {
         let name = format!("{prefix}{}", t.name);
-        let view = file.tensor(&name).map_err(|_| {
+        let view = file.get(&name).ok_or_else(|| {
             let mut names = file.names();
             names.sort_unstable();
             let holds = if names.is_empty() {
@@ -566,14 +589,14 @@ fn read_params(
                 format!("has no tensor named {name}, which the net needs; {holds}"),
             )
         })?;
-        if view.shape() != t.shape.as_slice() {
+        if view.shape != t.shape.as_slice() {
             return Err(checkpoint_error(
                 path,
-                shape_mismatch(&name, view.shape(), &t.shape),
+                shape_mismatch(&name, &view.shape, &t.shape),
             ));
         }
         let out = &mut params[t.offset..t.offset + t.numel];
-        decode(view.dtype(), view.data(), out).map_err(|dtype| {
+        view.decode(out).map_err(|dtype| {
             checkpoint_error(
                 path,
                 format!(
@@ -606,21 +629,21 @@ pub fn load_optional(path: &Path, name: &str, shape: &[usize]) -> Result<Option<
 
 fn read_tensor(
     path: &Path,
-    file: &SafeTensors,
+    file: &Tensors,
     name: &str,
     shape: &[usize],
 ) -> Result<Option<Vec<f64>>> {
-    let Ok(view) = file.tensor(name) else {
+    let Some(view) = file.get(name) else {
         return Ok(None);
     };
-    if view.shape() != shape {
+    if view.shape != shape {
         return Err(checkpoint_error(
             path,
-            shape_mismatch(name, view.shape(), shape),
+            shape_mismatch(name, &view.shape, shape),
         ));
     }
     let mut out = vec![0.0; shape.iter().product()];
-    decode(view.dtype(), view.data(), &mut out).map_err(|dtype| {
+    view.decode(&mut out).map_err(|dtype| {
         checkpoint_error(
             path,
             format!("tensor {name} has dtype {dtype}; only F32, F64, F16 and BF16 can be loaded"),
@@ -760,14 +783,94 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
     }
 }
 
-/// The tensors and the header's `__metadata__` (empty when the writer left it out).
-fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, BTreeMap<String, String>)> {
+/// The tensors of a weights file as read: safetensors, or numpy's `.npz` (told apart by the zip
+/// magic), under the same names.
+enum Tensors<'a> {
+    Safetensors(SafeTensors<'a>),
+    Npz(Vec<crate::npz::NpyArray>),
+}
+
+/// One tensor of a [`Tensors`]: its shape, its dtype (or the foreign type it has), its bytes.
+struct TensorRef<'b> {
+    shape: Vec<usize>,
+    dtype: std::result::Result<Dtype, String>,
+    data: &'b [u8],
+}
+
+impl TensorRef<'_> {
+    /// The values as f64; Err names a dtype that cannot be loaded.
+    fn decode(&self, out: &mut [f64]) -> std::result::Result<(), String> {
+        let dtype = self.dtype.clone()?;
+        decode(dtype, self.data, out).map_err(|d| d.to_string())
+    }
+}
+
+impl<'a> Tensors<'a> {
+    fn get(&self, name: &str) -> Option<TensorRef<'_>> {
+        use crate::npz::NpyDtype;
+        match self {
+            Tensors::Safetensors(file) => {
+                let view = file.tensor(name).ok()?;
+                Some(TensorRef {
+                    shape: view.shape().to_vec(),
+                    dtype: Ok(view.dtype()),
+                    data: view.data(),
+                })
+            }
+            Tensors::Npz(arrays) => {
+                let a = arrays.iter().find(|a| a.name == name)?;
+                let dtype = match &a.dtype {
+                    Ok(NpyDtype::F16) => Ok(Dtype::F16),
+                    Ok(NpyDtype::F32) => Ok(Dtype::F32),
+                    Ok(NpyDtype::F64) => Ok(Dtype::F64),
+                    Err(descr) => Err(format!("{descr} (numpy)")),
+                };
+                Some(TensorRef {
+                    shape: a.shape.clone(),
+                    dtype,
+                    data: &a.data,
+                })
+            }
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        match self {
+            Tensors::Safetensors(file) => file.names().into_iter().map(str::to_string).collect(),
+            Tensors::Npz(arrays) => arrays.iter().map(|a| a.name.clone()).collect(),
+        }
+    }
+
+    /// The bytes the tensors hold, to bound what a layout may ask of the file.
+    fn stored_bytes(&self) -> usize {
+        match self {
+            Tensors::Safetensors(file) => file.tensors().iter().map(|(_, v)| v.data().len()).sum(),
+            Tensors::Npz(arrays) => arrays.iter().map(|a| a.data.len()).sum(),
+        }
+    }
+}
+
+/// The tensors and the header's `__metadata__` (empty when the writer left it out, and for an
+/// `.npz`, which has none).
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(Tensors<'a>, BTreeMap<String, String>)> {
+    if crate::npz::is_zip(bytes) {
+        let arrays = crate::npz::read(bytes).map_err(|e| {
+            checkpoint_error(
+                path,
+                format!(
+                    "is a zip file but not a readable .npz: {e}; expected numpy's savez or \
+                     savez_compressed output"
+                ),
+            )
+        })?;
+        return Ok((Tensors::Npz(arrays), BTreeMap::new()));
+    }
     let not_safetensors = |e: safetensors::SafeTensorError| {
         checkpoint_error(
             path,
             format!(
                 "not a safetensors file, or a truncated one ({e}); expected a file written by \
-                 wgrad or by safetensors' save_file"
+                 wgrad or by safetensors' save_file, or numpy's .npz"
             ),
         )
     };
@@ -781,7 +884,7 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, BTreeMap<
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let file = SafeTensors::deserialize(bytes).map_err(not_safetensors)?;
-    Ok((file, metadata))
+    Ok((Tensors::Safetensors(file), metadata))
 }
 
 fn shape_mismatch(name: &str, found: &[usize], needed: &[usize]) -> String {

@@ -671,6 +671,38 @@ fn directional(
     Ok(out)
 }
 
+/// Writes both gradients of a check as safetensors: `analytic.W1`, `numeric.W1`, … for the checked
+/// tensors, then `analytic.x2`, `numeric.x2` for a custom layer's input; metadata `precision`,
+/// `strategy` and `h`.
+pub fn save_grads(path: &std::path::Path, spec: &NetSpec, r: &GradcheckReport) -> Result<()> {
+    use crate::checkpoint::{self, TensorData};
+    let layout = spec.layout();
+    // (name, shape, analytic, numeric): the checked parameter tensors, then the inputs.
+    let params = (layout.tensors.iter())
+        .filter(|t| r.tensors.iter().any(|c| c.name == t.name))
+        .map(|t| {
+            let range = t.offset..t.offset + t.numel;
+            let (a, n) = (&r.analytic[range.clone()], &r.numeric[range]);
+            (&t.name, &t.shape, a, n)
+        });
+    let inputs = (r.inputs.iter()).map(|i| (&i.name, &i.shape, &i.analytic[..], &i.numeric[..]));
+    let mut tensors = Vec::new();
+    for (name, shape, analytic, numeric) in params.chain(inputs) {
+        for (prefix, values) in [("analytic", analytic), ("numeric", numeric)] {
+            let data = match r.precision {
+                Precision::F64 => TensorData::F64(values.to_vec()),
+                Precision::F32 => TensorData::F32(values.iter().map(|&a| a as f32).collect()),
+            };
+            tensors.push((format!("{prefix}.{name}"), shape.clone(), data));
+        }
+    }
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("precision".into(), r.precision.to_string());
+    meta.insert("strategy".into(), r.strategy.to_string());
+    meta.insert("h".into(), format!("{:e}", r.h));
+    checkpoint::save_tensors(path, &tensors, &meta)
+}
+
 /// The first `n` training images and labels, as the book's gradient check takes them.
 pub fn first_batch(data: &Dataset, n: usize) -> Result<(Vec<f64>, Vec<u32>)> {
     let max = data.len().min(crate::gpu::limits::MAX_ROWS);

@@ -59,12 +59,14 @@ pub mod gpu;
 pub mod gradcheck;
 pub mod layer_check;
 pub mod nn;
+pub mod npz;
 pub mod numgrad;
 pub mod optim;
 pub mod pass;
 pub mod plot;
 pub mod predict;
 pub mod reference;
+pub mod report;
 pub mod train;
 
 pub use error::{Error, Result};

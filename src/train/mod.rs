@@ -13,10 +13,12 @@ mod log;
 mod metrics;
 mod resume;
 mod session;
+mod signals;
 
 pub use log::{MetricsFile, MetricsRecord, RecordKind, CSV_COLUMNS};
 pub use resume::{CheckpointEvery, Progress, RunRecord, RunState};
 use session::Session;
+pub use signals::Signals;
 
 pub use metrics::{
     advance, copy_loss, eval_metrics, train_metrics, StateWord, StatsWord, STATE_WORDS, STATS_WORDS,
