@@ -56,7 +56,9 @@ class GpuNet:
         self._net = _native.Net(layers, tuple(image), float(weight_decay), conventions, _precision(precision))
         self._image = tuple(image)
         self._layout = [(name, tuple(shape)) for name, shape in self._net.layout]
-        self.params = {name: np.zeros(shape) for name, shape in self._layout}
+        # Filled by the constructor that knows the values, in its own order (the book's classes
+        # add gamma and beta after every W and b, as the book does).
+        self.params = {}
         self.state = {name: np.zeros(n) for name, n in self._net.state_layout}
 
     # ----- what the book's classes add to this is their constructor and their names -----
