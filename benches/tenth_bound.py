@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue #12's bound, measured: `wgrad gradcheck` on a layer list against one tenth of the
+"""The one-tenth bound, measured: `wgrad gradcheck` on a layer list against one tenth of the
 book's NumPy loop (benches/numpy_gradcheck.py) on the same net, for the layer lists the test
 suite checks gradients of, each on MNIST's central S×S window (`--crop S`, `@S` there), batch 3,
 f64. The wgrad figure is the check's numerical part as it reports it (`seconds_numeric`: building
