@@ -64,8 +64,11 @@ fn train_step(c: &mut Criterion) {
     let optimizer = Optimizer::from_name("momentum", Some(0.1)).unwrap();
     let optimizer = GpuOptimizer::new(&rec.gpu(), &model, &optimizer, None, &state).unwrap();
 
+    let step_losses = GpuBuffer::real(&ctx, "step_losses", 1, PRECISION);
+
     // The step list `train::train` records.
-    let step = step_dispatches(&rec, &train_set, &ws, (&state, &stats), &optimizer);
+    let buffers = (&state, &stats, &step_losses);
+    let step = step_dispatches(&rec, &train_set, &ws, buffers, &optimizer);
     let steps_per_epoch = train_set.len / BATCH;
     let chunk_max = STEPS_PER_SUBMIT.min(steps_per_epoch);
 

@@ -9,7 +9,7 @@
 struct Params {
     rows: u32,       // rows to reduce (N), or copies for copy_loss
     n: u32,          // rows per copy (copy_loss)
-    _pad: u32,
+    window: u32,     // train_metrics: slots of step_losses (0: it keeps none)
     row_width: u32,
 }
 
@@ -19,6 +19,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> stats: array<real>;
 @group(0) @binding(4) var<storage, read_write> state: array<u32>;
 @group(0) @binding(5) var<storage, read> labels: array<u32>;
+@group(0) @binding(6) var<storage, read_write> step_losses: array<real>; // [window]: step t at t % window
 
 const INVALID: u32 = 0xffffffffu;
 const WG: u32 = 64u;
@@ -38,7 +39,8 @@ fn tree_sum(lid: u32) {
 }
 
 // One training step's loss (mean over the batch, plus the L2 penalty) and correct count; records
-// the first step whose loss is not finite.
+// the first step whose loss is not finite. The last `window` steps' losses stay in step_losses,
+// so a submit of that many steps can be read back once for all of them.
 @compute @workgroup_size(64)
 fn train_metrics(@builtin(local_invocation_index) lid: u32) {
     var l = real(0.0);
@@ -55,6 +57,9 @@ fn train_metrics(@builtin(local_invocation_index) lid: u32) {
         stats[STATS_LOSS_SUM] += loss;
         stats[STATS_LAST_LOSS] = loss;
         stats[STATS_CORRECT_SUM] += part_count[0];
+        if (P.window > 0u) {
+            step_losses[state[STATE_STEP] % P.window] = loss;
+        }
         if (!is_finite_r(loss) && state[STATE_DIVERGED] == 0u) {
             state[STATE_DIVERGED] = state[STATE_STEP] + 1u;
             stats[STATS_DIVERGED_LOSS] = loss;

@@ -194,6 +194,7 @@ pub fn run_train(args: TrainArgs, given: &Given) -> Result<ExitCode> {
         on_checkpoint: Some(&mut on_checkpoint),
         on_steps: Some(&mut on_steps),
         on_best: Some(&mut on_best),
+        on_step_losses: None,
     };
     let report = train::train_with(&ctx, &mnist, &config, hooks)?;
     eprintln!(

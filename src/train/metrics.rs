@@ -79,7 +79,8 @@ pub struct MetricsParams {
     pub rows: u32,
     /// Rows per copy (copy_loss).
     pub n: u32,
-    pub _pad: u32,
+    /// Slots of `step_losses` (train_metrics; 0: none).
+    pub window: u32,
     pub row_width: u32,
 }
 
@@ -91,6 +92,8 @@ pub struct MetricsBindings<'a> {
     pub stats: &'a GpuBuffer,
     pub state: Option<&'a GpuBuffer>,
     pub labels: &'a GpuBuffer,
+    /// train_metrics: the last steps' losses, step t at t % len.
+    pub step_losses: Option<&'a GpuBuffer>,
 }
 
 impl KernelBindings for MetricsBindings<'_> {
@@ -101,6 +104,7 @@ impl KernelBindings for MetricsBindings<'_> {
         Binding::ReadWrite,
         Binding::ReadWrite,
         Binding::Read,
+        Binding::ReadWrite,
     ];
     fn buffers<'a>(&'a self, unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
         vec![
@@ -109,6 +113,7 @@ impl KernelBindings for MetricsBindings<'_> {
             &self.stats.buffer,
             unused.word_rw(self.state),
             &self.labels.buffer,
+            unused.real_rw(self.step_losses),
         ]
     }
 }
@@ -123,13 +128,13 @@ fn metrics(
     entry: &Entry,
     ws: &Workspace,
     rows: usize,
-    (stats, state): (&GpuBuffer, Option<&GpuBuffer>),
+    (stats, state, step_losses): (&GpuBuffer, Option<&GpuBuffer>, Option<&GpuBuffer>),
     groups: ([u32; 3], u32),
 ) -> Dispatch {
     let params = MetricsParams {
         rows: rows as u32,
         n: ws.rows as u32,
-        _pad: 0,
+        window: step_losses.map_or(0, |b| b.len as u32),
         row_width: groups.1,
     };
     let bindings = MetricsBindings {
@@ -138,6 +143,7 @@ fn metrics(
         stats,
         state,
         labels: &ws.labels,
+        step_losses,
     };
     gpu.kernels
         .dispatch(gpu.ctx, entry, &params, &bindings, groups.0)
@@ -145,14 +151,19 @@ fn metrics(
 
 /// A training step's loss and correct count into `stats`, divergence into `state`.
 pub fn train_metrics(gpu: &Gpu, ws: &Workspace, stats: &GpuBuffer, state: &GpuBuffer) -> Dispatch {
-    metrics(
-        gpu,
-        &TRAIN,
-        ws,
-        ws.rows,
-        (stats, Some(state)),
-        ([1, 1, 1], 0),
-    )
+    train_step_metrics(gpu, ws, (stats, state), None)
+}
+
+/// [`train_metrics`], keeping each step's loss in `step_losses` too (step t at t % its length),
+/// so that a submit of up to that many steps is read back once for all of them.
+pub fn train_step_metrics(
+    gpu: &Gpu,
+    ws: &Workspace,
+    (stats, state): (&GpuBuffer, &GpuBuffer),
+    step_losses: Option<&GpuBuffer>,
+) -> Dispatch {
+    let buffers = (stats, Some(state), step_losses);
+    metrics(gpu, &TRAIN, ws, ws.rows, buffers, ([1, 1, 1], 0))
 }
 
 /// An evaluation batch's sums into `stats`, and the evaluation cursor moved on in `state`.
@@ -162,19 +173,33 @@ pub fn eval_metrics(gpu: &Gpu, ws: &Workspace, stats: &GpuBuffer, state: &GpuBuf
         &EVAL,
         ws,
         ws.rows,
-        (stats, Some(state)),
+        (stats, Some(state), None),
         ([1, 1, 1], 0),
     )
 }
 
 /// The mean data loss of each copy into `out[p]`.
 pub fn copy_loss(gpu: &Gpu, ws: &Workspace, out: &GpuBuffer) -> Dispatch {
-    metrics(gpu, &COPY_LOSS, ws, ws.copies, (out, None), grid(ws.copies))
+    metrics(
+        gpu,
+        &COPY_LOSS,
+        ws,
+        ws.copies,
+        (out, None, None),
+        grid(ws.copies),
+    )
 }
 
 /// The end of a training step: t += 1, next batch.
 pub fn advance(gpu: &Gpu, ws: &Workspace, stats: &GpuBuffer, state: &GpuBuffer) -> Dispatch {
-    metrics(gpu, &ADVANCE, ws, 0, (stats, Some(state)), ([1, 1, 1], 0))
+    metrics(
+        gpu,
+        &ADVANCE,
+        ws,
+        0,
+        (stats, Some(state), None),
+        ([1, 1, 1], 0),
+    )
 }
 
 #[cfg(test)]

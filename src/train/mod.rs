@@ -21,7 +21,8 @@ use session::Session;
 pub use signals::Signals;
 
 pub use metrics::{
-    advance, copy_loss, eval_metrics, train_metrics, StateWord, StatsWord, STATE_WORDS, STATS_WORDS,
+    advance, copy_loss, eval_metrics, train_metrics, train_step_metrics, StateWord, StatsWord,
+    STATE_WORDS, STATS_WORDS,
 };
 
 use crate::data::{Dataset, GpuDataset, Mnist};
@@ -442,12 +443,13 @@ pub fn best_epoch(history: &[EpochReport]) -> Option<usize> {
 }
 
 /// One training step, recorded once and replayed: gather the batch at the cursor, the L2
-/// penalty, forward, backward, metrics, the update, and the step counter moved on.
+/// penalty, forward, backward, metrics (the step's loss kept in `step_losses` too), the update,
+/// and the step counter moved on.
 pub fn step_dispatches(
     rec: &Recorder,
     data: &GpuDataset,
     ws: &Workspace,
-    (state, stats): (&GpuBuffer, &GpuBuffer),
+    (state, stats, step_losses): (&GpuBuffer, &GpuBuffer, &GpuBuffer),
     optimizer: &GpuOptimizer,
 ) -> Vec<Dispatch> {
     let gpu = rec.gpu();
@@ -457,7 +459,12 @@ pub fn step_dispatches(
     // Dropout draws a new mask each step from the GPU step counter (state word 0).
     step.extend(rec.forward_with(ws, &Copies::Single, Mode::Train, state, 0));
     step.extend(rec.backward(ws));
-    step.push(train_metrics(&gpu, ws, stats, state));
+    step.push(train_step_metrics(
+        &gpu,
+        ws,
+        (stats, state),
+        Some(step_losses),
+    ));
     step.extend(optimizer.dispatches().iter().cloned());
     step.push(advance(&gpu, ws, stats, state));
     step
@@ -475,6 +482,9 @@ fn shuffle(rng: &mut rand_chacha::ChaCha8Rng, order: &mut [u32]) {
 /// Receives a run's full state; an error stops the run.
 pub type OnCheckpoint<'a> = &'a mut dyn FnMut(&RunState) -> Result<()>;
 
+/// Receives the losses of the steps a submit ran, in order.
+pub type OnStepLosses<'a> = &'a mut dyn FnMut(&[f64]);
+
 /// What a caller sees of a run as it goes.
 #[derive(Default)]
 pub struct Hooks<'a> {
@@ -484,6 +494,9 @@ pub struct Hooks<'a> {
     pub on_checkpoint: Option<OnCheckpoint<'a>>,
     /// A record of the last [`TrainConfig::log_every`] steps, each time that many are done.
     pub on_steps: Option<&'a mut dyn FnMut(&MetricsRecord)>,
+    /// Each step's loss (its batch's, before its update, with the L2 term), handed over after
+    /// each submit for the steps it ran: the GPU keeps them, so no step waits for a readback.
+    pub on_step_losses: Option<OnStepLosses<'a>>,
     /// The run's full state after each epoch that lowers the validation loss.
     pub on_best: Option<OnCheckpoint<'a>>,
 }
@@ -531,6 +544,8 @@ pub fn train_with(
     let ws = Workspace::new(ctx, &model, config.batch_size, 1, true);
     let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
     let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
+    // A submit's steps' losses, read once after it when a hook wants them.
+    let step_losses = GpuBuffer::real(ctx, "step_losses", config.steps_per_submit, precision);
     let lr_plan = config.lr_plan(&train_data);
     let schedule = lr_plan.table();
     let optimizer = GpuOptimizer::new(
@@ -540,7 +555,8 @@ pub fn train_with(
         schedule.as_deref(),
         &state,
     )?;
-    let step = step_dispatches(&rec, &train_set, &ws, (&state, &stats), &optimizer);
+    let buffers = (&state, &stats, &step_losses);
+    let step = step_dispatches(&rec, &train_set, &ws, buffers, &optimizer);
     let evaluator = Evaluator::new(ctx, &model, eval_rows);
     let eval_train = evaluator.batch_dispatches(&rec, &train_set);
     let eval_test = evaluator.batch_dispatches(&rec, &test_set);
@@ -567,6 +583,7 @@ pub fn train_with(
         optimizer: &optimizer,
         state: &state,
         stats: &stats,
+        step_losses: &step_losses,
         step: &step,
         evaluator: &evaluator,
         sets,

@@ -24,6 +24,8 @@ pub(super) struct Session<'a> {
     pub state: &'a GpuBuffer,
     /// The epoch's running sums (reals).
     pub stats: &'a GpuBuffer,
+    /// The last `steps_per_submit` steps' losses, step t at t % steps_per_submit.
+    pub step_losses: &'a GpuBuffer,
     /// One training step, recorded once.
     pub step: &'a [Dispatch],
     pub evaluator: &'a Evaluator,
@@ -154,7 +156,7 @@ impl Session<'_> {
                 .flatten()
                 .min();
             let count = count.expect("left is always there");
-            let done = self.submit_steps(count)?;
+            let done = self.submit_steps(count, hooks)?;
             progress.steps += done as u64;
             progress.steps_into_epoch += done;
             if done < count {
@@ -212,7 +214,8 @@ impl Session<'_> {
 
     /// Runs `count` steps, `steps_per_submit` to a submit, reading the state words after each
     /// submit to stop at divergence and to move the progress bar. Fewer if an interrupt came.
-    fn submit_steps(&self, count: usize) -> Result<usize> {
+    /// Hands [`Hooks::on_step_losses`] the submit's step losses.
+    fn submit_steps(&self, count: usize, hooks: &mut Hooks) -> Result<usize> {
         let mut done = 0;
         // An interrupt is seen after a submit, so every call makes progress.
         while done < count && (done == 0 || !self.interrupted()) {
@@ -220,6 +223,14 @@ impl Session<'_> {
             kernel::submit(self.ctx, self.step, chunk);
             done += chunk;
             let words = self.state.read_u32(self.ctx)?;
+            if let Some(on_step_losses) = hooks.on_step_losses.as_deref_mut() {
+                let kept = self
+                    .step_losses
+                    .read_real(self.ctx, self.config.precision)?;
+                let end = words[StateWord::Step as usize] as usize;
+                let losses: Vec<f64> = (end - chunk..end).map(|t| kept[t % kept.len()]).collect();
+                on_step_losses(&losses);
+            }
             let diverged = words[StateWord::Diverged as usize];
             if diverged != 0 {
                 self.bar.finish_and_clear();
