@@ -259,9 +259,8 @@ pub fn check(
     crate::nn::model::check_fits(ctx, spec, labels.len(), config.precision)?;
     let (layers, layout) = spec.resolve()?;
     let (selected, inputs) = selected(&layers, &layout, &config.tensors)?;
-    // The backward pass is the exact gradient of log-softmax's loss, for a net that follows
-    // the book too (whose backward pass drops the 1e-7 of its loss): the check holds it to
-    // that loss, or the book's 1e-7 alone would fail an f64 check at about 1e-6.
+    // Backprop is log-softmax's exact gradient in a net that follows the book too (whose
+    // backward drops its loss's 1e-7, a 1e-6 error alone): it is checked against that loss.
     let kernels = Kernels::with_loss(ctx, config.precision, CrossEntropy::LogSoftmax)?;
     let model = Model::new(ctx, spec, params, config.precision)?;
 

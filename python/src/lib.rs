@@ -219,10 +219,12 @@ impl Net {
         self.spec.output
     }
 
-    /// forward(params, state, x, labels, train, seed) -> (logits [N·C], loss, state): one pass
-    /// in training mode (batch statistics, dropout, running statistics updated) or evaluation.
+    /// run(params, state, x, labels, train, backward, seed) -> (logits [N·C], loss, grads or
+    /// None, state): one pass in training mode (batch statistics, dropout, running statistics
+    /// updated) or evaluation, and with `backward` the gradient.
     #[allow(clippy::too_many_arguments)]
-    fn forward<'py>(
+    #[allow(clippy::type_complexity)]
+    fn run<'py>(
         &self,
         py: Python<'py>,
         params: PyReadonlyArray1<'py, f64>,
@@ -230,45 +232,26 @@ impl Net {
         x: PyReadonlyArray1<'py, f64>,
         labels: PyReadonlyArray1<'py, u32>,
         train: bool,
+        backward: bool,
         seed: u32,
-    ) -> PyResult<(Bound<'py, PyArray1<f64>>, f64, Bound<'py, PyDict>)> {
+    ) -> PyResult<(
+        Bound<'py, PyArray1<f64>>,
+        f64,
+        Option<Bound<'py, PyArray1<f64>>>,
+        Bound<'py, PyDict>,
+    )> {
         let (x, labels) = (x.as_slice()?, labels.as_slice()?);
         self.rows(x, labels)?;
         let mode = if train { Mode::Train } else { Mode::Eval };
         let given = (params.as_slice()?, state_of(state)?, seed);
         let (out, state) = self.with_model(py, given, |ctx, kernels, model| {
-            let out = wgrad::pass::run(ctx, kernels, model, x, labels, mode, false)?;
+            let out = wgrad::pass::run(ctx, kernels, model, x, labels, mode, backward)?;
             Ok((out, model.read_state(ctx)?))
         })?;
         Ok((
             PyArray1::from_vec(py, out.logits),
             out.loss,
-            state_dict(py, state)?,
-        ))
-    }
-
-    /// gradient(params, state, x, labels, seed) -> (loss, grads, state): a training-mode
-    /// forward pass and the backward pass.
-    fn gradient<'py>(
-        &self,
-        py: Python<'py>,
-        params: PyReadonlyArray1<'py, f64>,
-        state: &Bound<'py, PyDict>,
-        x: PyReadonlyArray1<'py, f64>,
-        labels: PyReadonlyArray1<'py, u32>,
-        seed: u32,
-    ) -> PyResult<(f64, Bound<'py, PyArray1<f64>>, Bound<'py, PyDict>)> {
-        let (x, labels) = (x.as_slice()?, labels.as_slice()?);
-        self.rows(x, labels)?;
-        let given = (params.as_slice()?, state_of(state)?, seed);
-        let (out, state) = self.with_model(py, given, |ctx, kernels, model| {
-            let out = wgrad::pass::run(ctx, kernels, model, x, labels, Mode::Train, true)?;
-            Ok((out, model.read_state(ctx)?))
-        })?;
-        let grads = out.grads.expect("a backward pass reads its gradient");
-        Ok((
-            out.loss,
-            PyArray1::from_vec(py, grads),
+            out.grads.map(|g| PyArray1::from_vec(py, g)),
             state_dict(py, state)?,
         ))
     }
@@ -378,7 +361,6 @@ impl Net {
             precision: self.precision,
             initial_params: Some(params.as_slice()?.to_vec()),
             initial_state: state_of(state)?,
-            log_every: Some(1),
             checkpoint_every: Some(CheckpointEvery::Epochs(1)),
             verbose,
             ..Default::default()
@@ -390,7 +372,7 @@ impl Net {
             let mut losses = Vec::new();
             let mut accuracies = Vec::new();
             let mut last = None;
-            let mut on_steps = |r: &train::MetricsRecord| losses.push(r.train_loss);
+            let mut on_step_losses = |l: &[f64]| losses.extend_from_slice(l);
             let mut on_epoch = |e: &train::EpochReport| {
                 accuracies.push((e.train_accuracy, e.test_accuracy.unwrap_or(f64::NAN)))
             };
@@ -416,8 +398,9 @@ impl Net {
             let hooks = Hooks {
                 on_epoch: Some(&mut on_epoch),
                 on_checkpoint: Some(&mut on_checkpoint),
-                on_steps: Some(&mut on_steps),
+                on_steps: None,
                 on_best: None,
+                on_step_losses: Some(&mut on_step_losses),
             };
             let report = train::train_with(&ctx, &data, &config, hooks)?;
             if subsets.is_some() {

@@ -3,6 +3,7 @@
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,32 +14,12 @@ from wgrad import book
 import book_numpy as ref
 from checks import assert_grads_close, assert_rel
 
-# PReLU, one slope per feature (tests/layers/prelu.wgsl in the Rust crate).
-PRELU = """\
-//! output: same
-//! param alpha: [in] = 0.25
-
-fn forward(n: u32, j: u32) -> real {
-    let v = x(n, j);
-    return select(alpha(j) * v, v, v > real(0.0));
-}
-
-fn backward(n: u32, i: u32) -> real {
-    return select(alpha(i), real(1.0), x(n, i) > real(0.0)) * dy(n, i);
-}
-
-fn backward_alpha(k: u32) -> real {
-    var sum = real(0.0);
-    for (var n = 0u; n < batch(); n++) {
-        let v = x(n, k);
-        sum += select(v * dy(n, k), real(0.0), v > real(0.0));
-    }
-    return sum;
-}
-"""
-
-# The same layer with the sign of the slope's gradient flipped.
-PRELU_WRONG = PRELU.replace("sum += select(v * dy", "sum -= select(v * dy")
+# PReLU with one slope per feature, and the same layer with the sign of the slope's gradient
+# flipped: the Rust suite's own layer files (tests/custom_layers.rs checks them too).
+LAYERS = Path(__file__).resolve().parents[2] / "tests" / "layers"
+PRELU_PATH = LAYERS / "prelu.wgsl"
+PRELU = PRELU_PATH.read_text()
+PRELU_WRONG = (LAYERS / "prelu_wrong.wgsl").read_text()
 
 TENSOR_KEYS = {"name", "numel", "mean_abs_diff", "max_rel_err", "max_rel_err_at",
                "norm_rel_err", "passed"}
@@ -98,10 +79,8 @@ def test_check_layer_correct_layer_passes():
     assert all(row["passed"] for row in report["tensors"])
 
 
-def test_check_layer_from_a_path(tmp_path):
-    path = tmp_path / "prelu.wgsl"
-    path.write_text(PRELU)
-    report = wgrad.check_layer(str(path), (2, 3, 3))
+def test_check_layer_from_a_path():
+    report = wgrad.check_layer(str(PRELU_PATH), (2, 3, 3))
     assert report["passed"] is True
     assert rows(report)["alpha1"]["numel"] == 18
 

@@ -76,21 +76,12 @@ class GpuNet:
         """Class scores (the last affine layer's output, before the softmax), [N, classes]."""
         xs = self._inputs(x)
         labels = np.full(xs.shape[0], np.iinfo(_LABEL_DTYPE).max, dtype=_LABEL_DTYPE)
-        logits, _, state = self._net.forward(
-            self._flat_params(), self._state(), xs.ravel(), labels, bool(train_flg), self._seed(train_flg)
-        )
-        if train_flg:
-            self._take_state(state)
+        logits, _, _ = self._run(xs, labels, bool(train_flg), backward=False)
         return logits.reshape(xs.shape[0], -1)
 
     def loss(self, x, t, train_flg: bool = False) -> float:
         """The mean cross-entropy over the batch, plus the L2 term 0.5·λ·Σ‖W‖²."""
-        xs, labels = self._batch(x, t)
-        _, loss, state = self._net.forward(
-            self._flat_params(), self._state(), xs.ravel(), labels, bool(train_flg), self._seed(train_flg)
-        )
-        if train_flg:
-            self._take_state(state)
+        _, loss, _ = self._run(*self._batch(x, t), bool(train_flg), backward=False)
         return float(loss)
 
     def accuracy(self, x, t) -> float:
@@ -102,11 +93,7 @@ class GpuNet:
     def gradient(self, x, t) -> Dict[str, np.ndarray]:
         """Backprop: the gradient of ``loss(x, t, train_flg=True)`` per parameter. BatchNorm's
         running statistics are updated once, as the book's forward pass does."""
-        xs, labels = self._batch(x, t)
-        _, grads, state = self._net.gradient(
-            self._flat_params(), self._state(), xs.ravel(), labels, self._seed(True)
-        )
-        self._take_state(state)
+        _, _, grads = self._run(*self._batch(x, t), True, backward=True)
         return self._unflatten(grads)
 
     def numerical_gradient(self, x, t, h: float = 1e-4) -> Dict[str, np.ndarray]:
@@ -161,6 +148,16 @@ class GpuNet:
         self.params.update(taken)
 
     # ----- plumbing -----
+
+    def _run(self, xs: np.ndarray, labels: np.ndarray, train: bool, backward: bool):
+        """One pass on the GPU: (logits, loss, gradient or None). A training-mode pass takes
+        its dropout seed from NumPy and keeps BatchNorm's updated running statistics."""
+        logits, loss, grads, state = self._net.run(
+            self._flat_params(), self._state(), xs.ravel(), labels, train, backward, self._seed(train)
+        )
+        if train:
+            self._take_state(state)
+        return logits, loss, grads
 
     def _seed(self, train: bool) -> int:
         """One dropout seed per training-mode pass, from NumPy's global generator, so that
