@@ -6,7 +6,7 @@ use std::fmt::Write;
 use crate::bench::BenchReport;
 use crate::evaluate::EvalReport;
 use crate::gpu::{AdapterSummary, GpuContext, Precision};
-use crate::gradcheck::GradcheckReport;
+use crate::gradcheck::{GradcheckReport, TensorCheck};
 use crate::train::{TrainConfig, TrainReport};
 
 /// `writeln!` into a String, which cannot fail.
@@ -118,18 +118,10 @@ pub fn predictions_text(
     text
 }
 
-/// `wgrad gradcheck`'s table: a row per tensor, the directions, timings, tolerance and verdict.
-pub fn gradcheck_text(r: &GradcheckReport) -> String {
+/// The header and a row per tensor of `wgrad gradcheck`'s table (* marks a verdict on the
+/// extrapolation from h and h/2).
+fn tensor_table(tensors: &[TensorCheck]) -> String {
     let mut out = String::new();
-    outln!(
-        out,
-        "gradcheck: {} batch {}, {} strategy, h = {:e}, loss {:.6}",
-        r.precision,
-        r.batch,
-        r.strategy,
-        r.h,
-        r.loss
-    );
     outln!(
         out,
         "{:<6} {:>8} {:>13} {:>13} {:<14} {:>13} {:>6} {:<7}",
@@ -142,7 +134,7 @@ pub fn gradcheck_text(r: &GradcheckReport) -> String {
         "kinks",
         "verdict"
     );
-    for t in &r.tensors {
+    for t in tensors {
         outln!(
             out,
             "{:<6} {:>8} {:>13.3e} {:>13.3e} {:<14} {:>13.3e} {:>6} {}",
@@ -161,6 +153,22 @@ pub fn gradcheck_text(r: &GradcheckReport) -> String {
             }
         );
     }
+    out
+}
+
+/// `wgrad gradcheck`'s table: a row per tensor, the directions, timings, tolerance and verdict.
+pub fn gradcheck_text(r: &GradcheckReport) -> String {
+    let mut out = String::new();
+    outln!(
+        out,
+        "gradcheck: {} batch {}, {} strategy, h = {:e}, loss {:.6}",
+        r.precision,
+        r.batch,
+        r.strategy,
+        r.h,
+        r.loss
+    );
+    out += &tensor_table(&r.tensors);
     for input in &r.inputs {
         outln!(
             out,

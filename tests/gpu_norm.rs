@@ -228,7 +228,8 @@ impl BnLayer {
             s,
             copies,
             params: uniform(ctx, "batchnorm", &params),
-            consts: real("consts", &[EPS, MOMENTUM]),
+            // [eps, momentum, unbiased running variance: 1 as PyTorch]
+            consts: real("consts", &[EPS, MOMENTUM, 1.0]),
             x: real("x", x),
             stats: GpuBuffer::real(ctx, "stats", copies * c * 3, precision),
             theta: real("theta", theta),

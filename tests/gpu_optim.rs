@@ -612,3 +612,94 @@ fn gpu(precision: Precision) -> Gpu<'static> {
         kernels: kernels(precision),
     }
 }
+
+/// The book's Momentum, Nesterov and Adam (common/optimizer.py), in f64: what a net with the
+/// book's conventions must follow.
+fn book_trajectory(opt: &Optimizer, prob: &Problem, steps: usize) -> Vec<Vec<f64>> {
+    let mlp = prob.reference();
+    let mut theta = prob.params.clone();
+    let (mut v, mut m) = (vec![0.0; theta.len()], vec![0.0; theta.len()]);
+    (1..=steps as i32)
+        .map(|t| {
+            let (_, g) = mlp.loss_and_grad(&theta, &prob.x, &prob.labels);
+            match *opt {
+                Optimizer::Sgd {
+                    lr,
+                    momentum: mu,
+                    nesterov,
+                    ..
+                } => {
+                    for i in 0..theta.len() {
+                        v[i] = mu * v[i] - lr * g[i];
+                        theta[i] += match nesterov {
+                            true => mu * mu * v[i] - (1.0 + mu) * lr * g[i],
+                            false => v[i],
+                        };
+                    }
+                }
+                Optimizer::Adam {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                    ..
+                } => {
+                    let lr_t = lr * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t));
+                    for i in 0..theta.len() {
+                        m[i] += (1.0 - beta1) * (g[i] - m[i]);
+                        v[i] += (1.0 - beta2) * (g[i] * g[i] - v[i]);
+                        theta[i] -= lr_t * m[i] / (v[i].sqrt() + eps);
+                    }
+                }
+                _ => unreachable!("the book's forms differ only for momentum, Nesterov and Adam"),
+            }
+            theta.clone()
+        })
+        .collect()
+}
+
+#[test]
+fn book_conventions_update_with_the_books_momentum_nesterov_and_adam() {
+    let mut prob = problem(0.0);
+    prob.spec.conventions = wgrad::nn::Conventions::Book;
+    let adam = Optimizer::Adam {
+        lr: 0.01,
+        beta1: 0.8,
+        beta2: 0.95,
+        // Large beside √v, so that where the book puts it shows in the trajectory.
+        eps: 1e-2,
+        amsgrad: false,
+        weight_decay: 0.0,
+    };
+    let cases = [
+        ("momentum 0.8", sgd(0.8, 0.0, false), false),
+        ("nesterov 0.7", sgd(0.7, 0.0, true), true),
+        ("adam β1 0.8 β2 0.95", adam, true),
+    ];
+    for (name, opt, differs_from_torch) in cases {
+        let want = book_trajectory(&opt, &prob, STEPS);
+        let got = gpu_trajectory(&opt, Precision::F64, &prob, STEPS);
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            let err = rel_err(
+                &displacement(g, &prob.params),
+                &displacement(w, &prob.params),
+            );
+            assert!(
+                err < tol(Precision::F64),
+                "{name}, step {}: {err:.2e}",
+                k + 1
+            );
+        }
+        // Where the book's form is another update than torch.optim's, the test must see it.
+        let torch = ref_trajectory(&opt, &prob, STEPS);
+        let apart = rel_err(
+            &displacement(&torch[STEPS - 1], &prob.params),
+            &displacement(&want[STEPS - 1], &prob.params),
+        );
+        assert_eq!(
+            apart > 1e-3,
+            differs_from_torch,
+            "{name}: book and torch {apart:.1e} apart"
+        );
+    }
+}
