@@ -536,9 +536,14 @@ fn expand_includes(tree: &Path, text: &str, replacement: Option<(&str, &str)>) -
 fn validate(tree: &Path, text: &str) -> Option<String> {
     use wgpu::naga::front::wgsl;
     use wgpu::naga::valid::{Capabilities, ValidationFlags, Validator};
-    for prelude in ["precision_f32.wgsl", "precision_f64.wgsl"] {
+    use wgrad::nn::CrossEntropy;
+    let preludes = ["precision_f32.wgsl", "precision_f64.wgsl"];
+    let losses = [CrossEntropy::LogSoftmax, CrossEntropy::Book];
+    for (prelude, loss) in preludes.iter().flat_map(|p| losses.map(|l| (p, l))) {
         let prelude = fs::read_to_string(tree.join("shaders").join(prelude)).unwrap();
-        let source = format!("{prelude}\n{text}");
+        // As kernel::source_for builds a shader, with the prelude of the tree under test.
+        let constants = wgrad::gpu::kernel::host_constants(loss);
+        let source = format!("{prelude}\n{constants}\n{text}");
         let module = match wgsl::parse_str(&source) {
             Ok(module) => module,
             Err(e) => return Some(e.emit_to_string(&source)),

@@ -94,13 +94,19 @@ pub fn prelude(precision: Precision) -> &'static str {
     }
 }
 
-/// Full WGSL text of `shader` built for `precision`: the prelude, the ε of `loss`'s log
-/// (cross_entropy.wgsl reads it), the shader.
+/// What the host sets between the prelude and every shader: the ε of `loss`'s log, which
+/// cross_entropy.wgsl reads.
+pub fn host_constants(loss: CrossEntropy) -> String {
+    format!("const LOSS_EPS: real = {:e};", loss.eps())
+}
+
+/// Full WGSL text of `shader` built for `precision`: the prelude, the host's constants, the
+/// shader.
 pub fn source_for(shader: Shader, precision: Precision, loss: CrossEntropy) -> String {
     format!(
-        "{}\nconst LOSS_EPS: real = {:e};\n{}",
+        "{}\n{}\n{}",
         prelude(precision),
-        loss.eps(),
+        host_constants(loss),
         expand_includes(shader.source)
     )
 }
