@@ -82,6 +82,28 @@ def train_table(machine, runs):
     return "\n".join(lines) + "\n"
 
 
+def python_table(machine, r):
+    """wgrad.book against the book's NumPy loop and `wgrad train` (benches/python_book.py)."""
+    lines = [
+        provenance(machine, r["adapter"]),
+        "",
+        "| work | wgrad.book | the other | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for batch in (3, 100):
+        g = r[f"numerical_gradient_b{batch}"]
+        lines.append(
+            f"| TwoLayerNet `numerical_gradient`, batch {batch} (s) vs the book's NumPy loop | "
+            f'{g["wgrad_s"]:.3f} | {g["numpy_s"]:.2f} | {g["speedup"]:.0f}× |'
+        )
+    lines.append(
+        f'| `Trainer` TwoLayerNet, SGD, batch 100, f64 (samples/s) vs `wgrad train` | '
+        f'{r["trainer_samples_per_second"]:,.0f} | {r["wgrad_train_samples_per_second"]:,.0f} | '
+        f'{r["trainer_samples_per_second"] / r["wgrad_train_samples_per_second"]:.2f} |'
+    )
+    return "\n".join(lines) + "\n"
+
+
 def main():
     machine = load("machine.json")
     sections = [
@@ -127,6 +149,17 @@ def main():
             ],
         ),
     ]
+    if (RESULTS / "python-book.json").exists():
+        sections += [
+            "## From Python",
+            "",
+            "`python benches/python_book.py`: `numerical_gradient` from its second call in the "
+            "process (pipelines built), the NumPy loop of `python/tests/book_numpy.py` (every "
+            "element perturbed in place and restored), both on float64 pixels; `Trainer` and "
+            "`wgrad train` over 3 epochs of the bundled data.",
+            "",
+            python_table(machine, load("python-book.json")),
+        ]
     PAGE.write_text("\n".join(sections))
     print(f"report.py: wrote {PAGE.relative_to(ROOT)}")
 

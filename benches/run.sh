@@ -55,4 +55,14 @@ PY
 "$wgrad" train --hidden 50 --init 0.01 --optimizer sgd --lr 0.1 --epochs 2 --json \
     >"$out/train-twolayernet.json"
 
+# The Python front against the book's NumPy loop, where the package is installed
+# (python3 -m venv .venv && .venv/bin/pip install ./python).
+python=${WGRAD_PYTHON:-.venv/bin/python}
+if "$python" -c 'import wgrad' 2>/dev/null; then
+    "$python" benches/python_book.py >"$out/python-book.json"
+else
+    echo "run.sh: no wgrad package for $python: the page leaves out the Python section" >&2
+    rm -f "$out/python-book.json"
+fi
+
 python3 benches/report.py
