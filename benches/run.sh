@@ -32,7 +32,11 @@ try:
             break
 except OSError:
     cpu = platform.processor() or "unknown"
-dirty = run("git", "status", "--porcelain", "--untracked-files=no") not in ("", "unknown")
+# The results and the page are rewritten by this run: only other changes make the tree dirty
+# (the redirect above has already emptied machine.json).
+status = run("git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+             ":!benches/results", ":!docs/benchmarks.md")
+dirty = status not in ("", "unknown")
 json.dump({
     "commit": run("git", "rev-parse", "--short", "HEAD") + ("+dirty" if dirty else ""),
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
