@@ -165,3 +165,9 @@ def test_devices():
         assert {"name", "backend", "f64"} <= set(d), d
         assert isinstance(d["name"], str) and isinstance(d["f64"], bool)
     assert any(d["f64"] for d in devices), devices  # the f64 tests need one
+
+
+def test_nets_compute_in_f64_where_the_adapter_has_it_and_in_what_is_asked_for():
+    assert book.TwoLayerNet(5, 4, 3).precision == "f64"
+    net = wgrad.GpuNet("affine4,relu,affine3", (1, 1, 5), precision="f32")
+    assert net.precision == "f32"

@@ -6,6 +6,7 @@ them in place or replace them between calls, as the book's training loops do.
 
 from __future__ import annotations
 
+import json
 import pickle
 import warnings
 from typing import Dict, Optional
@@ -21,8 +22,6 @@ def _precision(requested: Optional[str]) -> str:
     """f64 where the adapter has SHADER_F64, else f32 with a warning (or the one asked for)."""
     if requested is not None:
         return requested
-    import json
-
     if json.loads(_native.adapter()).get("f64", False):
         return "f64"
     warnings.warn(
@@ -67,6 +66,11 @@ class GpuNet:
     def layers_spec(self) -> str:
         """The net as wgrad's layer list (``affine50,relu,affine10``)."""
         return self._net.layers
+
+    @property
+    def precision(self) -> str:
+        """'f64', or 'f32' on an adapter without SHADER_F64 (or when asked for)."""
+        return self._net.precision
 
     @property
     def has_dropout(self) -> bool:
