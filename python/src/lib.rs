@@ -352,6 +352,7 @@ impl Net {
             train: self.dataset(train_set)?,
             test: self.dataset(test_set)?,
         };
+        let subsets = eval_first.map(|k| (data.train.take(k), data.test.take(k)));
         let config = TrainConfig {
             spec: self.spec.clone(),
             optimizer: book_optimizer(&optimizer.0, &optimizer.1)?,
@@ -361,17 +362,15 @@ impl Net {
             precision: self.precision,
             initial_params: Some(params.as_slice()?.to_vec()),
             initial_state: state_of(state)?,
-            checkpoint_every: Some(CheckpointEvery::Epochs(1)),
+            // Each epoch's weights, for the accuracies on the first samples of each set.
+            checkpoint_every: subsets.as_ref().map(|_| CheckpointEvery::Epochs(1)),
             verbose,
             ..Default::default()
         };
-        config.validate(&data.train).map_err(py_err)?;
-        let subsets = eval_first.map(|k| (data.train.take(k), data.test.take(k)));
         let ctx = self.ctx.clone();
         let run = py.detach(|| -> wgrad::Result<_> {
             let mut losses = Vec::new();
             let mut accuracies = Vec::new();
-            let mut last = None;
             let mut on_step_losses = |l: &[f64]| losses.extend_from_slice(l);
             let mut on_epoch = |e: &train::EpochReport| {
                 accuracies.push((e.train_accuracy, e.test_accuracy.unwrap_or(f64::NAN)))
@@ -392,12 +391,14 @@ impl Net {
                     };
                     subset_accuracies.push((on(train_part)?, on(test_part)?));
                 }
-                last = Some((run.params.clone(), run.state.clone()));
                 Ok(())
             };
             let hooks = Hooks {
                 on_epoch: Some(&mut on_epoch),
-                on_checkpoint: Some(&mut on_checkpoint),
+                on_checkpoint: match subsets {
+                    Some(_) => Some(&mut on_checkpoint),
+                    None => None,
+                },
                 on_steps: None,
                 on_best: None,
                 on_step_losses: Some(&mut on_step_losses),
@@ -406,13 +407,12 @@ impl Net {
             if subsets.is_some() {
                 accuracies = subset_accuracies;
             }
-            Ok((report, losses, accuracies, last))
+            Ok((report, losses, accuracies))
         });
-        let (report, losses, accuracies, last) = run.map_err(py_err)?;
-        let (params, state) = last.expect("every epoch hands its state to the checkpoint hook");
+        let (report, losses, accuracies) = run.map_err(py_err)?;
         let out = PyDict::new(py);
-        out.set_item("params", PyArray1::from_vec(py, params))?;
-        out.set_item("state", state_dict(py, state)?)?;
+        out.set_item("params", PyArray1::from_vec(py, report.run.params))?;
+        out.set_item("state", state_dict(py, report.run.state)?)?;
         out.set_item("train_loss_list", losses)?;
         let (train_acc, test_acc): (Vec<f64>, Vec<f64>) = accuracies.into_iter().unzip();
         out.set_item("train_acc_list", train_acc)?;
