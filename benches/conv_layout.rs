@@ -62,6 +62,7 @@ fn conv(c: &mut Criterion) {
             step: &step,
             dropout_seed: 0,
             perturbation: None,
+            activated: None,
         })
     };
     let direct = record(&Saved::Nothing);

@@ -1,4 +1,4 @@
-// Batched, strided matrix product with optional bias, the workhorse of Affine forward and
+// Batched, strided matrix product with a fused epilogue, the workhorse of Affine forward and
 // backward:
 //
 //   C[p] = A[p] · B (+ bias)      A[p]: [M, K], B: [K, N], bias: [N], C[p]: [M, N]
@@ -6,17 +6,31 @@
 // Element (i, k) of A[p] sits at a_off + p·a_bs + i·a_rs + k·a_cs, so transposes are just
 // strides: Affine forward is X·W, dX = dY·Wᵀ, dW = Xᵀ·dY, all with this one kernel.
 //
-// Each invocation computes a 4×4 block of C in registers (on lavapipe register blocking ran
-// 6–10× faster than workgroup-shared tiles; README, "Notes on lavapipe"). The batch index p (grid z) serves the
-// full-forward numerical gradient, where every p is one perturbed copy of the parameters: B and
-// bias are read as the shared base plus that copy's own one-element change, so no copy ever
-// writes what another reads.
+// Epilogues, so that what a layer does right after its matmul costs no dispatch of its own:
+//   ACT_FORWARD   C = x·W + b, and D = f(C) (the activation layer above, same indices);
+//   ACT_BACKWARD  C = f′ applied to A·B (the activation layer below: backpropagate(kind, ·, aux));
+//   SUM_ROW       also the column sums Σ_k B[k, j] into C[sum_off + j] (the bias gradient,
+//                 dispatched as one more block row of the grid).
+//
+// Each invocation computes an 8×8 block of C in registers: on lavapipe every storage read goes
+// lane by lane, so what counts is reads per multiply-add (16 per 64 here, 8 per 16 with 4×4
+// blocks), and workgroup-shared tiles ran 6–10× slower (README, "Notes on lavapipe"). Where an
+// operand runs contiguous along the block (A along k or along rows, B along columns) and is
+// 4-aligned, the host sets A_VEC / B_VEC and the kernel reads it 4 elements at a time through
+// the vec4 views A4 and B4 of the same buffers.
+//
+// The batch index p (grid z) serves the full-forward numerical gradient, where every p is one
+// perturbed copy of the parameters: B and bias are read as the shared base plus that copy's own
+// one-element change, so no copy ever writes what another reads.
+
+#include "activations.wgsl"
 
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,
     a_off: u32, a_rs: u32, a_cs: u32, a_bs: u32,
     b_off: u32, b_rs: u32, b_cs: u32, bias_off: u32,
-    c_off: u32, c_rs: u32, c_bs: u32, _pad: u32,
+    c_off: u32, c_rs: u32, c_bs: u32, act_kind: u32,
+    sum_off: u32, _pad0: u32, _pad1: u32, _pad2: u32,
 }
 
 const ADD_BIAS: u32 = 1u;
@@ -24,6 +38,16 @@ const ADD_BIAS: u32 = 1u;
 // Set when built for the perturbed-loss engine: pert[2p] is copy p's flat parameter index,
 // pert[2p+1] its sign (0: +h, 1: −h), and hstep[0] is h.
 override PERTURBED: bool = false;
+override ACT_FORWARD: bool = false;
+override ACT_BACKWARD: bool = false;
+override SUM_ROW: bool = false;
+// How A is read: 0 element by element; 1 four k at a time (a_cs = 1); 2 four rows at a time
+// (a_rs = 1). Offsets and the other strides are multiples of 4 whenever it is not 0.
+override A_VEC: u32 = 0u;
+// B read four columns at a time (b_cs = 1, N, offset and b_rs multiples of 4).
+override B_VEC: bool = false;
+// Invocations along the columns of a workgroup (64 in all): narrow outputs waste no lanes.
+override WG_X: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> A: array<real>;
@@ -32,23 +56,51 @@ override PERTURBED: bool = false;
 @group(0) @binding(4) var<storage, read_write> C: array<real>;
 @group(0) @binding(5) var<storage, read> pert: array<u32>;
 @group(0) @binding(6) var<storage, read> hstep: array<real>;
+@group(0) @binding(7) var<storage, read> A4: array<vec4<real>>;   // A, four at a time
+@group(0) @binding(8) var<storage, read> B4: array<vec4<real>>;   // B, four at a time
+@group(0) @binding(9) var<storage, read> aux: array<real>;        // ACT_BACKWARD: f′'s saved tensor, laid out as C
+@group(0) @binding(10) var<storage, read_write> D: array<real>;   // ACT_FORWARD: f(C)
 
-@compute @workgroup_size(8, 8, 1)
+// Row r of a block of 8 as one of two vec4 halves.
+fn pick(lo: vec4<real>, hi: vec4<real>, r: u32) -> real {
+    return select(hi[r & 3u], lo[r & 3u], r < 4u);
+}
+
+@compute @workgroup_size(WG_X, 64u / WG_X, 1)
 fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let row0 = gid.y * 4u;
-    let col0 = gid.x * 4u;
+    let row0 = gid.y * 8u;
+    let col0 = gid.x * 8u;
     let p = gid.z;
+    if (SUM_ROW && row0 >= P.m) {
+        // The block row past the last: column sums of B, eight columns an invocation.
+        if (row0 == ((P.m + 7u) / 8u) * 8u) {
+            column_sums(col0);
+        }
+        return;
+    }
     if (row0 >= P.m || col0 >= P.n) {
         return;
     }
     // Clamp reads at the ragged edges instead of branching in the inner loop; the extra rows
     // and columns are computed and then not stored.
-    var a_row: array<u32, 4>;
-    var b_col: array<u32, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        a_row[r] = P.a_off + p * P.a_bs + min(row0 + r, P.m - 1u) * P.a_rs;
+    let a_base = P.a_off + p * P.a_bs;
+    var a_row: array<u32, 8>;
+    var b_col: array<u32, 8>;
+    for (var r = 0u; r < 8u; r++) {
+        a_row[r] = a_base + min(row0 + r, P.m - 1u) * P.a_rs;
         b_col[r] = P.b_off + min(col0 + r, P.n - 1u) * P.b_cs;
     }
+    let a0 = a_row[0]; let a1 = a_row[1]; let a2 = a_row[2]; let a3 = a_row[3];
+    let a4 = a_row[4]; let a5 = a_row[5]; let a6 = a_row[6]; let a7 = a_row[7];
+    let b0 = b_col[0]; let b1 = b_col[1]; let b2 = b_col[2]; let b3 = b_col[3];
+    let b4 = b_col[4]; let b5 = b_col[5]; let b6 = b_col[6]; let b7 = b_col[7];
+    // B_VEC: the two column quads (the second clamped onto the first past the edge; N is a
+    // multiple of 4, so a quad is all in or all out).
+    let bq_lo = (P.b_off + col0) / 4u;
+    let bq_hi = (P.b_off + min(col0 + 4u, P.n - 4u)) / 4u;
+    // A_VEC 2: the two row quads.
+    let aq_lo = (a_base + row0) / 4u;
+    let aq_hi = (a_base + min(row0 + 4u, P.m - 4u)) / 4u;
 
     // Copy p's perturbation, as (row, column) of B or column of bias; 0xffffffff when it lies
     // elsewhere.
@@ -68,65 +120,151 @@ fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
 
-    var acc0 = vec4<real>();
-    var acc1 = vec4<real>();
-    var acc2 = vec4<real>();
-    var acc3 = vec4<real>();
-    for (var kk = 0u; kk < P.k; kk++) {
+    var l0 = vec4<real>(); var h0 = vec4<real>();
+    var l1 = vec4<real>(); var h1 = vec4<real>();
+    var l2 = vec4<real>(); var h2 = vec4<real>();
+    var l3 = vec4<real>(); var h3 = vec4<real>();
+    var l4 = vec4<real>(); var h4 = vec4<real>();
+    var l5 = vec4<real>(); var h5 = vec4<real>();
+    var l6 = vec4<real>(); var h6 = vec4<real>();
+    var l7 = vec4<real>(); var h7 = vec4<real>();
+    // Four k at a time: an 8×4 block of A (q_r: row r at k … k+3), then per k a row of B.
+    let k_quads = select(P.k / 4u, 0u, A_VEC == 0u);
+    for (var kq = 0u; kq < 4u * k_quads; kq += 4u) {
+        var q0: vec4<real>; var q1: vec4<real>; var q2: vec4<real>; var q3: vec4<real>;
+        var q4: vec4<real>; var q5: vec4<real>; var q6: vec4<real>; var q7: vec4<real>;
+        if (A_VEC == 1u) {
+            q0 = A4[(a0 + kq) / 4u]; q1 = A4[(a1 + kq) / 4u];
+            q2 = A4[(a2 + kq) / 4u]; q3 = A4[(a3 + kq) / 4u];
+            q4 = A4[(a4 + kq) / 4u]; q5 = A4[(a5 + kq) / 4u];
+            q6 = A4[(a6 + kq) / 4u]; q7 = A4[(a7 + kq) / 4u];
+        } else {
+            // Four rows a read, one read per k: transpose into rows (free: a vec4 is four
+            // registers to the compiler).
+            let step = kq * P.a_cs / 4u;
+            let c0l = A4[aq_lo + step]; let c0h = A4[aq_hi + step];
+            let c1l = A4[aq_lo + step + P.a_cs / 4u]; let c1h = A4[aq_hi + step + P.a_cs / 4u];
+            let c2l = A4[aq_lo + step + P.a_cs / 2u]; let c2h = A4[aq_hi + step + P.a_cs / 2u];
+            let c3l = A4[aq_lo + step + 3u * P.a_cs / 4u];
+            let c3h = A4[aq_hi + step + 3u * P.a_cs / 4u];
+            q0 = vec4(c0l.x, c1l.x, c2l.x, c3l.x); q1 = vec4(c0l.y, c1l.y, c2l.y, c3l.y);
+            q2 = vec4(c0l.z, c1l.z, c2l.z, c3l.z); q3 = vec4(c0l.w, c1l.w, c2l.w, c3l.w);
+            q4 = vec4(c0h.x, c1h.x, c2h.x, c3h.x); q5 = vec4(c0h.y, c1h.y, c2h.y, c3h.y);
+            q6 = vec4(c0h.z, c1h.z, c2h.z, c3h.z); q7 = vec4(c0h.w, c1h.w, c2h.w, c3h.w);
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let kk = kq + j;
+            let kb = kk * P.b_rs;
+            var bl: vec4<real>;
+            var bh: vec4<real>;
+            if (B_VEC) {
+                bl = B4[bq_lo + kb / 4u];
+                bh = B4[bq_hi + kb / 4u];
+            } else {
+                bl = vec4<real>(B[b0 + kb], B[b1 + kb], B[b2 + kb], B[b3 + kb]);
+                bh = vec4<real>(B[b4 + kb], B[b5 + kb], B[b6 + kb], B[b7 + kb]);
+            }
+            if (PERTURBED && kk == pk) {
+                for (var c = 0u; c < 4u; c++) {
+                    if (col0 + c == pcol) {
+                        bl[c] = bl[c] + delta;
+                    }
+                    if (col0 + 4u + c == pcol) {
+                        bh[c] = bh[c] + delta;
+                    }
+                }
+            }
+            l0 += q0[j] * bl; h0 += q0[j] * bh;
+            l1 += q1[j] * bl; h1 += q1[j] * bh;
+            l2 += q2[j] * bl; h2 += q2[j] * bh;
+            l3 += q3[j] * bl; h3 += q3[j] * bh;
+            l4 += q4[j] * bl; h4 += q4[j] * bh;
+            l5 += q5[j] * bl; h5 += q5[j] * bh;
+            l6 += q6[j] * bl; h6 += q6[j] * bh;
+            l7 += q7[j] * bl; h7 += q7[j] * bh;
+        }
+    }
+    // The k left over (all of them when A is read element by element).
+    for (var kk = 4u * k_quads; kk < P.k; kk++) {
         let ka = kk * P.a_cs;
         let kb = kk * P.b_rs;
-        var b = vec4<real>(B[b_col[0] + kb], B[b_col[1] + kb], B[b_col[2] + kb], B[b_col[3] + kb]);
+        var bl = vec4<real>(B[b0 + kb], B[b1 + kb], B[b2 + kb], B[b3 + kb]);
+        var bh = vec4<real>(B[b4 + kb], B[b5 + kb], B[b6 + kb], B[b7 + kb]);
         if (PERTURBED && kk == pk) {
             for (var c = 0u; c < 4u; c++) {
                 if (col0 + c == pcol) {
-                    b[c] = b[c] + delta;
+                    bl[c] = bl[c] + delta;
+                }
+                if (col0 + 4u + c == pcol) {
+                    bh[c] = bh[c] + delta;
                 }
             }
         }
-        acc0 += A[a_row[0] + ka] * b;
-        acc1 += A[a_row[1] + ka] * b;
-        acc2 += A[a_row[2] + ka] * b;
-        acc3 += A[a_row[3] + ka] * b;
+        var a = A[a0 + ka]; l0 += a * bl; h0 += a * bh;
+        a = A[a1 + ka]; l1 += a * bl; h1 += a * bh;
+        a = A[a2 + ka]; l2 += a * bl; h2 += a * bh;
+        a = A[a3 + ka]; l3 += a * bl; h3 += a * bh;
+        a = A[a4 + ka]; l4 += a * bl; h4 += a * bh;
+        a = A[a5 + ka]; l5 += a * bl; h5 += a * bh;
+        a = A[a6 + ka]; l6 += a * bl; h6 += a * bh;
+        a = A[a7 + ka]; l7 += a * bl; h7 += a * bh;
     }
 
-    var bias_v = vec4<real>();
+    var bias_l = vec4<real>();
+    var bias_h = vec4<real>();
     if ((P.flags & ADD_BIAS) != 0u) {
         for (var c = 0u; c < 4u; c++) {
-            let col = min(col0 + c, P.n - 1u);
-            bias_v[c] = bias[P.bias_off + col];
+            bias_l[c] = bias[P.bias_off + min(col0 + c, P.n - 1u)];
+            bias_h[c] = bias[P.bias_off + min(col0 + 4u + c, P.n - 1u)];
             if (PERTURBED && col0 + c == bias_col) {
-                bias_v[c] = bias_v[c] + delta;
+                bias_l[c] = bias_l[c] + delta;
+            }
+            if (PERTURBED && col0 + 4u + c == bias_col) {
+                bias_h[c] = bias_h[c] + delta;
             }
         }
     }
-    var acc = array<vec4<real>, 4>(acc0, acc1, acc2, acc3);
-    for (var r = 0u; r < 4u; r++) {
+    let lo = array<vec4<real>, 8>(l0, l1, l2, l3, l4, l5, l6, l7);
+    let hi = array<vec4<real>, 8>(h0, h1, h2, h3, h4, h5, h6, h7);
+    for (var r = 0u; r < 8u; r++) {
         let row = row0 + r;
         if (row >= P.m) {
             break;
         }
-        for (var c = 0u; c < 4u; c++) {
-            let col = col0 + c;
-            if (col >= P.n) {
-                break;
+        let at = P.c_off + p * P.c_bs + row * P.c_rs + col0;
+        let out_l = lo[r] + bias_l;
+        let out_h = hi[r] + bias_h;
+        for (var c = 0u; c < 8u; c++) {
+            if (col0 + c < P.n) {
+                store(at + c, pick(out_l, out_h, c));
             }
-            let at = P.c_off + p * P.c_bs + row * P.c_rs + col;
-            C[at] = acc[r][c] + bias_v[c];
         }
     }
 }
 
-// db[j] = Σ_i dY[i, j]: the bias gradient, a column sum. Same Params: m rows of A summed per
-// column into C; one invocation per column keeps the summation order fixed (deterministic).
-@compute @workgroup_size(64)
-fn column_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let col = gid.x;
-    if (col >= P.n) {
+// C[at] = v, through the epilogue.
+fn store(at: u32, v: real) {
+    if (ACT_BACKWARD) {
+        C[at] = backpropagate(P.act_kind, v, aux[at]);
         return;
     }
-    var s = real(0.0);
-    for (var i = 0u; i < P.m; i++) {
-        s += A[P.a_off + i * P.a_rs + col * P.a_cs];
+    C[at] = v;
+    if (ACT_FORWARD) {
+        D[at] = activate(P.act_kind, v);
     }
-    C[P.c_off + col] = s;
+}
+
+// C[sum_off + j] = Σ_k B[k, j] for the eight columns from col0, summed in k order.
+fn column_sums(col0: u32) {
+    for (var c = 0u; c < 8u; c++) {
+        let col = col0 + c;
+        if (col >= P.n) {
+            return;
+        }
+        var s = real(0.0);
+        for (var kk = 0u; kk < P.k; kk++) {
+            s += B[P.b_off + kk * P.b_rs + col * P.b_cs];
+        }
+        C[P.sum_off + col] = s;
+    }
 }

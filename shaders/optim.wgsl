@@ -1,7 +1,8 @@
 // Optimizer updates over the whole flat parameter arena, one invocation per parameter, with
 // PyTorch's torch.optim formulas (single-tensor path). Hyperparameters arrive in `hyper` in the
 // working precision; the step count t comes from the GPU step counter, so many steps can be
-// recorded into one submit. With a learning-rate schedule, `hyper` carries one row per step
+// recorded into one submit (the step's loss kernel has already counted the step an update
+// takes: the counter holds t + 1). With a learning-rate schedule, `hyper` carries one row per step
 // after its nine constants, and t picks the row: the schedule needs no upload while it runs.
 
 #include "words.wgsl"
@@ -42,8 +43,14 @@ fn index(gid: vec3<u32>) -> u32 {
     return gid.y * P.row_width + gid.x;
 }
 
+// t: the steps completed before this update (metrics.wgsl's train_step_loss, which runs just
+// before it, has counted this one already).
+fn steps_before() -> u32 {
+    return state[STATE_STEP] - 1u;
+}
+
 fn schedule_row() -> u32 {
-    return SCHEDULE + 3u * state[STATE_STEP];
+    return SCHEDULE + 3u * steps_before();
 }
 
 // This step's learning rate.
@@ -92,7 +99,7 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     if (mu != real(0.0)) {
         var b = g;
-        if (state[STATE_STEP] > 0u) {
+        if (steps_before() > 0u) {
             b = mu * s1[i] + (real(1.0) - hyper[2]) * g;
         }
         s1[i] = b;
@@ -108,7 +115,7 @@ fn adagrad(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (i >= P.numel) {
         return;
     }
-    let clr = lr_now() / (real(1.0) + real(state[STATE_STEP]) * hyper[8]);
+    let clr = lr_now() / (real(1.0) + real(steps_before()) * hyper[8]);
     let g = grad[i] + hyper[3] * theta[i];
     let sum = s1[i] + g * g;
     s1[i] = sum;

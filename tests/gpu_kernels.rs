@@ -1,15 +1,17 @@
 //! Every net kernel against the f64 CPU reference, llm.c style, at many shapes, including sizes
-//! that are not multiples of the matmul's 4×4 register block or its 32×32 workgroup tile
-//! (1, 7, 33, 100, 784), in f32 and f64.
+//! that are not multiples of the matmul's 8×8 register block, of the 4 its vec4 reads need, or
+//! of its 64×64 workgroup tile (1, 7, 33, 100, 784), in f32 and f64.
 //!
 //! The kernels are reached through the public API only:
 //! - affine forward (matmul + bias): a net without hidden layers has logits = X·W + b (`ws.pre`);
-//! - dW (strided matmul, Xᵀ·dY) and db (column_sum): that net's gradients;
-//! - ReLU / Sigmoid forward: `ws.act` of a net with one hidden layer;
-//! - dX (matmul, dY·Wᵀ) and the activation backward kernels: that net's first-layer gradients,
+//! - dW (strided matmul, Xᵀ·dY) and db (its column sums of dY): that net's gradients;
+//! - ReLU / Sigmoid forward (the affine matmul's epilogue): `ws.act` of a net with one hidden
+//!   layer;
+//! - dX (matmul, dY·Wᵀ, with the activation's f′ in its epilogue): that net's first-layer gradients,
 //!   which are dW1 = Xᵀ·act'(dY2·W2ᵀ) and db1 = Σ act'(dY2·W2ᵀ);
 //! - softmax-CE (both builds: loss only, and loss with dlogits): `ws.row_loss`, `row_correct`,
-//!   the mean via train_metrics, and dlogits through db of the last layer;
+//!   the mean via train_metrics, and dlogits through db of the last layer; the training step's
+//!   fused loss kernel against those two, bit for bit;
 //! - l2_penalty / l2_grad: a net with weight decay.
 //!
 //! Tolerances: the worst element's error relative to the tensor's largest value, 1e-5 in f32 and
@@ -590,5 +592,77 @@ fn layers_at_the_width_limit_are_computed_and_wider_ones_refused() {
         for part in parts {
             assert!(err.contains(&part), "{err}");
         }
+    }
+}
+
+#[test]
+fn train_step_loss_is_softmax_ce_and_train_metrics_in_one_dispatch_and_counts_the_step() {
+    use wgrad::gpu::{kernel, GpuBuffer};
+    use wgrad::nn::{Copies, Mode, Model, Recorder, Workspace};
+    use wgrad::train::{train_step_loss, StateWord, StatsWord};
+    // 200 rows over 64 invocations and 7 classes; step 4 into a window of 3 lands in slot 1.
+    let (n, d, c) = (200, 20, 7);
+    let spec = NetSpec::mlp(d, &[9], c, Activation::Tanh);
+    for precision in precisions() {
+        let prob = problem(&spec, n, 401, precision);
+        let ctx = ctx();
+        let model = Model::new(ctx, &prob.spec, &prob.params, precision).expect("model");
+        let rec = Recorder {
+            ctx,
+            kernels: kernels(precision),
+            model: &model,
+        };
+        let read = |b: &GpuBuffer| b.read_real(ctx, precision).expect("readback");
+        let run = |fused: bool| {
+            let ws = Workspace::new(ctx, &model, n, 1, true);
+            ws.upload(ctx, &prob.x, &prob.labels, precision);
+            let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
+            let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
+            state.write_u32(ctx, StateWord::Step as usize, &[4, 6]);
+            let window = GpuBuffer::real(ctx, "step_losses", 3, precision);
+            let mut d = Vec::new();
+            if fused {
+                d.extend(rec.forward_logits(&ws, Mode::Train, &state));
+                d.push(train_step_loss(
+                    &rec.gpu(),
+                    &ws,
+                    c,
+                    (&stats, &state),
+                    &window,
+                ));
+            } else {
+                d.extend(rec.forward(&ws, &Copies::Single));
+                d.push(train_metrics(&rec.gpu(), &ws, &stats, &state));
+            }
+            kernel::run(ctx, &d).expect("GPU run");
+            let dlogits = read(ws.dlogits().expect("a training workspace"));
+            let words = state.read_u32(ctx).expect("readback");
+            (read(&stats), dlogits, words, read(&window))
+        };
+        let (want_stats, want_dlogits, _, _) = run(false);
+        let (stats, dlogits, words, window) = run(true);
+        // The same sums in the same order: equal bit for bit.
+        assert_eq!(
+            stats, want_stats,
+            "{precision}: the step's loss and correct count"
+        );
+        assert_eq!(dlogits, want_dlogits, "{precision}: dlogits");
+        let last = stats[StatsWord::LastLoss as usize];
+        assert_eq!(
+            window,
+            [0.0, last, 0.0],
+            "{precision}: step 4's loss in slot 4 % 3"
+        );
+        assert_eq!(words[StateWord::Step as usize], 5, "{precision}: t counted");
+        assert_eq!(
+            words[StateWord::Batch as usize],
+            7,
+            "{precision}: next batch"
+        );
+        assert_eq!(
+            words[StateWord::Diverged as usize],
+            0,
+            "{precision}: finite"
+        );
     }
 }

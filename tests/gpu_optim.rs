@@ -1,6 +1,6 @@
 //! Every optimizer on the GPU against the reference (PyTorch's update rules, in f64): five steps
 //! on a small net with a fixed batch, the gradient recomputed on the GPU at every step, each step
-//! built as train.rs builds it (forward, backward, update, advance of the GPU step counter).
+//! built as train.rs builds it (forward, loss and step count, backward, update).
 //! The reference replays the same five steps with `RefMlp::loss_and_grad` + `RefOptimizer::step`.
 //!
 //! What is compared after each step is the displacement θ_t − θ_0 (norm-wise relative error):
@@ -16,10 +16,11 @@ mod common;
 
 use common::*;
 use wgrad::gpu::{kernel, Gpu, GpuBuffer, Precision};
-use wgrad::nn::{Activation, Copies, Model, NetSpec, Recorder, Workspace};
+use wgrad::nn::Mode;
+use wgrad::nn::{Activation, Model, NetSpec, Recorder, Workspace};
 use wgrad::optim::{GpuOptimizer, Horizon, LrPlan, LrSchedule, Optimizer, Schedule};
 use wgrad::reference::RefOptimizer;
-use wgrad::train::advance;
+use wgrad::train::{train_step_loss, StateWord};
 
 const STEPS: usize = 5;
 
@@ -38,7 +39,8 @@ fn problem(model_weight_decay: f64) -> Problem {
     Problem::random(&spec, 24, 2024)
 }
 
-/// θ after each of `steps` GPU steps (forward, backward, update, advance), one submit per step.
+/// θ after each of `steps` GPU steps (forward, loss and step count, backward, update), one submit
+/// per step.
 fn gpu_trajectory(
     opt: &Optimizer,
     precision: Precision,
@@ -91,13 +93,20 @@ fn train_step(
         kernels: kernels(precision),
         model,
     };
+    let step_losses = GpuBuffer::real(ctx(), "step_losses", 1, precision);
+    let classes = model.spec.output;
     let mut step = Vec::new();
     step.extend(rec.l2_penalty(stats));
-    step.extend(rec.forward(ws, &Copies::Single));
+    step.extend(rec.forward_logits(ws, Mode::Train, state));
+    step.push(train_step_loss(
+        &rec.gpu(),
+        ws,
+        classes,
+        (stats, state),
+        &step_losses,
+    ));
     step.extend(rec.backward(ws));
-    step.push(train_metrics(&rec.gpu(), ws, stats, state));
     step.extend(optimizer.dispatches().iter().cloned());
-    step.push(advance(&rec.gpu(), ws, stats, state));
     step
 }
 
@@ -569,22 +578,16 @@ fn optimizer_update_folds_its_grid_past_65535_workgroups() {
 
     let ctx = ctx();
     let model = Model::new(ctx, &spec, &theta0, precision).unwrap();
-    let ws = Workspace::new(ctx, &model, 1, 1, false);
     let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
-    let stats = GpuBuffer::real(ctx, "stats", STATS_WORDS, precision);
     let optimizer = GpuOptimizer::new(&gpu(precision), &model, &opt, None, &state).unwrap();
-    let rec = Recorder {
-        ctx,
-        kernels: kernels(precision),
-        model: &model,
-    };
-    let mut step = optimizer.dispatches().to_vec();
-    step.push(advance(&rec.gpu(), &ws, &stats, &state));
+    let step = optimizer.dispatches().to_vec();
 
     let mut theta = theta0.clone();
     let mut ropt = RefOptimizer::new(&opt, numel);
     for (t, g) in grads.iter().enumerate() {
         model.grads.write_real(ctx, 0, g, precision);
+        // A training step's loss kernel counts the step before its update runs.
+        state.write_u32(ctx, StateWord::Step as usize, &[t as u32 + 1]);
         kernel::run(ctx, &step).unwrap();
         ropt.step(&mut theta, g);
         let got = model.read_params(ctx).unwrap();

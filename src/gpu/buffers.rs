@@ -81,6 +81,10 @@ pub struct GpuBuffer {
     pub elem_bytes: usize,
 }
 
+/// Storage buffers are whole vec4s of f64, so that a kernel may read any of them four elements
+/// at a time (matmul.wgsl's vec4 views); the tail past `len` is zero and never read back.
+const VEC4_BYTES: usize = 32;
+
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
@@ -91,7 +95,7 @@ impl GpuBuffer {
     pub fn zeroed(ctx: &GpuContext, label: &str, len: usize, elem_bytes: usize) -> Self {
         let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: (len.max(1) * elem_bytes).next_multiple_of(4) as u64,
+            size: (len.max(1) * elem_bytes).next_multiple_of(VEC4_BYTES) as u64,
             usage: STORAGE,
             mapped_at_creation: false,
         });
@@ -123,7 +127,7 @@ impl GpuBuffer {
 
     pub fn from_bytes(ctx: &GpuContext, label: &str, bytes: &[u8], elem_bytes: usize) -> Self {
         let mut contents = bytes.to_vec();
-        contents.resize(bytes.len().max(elem_bytes).next_multiple_of(4), 0);
+        contents.resize(bytes.len().max(elem_bytes).next_multiple_of(VEC4_BYTES), 0);
         let buffer = ctx
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {

@@ -54,6 +54,10 @@ pub const INCLUDES: &[(&str, &str)] = &[
         include_str!("../../shaders/cross_entropy.wgsl"),
     ),
     (
+        "softmax_row.wgsl",
+        include_str!("../../shaders/softmax_row.wgsl"),
+    ),
+    (
         "activations.wgsl",
         include_str!("../../shaders/activations.wgsl"),
     ),
@@ -67,20 +71,20 @@ pub const INCLUDES: &[(&str, &str)] = &[
     ),
 ];
 
-/// `source` with each `#include "name"` line replaced by that file.
+/// `source` with each `#include "name"` line replaced by that file (itself expanded).
 fn expand_includes(source: &str) -> String {
     source
         .lines()
         .map(|line| match line.trim().strip_prefix("#include ") {
             Some(name) => {
                 let name = name.trim().trim_matches('"');
-                INCLUDES
+                let (_, text) = INCLUDES
                     .iter()
                     .find(|(file, _)| *file == name)
-                    .unwrap_or_else(|| panic!("shader include \"{name}\" is not in INCLUDES"))
-                    .1
+                    .unwrap_or_else(|| panic!("shader include \"{name}\" is not in INCLUDES"));
+                expand_includes(text)
             }
-            None => line,
+            None => line.to_string(),
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -263,6 +267,7 @@ impl Kernel {
             entries: &entries,
         });
         Dispatch {
+            label: self.name.clone(),
             pipeline: self.pipeline.clone(),
             bind_group,
             workgroups,
@@ -273,12 +278,19 @@ impl Kernel {
 /// One recorded kernel launch: pipeline, bind group and grid, all built ahead of time.
 #[derive(Clone)]
 pub struct Dispatch {
+    /// The kernel it launches (shader::entry/precision).
+    pub label: String,
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
 }
 
 impl Dispatch {
+    /// The workgroup grid.
+    pub fn workgroups(&self) -> [u32; 3] {
+        self.workgroups
+    }
+
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         if self.workgroups.contains(&0) {
             return;
@@ -435,8 +447,8 @@ impl Kernels {
             loss,
             built: Mutex::new(HashMap::new()),
             unused: Placeholders {
-                real: GpuBuffer::real(ctx, "unused", 1, precision),
-                real_rw: GpuBuffer::real(ctx, "unused_rw", 1, precision),
+                real: GpuBuffer::real(ctx, "unused", 4, precision),
+                real_rw: GpuBuffer::real(ctx, "unused_rw", 4, precision),
                 word: GpuBuffer::zeroed(ctx, "unused_u32", 1, 4),
                 word_rw: GpuBuffer::zeroed(ctx, "unused_u32_rw", 1, 4),
             },

@@ -11,7 +11,8 @@ use crate::gpu::limits::MAX_ROWS;
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Kernels, Precision};
 use crate::nn::layers::softmax_loss::{softmax_loss, SoftmaxBindings};
 use crate::nn::layers::{
-    Backward, BatchNorm, Forward, Gpu, Layer, LayerState, Mode, MovedChannel, Perturbation, Saved,
+    Activation, Backward, BatchNorm, Forward, Gpu, Layer, LayerState, Mode, MovedChannel,
+    Perturbation, Saved,
 };
 use crate::nn::weight_decay::WeightDecay;
 use crate::nn::{NamedTensor, NetSpec, ParamLayout};
@@ -323,6 +324,16 @@ impl Workspace {
         }
     }
 
+    /// The last layer's output [P, N, classes].
+    pub fn logits(&self) -> &GpuBuffer {
+        self.out.last().expect("a net has layers")
+    }
+
+    /// The gradient of the loss with respect to the logits, [N, classes] (training workspaces).
+    pub fn dlogits(&self) -> Option<&GpuBuffer> {
+        self.d_out.last()
+    }
+
     /// The input of layer `i`: x for the first, else the previous layer's output.
     fn input(&self, i: usize) -> &GpuBuffer {
         if i == 0 {
@@ -350,6 +361,15 @@ pub enum Copies<'a> {
         base: &'a Workspace,
         incremental: bool,
     },
+}
+
+/// The activation that follows affine layer `i` and runs inside its matmul's epilogue in the
+/// forward pass (None where layer `i` is not affine or no activation follows it).
+fn fused_activation(layers: &[Layer], i: usize) -> Option<Activation> {
+    match (layers.get(i), layers.get(i + 1)) {
+        (Some(Layer::Affine(_)), Some(Layer::Activation(f))) => Some(f.kind),
+        _ => None,
+    }
 }
 
 /// Builds dispatch lists for one model.
@@ -391,7 +411,15 @@ impl Recorder<'_> {
         step: &GpuBuffer,
         start: usize,
     ) -> Vec<Dispatch> {
-        self.forward_layers(ws, copies, mode, step, start, None)
+        let mut out = self.forward_layers(ws, copies, mode, step, start, None);
+        out.push(self.softmax(ws));
+        out
+    }
+
+    /// The forward pass of one copy up to its logits, without the loss (the training step's
+    /// loss kernel takes it from there); `step`'s word 0 seeds dropout masks.
+    pub fn forward_logits(&self, ws: &Workspace, mode: Mode, step: &GpuBuffer) -> Vec<Dispatch> {
+        self.forward_layers(ws, &Copies::Single, mode, step, 0, None)
     }
 
     /// [`Recorder::forward_with`] of perturbed copies along a one-channel route: layers
@@ -406,7 +434,9 @@ impl Recorder<'_> {
         start: usize,
         (moved, end): (MovedChannel, usize),
     ) -> Vec<Dispatch> {
-        self.forward_layers(ws, copies, Mode::Check, step, start, Some((moved, end)))
+        let mut out = self.forward_layers(ws, copies, Mode::Check, step, start, Some((moved, end)));
+        out.push(self.softmax(ws));
+        out
     }
 
     fn forward_layers(
@@ -420,7 +450,11 @@ impl Recorder<'_> {
     ) -> Vec<Dispatch> {
         let m = self.model;
         let mut out = Vec::new();
+        let mut fused_above = false;
         for (i, layer) in m.layers.iter().enumerate().skip(start) {
+            if std::mem::take(&mut fused_above) {
+                continue;
+            }
             // The input is shared across copies where it lies below every perturbation.
             let (input, input_shared) = match copies {
                 _ if i == 0 => (&ws.x, true),
@@ -448,6 +482,12 @@ impl Recorder<'_> {
                         .map(|(moved, _)| moved),
                 }),
             };
+            // Perturbed copies keep their activations apart: those count kink crossings.
+            let activated = match copies {
+                Copies::Single => fused_activation(&m.layers, i).map(|f| (f, &ws.out[i + 1])),
+                Copies::Perturbed { .. } => None,
+            };
+            fused_above = activated.is_some();
             out.extend(layer.forward(&Forward {
                 gpu: self.gpu(),
                 theta: &m.params,
@@ -463,9 +503,9 @@ impl Recorder<'_> {
                 step,
                 dropout_seed: m.dropout_seed,
                 perturbation,
+                activated,
             }));
         }
-        out.push(self.softmax(ws));
         out
     }
 
@@ -495,7 +535,26 @@ impl Recorder<'_> {
         );
         let m = self.model;
         let mut out = Vec::new();
+        let mut fused_below = false;
         for (i, layer) in m.layers.iter().enumerate().rev() {
+            if std::mem::take(&mut fused_below) {
+                continue;
+            }
+            // An affine layer's input gradient goes on through the activation below it in the
+            // same dispatch (unless that activation is the first layer, whose input gradient
+            // nothing needs).
+            let below = i.checked_sub(1).filter(|&b| b > 0);
+            let dx_through = match (layer, below.map(|b| (b, &m.layers[b]))) {
+                (Layer::Affine(_), Some((b, Layer::Activation(f)))) => {
+                    let saved = match f.kind.backward_reads_output() {
+                        true => &ws.out[b],
+                        false => ws.input(b),
+                    };
+                    Some((f.kind, saved))
+                }
+                _ => None,
+            };
+            fused_below = dx_through.is_some();
             out.extend(layer.backward(&Backward {
                 gpu: self.gpu(),
                 theta: &m.params,
@@ -506,7 +565,11 @@ impl Recorder<'_> {
                 output: &ws.out[i],
                 dy: &ws.d_out[i],
                 // The first layer's input gradient is only wanted of a custom layer.
-                dx: ws.input_grad(i),
+                dx: match (dx_through, below) {
+                    (Some(_), Some(b)) => ws.input_grad(b),
+                    _ => ws.input_grad(i),
+                },
+                dx_through,
                 saved: &ws.saved[i],
                 state: &m.states[i],
             }));

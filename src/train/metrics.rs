@@ -73,15 +73,18 @@ pub const STATS_WORDS: usize = StatsWord::ALL.len();
 
 /// metrics.wgsl's Params.
 #[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
 pub struct MetricsParams {
     /// Rows to reduce (N), or copies for copy_loss.
     pub rows: u32,
     /// Rows per copy (copy_loss).
     pub n: u32,
-    /// Slots of `step_losses` (train_metrics; 0: none).
+    /// Slots of `step_losses` (train_step_loss).
     pub window: u32,
     pub row_width: u32,
+    /// Classes of the logits (train_step_loss).
+    pub classes: u32,
+    pub _pad: [u32; 3],
 }
 
 /// metrics.wgsl's buffers.
@@ -92,8 +95,11 @@ pub struct MetricsBindings<'a> {
     pub stats: &'a GpuBuffer,
     pub state: Option<&'a GpuBuffer>,
     pub labels: &'a GpuBuffer,
-    /// train_metrics: the last steps' losses, step t at t % len.
+    /// train_step_loss: the last steps' losses, step t at t % len.
     pub step_losses: Option<&'a GpuBuffer>,
+    /// train_step_loss: the logits and their gradient, [N, C].
+    pub logits: Option<&'a GpuBuffer>,
+    pub dlogits: Option<&'a GpuBuffer>,
 }
 
 impl KernelBindings for MetricsBindings<'_> {
@@ -102,6 +108,8 @@ impl KernelBindings for MetricsBindings<'_> {
         Binding::Read,
         Binding::Read,
         Binding::ReadWrite,
+        Binding::ReadWrite,
+        Binding::Read,
         Binding::ReadWrite,
         Binding::Read,
         Binding::ReadWrite,
@@ -114,29 +122,29 @@ impl KernelBindings for MetricsBindings<'_> {
             unused.word_rw(self.state),
             &self.labels.buffer,
             unused.real_rw(self.step_losses),
+            unused.real(self.logits),
+            unused.real_rw(self.dlogits),
         ]
     }
 }
 
 const TRAIN: Entry = Entry::new(shaders::METRICS, "train_metrics");
+const STEP_LOSS: Entry = Entry::new(shaders::METRICS, "train_step_loss");
 const EVAL: Entry = Entry::new(shaders::METRICS, "eval_metrics");
 const COPY_LOSS: Entry = Entry::new(shaders::METRICS, "copy_loss");
-const ADVANCE: Entry = Entry::new(shaders::METRICS, "advance");
 
+/// `entry` of metrics.wgsl over `rows` rows of `ws` (the rows' figures, or the logits and their
+/// gradient for train_step_loss).
 fn metrics(
     gpu: &Gpu,
     entry: &Entry,
     ws: &Workspace,
-    rows: usize,
-    (stats, state, step_losses): (&GpuBuffer, Option<&GpuBuffer>, Option<&GpuBuffer>),
-    groups: ([u32; 3], u32),
+    params: MetricsParams,
+    bindings: (&GpuBuffer, Option<&GpuBuffer>, Option<&GpuBuffer>),
+    groups: [u32; 3],
 ) -> Dispatch {
-    let params = MetricsParams {
-        rows: rows as u32,
-        n: ws.rows as u32,
-        window: step_losses.map_or(0, |b| b.len as u32),
-        row_width: groups.1,
-    };
+    let (stats, state, step_losses) = bindings;
+    let step_loss = step_losses.is_some();
     let bindings = MetricsBindings {
         row_loss: &ws.row_loss,
         row_correct: &ws.row_correct,
@@ -144,62 +152,79 @@ fn metrics(
         state,
         labels: &ws.labels,
         step_losses,
+        logits: step_loss.then(|| ws.logits()),
+        dlogits: step_loss.then(|| ws.dlogits()).flatten(),
     };
     gpu.kernels
-        .dispatch(gpu.ctx, entry, &params, &bindings, groups.0)
+        .dispatch(gpu.ctx, entry, &params, &bindings, groups)
 }
 
-/// A training step's loss and correct count into `stats`, divergence into `state`.
+/// Params over `rows` rows, one workgroup.
+fn over(rows: usize) -> MetricsParams {
+    MetricsParams {
+        rows: rows as u32,
+        ..Default::default()
+    }
+}
+
+/// One pass's loss (with the L2 penalty) and correct count into `stats`, from the rows'
+/// figures of the softmax loss.
 pub fn train_metrics(gpu: &Gpu, ws: &Workspace, stats: &GpuBuffer, state: &GpuBuffer) -> Dispatch {
-    train_step_metrics(gpu, ws, (stats, state), None)
+    let params = over(ws.rows);
+    metrics(
+        gpu,
+        &TRAIN,
+        ws,
+        params,
+        (stats, Some(state), None),
+        [1, 1, 1],
+    )
 }
 
-/// [`train_metrics`], keeping each step's loss in `step_losses` too (step t at t % its length),
-/// so that a submit of up to that many steps is read back once for all of them.
-pub fn train_step_metrics(
+/// The loss end of a training step, one dispatch: softmax-CE of the logits of `ws` (a training
+/// workspace) and their gradient, the step's loss and correct count into `stats` and its loss
+/// into `step_losses` (step t at t % its length, so a submit of up to that many steps is read
+/// back once for all of them), divergence into `state`, and then the step counted and the batch
+/// cursor moved on: the update after it reads t + 1.
+pub fn train_step_loss(
     gpu: &Gpu,
     ws: &Workspace,
+    classes: usize,
     (stats, state): (&GpuBuffer, &GpuBuffer),
-    step_losses: Option<&GpuBuffer>,
+    step_losses: &GpuBuffer,
 ) -> Dispatch {
-    let buffers = (stats, Some(state), step_losses);
-    metrics(gpu, &TRAIN, ws, ws.rows, buffers, ([1, 1, 1], 0))
+    assert!(ws.dlogits().is_some(), "a training workspace");
+    let params = MetricsParams {
+        window: step_losses.len as u32,
+        classes: classes as u32,
+        ..over(ws.rows)
+    };
+    let buffers = (stats, Some(state), Some(step_losses));
+    metrics(gpu, &STEP_LOSS, ws, params, buffers, [1, 1, 1])
 }
 
 /// An evaluation batch's sums into `stats`, and the evaluation cursor moved on in `state`.
 pub fn eval_metrics(gpu: &Gpu, ws: &Workspace, stats: &GpuBuffer, state: &GpuBuffer) -> Dispatch {
+    let params = over(ws.rows);
     metrics(
         gpu,
         &EVAL,
         ws,
-        ws.rows,
+        params,
         (stats, Some(state), None),
-        ([1, 1, 1], 0),
+        [1, 1, 1],
     )
 }
 
 /// The mean data loss of each copy into `out[p]`.
 pub fn copy_loss(gpu: &Gpu, ws: &Workspace, out: &GpuBuffer) -> Dispatch {
-    metrics(
-        gpu,
-        &COPY_LOSS,
-        ws,
-        ws.copies,
-        (out, None, None),
-        grid(ws.copies),
-    )
-}
-
-/// The end of a training step: t += 1, next batch.
-pub fn advance(gpu: &Gpu, ws: &Workspace, stats: &GpuBuffer, state: &GpuBuffer) -> Dispatch {
-    metrics(
-        gpu,
-        &ADVANCE,
-        ws,
-        0,
-        (stats, Some(state), None),
-        ([1, 1, 1], 0),
-    )
+    let (groups, row_width) = grid(ws.copies);
+    let params = MetricsParams {
+        n: ws.rows as u32,
+        row_width,
+        ..over(ws.copies)
+    };
+    metrics(gpu, &COPY_LOSS, ws, params, (out, None, None), groups)
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use session::Session;
 pub use signals::Signals;
 
 pub use metrics::{
-    advance, copy_loss, eval_metrics, train_metrics, train_step_metrics, StateWord, StatsWord,
-    STATE_WORDS, STATS_WORDS,
+    copy_loss, eval_metrics, train_metrics, train_step_loss, StateWord, StatsWord, STATE_WORDS,
+    STATS_WORDS,
 };
 
 use crate::data::{Dataset, GpuDataset, Mnist};
@@ -457,16 +457,17 @@ pub fn step_dispatches(
     let mut step = vec![data.gather(&gpu, (&ws.x, &ws.labels), state, cursor)];
     step.extend(rec.l2_penalty(stats));
     // Dropout draws a new mask each step from the GPU step counter (state word 0).
-    step.extend(rec.forward_with(ws, &Copies::Single, Mode::Train, state, 0));
-    step.extend(rec.backward(ws));
-    step.push(train_step_metrics(
+    step.extend(rec.forward_logits(ws, Mode::Train, state));
+    let classes = rec.model.spec.output;
+    step.push(train_step_loss(
         &gpu,
         ws,
+        classes,
         (stats, state),
-        Some(step_losses),
+        step_losses,
     ));
+    step.extend(rec.backward(ws));
     step.extend(optimizer.dispatches().iter().cloned());
-    step.push(advance(&gpu, ws, stats, state));
     step
 }
 

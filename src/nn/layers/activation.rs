@@ -50,7 +50,7 @@ impl Activation {
 
     /// The backward kernel reads the forward's input (ReLU's mask) or its output (σ′ = y(1 − y),
     /// tanh′ = 1 − y²).
-    fn backward_reads_output(self) -> bool {
+    pub fn backward_reads_output(self) -> bool {
         matches!(self, Activation::Sigmoid | Activation::Tanh)
     }
 

@@ -6,7 +6,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::TensorPlacer;
-use super::{Backward, Forward, Gpu, Layer, LayerOps, LayerSpec, MovedChannel, Perturbation};
+use super::{
+    Activation, Backward, Forward, Gpu, Layer, LayerOps, LayerSpec, MovedChannel, Perturbation,
+};
 use crate::gpu::kernel::Shader;
 use crate::gpu::kernel::{self, grid, shaders, Binding, Entry, KernelBindings, Placeholders};
 use crate::gpu::{Dispatch, GpuBuffer};
@@ -67,7 +69,11 @@ pub struct MatmulParams {
     pub c_off: u32,
     pub c_rs: u32,
     pub c_bs: u32,
-    pub _pad: u32,
+    /// The epilogue's activation (its ACT_ code).
+    pub act_kind: u32,
+    /// [`Epilogue::ColumnSums`]: where in C the column sums of B go.
+    pub sum_off: u32,
+    pub _pad: [u32; 3],
 }
 
 /// MatmulParams::flags: add the bias row.
@@ -76,8 +82,22 @@ pub const ADD_BIAS: u32 = 1;
 pub const MATMUL: Entry = Entry::new(shaders::MATMUL, "matmul");
 /// Each copy p reads B and bias as the shared base plus its own one-element change.
 pub const MATMUL_PERTURBED: Entry = MATMUL.with(&[("PERTURBED", 1.0)]);
-/// C\[j] = Σ_i A[i, j]: a bias gradient.
-pub const COLUMN_SUM: Entry = Entry::new(shaders::MATMUL, "column_sum");
+
+/// What the matmul does with C before it stores it: the work of the layer beside it, fused.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Epilogue {
+    Plain,
+    /// Store C and f(C) into [`MatmulBindings::activated`]: an affine layer and the
+    /// activation above it.
+    Activate(Activation),
+    /// Store f′ applied to C, with f′ from [`MatmulBindings::saved`]: an input gradient and the
+    /// activation layer below it.
+    Backpropagate(Activation),
+    /// Also the column sums of B into C from `sum_off`: a weight gradient and its bias's.
+    ColumnSums {
+        sum_off: usize,
+    },
+}
 
 /// matmul.wgsl's buffers.
 pub struct MatmulBindings<'a> {
@@ -88,6 +108,10 @@ pub struct MatmulBindings<'a> {
     /// MATMUL_PERTURBED: (flat index, sign) per copy, and \[h].
     pub pert: Option<&'a GpuBuffer>,
     pub h: Option<&'a GpuBuffer>,
+    /// [`Epilogue::Backpropagate`]: what the activation's forward saved, laid out as C.
+    pub saved: Option<&'a GpuBuffer>,
+    /// [`Epilogue::Activate`]: f(C), laid out as C.
+    pub activated: Option<&'a GpuBuffer>,
 }
 
 impl KernelBindings for MatmulBindings<'_> {
@@ -99,6 +123,10 @@ impl KernelBindings for MatmulBindings<'_> {
         Binding::ReadWrite,
         Binding::Read,
         Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
     ];
     fn buffers<'a>(&'a self, unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
         vec![
@@ -108,25 +136,84 @@ impl KernelBindings for MatmulBindings<'_> {
             &self.c.buffer,
             unused.word(self.pert),
             unused.real(self.h),
+            // The vec4 views of A and B.
+            &self.a.buffer,
+            unused.real(self.b),
+            unused.real(self.saved),
+            unused.real_rw(self.activated),
         ]
     }
 }
 
-/// A matmul over `batch` copies (grid z), 4×4 outputs an invocation in 8×8 workgroups.
+/// Whether an offset or stride lands on a vec4 boundary.
+fn aligned(v: u32) -> bool {
+    v.is_multiple_of(4)
+}
+
+/// How matmul.wgsl reads A (its A_VEC): four k at a time where rows run contiguous along k,
+/// four rows at a time where columns do, else element by element; the vec4 reads need every
+/// offset and stride they step by to be a multiple of 4.
+fn a_reads(p: &MatmulParams, batch: usize) -> u32 {
+    let base = aligned(p.a_off) && (batch == 1 || aligned(p.a_bs)) && p.k >= 4;
+    if base && p.a_cs == 1 && aligned(p.a_rs) {
+        1
+    } else if base && p.a_rs == 1 && aligned(p.a_cs) && aligned(p.m) {
+        2
+    } else {
+        0
+    }
+}
+
+/// Whether matmul.wgsl reads B four columns at a time (its B_VEC).
+fn b_reads_quads(p: &MatmulParams, perturbed: bool) -> bool {
+    !perturbed && p.b_cs == 1 && aligned(p.b_off) && aligned(p.b_rs) && aligned(p.n)
+}
+
+/// A matmul over `batch` copies (grid z), 8×8 outputs an invocation in workgroups of 64 that are
+/// as narrow as the output (down to one invocation, 8 columns, wide).
 pub fn matmul(
     gpu: &Gpu,
-    entry: &Entry,
-    params: MatmulParams,
+    mut params: MatmulParams,
     batch: usize,
     bindings: &MatmulBindings,
+    epilogue: Epilogue,
 ) -> Dispatch {
+    let perturbed = bindings.pert.is_some();
+    let entry = if perturbed {
+        &MATMUL_PERTURBED
+    } else {
+        &MATMUL
+    };
+    let wg_x = (params.n as usize).div_ceil(8).next_power_of_two().min(8);
+    let mut block_rows = (params.m as usize).div_ceil(8);
+    let mut constants = vec![
+        ("A_VEC", a_reads(&params, batch) as f64),
+        ("B_VEC", b_reads_quads(&params, perturbed) as u32 as f64),
+        ("WG_X", wg_x as f64),
+    ];
+    match epilogue {
+        Epilogue::Plain => {}
+        Epilogue::Activate(f) => {
+            params.act_kind = f.code();
+            constants.push(("ACT_FORWARD", 1.0));
+        }
+        Epilogue::Backpropagate(f) => {
+            params.act_kind = f.code();
+            constants.push(("ACT_BACKWARD", 1.0));
+        }
+        Epilogue::ColumnSums { sum_off } => {
+            params.sum_off = sum_off as u32;
+            block_rows += 1;
+            constants.push(("SUM_ROW", 1.0));
+        }
+    }
     let groups = [
-        kernel::groups(params.n as usize, 32),
-        kernel::groups(params.m as usize, 32),
+        kernel::groups(params.n as usize, 8 * wg_x),
+        kernel::groups(block_rows, 64 / wg_x),
         batch as u32,
     ];
     gpu.kernels
-        .dispatch(gpu.ctx, entry, &params, bindings, groups)
+        .dispatch_specialised(gpu.ctx, entry, &constants, &params, bindings, groups)
 }
 
 /// affine_delta.wgsl's Params, shared by its entry points.
@@ -274,7 +361,8 @@ impl LayerOps for Affine {
         true
     }
 
-    // y [P, N, d_out] = x [P or shared, N, d_in] · W + b
+    // y [P, N, d_out] = x [P or shared, N, d_in] · W + b, and f(y) too when the activation
+    // above is fused in
     fn forward(&self, io: &Forward) -> Vec<Dispatch> {
         if let Some(base) = io.perturbation.filter(|p| p.from_base) {
             debug_assert!(
@@ -307,9 +395,9 @@ impl LayerOps for Affine {
             c_bs: (n * d_out) as u32,
             ..Default::default()
         };
-        let entry = match io.perturbation {
-            Some(_) => &MATMUL_PERTURBED,
-            None => &MATMUL,
+        let (epilogue, activated) = match io.activated {
+            Some((f, out)) => (Epilogue::Activate(f), Some(out)),
+            None => (Epilogue::Plain, None),
         };
         let bindings = MatmulBindings {
             a: io.input,
@@ -318,15 +406,18 @@ impl LayerOps for Affine {
             c: io.output,
             pert: io.pert(),
             h: io.h(),
+            saved: None,
+            activated,
         };
-        vec![matmul(&io.gpu, entry, params, io.copies, &bindings)]
+        vec![matmul(&io.gpu, params, io.copies, &bindings, epilogue)]
     }
 
     fn backward(&self, io: &Backward) -> Vec<Dispatch> {
         let (n, d_in, d_out) = (io.rows, self.d_in, self.d_out);
         let w = &io.layout.tensors[self.weight];
         let b = &io.layout.tensors[self.bias];
-        // dW [d_in, d_out] = xᵀ [d_in, N] · dy [N, d_out]
+        // dW [d_in, d_out] = xᵀ [d_in, N] · dy [N, d_out], and db [d_out] = Σ_n dy[n, :] as
+        // the column sums of dy
         let dw = MatmulParams {
             m: d_in as u32,
             n: d_out as u32,
@@ -346,33 +437,14 @@ impl LayerOps for Affine {
             c: io.grads,
             pert: None,
             h: None,
+            saved: None,
+            activated: None,
         };
-        // db [d_out] = Σ_n dy[n, :]
-        let db = MatmulParams {
-            m: n as u32,
-            n: d_out as u32,
-            a_rs: d_out as u32,
-            a_cs: 1,
-            c_off: b.offset as u32,
-            ..Default::default()
-        };
-        let db_bindings = MatmulBindings {
-            a: io.dy,
-            b: None,
-            bias: None,
-            c: io.grads,
-            pert: None,
-            h: None,
-        };
-        let column_groups = [kernel::groups(d_out, 64), 1, 1];
-        let mut out = vec![
-            matmul(&io.gpu, &MATMUL, dw, 1, &dw_bindings),
-            io.gpu
-                .kernels
-                .dispatch(io.gpu.ctx, &COLUMN_SUM, &db, &db_bindings, column_groups),
-        ];
+        let sums = Epilogue::ColumnSums { sum_off: b.offset };
+        let mut out = vec![matmul(&io.gpu, dw, 1, &dw_bindings, sums)];
         if let Some(dx) = io.dx {
-            // dx [N, d_in] = dy [N, d_out] · Wᵀ [d_out, d_in]
+            // dx [N, d_in] = dy [N, d_out] · Wᵀ [d_out, d_in], through f′ of the activation
+            // below when it is fused in
             let params = MatmulParams {
                 m: n as u32,
                 n: d_in as u32,
@@ -385,6 +457,10 @@ impl LayerOps for Affine {
                 c_rs: d_in as u32,
                 ..Default::default()
             };
+            let (epilogue, saved) = match io.dx_through {
+                Some((f, saved)) => (Epilogue::Backpropagate(f), Some(saved)),
+                None => (Epilogue::Plain, None),
+            };
             let bindings = MatmulBindings {
                 a: io.dy,
                 b: Some(io.theta),
@@ -392,8 +468,10 @@ impl LayerOps for Affine {
                 c: dx,
                 pert: None,
                 h: None,
+                saved,
+                activated: None,
             };
-            out.push(matmul(&io.gpu, &MATMUL, params, 1, &bindings));
+            out.push(matmul(&io.gpu, params, 1, &bindings, epilogue));
         }
         out
     }

@@ -8,7 +8,7 @@ use std::fmt;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::affine::{matmul, MatmulBindings, MatmulParams, ADD_BIAS, MATMUL};
+use super::affine::{matmul, Epilogue, MatmulBindings, MatmulParams, ADD_BIAS};
 use super::{Backward, Forward, Layer, LayerOps, LayerSpec, Saved, TensorPlacer};
 use crate::gpu::kernel::{grid, Binding, Entry, KernelBindings, Placeholders, Shader};
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Precision};
@@ -263,6 +263,8 @@ impl Conv {
             c: nhwc,
             pert: None,
             h: None,
+            saved: None,
+            activated: None,
         };
         let fold = ConvBindings {
             x: nhwc,
@@ -282,7 +284,7 @@ impl Conv {
                 &unfold,
                 grid(rows * ckk).0,
             ),
-            matmul(gpu, &MATMUL, mm, 1, &mm_bindings),
+            matmul(gpu, mm, 1, &mm_bindings, Epilogue::Plain),
             gpu.kernels
                 .dispatch(gpu.ctx, &NHWC_TO_NCHW, &params(count), &fold, grid(count).0),
         ]

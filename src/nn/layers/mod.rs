@@ -425,6 +425,9 @@ pub struct Forward<'a> {
     pub step: &'a GpuBuffer,
     pub dropout_seed: u32,
     pub perturbation: Option<Perturbation<'a>>,
+    /// The activation layer above, fused into this one's forward (an affine layer's): its kind
+    /// and its output, which this layer writes too.
+    pub activated: Option<(Activation, &'a GpuBuffer)>,
 }
 
 impl Forward<'_> {
@@ -469,6 +472,9 @@ pub struct Backward<'a> {
     pub dy: &'a GpuBuffer,
     /// The input gradient, None for the first layer (never needed).
     pub dx: Option<&'a GpuBuffer>,
+    /// The activation layer below, fused into this one's backward (an affine layer's): its
+    /// kind and the tensor its f′ reads. `dx` is then the gradient of that layer's input.
+    pub dx_through: Option<(Activation, &'a GpuBuffer)>,
     pub saved: &'a Saved,
     pub state: &'a LayerState,
 }
