@@ -23,9 +23,14 @@ const INVALID: u32 = 0xffffffffu;
 @group(0) @binding(5) var<storage, read_write> x: array<real>;
 @group(0) @binding(6) var<storage, read_write> labels_out: array<u32>;
 
+// Built when D is a multiple of 4 (rows start on a word): each invocation unpacks one word,
+// four pixels of a row, so a quarter of the invocations and reads.
+override QUADS: bool = false;
+
 @compute @workgroup_size(64)
 fn gather(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.y * P.row_width + gid.x;
+    let per = select(1u, 4u, QUADS);
+    let i = (gid.y * P.row_width + gid.x) * per;
     if (i >= P.n * P.features) {
         return;
     }
@@ -34,7 +39,9 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>) {
     let pos = state[P.cursor_slot] * P.n + r;
     if (pos >= P.samples) {
         // Padding row of a last, partial batch: zero input, ignored by the loss.
-        x[i] = real(0.0);
+        for (var e = 0u; e < per; e++) {
+            x[i + e] = real(0.0);
+        }
         if (d == 0u) {
             labels_out[r] = INVALID;
         }
@@ -42,8 +49,15 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let sample = index[pos];
     let byte_at = sample * P.features + d;
-    let byte = (pixels[byte_at / 4u] >> (8u * (byte_at % 4u))) & 0xffu;
-    x[i] = real(byte) / real(255.0);
+    if (QUADS) {
+        let word = pixels[byte_at / 4u];
+        for (var e = 0u; e < 4u; e++) {
+            x[i + e] = real((word >> (8u * e)) & 0xffu) / real(255.0);
+        }
+    } else {
+        let byte = (pixels[byte_at / 4u] >> (8u * (byte_at % 4u))) & 0xffu;
+        x[i] = real(byte) / real(255.0);
+    }
     if (d == 0u) {
         labels_out[r] = labels[sample];
     }

@@ -39,6 +39,10 @@ const SCHEDULE: u32 = 9u;
 @group(0) @binding(7) var<storage, read_write> powers: array<real>;
 @group(0) @binding(8) var<storage, read> state: array<u32>;
 
+// Parameters an invocation updates, one after another: on lavapipe a workgroup costs more than
+// the few reads of one parameter's update.
+const PER_INVOCATION: u32 = 4u;
+
 fn index(gid: vec3<u32>) -> u32 {
     return gid.y * P.row_width + gid.x;
 }
@@ -80,10 +84,13 @@ fn prepare() {
 //   v ← μv − lr·g;  θ ← θ + μ²v − (1 + μ)·lr·g
 @compute @workgroup_size(64)
 fn sgd(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = index(gid);
-    if (i >= P.numel) {
-        return;
+    let first = index(gid) * PER_INVOCATION;
+    for (var i = first; i < min(first + PER_INVOCATION, P.numel); i++) {
+        sgd_at(i);
     }
+}
+
+fn sgd_at(i: u32) {
     let mu = momentum_now(hyper[1]);
     var g = grad[i] + hyper[3] * theta[i];
     if ((P.flags & BOOK) != 0u && mu != real(0.0)) {
@@ -111,10 +118,13 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>) {
 // AdaGrad: sum += g², θ −= clr·g / (√sum + ε), clr = lr / (1 + (t − 1)·lr_decay).
 @compute @workgroup_size(64)
 fn adagrad(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = index(gid);
-    if (i >= P.numel) {
-        return;
+    let first = index(gid) * PER_INVOCATION;
+    for (var i = first; i < min(first + PER_INVOCATION, P.numel); i++) {
+        adagrad_at(i);
     }
+}
+
+fn adagrad_at(i: u32) {
     let clr = lr_now() / (real(1.0) + real(steps_before()) * hyper[8]);
     let g = grad[i] + hyper[3] * theta[i];
     let sum = s1[i] + g * g;
@@ -125,10 +135,13 @@ fn adagrad(@builtin(global_invocation_id) gid: vec3<u32>) {
 // RMSprop: v = αv + (1 − α)g²; optional centring (s3) and momentum (s2).
 @compute @workgroup_size(64)
 fn rmsprop(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = index(gid);
-    if (i >= P.numel) {
-        return;
+    let first = index(gid) * PER_INVOCATION;
+    for (var i = first; i < min(first + PER_INVOCATION, P.numel); i++) {
+        rmsprop_at(i);
     }
+}
+
+fn rmsprop_at(i: u32) {
     let alpha = hyper[7];
     let g = grad[i] + hyper[3] * theta[i];
     let v = alpha * s1[i] + (real(1.0) - alpha) * g * g;
@@ -156,10 +169,13 @@ fn rmsprop(@builtin(global_invocation_id) gid: vec3<u32>) {
 //   θ ← θ − lr·√(1 − β2ᵗ)/(1 − β1ᵗ) · m / (√v + ε)
 @compute @workgroup_size(64)
 fn adam(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = index(gid);
-    if (i >= P.numel) {
-        return;
+    let first = index(gid) * PER_INVOCATION;
+    for (var i = first; i < min(first + PER_INVOCATION, P.numel); i++) {
+        adam_at(i);
     }
+}
+
+fn adam_at(i: u32) {
     let lr = lr_now();
     var th = theta[i];
     var g = grad[i];

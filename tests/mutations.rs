@@ -501,31 +501,38 @@ fn wgsl_error(tree: &Path, file: &str, text: &str) -> Option<String> {
     if !included {
         return validate(tree, &expand_includes(tree, text, None));
     }
-    let directive = format!("#include \"{name}\"");
+    // Validate it inside every whole shader that pulls it in, directly or through another
+    // include (which is no shader on its own).
+    let marker = "// (the included file under test)";
     let mut shaders: Vec<PathBuf> = fs::read_dir(tree.join("shaders"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|path| {
+            let file = path.file_name().unwrap().to_str().unwrap();
+            !wgrad::gpu::kernel::INCLUDES.iter().any(|(f, _)| *f == file)
+        })
         .collect();
     shaders.sort();
     shaders
         .iter()
         .map(|path| fs::read_to_string(path).unwrap())
-        .filter(|shader| shader.contains(&directive))
+        .filter(|shader| expand_includes(tree, shader, Some((name, marker))).contains(marker))
         .find_map(|shader| validate(tree, &expand_includes(tree, &shader, Some((name, text)))))
 }
 
 /// `text` with each `#include "name"` line replaced by that file of the tree (or by
-/// `replacement` for the file it names), as the crate's shader loader does.
+/// `replacement` for the file it names), itself expanded, as the crate's shader loader does.
 fn expand_includes(tree: &Path, text: &str, replacement: Option<(&str, &str)>) -> String {
     let lines: Vec<String> = text
         .lines()
         .map(|line| match line.trim().strip_prefix("#include ") {
             Some(name) => {
                 let name = name.trim().trim_matches('"');
-                match replacement {
+                let body = match replacement {
                     Some((file, body)) if file == name => body.to_string(),
                     _ => fs::read_to_string(tree.join("shaders").join(name)).unwrap(),
-                }
+                };
+                expand_includes(tree, &body, replacement)
             }
             None => line.to_string(),
         })

@@ -91,7 +91,10 @@ impl GpuDataset {
         cursor_slot: u32,
     ) -> Dispatch {
         let rows = labels.len;
-        let (groups, row_width) = grid(rows * self.features);
+        // Rows of whole pixel words are unpacked a word (four pixels) an invocation.
+        let quads = self.features.is_multiple_of(4);
+        let per_invocation = if quads { 4 } else { 1 };
+        let (groups, row_width) = grid(rows * self.features / per_invocation);
         let params = GatherParams {
             n: rows as u32,
             features: self.features as u32,
@@ -108,7 +111,8 @@ impl GpuDataset {
             x,
             labels_out: labels,
         };
+        let constants = [("QUADS", f64::from(u8::from(quads)))];
         gpu.kernels
-            .dispatch(gpu.ctx, &GATHER, &params, &bindings, groups)
+            .dispatch_specialised(gpu.ctx, &GATHER, &constants, &params, &bindings, groups)
     }
 }

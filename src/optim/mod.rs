@@ -366,6 +366,9 @@ const SCHEDULED: u32 = 16;
 /// torch.optim's in form.
 const BOOK: u32 = 32;
 
+/// optim.wgsl's PER_INVOCATION: parameters each invocation updates.
+const PER_INVOCATION: usize = 4;
+
 /// optim.wgsl's Params.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -552,7 +555,7 @@ impl GpuOptimizer {
             powers: &powers,
             state,
         };
-        let (groups, row_width) = grid(numel);
+        let (groups, row_width) = grid(numel.div_ceil(PER_INVOCATION));
         let params = OptimParams {
             numel: numel as u32,
             flags,
