@@ -279,6 +279,11 @@ pub struct Dispatch {
 }
 
 impl Dispatch {
+    /// The workgroup grid.
+    pub fn workgroups(&self) -> [u32; 3] {
+        self.workgroups
+    }
+
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         if self.workgroups.contains(&0) {
             return;
