@@ -140,3 +140,78 @@ pub fn run(
         numeric,
     })
 }
+
+/// `wgrad bench train`: a training run's throughput over its timed steps, the trainer's own
+/// measure (its steps' seconds, evaluation excluded), after an untimed warm-up epoch.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainBench {
+    /// The net's layers, as `--layers` writes them.
+    pub net: String,
+    pub parameters: usize,
+    pub batch: usize,
+    pub precision: Precision,
+    /// The optimizer's name (sgd, momentum, adam, …) and its learning rate.
+    pub optimizer: String,
+    pub lr: f64,
+    /// Steps of the untimed warm-up: the run's first epoch.
+    pub warmup_steps: u64,
+    /// Timed steps.
+    pub steps: u64,
+    /// The timed steps' seconds.
+    pub seconds: f64,
+    pub steps_per_second: f64,
+    pub samples_per_second: f64,
+    /// Kernel launches in one recorded training step.
+    pub dispatches_per_step: usize,
+    /// Steps recorded into one submit (the last submit of an epoch may hold fewer).
+    pub steps_per_submit: usize,
+    /// Submits of the timed steps, per step.
+    pub submits_per_step: f64,
+}
+
+/// Trains `config`'s net for one epoch of warm-up and then `steps` timed steps (the last
+/// epoch cut short by `max_steps`), and reports the timed steps' throughput from the run's
+/// per-epoch figures. `config.epochs` and `config.max_steps` are set here.
+pub fn train(
+    ctx: &GpuContext,
+    data: &crate::data::Mnist,
+    config: &crate::train::TrainConfig,
+    steps: usize,
+) -> Result<TrainBench> {
+    if steps == 0 {
+        return Err(crate::Error::InvalidArgument(
+            "--steps must be at least 1: the training steps to time (e.g. --steps 300)".into(),
+        ));
+    }
+    config.validate(&data.train)?;
+    let steps_per_epoch = config.split(&data.train).0.len() / config.batch_size;
+    let mut config = config.clone();
+    config.epochs = 1 + steps.div_ceil(steps_per_epoch);
+    config.max_steps = Some(steps_per_epoch + steps);
+    let report = crate::train::train(ctx, data, &config, None)?;
+    let batch = config.batch_size as f64;
+    let (mut seconds, mut submits) = (0.0, 0);
+    for pair in report.history.windows(2) {
+        let epoch_steps = (pair[1].step - pair[0].step) as usize;
+        seconds += epoch_steps as f64 * batch / pair[1].samples_per_second;
+        submits += epoch_steps.div_ceil(config.steps_per_submit);
+    }
+    let timed = report.steps - steps_per_epoch as u64;
+    let layers: Vec<String> = config.spec.layers.iter().map(|l| l.to_string()).collect();
+    Ok(TrainBench {
+        net: layers.join(","),
+        parameters: config.spec.layout().total,
+        batch: config.batch_size,
+        precision: config.precision,
+        optimizer: config.optimizer.name().to_string(),
+        lr: config.optimizer.lr(),
+        warmup_steps: steps_per_epoch as u64,
+        steps: timed,
+        seconds,
+        steps_per_second: timed as f64 / seconds,
+        samples_per_second: timed as f64 * batch / seconds,
+        dispatches_per_step: report.dispatches_per_step,
+        steps_per_submit: config.steps_per_submit,
+        submits_per_step: submits as f64 / timed as f64,
+    })
+}

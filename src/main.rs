@@ -17,7 +17,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => cli::train::run_train(*args, &given("train")),
         Command::Gradcheck(args) => cli::gradcheck::run_gradcheck(args, &given("gradcheck")),
-        Command::Bench(args) => cli::bench::run_bench(args, &given("bench")),
+        Command::Bench(mut args) => match args.command.take() {
+            Some(cli::bench::BenchCommand::Train(train)) => {
+                let bench = matches.subcommand_matches("bench");
+                let given = Given::of(bench.and_then(|m| m.subcommand_matches("train")));
+                cli::bench_train::run_bench_train(*train, &given)
+            }
+            None => cli::bench::run_bench(args, &given("bench")),
+        },
         Command::Eval(args) => cli::eval::run_eval(args, &given("eval")),
         Command::Predict(args) => cli::predict::run_predict(args, &given("predict")),
         Command::Plot(args) => cli::plot::run_plot(args),

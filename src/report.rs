@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::bench::BenchReport;
+use crate::bench::{BenchReport, TrainBench};
 use crate::evaluate::EvalReport;
 use crate::gpu::{AdapterSummary, GpuContext, Precision};
 use crate::gradcheck::{GradcheckReport, TensorCheck};
@@ -301,6 +301,32 @@ pub fn bench_text(report: &BenchReport, adapter: &str, precisions: &[Precision])
             );
         }
     }
+    out
+}
+
+/// `wgrad bench train`'s figures, one a line: `adapter` as the CLI says it, `commit` the
+/// build's.
+pub fn train_bench_text(r: &TrainBench, adapter: &str, commit: &str) -> String {
+    let mut out = String::new();
+    outln!(out, "net: {}", r.net);
+    outln!(out, "parameters: {}", r.parameters);
+    outln!(out, "batch: {}", r.batch);
+    outln!(out, "precision: {}", r.precision);
+    outln!(out, "optimizer: {}, lr {}", r.optimizer, r.lr);
+    outln!(out, "adapter: {adapter}");
+    outln!(out, "warm-up steps (untimed): {}", r.warmup_steps);
+    outln!(out, "steps: {}", r.steps);
+    outln!(out, "seconds: {:.3}", r.seconds);
+    outln!(out, "steps/s: {:.2}", r.steps_per_second);
+    outln!(out, "samples/s: {:.0}", r.samples_per_second);
+    outln!(out, "dispatches per step: {}", r.dispatches_per_step);
+    outln!(
+        out,
+        "submits per step: {:.4} ({} steps per submit)",
+        r.submits_per_step,
+        r.steps_per_submit
+    );
+    outln!(out, "commit: {commit}");
     out
 }
 

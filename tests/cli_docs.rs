@@ -26,7 +26,12 @@ fn docs_cli_md_is_what_the_generator_prints() {
          --release -- man --markdown > docs/cli.md"
     );
     // Every subcommand is in it, with its flags.
-    for section in ["## `wgrad train`", "## `wgrad gradcheck`", "## `wgrad man`"] {
+    for section in [
+        "## `wgrad train`",
+        "## `wgrad gradcheck`",
+        "## `wgrad bench train`",
+        "## `wgrad man`",
+    ] {
         assert!(generated.stdout.contains(section), "{section}");
     }
     assert!(generated.stdout.contains("--init-from <INIT_FROM>"));
@@ -71,6 +76,7 @@ fn man_pages_are_roff_that_groff_reads() {
         "wgrad.1",
         "wgrad-train.1",
         "wgrad-gradcheck.1",
+        "wgrad-bench-train.1",
         "wgrad-completions.1",
     ] {
         assert!(pages.contains(&page.to_string()), "{pages:?}");

@@ -2,21 +2,33 @@
 
 use std::process::ExitCode;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use wgrad::gpu::Precision;
 use wgrad::{bench, gradcheck, report, Result};
 
+use super::bench_train::BenchTrainArgs;
 use super::net::{check_params, cropped, NetArgs, CHECK_NET};
 use super::Given;
 
 /// The examples under `wgrad bench --help`.
 pub const EXAMPLES: &str = "Examples:
   wgrad bench --hidden 50 --batch 100            # each strategy and precision
-  wgrad bench --model simple-conv --precision f32 --variants incremental --json";
+  wgrad bench --model simple-conv --precision f32 --variants incremental --json
+  wgrad bench train --hidden 50 --optimizer sgd  # training steps/s and samples/s instead";
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Time training steps of any net `wgrad train` trains (its flags): steps/s, samples/s,
+    /// dispatches and submits per step.
+    #[command(after_help = super::bench_train::EXAMPLES)]
+    Train(Box<BenchTrainArgs>),
+}
 
 #[derive(Args)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
     #[command(flatten)]
     pub net: NetArgs,
     /// Use the central N×N window of each image.

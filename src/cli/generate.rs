@@ -80,14 +80,26 @@ pub fn man_pages() -> Result<Vec<(String, Vec<u8>)>> {
         Ok(roff)
     };
     let mut pages = vec![("wgrad.1".to_string(), render(cmd.clone())?)];
-    for sub in cmd.get_subcommands() {
-        let name = format!("wgrad-{}", sub.get_name());
+    for (name, sub) in subcommands(&cmd, "wgrad") {
         // clap names are &'static without its `string` feature; a handful of short names.
         let static_name: &'static str = Box::leak(name.clone().into_boxed_str());
-        let page = sub.clone().name(static_name).version(super::VERSION);
+        let page = sub.name(static_name).version(super::VERSION);
         pages.push((format!("{name}.1"), render(page)?));
     }
     Ok(pages)
+}
+
+/// Every subcommand below `cmd` (whose page is `prefix`), each followed by its own
+/// (`bench train` after `bench`), as `prefix-sub[-subsub]` and the command; clap's `help`
+/// subcommand is left out.
+fn subcommands(cmd: &clap::Command, prefix: &str) -> Vec<(String, clap::Command)> {
+    let mut out = Vec::new();
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("{prefix}-{}", sub.get_name());
+        out.push((name.clone(), sub.clone()));
+        out.extend(subcommands(sub, &name));
+    }
+    out
 }
 
 /// The CLI reference: every command's long help, in the order `wgrad --help` lists them.
@@ -113,6 +125,16 @@ pub fn markdown() -> String {
     for name in names {
         let sub = cmd.find_subcommand_mut(&name).expect("listed");
         section(&format!("wgrad {name}"), sub.render_long_help().to_string());
+        // A subcommand's own subcommands (`bench train`) come right after it; `help`'s mirror
+        // the others.
+        let nested: Vec<String> = (sub.get_subcommands())
+            .map(|s| s.get_name().to_string())
+            .filter(|n| n != "help" && name != "help")
+            .collect();
+        for inner in nested {
+            let help = (sub.find_subcommand_mut(&inner).expect("listed")).render_long_help();
+            section(&format!("wgrad {name} {inner}"), help.to_string());
+        }
     }
     out
 }

@@ -8,6 +8,7 @@ use clap::{ArgMatches, CommandFactory, Parser, Subcommand};
 use wgrad::Result;
 
 pub mod bench;
+pub mod bench_train;
 pub mod devices;
 pub mod eval;
 pub mod generate;
@@ -62,8 +63,13 @@ pub enum Command {
     /// Check backprop against batched numerical gradients, per tensor.
     #[command(after_help = gradcheck::EXAMPLES)]
     Gradcheck(GradcheckArgs),
-    /// Time analytic and numerical gradients (each strategy and precision, and the book's loop).
-    #[command(after_help = bench::EXAMPLES)]
+    /// Time analytic and numerical gradients (each strategy and precision, and the book's loop);
+    /// `bench train`: training throughput.
+    #[command(
+        after_help = bench::EXAMPLES,
+        args_conflicts_with_subcommands = true,
+        disable_help_subcommand = true
+    )]
     Bench(BenchArgs),
     /// Loss, accuracy, per-class precision and recall, and the confusion matrix of a saved net.
     #[command(after_help = eval::EXAMPLES)]

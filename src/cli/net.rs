@@ -17,9 +17,9 @@ use super::Given;
 /// plain weights file (numpy's, PyTorch's) as it.
 #[derive(Args, Clone)]
 pub struct ShapeArgs {
-    /// Hidden layer sizes, comma-separated (50 is the book's TwoLayerNet) [default: train
-    /// 256,128 with BatchNorm; gradcheck and bench 50]. Given sizes make a plain MLP unless
-    /// --batchnorm is added.
+    /// Hidden layer sizes, comma-separated (50 is the book's TwoLayerNet) [default: train and
+    /// bench train 256,128 with BatchNorm; gradcheck and bench 50]. Given sizes make a plain MLP
+    /// unless --batchnorm is added.
     #[arg(long, value_delimiter = ',')]
     pub hidden: Option<Vec<usize>>,
     /// Model: mlp (shaped by --hidden, --activation, --batchnorm, --dropout) or simple-conv
@@ -48,8 +48,8 @@ pub struct ShapeArgs {
 pub struct NetArgs {
     #[command(flatten)]
     pub shape: ShapeArgs,
-    /// Weight init: he, xavier, or a standard deviation such as 0.01 [default: train he;
-    /// gradcheck and bench 0.01, as the book's TwoLayerNet].
+    /// Weight init: he, xavier, or a standard deviation such as 0.01 [default: train and bench
+    /// train he; gradcheck and bench 0.01, as the book's TwoLayerNet].
     #[arg(long)]
     pub init: Option<String>,
     /// L2 weight decay λ (the loss gains λ/2·Σ‖W‖², as in the book).

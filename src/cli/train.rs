@@ -21,8 +21,10 @@ pub const EXAMPLES: &str = "Examples:
   wgrad train --resume net.safetensors --epochs 30      # continue a run, bit for bit
   wgrad train --init-from weights.npz --model simple-conv   # start from numpy weights";
 
+/// The net and how each training step trains it: what `wgrad train` and `wgrad bench train`
+/// share.
 #[derive(Args)]
-pub struct TrainArgs {
+pub struct RecipeArgs {
     #[command(flatten)]
     pub net: NetArgs,
     /// sgd, momentum, nesterov, adagrad, rmsprop, adam or adamw (PyTorch's update rules)
@@ -77,9 +79,6 @@ pub struct TrainArgs {
     /// Ramp the learning rate as lr·(k+1)/N over the first N steps, before the schedule.
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: usize,
-    /// Epochs [default: 20 for mlp, 10 for convnets].
-    #[arg(long)]
-    pub epochs: Option<usize>,
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
     /// f32 (default) or f64 (needs SHADER_F64).
@@ -88,6 +87,15 @@ pub struct TrainArgs {
     /// Training steps recorded per GPU submit.
     #[arg(long, default_value_t = 40)]
     pub steps_per_submit: usize,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    /// Epochs [default: 20 for mlp, 10 for convnets].
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Write the run here at the end (safetensors: the parameters under their names, plus the
     /// optimizer state and the run's record, so that --resume can continue it). Checked for
     /// writability before training.
@@ -150,7 +158,7 @@ pub fn run_train(args: TrainArgs, given: &Given) -> Result<ExitCode> {
                 .into(),
         ));
     }
-    let ctx = args.net.context()?;
+    let ctx = args.recipe.net.context()?;
     // Hashing the data is only worth it when a checkpoint is written.
     let identity = std::cell::OnceCell::new();
     let record = |run: &RunState| {
@@ -278,6 +286,23 @@ impl TrainArgs {
         &self,
         given: &Given,
     ) -> Result<(train::TrainConfig, data::Mnist, Option<PathBuf>)> {
+        let (mut config, mnist) = self.recipe.config(self.epochs(), given)?;
+        config.val_fraction = self.val_fraction;
+        config.eval_test_every_epoch = self.eval_test_every_epoch;
+        config.patience = self.patience;
+        let data_dir = data_folder(self.recipe.net.data.as_deref())?;
+        Ok((config, mnist, data_dir))
+    }
+}
+
+impl RecipeArgs {
+    /// A new run of `epochs` epochs of the net and recipe these flags describe, and the data it
+    /// trains on.
+    pub fn config(
+        &self,
+        epochs: usize,
+        given: &Given,
+    ) -> Result<(train::TrainConfig, data::Mnist)> {
         let optimizer = self.optimizer()?;
         let init = self.net.init(&TRAIN_NET)?;
         let precision: Precision = self.precision.parse()?;
@@ -291,16 +316,13 @@ impl TrainArgs {
             init,
             optimizer,
             schedule: self.schedule()?,
-            epochs: self.epochs(),
+            epochs,
             batch_size: self.batch_size,
             seed: self.net.seed,
             precision,
             steps_per_submit: self.steps_per_submit,
-            val_fraction: self.val_fraction,
-            eval_test_every_epoch: self.eval_test_every_epoch,
-            patience: self.patience,
             ..Default::default()
         };
-        Ok((config, mnist, data_folder(self.net.data.as_deref())?))
+        Ok((config, mnist))
     }
 }

@@ -9,19 +9,21 @@ use wgrad::optim::{LrSchedule, Optimizer, Schedule};
 use wgrad::{checkpoint, data, train, Result};
 
 use super::net::{data_folder, layer_list, NET_SHAPE_FLAGS, TRAIN_NET};
-use super::train::TrainArgs;
+use super::train::{RecipeArgs, TrainArgs};
 use super::Given;
 
 impl TrainArgs {
+    pub fn epochs(&self) -> usize {
+        let convnet = self.recipe.is_convnet();
+        self.epochs.unwrap_or(if convnet { 10 } else { 20 })
+    }
+}
+
+impl RecipeArgs {
     /// The bare run's recipes: momentum SGD (lr 0.1) for MLPs, Adam (lr 1e-3) for convnets,
     /// as the PyTorch anchors that wgrad is measured against train them.
     pub fn is_convnet(&self) -> bool {
         self.net.shape.layers.is_some() || self.net.shape.model != "mlp"
-    }
-
-    pub fn epochs(&self) -> usize {
-        self.epochs
-            .unwrap_or(if self.is_convnet() { 10 } else { 20 })
     }
 
     pub fn optimizer(&self) -> Result<Optimizer> {
@@ -191,7 +193,7 @@ impl TrainArgs {
             ));
         }
         let (record, run) = checkpoint::load_run(path)?;
-        let dir = self.net.data.clone().or(record.data_dir.clone());
+        let dir = self.recipe.net.data.clone().or(record.data_dir.clone());
         let mnist = data::load(dir.as_deref())?;
         let found = mnist.identity();
         if found != record.data {
@@ -222,17 +224,21 @@ impl TrainArgs {
                  resume the run as it was, or start a new run from its weights with --init-from"
             )))
         };
-        let precision: Precision = self.precision.parse()?;
+        let precision: Precision = self.recipe.precision.parse()?;
         let settings = [
             (
                 "batch-size",
-                self.batch_size.to_string(),
+                self.recipe.batch_size.to_string(),
                 stored.batch_size.to_string(),
             ),
-            ("seed", self.net.seed.to_string(), stored.seed.to_string()),
+            (
+                "seed",
+                self.recipe.net.seed.to_string(),
+                stored.seed.to_string(),
+            ),
             (
                 "steps-per-submit",
-                self.steps_per_submit.to_string(),
+                self.recipe.steps_per_submit.to_string(),
                 stored.steps_per_submit.to_string(),
             ),
             (
@@ -262,13 +268,13 @@ impl TrainArgs {
             }
         }
         if given.any(&["init"]) {
-            let init = self.net.init(&TRAIN_NET)?;
+            let init = self.recipe.net.init(&TRAIN_NET)?;
             if init != stored.init {
                 return clash(format!("--init {init}"), format!("init {}", stored.init));
             }
         }
         if given.any(NET_SHAPE_FLAGS) || given.any(&["weight_decay"]) {
-            let spec = self.net.spec(&mnist.train, &TRAIN_NET, given)?;
+            let spec = self.recipe.net.spec(&mnist.train, &TRAIN_NET, given)?;
             if spec != stored.spec {
                 let describe =
                     |s: &NetSpec| format!("{} (weight decay {})", layer_list(s), s.weight_decay);
@@ -277,7 +283,7 @@ impl TrainArgs {
             }
         }
         if given.any(&["lr_schedule", "min_lr", "warmup_steps"]) {
-            let requested = self.schedule_over(given, &stored.schedule)?;
+            let requested = self.recipe.schedule_over(given, &stored.schedule)?;
             if requested != stored.schedule {
                 let json = |s: &LrSchedule| serde_json::to_string(s).expect("serialisable");
                 let ours = format!("the schedule the flags describe, {},", json(&requested));
@@ -286,10 +292,10 @@ impl TrainArgs {
         }
         if given.any(OPTIMIZER_FLAGS) {
             let requested = if given.any(&["optimizer"]) {
-                self.optimizer()?
+                self.recipe.optimizer()?
             } else {
                 let mut o = stored.optimizer.clone();
-                self.override_hyperparameters(&mut o);
+                self.recipe.override_hyperparameters(&mut o);
                 o
             };
             if requested != stored.optimizer {

@@ -277,6 +277,9 @@ pub struct TrainReport {
     pub train_seconds: f64,
     /// Of this session's steps.
     pub samples_per_second: f64,
+    /// Kernel launches in the recorded training step (those whose grid is empty record
+    /// nothing and are not counted).
+    pub dispatches_per_step: usize,
     /// Training stopped early at an interrupt (`steps` says where).
     pub interrupted: bool,
     /// The last epoch's validation figures, when the run holds a validation set out.
@@ -658,6 +661,9 @@ fn report(
         seconds: began.at.elapsed().as_secs_f64(),
         train_seconds: progress.train_seconds,
         samples_per_second: session_steps as f64 * batch / session_train_seconds,
+        dispatches_per_step: (session.step.iter())
+            .filter(|d| !d.workgroups().contains(&0))
+            .count(),
         interrupted: !ending.stopped_early && progress.steps < total_steps,
         history,
         run,
