@@ -73,6 +73,44 @@ fn momentum_now(constant: real) -> real {
     return constant;
 }
 
+// What an update reads besides the parameter's own slots, read once per invocation (every
+// storage read costs on lavapipe, and these are the same for every parameter).
+struct Step {
+    t: u32,
+    lr: real,
+    momentum: real,
+    beta1: real,
+    dampening: real,
+    weight_decay: real,
+    beta2: real,
+    eps: real,
+    alpha: real,
+    lr_decay: real,
+    bias_correction1: real,
+    bias_correction2: real,
+}
+
+fn this_step() -> Step {
+    var bc1 = real(1.0) - powers[0];
+    if ((P.flags & SCHEDULED) != 0u) {
+        bc1 = hyper[schedule_row() + 2u];
+    }
+    return Step(
+        steps_before(),
+        lr_now(),
+        momentum_now(hyper[1]),
+        momentum_now(hyper[4]),
+        hyper[2],
+        hyper[3],
+        hyper[5],
+        hyper[6],
+        hyper[7],
+        hyper[8],
+        bc1,
+        real(1.0) - powers[1],
+    );
+}
+
 @compute @workgroup_size(1)
 fn prepare() {
     powers[0] = powers[0] * hyper[4];
@@ -85,16 +123,17 @@ fn prepare() {
 @compute @workgroup_size(64)
 fn sgd(@builtin(global_invocation_id) gid: vec3<u32>) {
     let first = index(gid) * PER_INVOCATION;
+    let h = this_step();
     for (var i = first; i < min(first + PER_INVOCATION, P.numel); i++) {
-        sgd_at(i);
+        sgd_at(i, h);
     }
 }
 
-fn sgd_at(i: u32) {
-    let mu = momentum_now(hyper[1]);
-    var g = grad[i] + hyper[3] * theta[i];
+fn sgd_at(i: u32, h: Step) {
+    let mu = h.momentum;
+    var g = grad[i] + h.weight_decay * theta[i];
     if ((P.flags & BOOK) != 0u && mu != real(0.0)) {
-        let lr = lr_now();
+        let lr = h.lr;
         let v = mu * s1[i] - lr * g;
         s1[i] = v;
         if ((P.flags & NESTEROV) != 0u) {
@@ -106,61 +145,63 @@ fn sgd_at(i: u32) {
     }
     if (mu != real(0.0)) {
         var b = g;
-        if (steps_before() > 0u) {
-            b = mu * s1[i] + (real(1.0) - hyper[2]) * g;
+        if (h.t > 0u) {
+            b = mu * s1[i] + (real(1.0) - h.dampening) * g;
         }
         s1[i] = b;
         g = select(b, g + mu * b, (P.flags & NESTEROV) != 0u);
     }
-    theta[i] -= lr_now() * g;
+    theta[i] -= h.lr * g;
 }
 
 // AdaGrad: sum += g², θ −= clr·g / (√sum + ε), clr = lr / (1 + (t − 1)·lr_decay).
 @compute @workgroup_size(64)
 fn adagrad(@builtin(global_invocation_id) gid: vec3<u32>) {
     let first = index(gid) * PER_INVOCATION;
+    let h = this_step();
     for (var i = first; i < min(first + PER_INVOCATION, P.numel); i++) {
-        adagrad_at(i);
+        adagrad_at(i, h);
     }
 }
 
-fn adagrad_at(i: u32) {
-    let clr = lr_now() / (real(1.0) + real(steps_before()) * hyper[8]);
-    let g = grad[i] + hyper[3] * theta[i];
+fn adagrad_at(i: u32, h: Step) {
+    let clr = h.lr / (real(1.0) + real(h.t) * h.lr_decay);
+    let g = grad[i] + h.weight_decay * theta[i];
     let sum = s1[i] + g * g;
     s1[i] = sum;
-    theta[i] -= clr * g / (sqrt(sum) + hyper[6]);
+    theta[i] -= clr * g / (sqrt(sum) + h.eps);
 }
 
 // RMSprop: v = αv + (1 − α)g²; optional centring (s3) and momentum (s2).
 @compute @workgroup_size(64)
 fn rmsprop(@builtin(global_invocation_id) gid: vec3<u32>) {
     let first = index(gid) * PER_INVOCATION;
+    let h = this_step();
     for (var i = first; i < min(first + PER_INVOCATION, P.numel); i++) {
-        rmsprop_at(i);
+        rmsprop_at(i, h);
     }
 }
 
-fn rmsprop_at(i: u32) {
-    let alpha = hyper[7];
-    let g = grad[i] + hyper[3] * theta[i];
+fn rmsprop_at(i: u32, h: Step) {
+    let alpha = h.alpha;
+    let g = grad[i] + h.weight_decay * theta[i];
     let v = alpha * s1[i] + (real(1.0) - alpha) * g * g;
     s1[i] = v;
     var avg: real;
     if ((P.flags & CENTERED) != 0u) {
         let ga = alpha * s3[i] + (real(1.0) - alpha) * g;
         s3[i] = ga;
-        avg = sqrt(v - ga * ga) + hyper[6];
+        avg = sqrt(v - ga * ga) + h.eps;
     } else {
-        avg = sqrt(v) + hyper[6];
+        avg = sqrt(v) + h.eps;
     }
-    let mu = momentum_now(hyper[1]);
+    let mu = h.momentum;
     if (mu > real(0.0)) {
         let b = mu * s2[i] + g / avg;
         s2[i] = b;
-        theta[i] -= lr_now() * b;
+        theta[i] -= h.lr * b;
     } else {
-        theta[i] -= lr_now() * g / avg;
+        theta[i] -= h.lr * g / avg;
     }
 }
 
@@ -170,22 +211,23 @@ fn rmsprop_at(i: u32) {
 @compute @workgroup_size(64)
 fn adam(@builtin(global_invocation_id) gid: vec3<u32>) {
     let first = index(gid) * PER_INVOCATION;
+    let h = this_step();
     for (var i = first; i < min(first + PER_INVOCATION, P.numel); i++) {
-        adam_at(i);
+        adam_at(i, h);
     }
 }
 
-fn adam_at(i: u32) {
-    let lr = lr_now();
+fn adam_at(i: u32, h: Step) {
+    let lr = h.lr;
     var th = theta[i];
     var g = grad[i];
     if ((P.flags & DECOUPLED) != 0u) {
-        th = th * (real(1.0) - lr * hyper[3]);
+        th = th * (real(1.0) - lr * h.weight_decay);
     } else {
-        g = g + hyper[3] * th;
+        g = g + h.weight_decay * th;
     }
-    let b1 = momentum_now(hyper[4]);
-    let b2 = hyper[5];
+    let b1 = h.beta1;
+    let b2 = h.beta2;
     let m = b1 * s1[i] + (real(1.0) - b1) * g;
     let v = b2 * s2[i] + (real(1.0) - b2) * g * g;
     s1[i] = m;
@@ -195,15 +237,12 @@ fn adam_at(i: u32) {
         v_used = max(s3[i], v);
         s3[i] = v_used;
     }
-    var bc1 = real(1.0) - powers[0];
-    if ((P.flags & SCHEDULED) != 0u) {
-        bc1 = hyper[schedule_row() + 2u];
-    }
-    let bc2 = real(1.0) - powers[1];
+    let bc1 = h.bias_correction1;
+    let bc2 = h.bias_correction2;
     if ((P.flags & BOOK) != 0u) {
-        theta[i] = th - (lr * sqrt(bc2) / bc1) * m / (sqrt(v_used) + hyper[6]);
+        theta[i] = th - (lr * sqrt(bc2) / bc1) * m / (sqrt(v_used) + h.eps);
         return;
     }
-    let denom = sqrt(v_used) / sqrt(bc2) + hyper[6];
+    let denom = sqrt(v_used) / sqrt(bc2) + h.eps;
     theta[i] = th - (lr / bc1) * m / denom;
 }
