@@ -167,6 +167,65 @@ pub struct TrainBench {
     pub steps_per_submit: usize,
     /// Submits of the timed steps, per step.
     pub submits_per_step: f64,
+    /// `--profile`: each dispatch of the step timed alone, in step order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<StepProfile>,
+}
+
+/// A training step's dispatches, each timed alone: one submit of many repeats of it (so the
+/// figure includes its share of a pass's barriers but no submit), after the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepProfile {
+    pub dispatches: Vec<DispatchTiming>,
+    /// The fastest dispatch alone: an upper bound on what launching one costs here.
+    pub dispatch_seconds: f64,
+    /// The best rate of the step's matmuls.
+    pub matmul_gflops: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DispatchTiming {
+    /// shader::entry/precision
+    pub kernel: String,
+    pub workgroups: [u32; 3],
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflops: Option<f64>,
+}
+
+/// Times each of `step`'s dispatches alone, repeated in one submit for about a tenth of a second.
+pub fn profile_step(ctx: &GpuContext, step: &[crate::gpu::Dispatch]) -> Result<StepProfile> {
+    use crate::gpu::kernel;
+    let time = |d: &crate::gpu::Dispatch, repeats: usize| -> Result<f64> {
+        let start = Instant::now();
+        kernel::submit(ctx, std::slice::from_ref(d), repeats);
+        ctx.wait()?;
+        Ok(start.elapsed().as_secs_f64() / repeats as f64)
+    };
+    let mut dispatches = Vec::new();
+    for d in step.iter().filter(|d| !d.workgroups().contains(&0)) {
+        time(d, 1)?;
+        let guess = time(d, 10)?;
+        let repeats = ((0.1 / guess) as usize).clamp(10, 5000);
+        let seconds = time(d, repeats)?;
+        dispatches.push(DispatchTiming {
+            kernel: d.label.clone(),
+            workgroups: d.workgroups(),
+            seconds,
+            gflops: d.flops.map(|f| f as f64 / seconds / 1e9),
+        });
+    }
+    let dispatch_seconds = (dispatches.iter())
+        .map(|d| d.seconds)
+        .fold(f64::INFINITY, f64::min);
+    let matmul_gflops = (dispatches.iter())
+        .filter_map(|d| d.gflops)
+        .reduce(f64::max);
+    Ok(StepProfile {
+        dispatches,
+        dispatch_seconds,
+        matmul_gflops,
+    })
 }
 
 /// Trains `config`'s net for one epoch of warm-up and then `steps` timed steps (the last
@@ -177,6 +236,7 @@ pub fn train(
     data: &crate::data::Mnist,
     config: &crate::train::TrainConfig,
     steps: usize,
+    profile: bool,
 ) -> Result<TrainBench> {
     if steps == 0 {
         return Err(crate::Error::InvalidArgument(
@@ -188,7 +248,16 @@ pub fn train(
     let mut config = config.clone();
     config.epochs = 1 + steps.div_ceil(steps_per_epoch);
     config.max_steps = Some(steps_per_epoch + steps);
-    let report = crate::train::train(ctx, data, &config, None)?;
+    let mut profiled = None;
+    let mut look = |step: &[crate::gpu::Dispatch]| -> Result<()> {
+        profiled = Some(profile_step(ctx, step)?);
+        Ok(())
+    };
+    let hooks = crate::train::Hooks {
+        after_run: profile.then_some(&mut look as crate::train::AfterRun),
+        ..Default::default()
+    };
+    let report = crate::train::train_with(ctx, data, &config, hooks)?;
     let batch = config.batch_size as f64;
     let (mut seconds, mut submits) = (0.0, 0);
     for pair in report.history.windows(2) {
@@ -213,5 +282,6 @@ pub fn train(
         dispatches_per_step: report.dispatches_per_step,
         steps_per_submit: config.steps_per_submit,
         submits_per_step: submits as f64 / timed as f64,
+        profile: profiled,
     })
 }

@@ -326,6 +326,26 @@ pub fn train_bench_text(r: &TrainBench, adapter: &str, commit: &str) -> String {
         r.submits_per_step,
         r.steps_per_submit
     );
+    if let Some(profile) = &r.profile {
+        outln!(out, "each dispatch alone (µs, GFLOP/s for matmuls):");
+        for d in &profile.dispatches {
+            let rate = d
+                .gflops
+                .map_or(String::new(), |g| format!("  {g:.2} GFLOP/s"));
+            let [x, y, z] = d.workgroups;
+            outln!(
+                out,
+                "  {:>10.1}  {:<40} [{x}, {y}, {z}]{rate}",
+                d.seconds * 1e6,
+                d.kernel
+            );
+        }
+        outln!(
+            out,
+            "dispatch cost, at most: {:.1} µs",
+            profile.dispatch_seconds * 1e6
+        );
+    }
     outln!(out, "commit: {commit}");
     out
 }

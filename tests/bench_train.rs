@@ -114,9 +114,11 @@ fn json_has_every_figure_and_the_recorded_steps_dispatches() {
     assert_eq!(number(&report, "steps_per_submit"), 40.0);
     assert_eq!(number(&report, "submits_per_step"), 2.0 / 50.0);
     let dispatches = number(&report, "dispatches_per_step");
+    // Affine + ReLU, affine, the loss with its metrics, two weight gradients each with its
+    // bias's, the input gradient through ReLU', the gather and the update.
     assert!(
-        dispatches > 0.0 && dispatches <= 20.0,
-        "dispatches per step: {dispatches}"
+        dispatches > 0.0 && dispatches <= 8.0,
+        "dispatches per TwoLayerNet step: {dispatches}, more than the 8 its fusions leave"
     );
     assert_eq!(dispatches as usize, recorded_two_layer_step(), "{report}");
     // The commit is the build's, as --version names it.
@@ -242,4 +244,38 @@ fn bench_keeps_its_gradient_timing_beside_train() {
         );
     }
     assert!(help.contains("Examples:\n  wgrad bench train"), "{help}");
+}
+
+#[test]
+fn profile_times_every_dispatch_of_the_step_alone() {
+    let mut args = TWO_LAYER.to_vec();
+    args.extend(["--steps", "5", "--profile", "--json"]);
+    let report = json_of(&bench_train(&args));
+    let profile = &report["profile"];
+    let dispatches = profile["dispatches"].as_array().expect("a dispatch list");
+    assert_eq!(
+        dispatches.len() as f64,
+        number(&report, "dispatches_per_step"),
+        "{profile}"
+    );
+    let kernels: Vec<&str> = dispatches
+        .iter()
+        .map(|d| d["kernel"].as_str().unwrap())
+        .collect();
+    assert!(kernels[0].starts_with("gather.wgsl::gather/"), "{kernels:?}");
+    assert!(kernels.last().unwrap().starts_with("optim.wgsl::sgd/"), "{kernels:?}");
+    // Four matmuls (two forward, two weight gradients with their biases) and dX: each with a
+    // rate, nothing else with one.
+    for d in dispatches {
+        let is_matmul = d["kernel"].as_str().unwrap().starts_with("matmul.wgsl::");
+        assert_eq!(d["gflops"].is_number(), is_matmul, "{d}");
+        assert!(d["seconds"].as_f64().unwrap() > 0.0, "{d}");
+    }
+    assert_eq!(kernels.iter().filter(|k| k.starts_with("matmul")).count(), 5);
+    let fastest = dispatches
+        .iter()
+        .map(|d| d["seconds"].as_f64().unwrap())
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(profile["dispatch_seconds"].as_f64().unwrap(), fastest);
+    assert!(profile["matmul_gflops"].as_f64().unwrap() > 0.0, "{profile}");
 }

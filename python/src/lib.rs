@@ -402,6 +402,7 @@ impl Net {
                 on_steps: None,
                 on_best: None,
                 on_step_losses: Some(&mut on_step_losses),
+                after_run: None,
             };
             let report = train::train_with(&ctx, &data, &config, hooks)?;
             if subsets.is_some() {

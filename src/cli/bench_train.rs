@@ -13,7 +13,8 @@ use super::Given;
 pub const EXAMPLES: &str = "Examples:
   wgrad bench train                                # the bare `wgrad train` net, 300 steps
   wgrad bench train --hidden 50 --init 0.01 --optimizer sgd --lr 0.1 --json   # TwoLayerNet
-  wgrad bench train --model simple-conv --steps 100 --steps-per-submit 10";
+  wgrad bench train --model simple-conv --steps 100 --steps-per-submit 10
+  wgrad bench train --hidden 1000 --batch-size 1000 --steps 20 --profile   # matmul GFLOP/s";
 
 #[derive(Args)]
 pub struct BenchTrainArgs {
@@ -23,6 +24,10 @@ pub struct BenchTrainArgs {
     /// bundled set). The trainer's own clock: evaluation between epochs is not counted.
     #[arg(long, default_value_t = 300)]
     pub steps: usize,
+    /// Then time each dispatch of the step alone: its seconds, the matmuls' GFLOP/s, and what
+    /// a dispatch costs at least.
+    #[arg(long)]
+    pub profile: bool,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -43,7 +48,7 @@ pub fn run_bench_train(args: BenchTrainArgs, given: &Given) -> Result<ExitCode> 
         "wgrad: warm-up epoch of {steps_per_epoch} steps, then {} timed steps",
         args.steps
     );
-    let figures = bench::train(&ctx, &mnist, &config, args.steps)?;
+    let figures = bench::train(&ctx, &mnist, &config, args.steps, args.profile)?;
     let commit = env!("WGRAD_COMMIT");
     if args.json {
         let mut value = report::with_adapter(&figures, &ctx);

@@ -203,6 +203,7 @@ pub fn run_train(args: TrainArgs, given: &Given) -> Result<ExitCode> {
         on_steps: Some(&mut on_steps),
         on_best: Some(&mut on_best),
         on_step_losses: None,
+        after_run: None,
     };
     let report = train::train_with(&ctx, &mnist, &config, hooks)?;
     eprintln!(

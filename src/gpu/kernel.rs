@@ -268,6 +268,7 @@ impl Kernel {
         });
         Dispatch {
             label: self.name.clone(),
+            flops: None,
             pipeline: self.pipeline.clone(),
             bind_group,
             workgroups,
@@ -280,12 +281,22 @@ impl Kernel {
 pub struct Dispatch {
     /// The kernel it launches (shader::entry/precision).
     pub label: String,
+    /// Floating-point operations it performs, where counted (matmuls: 2·M·N·K per copy).
+    pub flops: Option<u64>,
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
 }
 
 impl Dispatch {
+    /// The same launch, counted as `flops` floating-point operations.
+    pub fn with_flops(self, flops: u64) -> Dispatch {
+        Dispatch {
+            flops: Some(flops),
+            ..self
+        }
+    }
+
     /// The workgroup grid.
     pub fn workgroups(&self) -> [u32; 3] {
         self.workgroups

@@ -503,7 +503,13 @@ pub struct Hooks<'a> {
     pub on_step_losses: Option<OnStepLosses<'a>>,
     /// The run's full state after each epoch that lowers the validation loss.
     pub on_best: Option<OnCheckpoint<'a>>,
+    /// The recorded training step, once the run and its report are done (so that what it runs,
+    /// such as timing each dispatch alone, changes nothing the report holds).
+    pub after_run: Option<AfterRun<'a>>,
 }
+
+/// Receives the recorded training step after a run; an error fails the run.
+pub type AfterRun<'a> = &'a mut dyn FnMut(&[Dispatch]) -> Result<()>;
 
 /// Trains a net on `data.train`, evaluating on both sets after every epoch. `on_epoch` sees each
 /// epoch's figures as they come.
@@ -612,7 +618,11 @@ pub fn train_with(
         &mut hooks,
     )?;
     session.bar.finish_and_clear();
-    report(&session, progress, ending, total_steps, began)
+    let report = report(&session, progress, ending, total_steps, began)?;
+    if let Some(look) = hooks.after_run {
+        look(&step)?;
+    }
+    Ok(report)
 }
 
 /// Where this session of a run started: its clock, and the run's steps and training seconds.

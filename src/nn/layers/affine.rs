@@ -212,8 +212,10 @@ pub fn matmul(
         kernel::groups(block_rows, 64 / wg_x),
         batch as u32,
     ];
+    let flops = 2 * u64::from(params.m) * u64::from(params.n) * u64::from(params.k) * batch as u64;
     gpu.kernels
         .dispatch_specialised(gpu.ctx, entry, &constants, &params, bindings, groups)
+        .with_flops(flops)
 }
 
 /// affine_delta.wgsl's Params, shared by its entry points.
