@@ -393,10 +393,22 @@ done
 train+="}"
 add train "$train"
 
-# ---- not measured by the binary --------------------------------------------------------------
+# ---- matmul rate and dispatch cost: `wgrad bench train --profile` ---------------------------
 
-add matmul_gflops '{"omitted": "nothing in the wgrad binary measures matmul GFLOP/s: only the criterion bench benches/kernels.rs (matmul/affine_1000x784x1000/f32, `cargo bench --bench kernels -- matmul`), which is not part of this pack"}'
-add dispatch_cost '{"omitted": "nothing in the wgrad binary or the criterion benches measures the cost of one dispatch; bench train reports steps_per_second and dispatches_per_step, whose ratio bounds it from above but includes the kernels'"'"' work"}'
+# A wide net at a large batch, so its first matmul (1000×784 by 784×1000, 1.57 GFLOP) keeps a
+# GPU busy; --profile times each dispatch of its step alone.
+if ((quick)); then pf_steps=2; else pf_steps=20; fi
+pf_cmd=(bench train --hidden 1000 --optimizer sgd --lr 0.1 --batch-size 1000 --steps "$pf_steps" --profile --json)
+RUN_JSON=1 run profile 120 "$wgrad" "${pf_cmd[@]}"
+if [[ -n $RUN_ERROR ]]; then
+    add matmul_gflops "{\"error\": $(jstr "$RUN_ERROR")}"
+    add dispatch_cost "{\"error\": $(jstr "$RUN_ERROR")}"
+    ((errors += 2))
+else
+    out=$(tr -d '\n' <"$logs/profile.out")
+    add matmul_gflops "{\"command\": $(jstr "wgrad ${pf_cmd[*]}"), \"best\": $(jnum "$(jget matmul_gflops "$out")"), \"report\": $out}"
+    add dispatch_cost "{\"seconds_at_most\": $(jnum "$(jget dispatch_seconds "$out")"), \"note\": \"the fastest dispatch of that step, alone, repeated in one submit\"}"
+fi
 
 # ---- out -------------------------------------------------------------------------------------
 
