@@ -10,7 +10,7 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::kernel;
@@ -20,7 +20,7 @@ use crate::nn::{Copies, Kernels, Layer, Mode, Model, Recorder, Workspace};
 use crate::train::{copy_loss, train_metrics, StatsWord, STATE_WORDS, STATS_WORDS};
 
 /// How perturbed losses are evaluated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// Every perturbed loss is a complete forward pass over its own copy (the reference).
