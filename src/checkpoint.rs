@@ -28,6 +28,10 @@ use crate::train::{RunRecord, RunState};
 pub enum TensorData {
     F32(Vec<f32>),
     F64(Vec<f64>),
+    /// Indices (a gradcheck shard's elements).
+    U32(Vec<u32>),
+    /// Flags, 0 or 1 (a gradcheck shard's kink crossings).
+    U8(Vec<u8>),
 }
 
 impl TensorData {
@@ -35,6 +39,8 @@ impl TensorData {
         match self {
             TensorData::F32(v) => v.len(),
             TensorData::F64(v) => v.len(),
+            TensorData::U32(v) => v.len(),
+            TensorData::U8(v) => v.len(),
         }
     }
 
@@ -42,6 +48,8 @@ impl TensorData {
         match self {
             TensorData::F32(_) => Dtype::F32,
             TensorData::F64(_) => Dtype::F64,
+            TensorData::U32(_) => Dtype::U32,
+            TensorData::U8(_) => Dtype::U8,
         }
     }
 
@@ -49,6 +57,8 @@ impl TensorData {
         match self {
             TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             TensorData::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::U32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::U8(v) => v.clone(),
         }
     }
 }
@@ -449,6 +459,7 @@ fn finite_tensors<'a>(
         let bad = match &data {
             TensorData::F32(v) => v.iter().position(|v| !v.is_finite()),
             TensorData::F64(v) => v.iter().position(|v| !v.is_finite()),
+            TensorData::U32(_) | TensorData::U8(_) => None,
         };
         if let Some(i) = bad {
             let what = if values[i].is_finite() {

@@ -24,18 +24,29 @@
 //!
 //! Directional checks use JAX check_grads' tolerances: |a − n| ≤ t + t·|a|, t = 1e-5 (f64) or
 //! 2e-3 (f32).
+//!
+//! A check is two halves: the central differences of its elements ([`NumericShare`]), which
+//! can be split into interleaved shares ([`Shard`]) computed by other processes
+//! ([`numeric_share`], [`shard`]) or adapters ([`check_on_adapters`]), and the report, which
+//! needs them all ([`merge`]). Each perturbed loss is an evaluation of its own, so a split
+//! check's numerical gradients are an unsplit one's, bit for bit.
 
+use std::ops::Range;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Precision};
 use crate::nn::{unravel, CrossEntropy, Kernels, Layer, Model, NetSpec, ParamLayout, TensorInfo};
 use crate::numgrad::{
-    analytic_gradient, analytic_gradients, NumericalGradient, PerturbedLossEngine, Strategy,
+    analytic_gradient, analytic_gradients, Chunking, NumericalGradient, PerturbedLossEngine,
+    Strategy,
 };
+
+pub mod shard;
+pub use shard::Shard;
 
 /// Pass/fail thresholds of one precision.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -150,6 +161,8 @@ pub struct GradcheckReport {
     /// Of them, those known without a pass: two for each first-layer weight whose input is 0 in
     /// every sample (incremental only).
     pub idle_losses: usize,
+    /// Perturbations per GPU submit: the largest of the shares' when the check was split, as
+    /// each sizes its chunks to its part.
     pub chunk: usize,
     pub tolerance: Tolerance,
     pub tensors: Vec<TensorCheck>,
@@ -181,14 +194,6 @@ pub struct InputGradient {
     pub analytic: Vec<f64>,
     pub numeric: Vec<f64>,
     pub kinks: Vec<bool>,
-}
-
-/// The input of a layer whose input gradient is checked: `xL` for the input of layer L
-/// (1-based), [N, IN].
-struct CheckedInput {
-    layer: usize,
-    name: String,
-    in_size: usize,
 }
 
 /// The tensors and inputs `names` picks (all when empty), or which name this net lacks.
@@ -223,27 +228,149 @@ fn selected<'l>(
     ))
 }
 
-/// Numerical gradients over `indices`, placed at those indices of full-length vectors (NaN
-/// elsewhere): (at h, at 2h, whether a pair straddled a kink at either step).
-fn scatter(
-    total: usize,
-    indices: &[usize],
-    at_h: &NumericalGradient,
-    at_twice_h: Option<&NumericalGradient>,
-) -> (Vec<f64>, Option<Vec<f64>>, Vec<bool>) {
-    let mut numeric = vec![f64::NAN; total];
-    let mut numeric_twice_h = at_twice_h.map(|_| vec![f64::NAN; total]);
-    let mut kinks = vec![false; total];
-    for (k, &i) in indices.iter().enumerate() {
-        numeric[i] = at_h.grad[k];
-        kinks[i] = at_h.kinks[k];
-        if let (Some(wide), Some(twice_h)) = (at_twice_h, &mut numeric_twice_h) {
-            twice_h[i] = wide.grad[k];
-            // A pair that straddles a kink at 2h measures no noise.
-            kinks[i] |= wide.kinks[k];
+/// What a check runs on: the net at its parameters, one batch, and what to check of it.
+#[derive(Clone, Copy)]
+pub struct Subject<'a> {
+    pub spec: &'a NetSpec,
+    pub params: &'a [f64],
+    pub x: &'a [f64],
+    pub labels: &'a [u32],
+    pub config: &'a GradcheckConfig,
+}
+
+/// A tensor whose numerical gradient a check takes, and where its elements lie in the check's
+/// element order: the checked parameter tensors in arena order, then the checked inputs (custom
+/// layers'), each element by element. Shards split that order ([`Shard`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub positions: Range<usize>,
+    /// Where its elements start in the parameter arena; None for a layer's input.
+    pub arena_offset: Option<usize>,
+}
+
+/// The tensors a check of `spec` takes (`names`, all when empty) on a batch of `batch`, in
+/// element order.
+pub fn checked_tensors(
+    spec: &NetSpec,
+    names: &[String],
+    batch: usize,
+) -> Result<Vec<CheckedTensor>> {
+    let (layers, layout) = spec.resolve()?;
+    let (selected, inputs) = selected(&layers, &layout, names)?;
+    Ok(element_order(&selected, &inputs, batch))
+}
+
+fn element_order(
+    selected: &[&TensorInfo],
+    inputs: &[CheckedInput],
+    batch: usize,
+) -> Vec<CheckedTensor> {
+    let params = selected
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.clone(), Some(t.offset)));
+    let inputs = (inputs.iter()).map(|i| (i.name.clone(), vec![batch, i.in_size], None));
+    let mut next = 0;
+    (params.chain(inputs))
+        .map(|(name, shape, arena_offset)| {
+            let start = next;
+            next += shape.iter().product::<usize>();
+            CheckedTensor {
+                name,
+                shape,
+                positions: start..next,
+                arena_offset,
+            }
+        })
+        .collect()
+}
+
+/// The arena indices of the checked parameters, in element order (they come first).
+fn param_indices(tensors: &[CheckedTensor]) -> Vec<usize> {
+    (tensors.iter())
+        .filter_map(|t| {
+            t.arena_offset
+                .map(|offset| offset..offset + t.positions.len())
+        })
+        .flatten()
+        .collect()
+}
+
+/// A check's central differences over some of its elements, the part of a check that shards
+/// split: per position in the element order ([`CheckedTensor`]), ascending, the central
+/// difference at h, whether its pair crossed a kink (at h or 2h), and in f32 the central
+/// difference at 2h that measures the noise floor. (f64's second look at h/2 is the report's:
+/// only a whole tensor's verdict asks for it.)
+#[derive(Clone, Debug, PartialEq)]
+pub struct NumericShare {
+    pub positions: Vec<usize>,
+    pub at_h: Vec<f64>,
+    pub at_twice_h: Option<Vec<f64>>,
+    pub kinks: Vec<bool>,
+    pub stats: ShareStats,
+}
+
+/// What a share cost; a report sums its shares'.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShareStats {
+    pub perturbed_losses: usize,
+    pub idle_losses: usize,
+    pub seconds: f64,
+    /// Of which: the unperturbed forward pass, pipeline builds and buffers.
+    pub seconds_setup: f64,
+    pub chunk: usize,
+}
+
+impl NumericShare {
+    /// `shares` as one, in position order: they may not overlap.
+    pub fn combine(mut shares: Vec<NumericShare>) -> Result<NumericShare> {
+        if shares.len() == 1 {
+            return Ok(shares.remove(0));
         }
+        let wide = shares.first().is_some_and(|s| s.at_twice_h.is_some());
+        if shares.iter().any(|s| s.at_twice_h.is_some() != wide) {
+            return Err(Error::InvalidArgument(
+                "shares of one check disagree on whether they measured the noise at 2h: they \
+                 belong to checks of different precisions; merge the shards of one check"
+                    .into(),
+            ));
+        }
+        let mut entries: Vec<(usize, usize)> = (shares.iter().enumerate())
+            .flat_map(|(s, share)| (0..share.positions.len()).map(move |k| (s, k)))
+            .collect();
+        entries.sort_by_key(|&(s, k)| shares[s].positions[k]);
+        let mut out = NumericShare {
+            positions: Vec::with_capacity(entries.len()),
+            at_h: Vec::with_capacity(entries.len()),
+            at_twice_h: wide.then(|| Vec::with_capacity(entries.len())),
+            kinks: Vec::with_capacity(entries.len()),
+            stats: ShareStats::default(),
+        };
+        for (s, k) in entries {
+            let share = &shares[s];
+            let position = share.positions[k];
+            if out.positions.last() == Some(&position) {
+                return Err(Error::InvalidArgument(format!(
+                    "element {position} of the check is in two shares: give each shard once"
+                )));
+            }
+            out.positions.push(position);
+            out.at_h.push(share.at_h[k]);
+            if let (Some(out), Some(wide)) = (&mut out.at_twice_h, &share.at_twice_h) {
+                out.push(wide[k]);
+            }
+            out.kinks.push(share.kinks[k]);
+        }
+        for s in &shares {
+            out.stats.perturbed_losses += s.stats.perturbed_losses;
+            out.stats.idle_losses += s.stats.idle_losses;
+            out.stats.seconds += s.stats.seconds;
+            out.stats.seconds_setup += s.stats.seconds_setup;
+            out.stats.chunk = out.stats.chunk.max(s.stats.chunk);
+        }
+        Ok(out)
     }
-    (numeric, numeric_twice_h, kinks)
 }
 
 /// Checks the analytic gradient of `spec` at `params` on the batch (x, labels).
@@ -255,97 +382,445 @@ pub fn check(
     labels: &[u32],
     config: &GradcheckConfig,
 ) -> Result<GradcheckReport> {
-    ctx.require(config.precision)?;
-    crate::nn::model::check_fits(ctx, spec, labels.len(), config.precision)?;
-    let (layers, layout) = spec.resolve()?;
-    let (selected, inputs) = selected(&layers, &layout, &config.tensors)?;
-    // Backprop is log-softmax's exact gradient in a net that follows the book too (whose
-    // backward drops its loss's 1e-7, a 1e-6 error alone): it is checked against that loss.
-    let kernels = Kernels::with_loss(ctx, config.precision, CrossEntropy::LogSoftmax)?;
-    let model = Model::new(ctx, spec, params, config.precision)?;
-
-    let start = Instant::now();
-    let input_layers: Vec<usize> = inputs.iter().map(|i| i.layer).collect();
-    let (loss, mut analytic, analytic_inputs) =
-        analytic_gradients(ctx, &kernels, &model, x, labels, &input_layers)?;
-    plant_fault(&mut analytic, &layout, config);
-    let seconds_analytic = start.elapsed().as_secs_f64();
-
-    let start = Instant::now();
-    let (strategy, chunk) = (config.strategy, config.chunk);
-    let engine_at =
-        |h| PerturbedLossEngine::new(ctx, &kernels, &model, x, labels, strategy, h, chunk);
-    let engine = engine_at(config.h)?;
-    let seconds_numeric_setup = start.elapsed().as_secs_f64();
-    let indices: Vec<usize> = selected
-        .iter()
-        .flat_map(|t| t.offset..t.offset + t.numel)
-        .collect();
-    let numeric_part = engine.gradient(&indices)?;
-    let tol = Tolerance::for_precision(config.precision);
-    let engine_twice_h = (tol.noise_factor > 0.0)
-        .then(|| engine_at(2.0 * config.h))
-        .transpose()?;
-    let at_twice_h = (engine_twice_h.as_ref())
-        .map(|wide| wide.gradient(&indices))
-        .transpose()?;
-    let (input_checks, input_values, input_losses) = check_inputs(
-        &engine,
-        engine_twice_h.as_ref(),
-        &inputs,
-        &analytic_inputs,
-        labels.len(),
-        &tol,
-    )?;
-
-    let (mut numeric, numeric_twice_h, mut kinks) =
-        scatter(layout.total, &indices, &numeric_part, at_twice_h.as_ref());
-    let twice_h = numeric_twice_h.as_deref();
-    let mut tensors: Vec<TensorCheck> = (selected.iter())
-        .map(|t| check_of(t, &analytic, &numeric, twice_h, &kinks, &tol))
-        .collect();
-    let at_half_h = match config.precision {
-        Precision::F64 => {
-            let at_half_h = || engine_at(config.h / 2.0);
-            let (a, n, k) = (&analytic[..], &mut numeric[..], &mut kinks[..]);
-            extrapolate(at_half_h, &selected, &mut tensors, a, n, k, &tol)?
-        }
-        Precision::F32 => None,
+    let subject = Subject {
+        spec,
+        params,
+        x,
+        labels,
+        config,
     };
-    let seconds_numeric = start.elapsed().as_secs_f64();
-    base_unchanged(ctx, &model, params)?;
-    tensors.extend(input_checks);
+    check_on_adapters(std::slice::from_ref(ctx), &subject)
+}
 
-    let directions = directional(
-        ctx, &kernels, &model, spec, x, labels, &analytic, &indices, config,
-    )?;
-    let passed = tensors.iter().all(|t| t.passed) && directions.iter().all(|d| d.passed);
-    let degenerate = degeneracy(spec, labels.len(), &selected, &analytic, &numeric);
-    // The central differences at h, and those at 2h (f32) and h/2 (f64, failing tensors).
-    let steps = [Some(&numeric_part), at_twice_h.as_ref(), at_half_h.as_ref()];
-    let count = |of: fn(&NumericalGradient) -> usize| steps.iter().flatten().map(|g| of(g)).sum();
-    Ok(GradcheckReport {
-        passed,
-        precision: config.precision,
-        strategy: config.strategy,
-        h: config.h,
-        batch: labels.len(),
-        loss,
-        seconds_numeric,
-        seconds_numeric_setup,
-        seconds_analytic,
-        perturbed_losses: count(|g| g.perturbed_losses) + input_losses,
-        idle_losses: count(|g| g.idle_losses),
-        chunk: engine.chunk,
-        tolerance: tol,
-        tensors,
-        directions,
-        degenerate,
-        analytic,
-        numeric,
-        kinks,
-        inputs: input_values,
+/// [`check`] with the perturbed losses spread over `contexts`, a thread an adapter, each taking
+/// an interleaved share of the elements; the first adapter also computes the analytic gradient
+/// and the report. The numerical gradients are a single adapter's bit for bit where the adapters
+/// compute alike: each perturbed loss is an evaluation of its own, whatever else its chunk holds.
+pub fn check_on_adapters(contexts: &[GpuContext], subject: &Subject) -> Result<GradcheckReport> {
+    let (first, others) = split_adapters(contexts)?;
+    let on_first = OnAdapter::new(first, subject)?;
+    let analytic = on_first.analytic()?;
+    let every: Vec<usize> = (0..on_first.element_count()).collect();
+    let share = on_first.spread(others, &every, 1)?;
+    on_first.report(analytic, vec![share])
+}
+
+/// Shard `shard` of a check's central differences, spread over `contexts` as
+/// [`check_on_adapters`] spreads a whole check.
+pub fn numeric_share(
+    contexts: &[GpuContext],
+    subject: &Subject,
+    shard: Shard,
+) -> Result<NumericShare> {
+    let (first, others) = split_adapters(contexts)?;
+    let on_first = OnAdapter::new(first, subject)?;
+    let positions = shard.pick(&(0..on_first.element_count()).collect::<Vec<_>>());
+    on_first.spread(others, &positions, shard.count())
+}
+
+/// The report of a check whose central differences were evaluated elsewhere, in `shares` that
+/// together cover every element once ([`shard::merge_files`] reads them from shard files).
+///
+/// The analytic gradient is recomputed here rather than carried in the shards: it is one
+/// forward and backward pass, against the thousands of perturbed losses the shards took, and
+/// the subject (the net, its parameters and the batch) has to be here anyway for what only the
+/// whole check can do (an f64 tensor that fails at h looked at again at h/2, the random
+/// directions). That keeps the shard files to their own elements and every figure of the
+/// report computed as a single run computes it.
+pub fn merge(
+    ctx: &GpuContext,
+    subject: &Subject,
+    shares: Vec<NumericShare>,
+) -> Result<GradcheckReport> {
+    let on_adapter = OnAdapter::new(ctx, subject)?;
+    let analytic = on_adapter.analytic()?;
+    on_adapter.report(analytic, shares)
+}
+
+fn split_adapters(contexts: &[GpuContext]) -> Result<(&GpuContext, &[GpuContext])> {
+    contexts.split_first().ok_or_else(|| {
+        Error::NoAdapter("no adapter to run the check on: see `wgrad devices`".into())
     })
+}
+
+/// The input of a layer whose input gradient is checked: `xL` for the input of layer L
+/// (1-based), [N, IN].
+struct CheckedInput {
+    layer: usize,
+    name: String,
+    in_size: usize,
+}
+
+/// A check's net built on one adapter, for either half of a check: the central differences of
+/// some of its elements, or the report from all of them.
+struct OnAdapter<'a> {
+    ctx: &'a GpuContext,
+    subject: Subject<'a>,
+    kernels: Kernels,
+    model: Model,
+    selected: Vec<TensorInfo>,
+    inputs: Vec<CheckedInput>,
+    tensors: Vec<CheckedTensor>,
+    /// The arena indices of the checked parameters, the first positions of the element order.
+    param_indices: Vec<usize>,
+}
+
+impl<'a> OnAdapter<'a> {
+    fn new(ctx: &'a GpuContext, subject: &Subject<'a>) -> Result<Self> {
+        let Subject {
+            spec,
+            params,
+            labels,
+            config,
+            ..
+        } = *subject;
+        ctx.require(config.precision)?;
+        crate::nn::model::check_fits(ctx, spec, labels.len(), config.precision)?;
+        let (layers, layout) = spec.resolve()?;
+        let (selected, inputs) = selected(&layers, &layout, &config.tensors)?;
+        let tensors = element_order(&selected, &inputs, labels.len());
+        // Backprop is log-softmax's exact gradient in a net that follows the book too (whose
+        // backward drops its loss's 1e-7, a 1e-6 error alone): it is checked against that loss.
+        let kernels = Kernels::with_loss(ctx, config.precision, CrossEntropy::LogSoftmax)?;
+        let model = Model::new(ctx, spec, params, config.precision)?;
+        Ok(OnAdapter {
+            ctx,
+            subject: *subject,
+            kernels,
+            model,
+            selected: selected.into_iter().cloned().collect(),
+            inputs,
+            param_indices: param_indices(&tensors),
+            tensors,
+        })
+    }
+
+    fn element_count(&self) -> usize {
+        self.tensors.last().map_or(0, |t| t.positions.end)
+    }
+
+    /// An engine at step `h` for an interleaved 1/`parts` of the elements ([`Chunking`]).
+    fn engine_at(&self, h: f64, parts: usize) -> Result<PerturbedLossEngine<'_>> {
+        let Subject {
+            x, labels, config, ..
+        } = self.subject;
+        let strategy = config.strategy;
+        let chunk = Chunking {
+            size: config.chunk,
+            parts,
+        };
+        let (ctx, kernels, model) = (self.ctx, &self.kernels, &self.model);
+        PerturbedLossEngine::new(ctx, kernels, model, x, labels, strategy, h, chunk)
+    }
+
+    /// The central differences at `positions` (ascending, an interleaved 1/`parts` of the
+    /// elements), on this adapter and `others`, a thread each, every adapter taking an
+    /// interleaved part of them.
+    fn spread(
+        &self,
+        others: &[GpuContext],
+        positions: &[usize],
+        parts: usize,
+    ) -> Result<NumericShare> {
+        let adapters = others.len() + 1;
+        let parts = parts * adapters;
+        if others.is_empty() {
+            return self.numeric(positions, parts);
+        }
+        let part = |adapter: usize| {
+            let shard = Shard::new(adapter + 1, adapters).expect("1 ≤ K ≤ N");
+            shard.pick(positions)
+        };
+        let subject = self.subject;
+        let shares = std::thread::scope(|scope| -> Result<Vec<NumericShare>> {
+            let threads: Vec<_> = (others.iter().enumerate())
+                .map(|(k, ctx)| {
+                    let positions = part(k + 1);
+                    scope.spawn(move || OnAdapter::new(ctx, &subject)?.numeric(&positions, parts))
+                })
+                .collect();
+            let mut shares = vec![self.numeric(&part(0), parts)?];
+            for thread in threads {
+                let share = thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                shares.push(share?);
+            }
+            Ok(shares)
+        })?;
+        NumericShare::combine(shares)
+    }
+
+    /// The central differences at `positions` (ascending, an interleaved 1/`parts` of the
+    /// elements) on this adapter: the parameters' in one pass, then each input's.
+    fn numeric(&self, positions: &[usize], parts: usize) -> Result<NumericShare> {
+        let start = Instant::now();
+        let engine = self.engine_at(self.subject.config.h, parts)?;
+        let seconds_setup = start.elapsed().as_secs_f64();
+        let tol = Tolerance::for_precision(self.subject.config.precision);
+        let engine_twice_h = (tol.noise_factor > 0.0)
+            .then(|| self.engine_at(2.0 * self.subject.config.h, parts))
+            .transpose()?;
+        let (params, inputs) = self.split(positions)?;
+        let differences = |of: &dyn Fn(&PerturbedLossEngine) -> Result<NumericalGradient>| {
+            let wide = engine_twice_h.as_ref().map(of).transpose()?;
+            Ok::<_, Error>((of(&engine)?, wide))
+        };
+        let mut parts = vec![differences(&|e| e.gradient(&params))?];
+        for (input, elements) in self.inputs.iter().zip(&inputs) {
+            parts.push(differences(&|e| e.input_gradient(input.layer, elements))?);
+        }
+        base_unchanged(self.ctx, &self.model, self.subject.params)?;
+        let mut share = NumericShare {
+            positions: positions.to_vec(),
+            at_h: Vec::with_capacity(positions.len()),
+            at_twice_h: engine_twice_h.as_ref().map(|_| Vec::new()),
+            kinks: Vec::with_capacity(positions.len()),
+            stats: ShareStats {
+                seconds_setup,
+                chunk: engine.chunk,
+                ..Default::default()
+            },
+        };
+        for (at_h, wide) in parts {
+            share.at_h.extend(&at_h.grad);
+            share.kinks.extend(&at_h.kinks);
+            share.stats.perturbed_losses += at_h.perturbed_losses;
+            share.stats.idle_losses += at_h.idle_losses;
+            if let (Some(wide), Some(out)) = (wide, &mut share.at_twice_h) {
+                out.extend(&wide.grad);
+                // A pair that straddles a kink at 2h measures no noise.
+                let from = share.kinks.len() - wide.kinks.len();
+                (share.kinks[from..].iter_mut().zip(&wide.kinks)).for_each(|(k, w)| *k |= w);
+                share.stats.perturbed_losses += wide.perturbed_losses;
+                share.stats.idle_losses += wide.idle_losses;
+            }
+        }
+        share.stats.seconds = start.elapsed().as_secs_f64();
+        Ok(share)
+    }
+
+    /// `positions` (ascending) as the arena indices of the parameters they name and, per
+    /// checked input, the elements of it they name.
+    fn split(&self, positions: &[usize]) -> Result<(Vec<usize>, Vec<Vec<usize>>)> {
+        if positions.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::InvalidArgument(
+                "a share's positions must ascend, each once".into(),
+            ));
+        }
+        let mut params = Vec::new();
+        let mut inputs = vec![Vec::new(); self.inputs.len()];
+        for &p in positions {
+            if p < self.param_indices.len() {
+                params.push(self.param_indices[p]);
+                continue;
+            }
+            let t =
+                (self.tensors.iter().position(|t| t.positions.contains(&p))).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "element {p} is past the check's {}",
+                        self.element_count()
+                    ))
+                })?;
+            inputs[t - self.selected.len()].push(p - self.tensors[t].positions.start);
+        }
+        Ok((params, inputs))
+    }
+
+    /// The loss and the backprop gradients of the parameters and the checked inputs.
+    fn analytic(&self) -> Result<Analytic> {
+        let Subject {
+            x, labels, config, ..
+        } = self.subject;
+        let start = Instant::now();
+        let input_layers: Vec<usize> = self.inputs.iter().map(|i| i.layer).collect();
+        let (ctx, kernels, model) = (self.ctx, &self.kernels, &self.model);
+        let (loss, mut params, inputs) =
+            analytic_gradients(ctx, kernels, model, x, labels, &input_layers)?;
+        plant_fault(&mut params, &model.layout, config);
+        Ok(Analytic {
+            loss,
+            params,
+            inputs,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The check's report from its analytic gradients and `shares` of its central differences,
+    /// which together cover every element once.
+    fn report(&self, analytic: Analytic, shares: Vec<NumericShare>) -> Result<GradcheckReport> {
+        let Subject {
+            spec,
+            params,
+            x,
+            labels,
+            config,
+        } = self.subject;
+        let (ctx, kernels, model) = (self.ctx, &self.kernels, &self.model);
+        let Analytic {
+            loss,
+            params: analytic,
+            inputs: analytic_inputs,
+            seconds: seconds_analytic,
+        } = analytic;
+        let share = NumericShare::combine(shares)?;
+        self.covered_by(&share)?;
+        let start = Instant::now();
+        let tol = Tolerance::for_precision(config.precision);
+        let params_end = self.param_indices.len();
+        let (mut numeric, numeric_twice_h, mut kinks) = scatter(
+            model.layout.total,
+            &self.param_indices,
+            &share.at_h[..params_end],
+            share.at_twice_h.as_ref().map(|w| &w[..params_end]),
+            &share.kinks[..params_end],
+        );
+        let selected: Vec<&TensorInfo> = self.selected.iter().collect();
+        let twice_h = numeric_twice_h.as_deref();
+        let mut tensors: Vec<TensorCheck> = (selected.iter())
+            .map(|t| check_of(t, &analytic, &numeric, twice_h, &kinks, &tol))
+            .collect();
+        let at_half_h = match config.precision {
+            Precision::F64 => {
+                // Whole tensors, the failing ones.
+                let at_half_h = || self.engine_at(config.h / 2.0, 1);
+                let (a, n, k) = (&analytic[..], &mut numeric[..], &mut kinks[..]);
+                extrapolate(at_half_h, &selected, &mut tensors, a, n, k, &tol)?
+            }
+            Precision::F32 => None,
+        };
+        let seconds_extrapolation = start.elapsed().as_secs_f64();
+        base_unchanged(ctx, model, params)?;
+        let (input_checks, input_values) = self.check_inputs(&share, analytic_inputs, &tol);
+        tensors.extend(input_checks);
+
+        let directions = directional(
+            ctx,
+            kernels,
+            model,
+            spec,
+            x,
+            labels,
+            &analytic,
+            &self.param_indices,
+            config,
+        )?;
+        let passed = tensors.iter().all(|t| t.passed) && directions.iter().all(|d| d.passed);
+        let degenerate = degeneracy(spec, labels.len(), &selected, &analytic, &numeric);
+        let half = at_half_h.as_ref();
+        Ok(GradcheckReport {
+            passed,
+            precision: config.precision,
+            strategy: config.strategy,
+            h: config.h,
+            batch: labels.len(),
+            loss,
+            seconds_numeric: share.stats.seconds + seconds_extrapolation,
+            seconds_numeric_setup: share.stats.seconds_setup,
+            seconds_analytic,
+            perturbed_losses: share.stats.perturbed_losses + half.map_or(0, |g| g.perturbed_losses),
+            idle_losses: share.stats.idle_losses + half.map_or(0, |g| g.idle_losses),
+            chunk: share.stats.chunk,
+            tolerance: tol,
+            tensors,
+            directions,
+            degenerate,
+            analytic,
+            numeric,
+            kinks,
+            inputs: input_values,
+        })
+    }
+
+    /// Fails unless `share` holds every element of the check, naming the first one it lacks.
+    fn covered_by(&self, share: &NumericShare) -> Result<()> {
+        let total = self.element_count();
+        let missing = (share.positions.iter().enumerate())
+            .find(|&(k, &p)| k != p)
+            .map(|(k, _)| k)
+            .or((share.positions.len() < total).then_some(share.positions.len()));
+        if let Some(p) = missing.filter(|&p| p < total) {
+            let t = (self.tensors.iter())
+                .find(|t| t.positions.contains(&p))
+                .expect("a position below the total is in a tensor");
+            let at = unravel(p - t.positions.start, &t.shape);
+            return Err(Error::InvalidArgument(format!(
+                "the shares lack element {at:?} of {} (element {p} of the check's {total}): \
+                 merge every shard of the check",
+                t.name
+            )));
+        }
+        if share.positions.len() > total {
+            return Err(Error::InvalidArgument(format!(
+                "the shares hold {} elements but the check has {total}: they belong to another \
+                 check",
+                share.positions.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The checks of the inputs (custom layers'), their analytic gradients `analytic` one per
+    /// input, against their central differences in `share`.
+    fn check_inputs(
+        &self,
+        share: &NumericShare,
+        analytic: Vec<Vec<f64>>,
+        tol: &Tolerance,
+    ) -> (Vec<TensorCheck>, Vec<InputGradient>) {
+        let tensors = &self.tensors[self.selected.len()..];
+        (self.inputs.iter().zip(tensors).zip(analytic))
+            .map(|((input, t), a)| {
+                let r = t.positions.clone();
+                let numeric = share.at_h[r.clone()].to_vec();
+                let kinks = share.kinks[r.clone()].to_vec();
+                let twice_h = share.at_twice_h.as_ref().map(|w| &w[r]);
+                let check = tensor_check(&t.name, &t.shape, &a, &numeric, twice_h, &kinks, tol);
+                let value = InputGradient {
+                    layer: input.layer,
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    analytic: a,
+                    numeric,
+                    kinks,
+                };
+                (check, value)
+            })
+            .unzip()
+    }
+}
+
+/// A check's backprop side.
+struct Analytic {
+    loss: f64,
+    /// In the arena layout.
+    params: Vec<f64>,
+    /// One per checked input.
+    inputs: Vec<Vec<f64>>,
+    seconds: f64,
+}
+
+/// The central differences of the parameters `indices` (at h, at 2h, and whether a pair
+/// straddled a kink at either step), placed at those indices of full-length vectors (NaN
+/// elsewhere).
+fn scatter(
+    total: usize,
+    indices: &[usize],
+    at_h: &[f64],
+    at_twice_h: Option<&[f64]>,
+    pair_kinks: &[bool],
+) -> (Vec<f64>, Option<Vec<f64>>, Vec<bool>) {
+    let mut numeric = vec![f64::NAN; total];
+    let mut numeric_twice_h = at_twice_h.map(|_| vec![f64::NAN; total]);
+    let mut kinks = vec![false; total];
+    for (k, &i) in indices.iter().enumerate() {
+        numeric[i] = at_h[k];
+        kinks[i] = pair_kinks[k];
+        if let (Some(wide), Some(twice_h)) = (at_twice_h, &mut numeric_twice_h) {
+            twice_h[i] = wide[k];
+        }
+    }
+    (numeric, numeric_twice_h, kinks)
 }
 
 /// [`tensor_check`] of tensor `t` on its elements of the full-length gradients and kink flags.
@@ -418,51 +893,6 @@ fn plant_fault(analytic: &mut [f64], layout: &ParamLayout, config: &GradcheckCon
     if let Some(t) = layout.get(name) {
         (analytic[t.offset..t.offset + t.numel].iter_mut()).for_each(|g| *g *= factor);
     }
-}
-
-/// The input checks of `inputs` (analytic gradients `analytic`, one per input): their rows,
-/// their values, and the perturbed losses they took.
-fn check_inputs(
-    engine: &PerturbedLossEngine,
-    engine_twice_h: Option<&PerturbedLossEngine>,
-    inputs: &[CheckedInput],
-    analytic: &[Vec<f64>],
-    batch: usize,
-    tol: &Tolerance,
-) -> Result<(Vec<TensorCheck>, Vec<InputGradient>, usize)> {
-    let mut checks = Vec::new();
-    let mut values = Vec::new();
-    let mut losses = 0;
-    for (input, a) in inputs.iter().zip(analytic) {
-        let elements: Vec<usize> = (0..a.len()).collect();
-        let n = engine.input_gradient(input.layer, &elements)?;
-        let wide = match engine_twice_h {
-            Some(wide) => Some(wide.input_gradient(input.layer, &elements)?),
-            None => None,
-        };
-        losses += n.perturbed_losses + wide.as_ref().map_or(0, |w| w.perturbed_losses);
-        let (numeric, twice_h, kinks) = scatter(a.len(), &elements, &n, wide.as_ref());
-        let shape = vec![batch, input.in_size];
-        let twice_h = twice_h.as_deref();
-        checks.push(tensor_check(
-            &input.name,
-            &shape,
-            a,
-            &numeric,
-            twice_h,
-            &kinks,
-            tol,
-        ));
-        values.push(InputGradient {
-            layer: input.layer,
-            name: input.name.clone(),
-            shape,
-            analytic: a.clone(),
-            numeric,
-            kinks,
-        });
-    }
-    Ok((checks, values, losses))
 }
 
 /// What makes a check vacuous: BatchNorm over a batch of one (each feature's batch variance is

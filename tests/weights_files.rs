@@ -96,6 +96,8 @@ fn npy(shape: &[usize], data: &TensorData) -> Vec<u8> {
             "<f4",
             v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>(),
         ),
+        TensorData::U32(v) => ("<u4", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        TensorData::U8(v) => ("|u1", v.clone()),
     };
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let tuple = match dims.len() {

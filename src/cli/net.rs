@@ -63,7 +63,8 @@ pub struct NetArgs {
     /// binary batches [default: the bundled MNIST subset].
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Use the adapter whose name contains this (see `wgrad devices`).
+    /// Use the adapter whose name contains this (see `wgrad devices`); gradcheck also takes
+    /// `all`, a thread per adapter.
     #[arg(long)]
     pub adapter: Option<String>,
     /// Start from the parameters in this safetensors or numpy .npz file (tensors W1, b1, …). A
@@ -71,6 +72,9 @@ pub struct NetArgs {
     #[arg(long)]
     pub init_from: Option<PathBuf>,
 }
+
+/// `--adapter all`: gradcheck spreads over every adapter.
+pub const ALL_ADAPTERS: &str = "all";
 
 /// The flags that shape the net (beside --init and --weight-decay).
 pub const NET_SHAPE_FLAGS: &[&str] = &[
@@ -243,8 +247,28 @@ impl NetArgs {
         Self::open_adapter(self.adapter.clone())
     }
 
+    /// The adapters a gradient check runs on: every one with `--adapter all`
+    /// ([`GpuContext::open_all`]), else the one named (or the best), each said on stderr.
+    pub fn check_contexts(&self) -> Result<Vec<GpuContext>> {
+        if self.adapter.as_deref() != Some(ALL_ADAPTERS) {
+            return Ok(vec![self.context()?]);
+        }
+        let all = GpuContext::open_all()?;
+        for ctx in &all {
+            eprintln!("wgrad: adapter {}", ctx.describe());
+        }
+        Ok(all)
+    }
+
     /// The adapter named (or the best one), said on stderr.
     pub fn open_adapter(name: Option<String>) -> Result<GpuContext> {
+        if name.as_deref() == Some(ALL_ADAPTERS) {
+            return Err(wgrad::Error::InvalidArgument(format!(
+                "--adapter {ALL_ADAPTERS} spreads a check over every adapter, which only \
+                 `wgrad gradcheck` does; this command runs on one: name it (see `wgrad devices`), \
+                 or leave --adapter out for the best"
+            )));
+        }
         let ctx = GpuContext::new(&AdapterOptions { name })?;
         eprintln!("wgrad: adapter {}", ctx.describe());
         Ok(ctx)

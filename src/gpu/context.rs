@@ -137,7 +137,31 @@ impl GpuContext {
             }
         }
         adapters.sort_by_key(rank);
-        let adapter = adapters.swap_remove(0);
+        Self::open(adapters.swap_remove(0))
+    }
+
+    /// Every adapter a gradient check can spread over (`gradcheck --adapter all`), best first:
+    /// those of the best adapter's backend, since wgpu lists a device once per backend that
+    /// reaches it (lavapipe as Vulkan and as GL); and software adapters only where there is no
+    /// GPU, as a check split evenly waits for its slowest adapter.
+    pub fn open_all() -> Result<Vec<Self>> {
+        let mut adapters = enumerate(&instance());
+        adapters.sort_by_key(rank);
+        let Some(best) = adapters.first().map(|a| a.get_info()) else {
+            return Err(Error::NoAdapter(format!(
+                "wgpu found no adapter at all; {INSTALL_HINT}"
+            )));
+        };
+        let on_host = |info: &wgpu::AdapterInfo| info.device_type == wgpu::DeviceType::Cpu;
+        adapters.retain(|a| {
+            let info = a.get_info();
+            info.backend == best.backend && (on_host(&best) || !on_host(&info))
+        });
+        adapters.into_iter().map(Self::open).collect()
+    }
+
+    /// Opens a device on `adapter` with f64 and timestamps where it has them.
+    fn open(adapter: wgpu::Adapter) -> Result<Self> {
         let info = adapter.get_info();
         if info.backend == wgpu::Backend::Gl {
             eprintln!(

@@ -7,9 +7,10 @@
 //! evaluation writes anything another reads, so the classic bug of perturbing shared parameters
 //! in place and botching the restore cannot happen here.
 
+use std::ops::Range;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::kernel;
@@ -19,7 +20,7 @@ use crate::nn::{Copies, Kernels, Layer, Mode, Model, Recorder, Workspace};
 use crate::train::{copy_loss, train_metrics, StatsWord, STATE_WORDS, STATS_WORDS};
 
 /// How perturbed losses are evaluated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// Every perturbed loss is a complete forward pass over its own copy (the reference).
@@ -87,6 +88,25 @@ const CHUNK_BYTES: usize = 96 << 20;
 /// Measured on `--hidden 100,100`: 0.21 s at 96 MiB, 0.15 s at 24 MiB (README).
 const CHUNK_BYTES_ON_HOST: usize = 24 << 20;
 
+/// How an engine cuts its perturbations into chunks, a submit each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunking {
+    /// Perturbations per chunk as asked (`--chunk`); from the device limits when None.
+    pub size: Option<usize>,
+    /// The engine evaluates an interleaved 1/`parts` of the elements (a gradcheck shard's, or an
+    /// adapter's part of one), so of every route: chunks from the device limits are sized to
+    /// that part, as each is padded to its full size (a shard's one chunk sized for the whole
+    /// route would be mostly padding). Results do not depend on the chunk size.
+    pub parts: usize,
+}
+
+impl From<Option<usize>> for Chunking {
+    /// All of the elements, in chunks of `size`.
+    fn from(size: Option<usize>) -> Chunking {
+        Chunking { size, parts: 1 }
+    }
+}
+
 /// Evaluates batches of perturbed losses of one model on one batch of data.
 pub struct PerturbedLossEngine<'a> {
     ctx: &'a GpuContext,
@@ -115,8 +135,8 @@ pub struct PerturbedLossEngine<'a> {
 }
 
 impl<'a> PerturbedLossEngine<'a> {
-    /// Runs the unperturbed forward pass on (x, labels) and prepares chunks of `chunk`
-    /// perturbations (sized from the device limits when `None`).
+    /// Runs the unperturbed forward pass on (x, labels) and prepares chunks as `chunk` says
+    /// ([`Chunking`]; an `Option<usize>` is a chunk size, from the device limits when `None`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         ctx: &'a GpuContext,
@@ -126,8 +146,9 @@ impl<'a> PerturbedLossEngine<'a> {
         labels: &[u32],
         strategy: Strategy,
         h: f64,
-        chunk: Option<usize>,
+        chunk: impl Into<Chunking>,
     ) -> Result<Self> {
+        let chunk = chunk.into();
         if !(h.is_finite() && h > 0.0) {
             return Err(Error::InvalidArgument(format!(
                 "step h must be a finite number > 0, got {h} (--h)"
@@ -165,7 +186,8 @@ impl<'a> PerturbedLossEngine<'a> {
             Strategy::Full => None,
         };
         let tail_start = tail.as_ref().map_or(model.layers.len(), |t| t.start);
-        let (recompute_chunk, tail_chunk) = chunk_sizes(ctx, model, n, tail.as_ref(), chunk);
+        let (recompute_chunk, tail_chunk) =
+            chunk_sizes(ctx, model, n, tail.as_ref(), idle.as_ref(), chunk);
         let chunk_max = recompute_chunk
             .unwrap_or(0)
             .max(tail_chunk.unwrap_or(0))
@@ -497,15 +519,32 @@ use tail::MlpTail;
 
 /// Perturbations per chunk of the routes that recompute layers (when a parameter lies below
 /// the MLP tail) and of the MLP kernel (when there is a tail): as many as the adapter's chunk
-/// budget of activations holds, within its binding limit, evened out ([`balanced`]), or `chunk`
-/// when given.
+/// budget of activations holds, within its binding limit, evened out over the perturbations the
+/// engine's part of the route evaluates ([`balanced`], [`Chunking::parts`]; `idle` weights' take
+/// no pass), or the chunk size when given.
 fn chunk_sizes(
     ctx: &GpuContext,
     model: &Model,
     n: usize,
     tail: Option<&MlpTail>,
-    chunk: Option<usize>,
+    idle: Option<&IdleInputs>,
+    chunk: Chunking,
 ) -> (Option<usize>, Option<usize>) {
+    // The most perturbations a route over `layers` evaluates: two per element, less the idle
+    // weights'. An interleaved 1/parts of a contiguous run of positions holds ⌈run/parts⌉ of
+    // them; the idle weights cut the first layer's into runs, each of which may round up.
+    let evaluated = |layers: Range<usize>| {
+        let fill: usize = (layers.clone())
+            .map(|l| route_fill(model, n, &model.layers[l]))
+            .sum();
+        let idle = idle.filter(|_| layers.contains(&0));
+        let elements = (fill - idle.map_or(0, IdleInputs::perturbations)) / 2;
+        let runs = match chunk.parts {
+            0 | 1 => 0,
+            _ => 1 + idle.map_or(0, IdleInputs::busy_runs),
+        };
+        2 * (elements.div_ceil(chunk.parts.max(1)) + runs)
+    };
     let bytes = model.precision.bytes();
     let tail_start = tail.map_or(model.layers.len(), |t| t.start);
     let needs_recompute = model.layers[..tail_start].iter().any(has_route);
@@ -519,23 +558,21 @@ fn chunk_sizes(
     let recompute = needs_recompute.then(|| {
         let per_eval = n * model.sizes.iter().sum::<usize>() * 2 * bytes + n * 8;
         let max_size = *model.sizes.iter().max().expect("at least one layer");
-        let fill = (model.layers[..tail_start].iter())
-            .map(|l| route_fill(model, n, l))
+        let fill = (0..tail_start)
+            .map(|l| evaluated(l..l + 1))
             .max()
             .unwrap_or(1);
         let cap = limit(n * max_size * bytes);
         let most = (budget / per_eval).clamp(1, cap);
-        chunk.map_or(balanced(fill, most), |c| c.clamp(1, cap))
+        (chunk.size).map_or(balanced(fill, most), |c| c.clamp(1, cap))
     });
     let tail_chunk = tail.map(|t| {
         let per_eval = t.scratch_per_eval(n) * bytes;
         // The MLP kernel serves every perturbation of the tail's layers.
-        let fill: usize = (model.layers[t.start..].iter())
-            .map(|l| route_fill(model, n, l))
-            .sum();
+        let fill = evaluated(t.start..model.layers.len());
         let cap = limit(per_eval);
         let most = (budget / per_eval).clamp(1, cap);
-        chunk.map_or(balanced(fill, most), |c| c.clamp(1, cap))
+        (chunk.size).map_or(balanced(fill, most), |c| c.clamp(1, cap))
     });
     (recompute, tail_chunk)
 }
@@ -734,6 +771,17 @@ impl IdleInputs {
             idle,
             base_loss: mean_in(precision, &base.row_loss.read_real(ctx, precision)?),
         }))
+    }
+
+    /// The perturbations known without a pass: two per idle weight.
+    fn perturbations(&self) -> usize {
+        2 * self.outs * self.idle.iter().filter(|&&idle| idle).count()
+    }
+
+    /// The runs of consecutive input units that are not idle (whose weights take a pass).
+    fn busy_runs(&self) -> usize {
+        let starts = |(i, &idle): (usize, &bool)| !idle && (i == 0 || self.idle[i - 1]);
+        self.idle.iter().enumerate().filter(|&u| starts(u)).count()
     }
 
     fn moves_nothing(&self, index: usize) -> bool {
