@@ -24,9 +24,12 @@ use wgrad::gpu::Precision;
 use wgrad::nn::{Activation, NetSpec};
 use wgrad::reference;
 
-/// (N, D, H): batch rows, inputs, outputs of one affine layer.
-const AFFINE_SHAPES: [(usize, usize, usize); 6] = [
+/// (N, D, H): batch rows, inputs, outputs of one affine layer. (9, 12, 8) and (5, 16, 20) have
+/// every operand 4-aligned, so the matmul reads both A and B four at a time.
+const AFFINE_SHAPES: [(usize, usize, usize); 8] = [
     (1, 1, 1),
+    (9, 12, 8),
+    (5, 16, 20),
     (7, 33, 5),
     (33, 7, 100),
     (100, 784, 50),
