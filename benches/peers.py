@@ -164,16 +164,18 @@ def run_torch(name, data, warmup, steps, quiet_wait):
     return timed_steps(step, warmup, steps, quiet_wait)
 
 
-def run_wgrad(wgrad, net, steps, quiet_wait):
+def run_wgrad(wgrad, net, steps, quiet_wait, driver=()):
+    """wgrad's figures for `net`; `driver` prefixes the command (benches/with-mesa25.sh picks
+    the lavapipe it runs on)."""
     wait_quiet(max_wait=quiet_wait)
-    cmd = [wgrad, "bench", "train", *net["wgrad"], "--batch-size", str(BATCH),
+    cmd = [*driver, wgrad, "bench", "train", *net["wgrad"], "--batch-size", str(BATCH),
            "--steps", str(steps), "--json"]
     with Measure() as m:
         run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         sys.exit(f"peers.py: {' '.join(cmd)} failed:\n{run.stderr}")
     report = json.loads(run.stdout)
-    report["command"] = " ".join(["wgrad", *cmd[1:]])
+    report["command"] = " ".join(["wgrad", *cmd[len(driver) + 1:]])
     report["others_cpu_frac"] = m.others_cpu_frac
     return report
 
@@ -311,6 +313,9 @@ def main():
     ap.add_argument("--quiet-wait", type=float, default=10.0,
                     help="seconds to wait at most for a quiet CPU before each measurement")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "peers.json"))
+    ap.add_argument("--mesa25", action="store_true",
+                    help="run wgrad under both the distro's lavapipe and Mesa 25.0.7's "
+                         "(benches/with-mesa25.sh; install it with benches/mesa25.sh)")
     args = ap.parse_args()
     if args.steps < 1 or args.repeats < 1:
         sys.exit("peers.py: --steps and --repeats must be at least 1")
@@ -333,8 +338,13 @@ def main():
     for net in (n for n in NETS if n["name"] in names):
         print(f"peers.py: {net['label']}", file=sys.stderr)
         entry = {"name": net["name"], "label": net["label"]}
-        entry["wgrad"] = best_of(
-            args.repeats, lambda: run_wgrad(args.wgrad, net, args.steps, args.quiet_wait))
+        with_mesa25 = os.path.join(HERE, "with-mesa25.sh")
+        distro = (with_mesa25, "--distro") if args.mesa25 else ()
+        entry["wgrad"] = best_of(args.repeats, lambda: run_wgrad(
+            args.wgrad, net, args.steps, args.quiet_wait, distro))
+        if args.mesa25:
+            entry["wgrad_mesa25"] = best_of(args.repeats, lambda: run_wgrad(
+                args.wgrad, net, args.steps, args.quiet_wait, (with_mesa25,)))
         # The peers warm up for as many steps as wgrad's warm-up epoch.
         warmup = entry["wgrad"]["warmup_steps"]
         for peer, run in (("numpy", run_numpy), ("torch", run_torch)):
@@ -345,9 +355,15 @@ def main():
         for peer in ("numpy", "torch"):
             other = entry.get(peer)
             entry[f"wgrad_over_{peer}"] = ratio(rate, other and other["samples_per_second"])
+            if args.mesa25:
+                rate25 = entry["wgrad_mesa25"]["samples_per_second"]
+                entry[f"wgrad_mesa25_over_{peer}"] = ratio(
+                    rate25, other and other["samples_per_second"])
         result["nets"].append(entry)
     if result["nets"]:
         result["machine"]["adapter"] = result["nets"][0]["wgrad"]["adapter"]
+        if args.mesa25:
+            result["machine"]["adapter_mesa25"] = result["nets"][0]["wgrad_mesa25"]["adapter"]
 
     m = result["machine"]
     adapter = m.get("adapter", {})

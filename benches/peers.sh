@@ -10,6 +10,8 @@
 # --quiet-wait S). NumPy and PyTorch are optional: the script says which it found and leaves
 # the others out (a Python with both: python3 -m venv .venv && .venv/bin/pip install numpy
 # torch). The figures go to benches/results/peers.json with the machine they were measured on.
+# Where Mesa 25.0.7's lavapipe is installed (bash benches/mesa25.sh DIR, MESA25_DIR=DIR), wgrad
+# runs under it too, in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
@@ -29,5 +31,10 @@ if [ -z "$python" ]; then
     done
 fi
 
-"$python" benches/peers.py --wgrad "$wgrad" --out benches/results/peers.json "$@"
+# Mesa 25.0.7's lavapipe too, where benches/mesa25.sh has installed it.
+mesa25=()
+if [ -f "${MESA25_DIR:-/work/mesa25}/lvp_icd.json" ]; then
+    mesa25=(--mesa25)
+fi
+"$python" benches/peers.py --wgrad "$wgrad" --out benches/results/peers.json "${mesa25[@]}" "$@"
 python3 benches/report.py

@@ -117,6 +117,15 @@ def peers_table(r):
         f'{adapter.get("driver_info", "?")}; {m["wgrad"]}; Python {m["python"]}, '
         f'NumPy {m["numpy"] or "not installed"}, PyTorch {m["torch"] or "not installed"}'
         f"{threads}.{note}*",
+    ]
+    mesa25 = m.get("adapter_mesa25")
+    if mesa25:
+        lines += [
+            "",
+            f'*The Mesa 25 column: the same binary on {mesa25.get("name", "unknown")}, '
+            f'{mesa25.get("driver_info", "?")} (benches/mesa25.sh), in the same run.*',
+        ]
+    lines += [
         "",
         f'Samples/s, batch {r["batch"]}, {r["steps"]} timed steps after a warm-up of as many '
         f'steps as wgrad\'s warm-up epoch, the best of {r.get("repeats", 1)} run(s) of each.',
@@ -126,8 +135,8 @@ def peers_table(r):
         "",
         "| net | wgrad (f32) | NumPy, the book's way (f64) | PyTorch CPU (f32) | wgrad/NumPy "
         "| wgrad/PyTorch | wgrad dispatches per step | others' CPU share (wgrad / NumPy / "
-        "PyTorch) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "PyTorch) |" + (" wgrad on Mesa 25 | wgrad on Mesa 25/NumPy |" if mesa25 else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---|" + ("---:|---:|" if mesa25 else ""),
     ]
 
     def rate(run):
@@ -145,6 +154,8 @@ def peers_table(r):
             f'{rate(n.get("torch"))} | {times(n["wgrad_over_numpy"])} | '
             f'{times(n["wgrad_over_torch"])} | {n["wgrad"]["dispatches_per_step"]} | '
             f'{busy(n["wgrad"])} / {busy(n.get("numpy"))} / {busy(n.get("torch"))} |'
+            + (f' {rate(n.get("wgrad_mesa25"))} | {times(n.get("wgrad_mesa25_over_numpy"))} |'
+               if mesa25 else "")
         )
     return "\n".join(lines) + "\n"
 
