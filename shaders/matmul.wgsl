@@ -10,7 +10,8 @@
 //   ACT_FORWARD   C = x·W + b, and D = f(C) (the activation layer above, same indices);
 //   ACT_BACKWARD  C = f′ applied to A·B (the activation layer below: backpropagate(kind, ·, aux));
 //   SUM_ROW       also the column sums Σ_k B[k, j] into C[sum_off + j] (the bias gradient,
-//                 dispatched as one more block row of the grid).
+//                 dispatched as eight more block rows of the grid: one column an invocation, so
+//                 that no invocation loops past lavapipe's 65,535 iterations at 32,768 rows).
 //
 // Each invocation computes an 8×8 block of C in registers: on lavapipe every storage read goes
 // lane by lane, so what counts is reads per multiply-add (16 per 64 here, 8 per 16 with 4×4
@@ -72,9 +73,10 @@ fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
     let col0 = gid.x * 8u;
     let p = gid.z;
     if (SUM_ROW && row0 >= P.m) {
-        // The block row past the last: column sums of B, eight columns an invocation.
-        if (row0 == ((P.m + 7u) / 8u) * 8u) {
-            column_sums(col0);
+        // The eight block rows past the last: block row j sums column col0 + j of B.
+        let j = gid.y - (P.m + 7u) / 8u;
+        if (j < 8u) {
+            column_sum(col0 + j);
         }
         return;
     }
@@ -254,17 +256,14 @@ fn store(at: u32, v: real) {
     }
 }
 
-// C[sum_off + j] = Σ_k B[k, j] for the eight columns from col0, summed in k order.
-fn column_sums(col0: u32) {
-    for (var c = 0u; c < 8u; c++) {
-        let col = col0 + c;
-        if (col >= P.n) {
-            return;
-        }
-        var s = real(0.0);
-        for (var kk = 0u; kk < P.k; kk++) {
-            s += B[P.b_off + kk * P.b_rs + col * P.b_cs];
-        }
-        C[P.sum_off + col] = s;
+// C[sum_off + col] = Σ_k B[k, col], summed in k order.
+fn column_sum(col: u32) {
+    if (col >= P.n) {
+        return;
     }
+    var s = real(0.0);
+    for (var kk = 0u; kk < P.k; kk++) {
+        s += B[P.b_off + kk * P.b_rs + col * P.b_cs];
+    }
+    C[P.sum_off + col] = s;
 }

@@ -68,14 +68,24 @@ fn train_metrics(@builtin(local_invocation_index) lid: u32) {
 // fixed order as train_metrics, the first step whose loss is not finite, and then t += 1 and
 // the next batch. The last `window` steps' losses stay in step_losses, so a submit of that many
 // steps can be read back once for all of them. The update that follows reads t + 1.
+//
+// FROM_ROWS: the rows' figures come from softmax_ce.wgsl instead, for batches whose rows, over
+// 64 lanes, would take a lane past lavapipe's 65,535 loop iterations (src/train/metrics.rs).
+override FROM_ROWS: bool = false;
+
 @compute @workgroup_size(64)
 fn train_step_loss(@builtin(local_invocation_index) lid: u32) {
     var l = real(0.0);
     var c = real(0.0);
     for (var r = lid; r < P.rows; r += WG) {
-        let row = softmax_ce_row(r, labels[r], P.classes, P.rows, true);
-        l += row.loss;
-        c += real(row.correct);
+        if (FROM_ROWS) {
+            l += row_loss[r];
+            c += real(row_correct[r]);
+        } else {
+            let row = softmax_ce_row(r, labels[r], P.classes, P.rows, true);
+            l += row.loss;
+            c += real(row.correct);
+        }
     }
     part_loss[lid] = l;
     part_count[lid] = c;

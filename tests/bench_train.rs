@@ -262,8 +262,14 @@ fn profile_times_every_dispatch_of_the_step_alone() {
         .iter()
         .map(|d| d["kernel"].as_str().unwrap())
         .collect();
-    assert!(kernels[0].starts_with("gather.wgsl::gather/"), "{kernels:?}");
-    assert!(kernels.last().unwrap().starts_with("optim.wgsl::sgd/"), "{kernels:?}");
+    assert!(
+        kernels[0].starts_with("gather.wgsl::gather/"),
+        "{kernels:?}"
+    );
+    assert!(
+        kernels.last().unwrap().starts_with("optim.wgsl::sgd/"),
+        "{kernels:?}"
+    );
     // Four matmuls (two forward, two weight gradients with their biases) and dX: each with a
     // rate, nothing else with one.
     for d in dispatches {
@@ -271,11 +277,17 @@ fn profile_times_every_dispatch_of_the_step_alone() {
         assert_eq!(d["gflops"].is_number(), is_matmul, "{d}");
         assert!(d["seconds"].as_f64().unwrap() > 0.0, "{d}");
     }
-    assert_eq!(kernels.iter().filter(|k| k.starts_with("matmul")).count(), 5);
+    assert_eq!(
+        kernels.iter().filter(|k| k.starts_with("matmul")).count(),
+        5
+    );
     let fastest = dispatches
         .iter()
         .map(|d| d["seconds"].as_f64().unwrap())
         .fold(f64::INFINITY, f64::min);
     assert_eq!(profile["dispatch_seconds"].as_f64().unwrap(), fastest);
-    assert!(profile["matmul_gflops"].as_f64().unwrap() > 0.0, "{profile}");
+    assert!(
+        profile["matmul_gflops"].as_f64().unwrap() > 0.0,
+        "{profile}"
+    );
 }

@@ -600,11 +600,23 @@ fn layers_at_the_width_limit_are_computed_and_wider_ones_refused() {
 
 #[test]
 fn train_step_loss_is_softmax_ce_and_train_metrics_in_one_dispatch_and_counts_the_step() {
+    // 200 rows over 64 invocations and 7 classes.
+    step_loss_equals_softmax_ce_and_train_metrics(200, 20, 7, 1);
+}
+
+#[test]
+fn train_step_loss_past_lavapipes_loop_limit_takes_the_rows_from_softmax_ce() {
+    // 4 rows a lane of 5,400 classes: 4·(3·5,400 + 1) loop iterations, past the 60,000 a lane
+    // may take, so the softmax runs a row an invocation first.
+    step_loss_equals_softmax_ce_and_train_metrics(200, 4, 5_400, 2);
+}
+
+/// The training step's loss dispatches (`dispatches` of them) give what softmax-CE and
+/// train_metrics give, bit for bit, and count the step: step 4 into a window of 3 lands in slot 1.
+fn step_loss_equals_softmax_ce_and_train_metrics(n: usize, d: usize, c: usize, dispatches: usize) {
     use wgrad::gpu::{kernel, GpuBuffer};
     use wgrad::nn::{Copies, Mode, Model, Recorder, Workspace};
     use wgrad::train::{train_step_loss, StateWord, StatsWord};
-    // 200 rows over 64 invocations and 7 classes; step 4 into a window of 3 lands in slot 1.
-    let (n, d, c) = (200, 20, 7);
     let spec = NetSpec::mlp(d, &[9], c, Activation::Tanh);
     for precision in precisions() {
         let prob = problem(&spec, n, 401, precision);
@@ -626,13 +638,9 @@ fn train_step_loss_is_softmax_ce_and_train_metrics_in_one_dispatch_and_counts_th
             let mut d = Vec::new();
             if fused {
                 d.extend(rec.forward_logits(&ws, Mode::Train, &state));
-                d.push(train_step_loss(
-                    &rec.gpu(),
-                    &ws,
-                    c,
-                    (&stats, &state),
-                    &window,
-                ));
+                let loss = train_step_loss(&rec.gpu(), &ws, c, (&stats, &state), &window);
+                assert_eq!(loss.len(), dispatches, "dispatches of the step's loss");
+                d.extend(loss);
             } else {
                 d.extend(rec.forward(&ws, &Copies::Single));
                 d.push(train_metrics(&rec.gpu(), &ws, &stats, &state));
@@ -668,4 +676,30 @@ fn train_step_loss_is_softmax_ce_and_train_metrics_in_one_dispatch_and_counts_th
             "{precision}: finite"
         );
     }
+}
+
+#[test]
+fn bias_gradient_sums_every_row_of_the_largest_batch() {
+    // lavapipe stops an invocation after 65,535 loop iterations: at 32,768 rows the bias
+    // gradient's column sums must take a column an invocation.
+    let n = wgrad::gpu::limits::MAX_ROWS;
+    let (d, h) = (4, 9);
+    let spec = NetSpec::mlp(d, &[], h, Activation::Relu);
+    let precision = Precision::F32;
+    let prob = problem(&spec, n, 777, precision);
+    let fwd = prob.reference().forward(&prob.params, &prob.x, n);
+    let (_, dlogits, _) = reference::softmax_cross_entropy(&fwd.logits, &prob.labels, n, h);
+    let (_, dw, db) =
+        reference::affine_backward(&prob.x, prob.tensor(&prob.params, "W1"), &dlogits, n, d, h);
+    let got = run_gpu(precision, &prob, true).grads.unwrap();
+    check(
+        "dW at the largest batch",
+        scaled_err(prob.tensor(&got, "W1"), &dw),
+        tol(precision),
+    );
+    check(
+        "db at the largest batch",
+        scaled_err(prob.tensor(&got, "b1"), &db),
+        tol(precision),
+    );
 }

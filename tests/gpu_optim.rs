@@ -98,7 +98,7 @@ fn train_step(
     let mut step = Vec::new();
     step.extend(rec.l2_penalty(stats));
     step.extend(rec.forward_logits(ws, Mode::Train, state));
-    step.push(train_step_loss(
+    step.extend(train_step_loss(
         &rec.gpu(),
         ws,
         classes,

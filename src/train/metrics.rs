@@ -8,6 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::kernel::{grid, shaders, Binding, Entry, KernelBindings, Placeholders};
 use crate::gpu::{Dispatch, Gpu, GpuBuffer};
+use crate::nn::layers::softmax_loss::{softmax_loss, SoftmaxBindings};
 use crate::nn::Workspace;
 
 /// Words of the GPU state buffer (u32), as shaders/words.wgsl names them (STATE_…).
@@ -130,6 +131,7 @@ impl KernelBindings for MetricsBindings<'_> {
 
 const TRAIN: Entry = Entry::new(shaders::METRICS, "train_metrics");
 const STEP_LOSS: Entry = Entry::new(shaders::METRICS, "train_step_loss");
+const STEP_LOSS_FROM_ROWS: Entry = STEP_LOSS.with(&[("FROM_ROWS", 1.0)]);
 const EVAL: Entry = Entry::new(shaders::METRICS, "eval_metrics");
 const COPY_LOSS: Entry = Entry::new(shaders::METRICS, "copy_loss");
 
@@ -181,26 +183,47 @@ pub fn train_metrics(gpu: &Gpu, ws: &Workspace, stats: &GpuBuffer, state: &GpuBu
     )
 }
 
-/// The loss end of a training step, one dispatch: softmax-CE of the logits of `ws` (a training
-/// workspace) and their gradient, the step's loss and correct count into `stats` and its loss
-/// into `step_losses` (step t at t % its length, so a submit of up to that many steps is read
-/// back once for all of them), divergence into `state`, and then the step counted and the batch
-/// cursor moved on: the update after it reads t + 1.
+/// The loss end of a training step: softmax-CE of the logits of `ws` (a training workspace) and
+/// their gradient, the step's loss and correct count into `stats` and its loss into
+/// `step_losses` (step t at t % its length, so a submit of up to that many steps is read back
+/// once for all of them), divergence into `state`, and then the step counted and the batch
+/// cursor moved on: the update after it reads t + 1. One dispatch, or two where one workgroup's
+/// lanes would loop past lavapipe's limit over the rows' classes ([`fused_loss_fits`]).
 pub fn train_step_loss(
     gpu: &Gpu,
     ws: &Workspace,
     classes: usize,
     (stats, state): (&GpuBuffer, &GpuBuffer),
     step_losses: &GpuBuffer,
-) -> Dispatch {
-    assert!(ws.dlogits().is_some(), "a training workspace");
+) -> Vec<Dispatch> {
+    let dlogits = ws.dlogits().expect("a training workspace");
     let params = MetricsParams {
         window: step_losses.len as u32,
         classes: classes as u32,
         ..over(ws.rows)
     };
     let buffers = (stats, Some(state), Some(step_losses));
-    metrics(gpu, &STEP_LOSS, ws, params, buffers, [1, 1, 1])
+    if fused_loss_fits(ws.rows, classes) {
+        return vec![metrics(gpu, &STEP_LOSS, ws, params, buffers, [1, 1, 1])];
+    }
+    let rows = SoftmaxBindings {
+        logits: ws.logits(),
+        labels: &ws.labels,
+        row_loss: &ws.row_loss,
+        row_correct: &ws.row_correct,
+        dlogits: Some(dlogits),
+    };
+    vec![
+        softmax_loss(gpu, ws.rows, 1, classes, &rows),
+        metrics(gpu, &STEP_LOSS_FROM_ROWS, ws, params, buffers, [1, 1, 1]),
+    ]
+}
+
+/// Whether train_step_loss's 64 lanes can take `rows` rows of `classes` logits each (three
+/// passes over a row's classes) within lavapipe's 65,535 loop iterations an invocation, with
+/// room for the loop over rows itself.
+pub fn fused_loss_fits(rows: usize, classes: usize) -> bool {
+    rows.div_ceil(64) * (3 * classes + 1) <= 60_000
 }
 
 /// An evaluation batch's sums into `stats`, and the evaluation cursor moved on in `state`.

@@ -462,7 +462,7 @@ pub fn step_dispatches(
     // Dropout draws a new mask each step from the GPU step counter (state word 0).
     step.extend(rec.forward_logits(ws, Mode::Train, state));
     let classes = rec.model.spec.output;
-    step.push(train_step_loss(
+    step.extend(train_step_loss(
         &gpu,
         ws,
         classes,

@@ -203,7 +203,7 @@ pub fn matmul(
         }
         Epilogue::ColumnSums { sum_off } => {
             params.sum_off = sum_off as u32;
-            block_rows += 1;
+            block_rows += 8;
             constants.push(("SUM_ROW", 1.0));
         }
     }
