@@ -160,6 +160,28 @@ def peers_table(r):
     return "\n".join(lines) + "\n"
 
 
+def versus_table(r):
+    """This build's training samples/s against an earlier one's (benches/versus.sh)."""
+    drivers = list(r["drivers"])
+    lines = [
+        f'*Measured on {r["date"]}: {r["cpu"]} ({r["cores"]} cores); {r["wgrad"]} against '
+        f'commit `{r["base_commit"]}`; lavapipe: '
+        + "; ".join(f"{d} {info}" for d, info in r["drivers"].items())
+        + f'. The best of {r["repeats"]} runs of each.*',
+        "",
+        "| net | " + " | ".join(
+            f"{d}: this | {d}: `{r['base_commit']}` | {d}: ratio" for d in drivers) + " |",
+        "|---|" + "---:|---:|---:|" * len(drivers),
+    ]
+    for n in r["nets"]:
+        cells = []
+        for d in drivers:
+            f = n[d]
+            cells.append(f'{f["this"]:,.0f} | {f["base"]:,.0f} | {f["ratio"]:.2f}×')
+        lines.append(f'| {n["label"]} | ' + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     machine = load("machine.json")
     sections = [
@@ -217,6 +239,16 @@ def main():
             "its line names.",
             "",
             peers_table(load("peers.json")),
+        ]
+    if (RESULTS / "versus.json").exists():
+        sections += [
+            "## Against an earlier commit",
+            "",
+            "`bash benches/versus.sh COMMIT`: `wgrad train ... --epochs 2 --json` of this build "
+            "and of COMMIT's, run by turns on the same machine, under the distro's lavapipe "
+            "and Mesa 25.0.7's (benches/mesa25.sh).",
+            "",
+            versus_table(load("versus.json")),
         ]
     if (RESULTS / "python-book.json").exists():
         sections += [
