@@ -1,17 +1,21 @@
 // Batched, strided matrix product with a fused epilogue, the workhorse of Affine forward and
 // backward:
 //
-//   C[p] = A[p] · B (+ bias)      A[p]: [M, K], B: [K, N], bias: [N], C[p]: [M, N]
+//   C[p] = A[p] · B[p] (+ bias)   A[p]: [M, K], B[p]: [K, N], bias: [N], C[p]: [M, N]
 //
-// Element (i, k) of A[p] sits at a_off + p·a_bs + i·a_rs + k·a_cs, so transposes are just
-// strides: Affine forward is X·W, dX = dY·Wᵀ, dW = Xᵀ·dY, all with this one kernel.
+// Element (i, k) of A[p] sits at a_off + p·a_bs + i·a_rs + k·a_cs (B[p] likewise, from b_off
+// with b_bs, 0 where every p shares one B; C[p]'s (i, j) at c_off + p·c_bs + i·c_rs + j·c_cs),
+// so transposes are just strides: Affine forward is X·W, dX = dY·Wᵀ, dW = Xᵀ·dY, all with this
+// one kernel; a convolution is one product per sample, col[n]·W into the sample's NCHW output
+// (c_rs = 1), and its weight gradient dY[n]·col[n].
 //
 // Epilogues, so that what a layer does right after its matmul costs no dispatch of its own:
 //   ACT_FORWARD   C = x·W + b, and D = f(C) (the activation layer above, same indices);
 //   ACT_BACKWARD  C = f′ applied to A·B (the activation layer below: backpropagate(kind, ·, aux));
 //   SUM_ROW       also the column sums Σ_k B[k, j] into C[sum_off + j] (the bias gradient,
 //                 dispatched as eight more block rows of the grid: one column an invocation, so
-//                 that no invocation loops past lavapipe's 65,535 iterations at 32,768 rows).
+//                 that no invocation loops past lavapipe's 65,535 iterations at 32,768 rows;
+//                 one copy only).
 //
 // Each invocation computes an 8×8 block of C in registers: on lavapipe every storage read goes
 // lane by lane, so what counts is reads per multiply-add (16 per 64 here, 8 per 16 with 4×4
@@ -31,7 +35,7 @@ struct Params {
     a_off: u32, a_rs: u32, a_cs: u32, a_bs: u32,
     b_off: u32, b_rs: u32, b_cs: u32, bias_off: u32,
     c_off: u32, c_rs: u32, c_bs: u32, act_kind: u32,
-    sum_off: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+    sum_off: u32, b_bs: u32, c_cs: u32, _pad2: u32,
 }
 
 const ADD_BIAS: u32 = 1u;
@@ -45,7 +49,8 @@ override SUM_ROW: bool = false;
 // How A is read: 0 element by element; 1 four k at a time (a_cs = 1); 2 four rows at a time
 // (a_rs = 1). Offsets and the other strides are multiples of 4 whenever it is not 0.
 override A_VEC: u32 = 0u;
-// B read four columns at a time (b_cs = 1, N, offset and b_rs multiples of 4).
+// B read four columns at a time (b_cs = 1; offset, b_rs and b_bs multiples of 4; b_rs at least N
+// rounded up to 4, so that a quad starting below N lies in its row).
 override B_VEC: bool = false;
 // Invocations along the columns of a workgroup (64 in all): narrow outputs waste no lanes.
 override WG_X: u32 = 8u;
@@ -86,20 +91,21 @@ fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
     // Clamp reads at the ragged edges instead of branching in the inner loop; the extra rows
     // and columns are computed and then not stored.
     let a_base = P.a_off + p * P.a_bs;
+    let b_base = P.b_off + p * P.b_bs;
     var a_row: array<u32, 8>;
     var b_col: array<u32, 8>;
     for (var r = 0u; r < 8u; r++) {
         a_row[r] = a_base + min(row0 + r, P.m - 1u) * P.a_rs;
-        b_col[r] = P.b_off + min(col0 + r, P.n - 1u) * P.b_cs;
+        b_col[r] = b_base + min(col0 + r, P.n - 1u) * P.b_cs;
     }
     let a0 = a_row[0]; let a1 = a_row[1]; let a2 = a_row[2]; let a3 = a_row[3];
     let a4 = a_row[4]; let a5 = a_row[5]; let a6 = a_row[6]; let a7 = a_row[7];
     let b0 = b_col[0]; let b1 = b_col[1]; let b2 = b_col[2]; let b3 = b_col[3];
     let b4 = b_col[4]; let b5 = b_col[5]; let b6 = b_col[6]; let b7 = b_col[7];
-    // B_VEC: the two column quads (the second clamped onto the first past the edge; N is a
-    // multiple of 4, so a quad is all in or all out).
-    let bq_lo = (P.b_off + col0) / 4u;
-    let bq_hi = (P.b_off + min(col0 + 4u, P.n - 4u)) / 4u;
+    // B_VEC: the two column quads (the second clamped onto the first past the edge; a quad is
+    // all in or all out of N rounded up to 4, and the columns past N are not stored).
+    let bq_lo = (b_base + col0) / 4u;
+    let bq_hi = (b_base + min(col0 + 4u, (P.n + 3u) / 4u * 4u - 4u)) / 4u;
     // A_VEC 2: the two row quads.
     let aq_lo = (a_base + row0) / 4u;
     let aq_hi = (a_base + min(row0 + 4u, P.m - 4u)) / 4u;
@@ -226,21 +232,34 @@ fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
         }
     }
-    let lo = array<vec4<real>, 8>(l0, l1, l2, l3, l4, l5, l6, l7);
-    let hi = array<vec4<real>, 8>(h0, h1, h2, h3, h4, h5, h6, h7);
-    for (var r = 0u; r < 8u; r++) {
-        let row = row0 + r;
-        if (row >= P.m) {
-            break;
-        }
-        let at = P.c_off + p * P.c_bs + row * P.c_rs + col0;
-        let out_l = lo[r] + bias_l;
-        let out_h = hi[r] + bias_h;
-        for (var c = 0u; c < 8u; c++) {
-            if (col0 + c < P.n) {
-                store(at + c, pick(out_l, out_h, c));
-            }
-        }
+    // Row by row, each named: an array of the rows indexed in a loop may live in memory.
+    let c_base = P.c_off + p * P.c_bs + col0 * P.c_cs;
+    let cols = min(P.n - col0, 8u);
+    store_row(c_base, row0, cols, l0 + bias_l, h0 + bias_h);
+    store_row(c_base, row0 + 1u, cols, l1 + bias_l, h1 + bias_h);
+    store_row(c_base, row0 + 2u, cols, l2 + bias_l, h2 + bias_h);
+    store_row(c_base, row0 + 3u, cols, l3 + bias_l, h3 + bias_h);
+    store_row(c_base, row0 + 4u, cols, l4 + bias_l, h4 + bias_h);
+    store_row(c_base, row0 + 5u, cols, l5 + bias_l, h5 + bias_h);
+    store_row(c_base, row0 + 6u, cols, l6 + bias_l, h6 + bias_h);
+    store_row(c_base, row0 + 7u, cols, l7 + bias_l, h7 + bias_h);
+}
+
+// Row `row` of the block (nothing past M), its first `cols` columns (8 but at the right edge).
+fn store_row(c_base: u32, row: u32, cols: u32, lo: vec4<real>, hi: vec4<real>) {
+    if (row >= P.m) {
+        return;
+    }
+    let at = c_base + row * P.c_rs;
+    let cs = P.c_cs;
+    if (cols == 8u) {
+        store(at, lo.x); store(at + cs, lo.y); store(at + 2u * cs, lo.z); store(at + 3u * cs, lo.w);
+        store(at + 4u * cs, hi.x); store(at + 5u * cs, hi.y);
+        store(at + 6u * cs, hi.z); store(at + 7u * cs, hi.w);
+        return;
+    }
+    for (var c = 0u; c < cols; c++) {
+        store(at + c * cs, pick(lo, hi, c));
     }
 }
 

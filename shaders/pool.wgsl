@@ -125,6 +125,42 @@ fn max_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     dx[i] = acc;
 }
 
+// max_backward where windows do not overlap (size ≤ stride): no input element has more than one
+// window to gather from, so each invocation writes the inputs of one row of windows instead,
+// stride rows of W (the last row of windows also the rows below it that no window covers, the
+// last window in a row the columns right of it): dy at each window's arg-max, 0 elsewhere. The
+// same dx as max_backward, with a workgroup per 64 window rows, not per 64 inputs.
+//   dy, argmax: [copies, N, C, OH, OW] -> dx: [copies, N, C, H, W]; count = copies·N·C·OH
+@compute @workgroup_size(64)
+fn max_backward_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i >= P.count) {
+        return;
+    }
+    let oy = i % P.oh;
+    let plane = i / P.oh; // over all copies
+    let copy = plane / P.nc;
+    let in_copy = P.nc * P.h * P.w;
+    // This row of windows' input rows, and the first element of the plane in the copy's input.
+    let y0 = oy * P.stride;
+    let y1 = select(y0 + P.stride, P.h, oy + 1u == P.oh);
+    let plane_base = (plane % P.nc) * P.h * P.w;
+    let dx_base = copy * in_copy;
+    for (var ox = 0u; ox < P.ow; ox++) {
+        let o = i * P.ow + ox;
+        let best = argmax_in[o];
+        let g = dy[o];
+        let x0 = ox * P.stride;
+        let x1 = select(x0 + P.stride, P.w, ox + 1u == P.ow);
+        for (var iy = y0; iy < y1; iy++) {
+            for (var ix = x0; ix < x1; ix++) {
+                let e = plane_base + iy * P.w + ix;
+                dx[dx_base + e] = select(real(0.0), g, e == best);
+            }
+        }
+    }
+}
+
 // y = mean over the window      x: [copies, N, C, H, W] -> y: [copies, N, C, OH, OW]
 @compute @workgroup_size(64)
 fn avg_forward(@builtin(global_invocation_id) gid: vec3<u32>) {

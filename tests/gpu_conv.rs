@@ -106,6 +106,10 @@ fn tolerance(precision: Precision) -> f64 {
 /// Max |got − want| must stay within the precision's tolerance times the largest |want|.
 fn assert_close(what: &str, got: &[f64], want: &[f64], precision: Precision) {
     assert_eq!(got.len(), want.len(), "{what}: length");
+    // (A NaN would slip through the max below.)
+    if let Some(at) = got.iter().position(|v| !v.is_finite()) {
+        panic!("{what} ({precision}): got {} at {at}", got[at]);
+    }
     let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
     let (at, err) = got
         .iter()
@@ -633,22 +637,26 @@ fn gpu_pool_forward(
     }
 }
 
-/// Runs a pooling backward (`argmax` is ignored by avg_backward but must be bound).
+/// Runs a pooling backward (`argmax` is ignored by avg_backward but must be bound) over `count`
+/// invocations: an input element each, or for max_backward_rows a row of windows each.
+#[allow(clippy::too_many_arguments)]
 fn gpu_pool_backward(
     kernel: &Kernel,
     precision: Precision,
     pool: &Pool,
     dy: &[f64],
     argmax: &[u32],
+    count: usize,
     narrow: bool,
 ) -> Vec<f64> {
     let ctx = ctx();
-    let count = pool.copies * pool.x_len();
     let (groups, row_width) = grid_for(count, narrow);
     let params = uniform(ctx, "pool params", &pool.params(count, row_width));
     let dyb = GpuBuffer::from_real(ctx, "dy", dy, precision);
     let am = GpuBuffer::from_u32(ctx, "argmax", argmax);
-    let dx = GpuBuffer::real(ctx, "dx", count, precision);
+    // Filled with NaN, so an element the kernel leaves unwritten shows.
+    let nans = vec![f64::NAN; pool.copies * pool.x_len()];
+    let dx = GpuBuffer::from_real(ctx, "dx", &nans, precision);
     let d = kernel.dispatch(ctx, &[&params, &dyb.buffer, &am.buffer, &dx.buffer], groups);
     kernel::run(ctx, &[d]).unwrap();
     dx.read_real(ctx, precision).unwrap()
@@ -673,6 +681,7 @@ fn max_pool_matches_reference() {
     for precision in precisions() {
         let forward = pool_kernel(precision, "max_forward", false);
         let backward = pool_kernel(precision, "max_backward", false);
+        let by_rows = pool_kernel(precision, "max_backward_rows", false);
         let mut rng = Rng(5);
         for (k, pool) in POOL_CASES.iter().enumerate() {
             let (p, per_in, per_out) = (pool, pool.x_len(), pool.y_len());
@@ -699,8 +708,29 @@ fn max_pool_matches_reference() {
                 run.flips.iter().all(|&f| f == 0),
                 "flips counted without COUNT_KINKS"
             );
-            let dx = gpu_pool_backward(&backward, precision, pool, &dy, &want_arg, k % 2 == 0);
+            let inputs = pool.copies * per_in;
+            let dx = gpu_pool_backward(
+                &backward,
+                precision,
+                pool,
+                &dy,
+                &want_arg,
+                inputs,
+                k % 2 == 0,
+            );
             assert_close(&format!("max dx {pool:?}"), &dx, &want_dx, precision);
+            // Windows that do not overlap: the layer writes dx a row of windows an invocation.
+            if pool.size <= pool.stride {
+                let rows = pool.copies * pool.n * pool.c * pool.oh();
+                let dx =
+                    gpu_pool_backward(&by_rows, precision, pool, &dy, &want_arg, rows, k % 2 == 1);
+                assert_close(
+                    &format!("max dx by rows {pool:?}"),
+                    &dx,
+                    &want_dx,
+                    precision,
+                );
+            }
         }
     }
 }
@@ -726,7 +756,8 @@ fn avg_pool_matches_reference() {
             }
             let run = gpu_pool_forward(&forward, precision, pool, &x, &[0], k % 2 == 0);
             assert_close(&format!("avg y {pool:?}"), &run.y, &want_y, precision);
-            let dx = gpu_pool_backward(&backward, precision, pool, &dy, &[0], k % 2 == 1);
+            let inputs = pool.copies * per_in;
+            let dx = gpu_pool_backward(&backward, precision, pool, &dy, &[0], inputs, k % 2 == 1);
             assert_close(&format!("avg dx {pool:?}"), &dx, &want_dx, precision);
         }
     }

@@ -50,9 +50,10 @@ pub(super) fn resolve(
     Ok((Layer::Affine(layer), [units, 1, 1]))
 }
 
-/// matmul.wgsl's Params: C\[p] = A\[p]·B (+ bias), every operand located by offset and strides.
+/// matmul.wgsl's Params: C\[p] = A\[p]·B\[p] (+ bias), every operand located by offset and
+/// strides. The default is all zeros but `c_cs`, 1: C's rows are contiguous unless set.
 #[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable, Default)]
+#[derive(Clone, Copy, Pod, Zeroable)]
 pub struct MatmulParams {
     pub m: u32,
     pub n: u32,
@@ -73,7 +74,20 @@ pub struct MatmulParams {
     pub act_kind: u32,
     /// [`Epilogue::ColumnSums`]: where in C the column sums of B go.
     pub sum_off: u32,
-    pub _pad: [u32; 3],
+    /// Elements between the B of two copies (0: one B shared by all).
+    pub b_bs: u32,
+    /// Elements between two columns of C.
+    pub c_cs: u32,
+    pub _pad: u32,
+}
+
+impl Default for MatmulParams {
+    fn default() -> Self {
+        MatmulParams {
+            c_cs: 1,
+            ..Zeroable::zeroed()
+        }
+    }
 }
 
 /// MatmulParams::flags: add the bias row.
@@ -164,9 +178,15 @@ fn a_reads(p: &MatmulParams, batch: usize) -> u32 {
     }
 }
 
-/// Whether matmul.wgsl reads B four columns at a time (its B_VEC).
+/// Whether matmul.wgsl reads B four columns at a time (its B_VEC): its rows must hold whole quads
+/// up to N rounded up to 4 (the columns past N are read but not stored).
 fn b_reads_quads(p: &MatmulParams, perturbed: bool) -> bool {
-    !perturbed && p.b_cs == 1 && aligned(p.b_off) && aligned(p.b_rs) && aligned(p.n)
+    !perturbed
+        && p.b_cs == 1
+        && aligned(p.b_off)
+        && aligned(p.b_rs)
+        && aligned(p.b_bs)
+        && p.b_rs >= p.n.next_multiple_of(4)
 }
 
 /// A matmul over `batch` copies (grid z), 8×8 outputs an invocation in workgroups of 64 that are

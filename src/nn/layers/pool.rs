@@ -178,6 +178,7 @@ pub const SHADER: Shader = crate::shader!("pool.wgsl");
 const MAX_FORWARD: Entry = Entry::new(SHADER, "max_forward");
 const MAX_FORWARD_KINKS: Entry = MAX_FORWARD.with(&[("COUNT_KINKS", 1.0)]);
 const MAX_BACKWARD: Entry = Entry::new(SHADER, "max_backward");
+const MAX_BACKWARD_ROWS: Entry = Entry::new(SHADER, "max_backward_rows");
 const AVG_FORWARD: Entry = Entry::new(SHADER, "avg_forward");
 const MAX_FORWARD_ONE_CHANNEL: Entry =
     MAX_FORWARD.with(&[("COUNT_KINKS", 1.0), ("ONE_CHANNEL", 1.0)]);
@@ -266,12 +267,16 @@ impl LayerOps for Pool {
         let Some(dx) = io.dx else {
             return Vec::new();
         };
-        let count = io.rows * self.c * self.h * self.w;
-        let params = self.params(io.rows, 1, count);
-        let entry = match self.kind {
-            PoolKind::Max => &MAX_BACKWARD,
-            PoolKind::Avg => &AVG_BACKWARD,
+        // Max pooling over windows that do not overlap writes a row of windows' inputs an
+        // invocation; otherwise each input gathers from the windows covering it.
+        let (entry, count) = match self.kind {
+            PoolKind::Max if self.size <= self.stride => {
+                (&MAX_BACKWARD_ROWS, io.rows * self.c * self.oh)
+            }
+            PoolKind::Max => (&MAX_BACKWARD, io.rows * self.c * self.h * self.w),
+            PoolKind::Avg => (&AVG_BACKWARD, io.rows * self.c * self.h * self.w),
         };
+        let params = self.params(io.rows, 1, count);
         let bindings = PoolBackwardBindings {
             dy: io.dy,
             argmax: Pool::argmax(io.saved),
