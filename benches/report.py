@@ -167,7 +167,8 @@ def versus_table(r):
         f'*Measured on {r["date"]}: {r["cpu"]} ({r["cores"]} cores); {r["wgrad"]} against '
         f'commit `{r["base_commit"]}`; lavapipe: '
         + "; ".join(f"{d} {info}" for d, info in r["drivers"].items())
-        + f'. The best of {r["repeats"]} runs of each.*',
+        + f'. The best of {r["repeats"]} runs of each.'
+        + (f' {r["note"]}.' if r.get("note") else "") + "*",
         "",
         "| net | " + " | ".join(
             f"{d}: this | {d}: `{r['base_commit']}` | {d}: ratio" for d in drivers) + " |",

@@ -77,6 +77,7 @@ def main():
         "base_commit": args.base_commit,
         "drivers": {name: driver_info(args.wgrad, d) for name, d in drivers},
         "repeats": args.repeats,
+        "note": os.environ.get("WGRAD_BENCH_NOTE", ""),
         "nets": [],
     }
     for label, flags in NETS:
