@@ -561,13 +561,13 @@ fn steps_recorded_into_one_submit_match_one_submit_per_step() {
 
 #[test]
 fn optimizer_update_folds_its_grid_past_65535_workgroups() {
-    // 4,255,912 parameters: the update runs on a 65,535 × 2 grid. The gradients are written
-    // straight into the model's gradient buffer (no forward or backward), two steps of
-    // AMSGrad with weight decay, which touches all three state slots and the bias-correction
-    // powers.
-    let spec = NetSpec::mlp(800, &[5300], 2, Activation::Relu);
+    // 16,863,002 parameters, four an invocation: the update runs on a 65,535 × 2 grid, and the
+    // last quad runs two past the arena. The gradients are written straight into the model's
+    // gradient buffer (no forward or backward), two steps of AMSGrad with weight decay, which
+    // touches all three state slots and the bias-correction powers.
+    let spec = NetSpec::mlp(800, &[21_000], 2, Activation::Relu);
     let numel = spec.layout().total;
-    assert!(numel > 65_535 * 64);
+    assert!(numel.div_ceil(4) > 65_535 * 64 && numel % 4 == 2);
     let precision = Precision::F32;
     let opt = adam(true, 0.01);
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(77);
@@ -591,7 +591,7 @@ fn optimizer_update_folds_its_grid_past_65535_workgroups() {
         kernel::run(ctx, &step).unwrap();
         ropt.step(&mut theta, g);
         let got = model.read_params(ctx).unwrap();
-        let fold = 65_535 * 64;
+        let fold = 65_535 * 64 * 4;
         check(
             &format!("folded adam step {}: θ − θ0 past the fold", t + 1),
             rel_err(

@@ -366,16 +366,19 @@ const SCHEDULED: u32 = 16;
 /// torch.optim's in form.
 const BOOK: u32 = 32;
 
-/// optim.wgsl's PER_INVOCATION: parameters each invocation updates.
-const PER_INVOCATION: usize = 4;
+/// optim.wgsl's flag: the momentum may be nonzero, so a slot holds a momentum buffer.
+const MOMENTUM: u32 = 64;
+
+/// optim.wgsl's quad: the parameters each invocation updates, one vector.
+const QUAD: usize = 4;
 
 /// optim.wgsl's Params.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct OptimParams {
     numel: u32,
-    /// NESTEROV 1, AMSGRAD 2, CENTERED 4, DECOUPLED (AdamW) 8, SCHEDULED 16, BOOK 32.
-    flags: u32,
+    /// numel / 4, rounded up.
+    quads: u32,
     row_width: u32,
     _pad: u32,
 }
@@ -529,6 +532,11 @@ impl GpuOptimizer {
         if model.spec.conventions == crate::nn::Conventions::Book {
             flags |= BOOK;
         }
+        let scheduled_momentum =
+            schedule.is_some_and(|rows| rows.iter().any(|r| r.momentum != 0.0));
+        if hyper.momentum != 0.0 || scheduled_momentum {
+            flags |= MOMENTUM;
+        }
         let mut hyper = hyper.words().to_vec();
         if let Some(rows) = schedule {
             flags |= SCHEDULED;
@@ -555,17 +563,21 @@ impl GpuOptimizer {
             powers: &powers,
             state,
         };
-        let (groups, row_width) = grid(numel.div_ceil(PER_INVOCATION));
+        let quads = numel.div_ceil(QUAD);
+        let (groups, row_width) = grid(quads);
         let params = OptimParams {
             numel: numel as u32,
-            flags,
+            quads: quads as u32,
             row_width,
             _pad: 0,
         };
+        // The options are override constants: a branch on a uniform would make lavapipe read
+        // every slot lane by lane (optim.wgsl's header).
+        let options = [("FLAGS", f64::from(flags))];
         let dispatch = |entry, groups| {
             let entry = Entry::new(shaders::OPTIM, entry);
             gpu.kernels
-                .dispatch(ctx, &entry, &params, &bindings, groups)
+                .dispatch_specialised(ctx, &entry, &options, &params, &bindings, groups)
         };
         let mut dispatches = Vec::new();
         if entry == "adam" {
