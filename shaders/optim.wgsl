@@ -35,6 +35,8 @@ const SCHEDULED: u32 = 16u;
 const BOOK: u32 = 32u;
 // The momentum may be nonzero (SGD, RMSprop), so s1 (SGD) or s2 (RMSprop) holds a buffer.
 const MOMENTUM: u32 = 64u;
+// The net's loss has the book's L2 term, whose gradient the update adds (see `gradient`).
+const L2: u32 = 128u;
 
 fn has(flag: u32) -> bool {
     return (FLAGS & flag) != 0u;
@@ -55,9 +57,20 @@ const SCHEDULE: u32 = 9u;
 // [0] β1^t  [1] β2^t, advanced by `prepare` (f64 has no pow in Vulkan, and this is exact).
 @group(0) @binding(7) var<storage, read_write> powers: array<real>;
 @group(0) @binding(8) var<storage, read> state: array<u32>;
+// L2: λ_i / 2 per parameter (λ on weights, 0 on the rest).
+@group(0) @binding(9) var<storage, read> half_decay: array<quad>;
 
 fn index(gid: vec3<u32>) -> u32 {
     return gid.y * P.row_width + gid.x;
+}
+
+// The gradient of quad q's loss: the layers' (written by the backward pass) and, with the L2
+// term, λ_i·θ_i, added here as l2.wgsl's l2_grad would add it, without a pass of its own.
+fn gradient(q: u32, th: quad) -> quad {
+    if (has(L2)) {
+        return grad[q] + real(2.0) * half_decay[q] * th;
+    }
+    return grad[q];
 }
 
 // What quad q's update stores: the new values of the parameters in the arena, the old ones in
@@ -129,7 +142,7 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let h = this_step();
     let th = theta[q];
-    var g = grad[q] + h.weight_decay * th;
+    var g = gradient(q, th) + h.weight_decay * th;
     if (!has(MOMENTUM)) {
         theta[q] = kept(q, th - h.lr * g, th);
         return;
@@ -173,7 +186,7 @@ fn adagrad(@builtin(global_invocation_id) gid: vec3<u32>) {
     let th = theta[q];
     let old_sum = s1[q];
     let clr = h.lr / (real(1.0) + real(h.t) * h.lr_decay);
-    let g = grad[q] + h.weight_decay * th;
+    let g = gradient(q, th) + h.weight_decay * th;
     let sum = old_sum + g * g;
     s1[q] = kept(q, sum, old_sum);
     theta[q] = kept(q, th - clr * g / (sqrt(sum) + h.eps), th);
@@ -190,7 +203,7 @@ fn rmsprop(@builtin(global_invocation_id) gid: vec3<u32>) {
     let alpha = h.alpha;
     let th = theta[q];
     let old_v = s1[q];
-    let g = grad[q] + h.weight_decay * th;
+    let g = gradient(q, th) + h.weight_decay * th;
     let v = alpha * old_v + (real(1.0) - alpha) * g * g;
     s1[q] = kept(q, v, old_v);
     var avg = sqrt(v) + h.eps;
@@ -224,7 +237,7 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>) {
     let lr = h.lr;
     let th0 = theta[q];
     var th = th0;
-    var g = grad[q];
+    var g = gradient(q, th0);
     if (has(DECOUPLED)) {
         th = th * (real(1.0) - lr * h.weight_decay);
     } else {

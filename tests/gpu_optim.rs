@@ -16,11 +16,10 @@ mod common;
 
 use common::*;
 use wgrad::gpu::{kernel, Gpu, GpuBuffer, Precision};
-use wgrad::nn::Mode;
 use wgrad::nn::{Activation, Model, NetSpec, Recorder, Workspace};
 use wgrad::optim::{GpuOptimizer, Horizon, LrPlan, LrSchedule, Optimizer, Schedule};
 use wgrad::reference::RefOptimizer;
-use wgrad::train::{train_step_loss, StateWord};
+use wgrad::train::{batch_step, StateWord};
 
 const STEPS: usize = 5;
 
@@ -79,7 +78,8 @@ fn scheduled_gpu_trajectory(
     trajectory
 }
 
-/// One training step's dispatches, in train.rs's order (minus the gather: the batch is fixed).
+/// One training step's dispatches, as train.rs records them (minus the gather: the batch is
+/// fixed).
 fn train_step(
     precision: Precision,
     model: &Model,
@@ -94,20 +94,7 @@ fn train_step(
         model,
     };
     let step_losses = GpuBuffer::real(ctx(), "step_losses", 1, precision);
-    let classes = model.spec.output;
-    let mut step = Vec::new();
-    step.extend(rec.l2_penalty(stats));
-    step.extend(rec.forward_logits(ws, Mode::Train, state));
-    step.extend(train_step_loss(
-        &rec.gpu(),
-        ws,
-        classes,
-        (stats, state),
-        &step_losses,
-    ));
-    step.extend(rec.backward(ws));
-    step.extend(optimizer.dispatches().iter().cloned());
-    step
+    batch_step(&rec, ws, (state, stats, &step_losses), optimizer)
 }
 
 /// The same steps on the CPU: exact gradients, PyTorch's update, all in f64.

@@ -153,6 +153,12 @@ impl Model {
         })
     }
 
+    /// The book's weight decay as λ_i / 2 per parameter (λ on weights, 0 elsewhere), or None
+    /// when the net has none.
+    pub fn l2_half_decay(&self) -> Option<&GpuBuffer> {
+        self.weight_decay.as_ref().map(WeightDecay::half_decay)
+    }
+
     pub fn read_params(&self, ctx: &GpuContext) -> Result<Vec<f64>> {
         self.params.read_real(ctx, self.precision)
     }
@@ -529,6 +535,17 @@ impl Recorder<'_> {
     /// Backward pass from dlogits to every parameter's gradient (written, not accumulated),
     /// including the L2 term.
     pub fn backward(&self, ws: &Workspace) -> Vec<Dispatch> {
+        let m = self.model;
+        let mut out = self.layer_gradients(ws);
+        if let Some(decay) = &m.weight_decay {
+            out.push(decay.gradient(&self.gpu(), &m.params, &m.grads));
+        }
+        out
+    }
+
+    /// [`Recorder::backward`] without the L2 term, for a training step: the update adds it
+    /// ([`crate::optim::GpuOptimizer`] folds it in), which saves a pass over the arena.
+    pub fn layer_gradients(&self, ws: &Workspace) -> Vec<Dispatch> {
         assert!(
             ws.has_grads() && ws.copies == 1,
             "backward needs a training workspace"
@@ -573,9 +590,6 @@ impl Recorder<'_> {
                 saved: &ws.saved[i],
                 state: &m.states[i],
             }));
-        }
-        if let Some(decay) = &m.weight_decay {
-            out.push(decay.gradient(&self.gpu(), &m.params, &m.grads));
         }
         out
     }

@@ -87,6 +87,11 @@ impl WeightDecay {
         })
     }
 
+    /// λ_i/2 per parameter.
+    pub fn half_decay(&self) -> &GpuBuffer {
+        &self.half_decay
+    }
+
     /// stats\[L2Penalty] = Σ (λ_i/2)·θ_i², in two passes (per block, then the blocks).
     pub fn penalty(&self, gpu: &Gpu, theta: &GpuBuffer, stats: &GpuBuffer) -> Vec<Dispatch> {
         let params = L2Params {

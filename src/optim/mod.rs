@@ -368,6 +368,8 @@ const BOOK: u32 = 32;
 
 /// optim.wgsl's flag: the momentum may be nonzero, so a slot holds a momentum buffer.
 const MOMENTUM: u32 = 64;
+/// optim.wgsl's flag: the update adds the gradient of the loss's L2 term.
+const L2: u32 = 128;
 
 /// optim.wgsl's quad: the parameters each invocation updates, one vector.
 const QUAD: usize = 4;
@@ -394,6 +396,8 @@ struct OptimBindings<'a> {
     powers: &'a GpuBuffer,
     /// The GPU step counter.
     state: &'a GpuBuffer,
+    /// λ_i / 2 of the loss's L2 term, if it has one.
+    half_decay: Option<&'a GpuBuffer>,
 }
 
 impl KernelBindings for OptimBindings<'_> {
@@ -407,10 +411,11 @@ impl KernelBindings for OptimBindings<'_> {
         Binding::ReadWrite,
         Binding::ReadWrite,
         Binding::Read,
+        Binding::Read,
     ];
-    fn buffers<'a>(&'a self, _: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
+    fn buffers<'a>(&'a self, unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
         let [s1, s2, s3] = self.slots;
-        [
+        let mut buffers = [
             self.hyper,
             self.theta,
             self.grad,
@@ -421,7 +426,9 @@ impl KernelBindings for OptimBindings<'_> {
             self.state,
         ]
         .map(|b| &b.buffer)
-        .to_vec()
+        .to_vec();
+        buffers.push(unused.real(self.half_decay));
+        buffers
     }
 }
 
@@ -518,7 +525,9 @@ impl Optimizer {
 
 impl GpuOptimizer {
     /// `state` is the GPU step counter (its word 0 is t, the steps completed). `schedule`, if
-    /// any, holds a row for every step the run will take ([`LrPlan::table`]).
+    /// any, holds a row for every step the run will take ([`LrPlan::table`]). Where `model`'s
+    /// loss has the book's L2 term, the update adds its gradient, so the step before it must
+    /// record [`crate::nn::Recorder::layer_gradients`], not `backward`.
     pub fn new(
         gpu: &Gpu,
         model: &crate::nn::Model,
@@ -536,6 +545,10 @@ impl GpuOptimizer {
             schedule.is_some_and(|rows| rows.iter().any(|r| r.momentum != 0.0));
         if hyper.momentum != 0.0 || scheduled_momentum {
             flags |= MOMENTUM;
+        }
+        let half_decay = model.l2_half_decay();
+        if half_decay.is_some() {
+            flags |= L2;
         }
         let mut hyper = hyper.words().to_vec();
         if let Some(rows) = schedule {
@@ -562,6 +575,7 @@ impl GpuOptimizer {
             slots: &slots,
             powers: &powers,
             state,
+            half_decay,
         };
         let quads = numel.div_ceil(QUAD);
         let (groups, row_width) = grid(quads);

@@ -445,31 +445,42 @@ pub fn best_epoch(history: &[EpochReport]) -> Option<usize> {
     best.map(|e| e.epoch)
 }
 
-/// One training step, recorded once and replayed: gather the batch at the cursor, the L2
-/// penalty, forward, backward, metrics (the step's loss kept in `step_losses` too), the update,
-/// and the step counter moved on.
+/// One training step, recorded once and replayed: gather the batch at the cursor, then
+/// [`batch_step`] on it.
 pub fn step_dispatches(
     rec: &Recorder,
     data: &GpuDataset,
     ws: &Workspace,
+    buffers: (&GpuBuffer, &GpuBuffer, &GpuBuffer),
+    optimizer: &GpuOptimizer,
+) -> Vec<Dispatch> {
+    let cursor = StateWord::Batch as u32;
+    let mut step = vec![data.gather(&rec.gpu(), (&ws.x, &ws.labels), buffers.0, cursor)];
+    step.extend(batch_step(rec, ws, buffers, optimizer));
+    step
+}
+
+/// A training step on the batch in `ws`: the L2 penalty, forward, loss and metrics (the step's
+/// loss kept in `step_losses` too) with the step counter moved on, backward, and the update.
+pub fn batch_step(
+    rec: &Recorder,
+    ws: &Workspace,
     (state, stats, step_losses): (&GpuBuffer, &GpuBuffer, &GpuBuffer),
     optimizer: &GpuOptimizer,
 ) -> Vec<Dispatch> {
-    let gpu = rec.gpu();
-    let cursor = StateWord::Batch as u32;
-    let mut step = vec![data.gather(&gpu, (&ws.x, &ws.labels), state, cursor)];
-    step.extend(rec.l2_penalty(stats));
+    let mut step = rec.l2_penalty(stats);
     // Dropout draws a new mask each step from the GPU step counter (state word 0).
     step.extend(rec.forward_logits(ws, Mode::Train, state));
     let classes = rec.model.spec.output;
     step.extend(train_step_loss(
-        &gpu,
+        &rec.gpu(),
         ws,
         classes,
         (stats, state),
         step_losses,
     ));
-    step.extend(rec.backward(ws));
+    // The update adds the L2 term's gradient.
+    step.extend(rec.layer_gradients(ws));
     step.extend(optimizer.dispatches().iter().cloned());
     step
 }
