@@ -52,8 +52,10 @@ override A_VEC: u32 = 0u;
 // B read four columns at a time (b_cs = 1; offset, b_rs and b_bs multiples of 4; b_rs at least N
 // rounded up to 4, so that a quad starting below N lies in its row).
 override B_VEC: bool = false;
-// Invocations along the columns of a workgroup (64 in all): narrow outputs waste no lanes.
-override WG_X: u32 = 8u;
+// Invocations a workgroup. The blocks of C are numbered row by row and dealt out in that order
+// (as many more block rows as SUM_ROW asks for at the end), so that no lane idles past a ragged
+// edge: on lavapipe an idle lane costs what a busy one does.
+override WG_SIZE: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> A: array<real>;
@@ -72,14 +74,23 @@ fn pick(lo: vec4<real>, hi: vec4<real>, r: u32) -> real {
     return select(hi[r & 3u], lo[r & 3u], r < 4u);
 }
 
-@compute @workgroup_size(WG_X, 64u / WG_X, 1)
-fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let row0 = gid.y * 8u;
-    let col0 = gid.x * 8u;
-    let p = gid.z;
+@compute @workgroup_size(WG_SIZE)
+fn matmul(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lane: u32,
+) {
+    // Past 65,535 workgroups the grid folds into rows (grid y; only a GPU whose bindings hold
+    // more than 268M outputs gets there); grid z is the copy.
+    let block = (wid.y * groups.x + wid.x) * WG_SIZE + lane;
+    let col_blocks = (P.n + 7u) / 8u;
+    let block_row = block / col_blocks;
+    let row0 = block_row * 8u;
+    let col0 = (block % col_blocks) * 8u;
+    let p = wid.z;
     if (SUM_ROW && row0 >= P.m) {
         // The eight block rows past the last: block row j sums column col0 + j of B.
-        let j = gid.y - (P.m + 7u) / 8u;
+        let j = block_row - (P.m + 7u) / 8u;
         if (j < 8u) {
             column_sum(col0 + j);
         }

@@ -10,7 +10,7 @@ use super::{
     Activation, Backward, Forward, Gpu, Layer, LayerOps, LayerSpec, MovedChannel, Perturbation,
 };
 use crate::gpu::kernel::Shader;
-use crate::gpu::kernel::{self, grid, shaders, Binding, Entry, KernelBindings, Placeholders};
+use crate::gpu::kernel::{grid, shaders, Binding, Entry, KernelBindings, Placeholders};
 use crate::gpu::{Dispatch, GpuBuffer};
 use crate::nn::ParamRole;
 
@@ -159,6 +159,15 @@ impl KernelBindings for MatmulBindings<'_> {
     }
 }
 
+/// Invocations a matmul workgroup, for `blocks` blocks in all copies: 64, or as few as give a
+/// small product four workgroups (down to 8, lavapipe's SIMD width in f32), since lavapipe runs
+/// a workgroup on one thread and a product of a few dozen blocks in one workgroup would leave
+/// the other cores idle.
+fn workgroup_size(blocks: usize) -> usize {
+    let per_group = (blocks / 4).max(1);
+    (1 << per_group.ilog2()).clamp(8, 64)
+}
+
 /// Whether an offset or stride lands on a vec4 boundary.
 fn aligned(v: u32) -> bool {
     v.is_multiple_of(4)
@@ -189,8 +198,8 @@ fn b_reads_quads(p: &MatmulParams, perturbed: bool) -> bool {
         && p.b_rs >= p.n.next_multiple_of(4)
 }
 
-/// A matmul over `batch` copies (grid z), 8×8 outputs an invocation in workgroups of 64 that are
-/// as narrow as the output (down to one invocation, 8 columns, wide).
+/// A matmul over `batch` copies (grid z), 8×8 outputs an invocation, the blocks numbered row by
+/// row over a one-dimensional grid.
 pub fn matmul(
     gpu: &Gpu,
     mut params: MatmulParams,
@@ -204,12 +213,10 @@ pub fn matmul(
     } else {
         &MATMUL
     };
-    let wg_x = (params.n as usize).div_ceil(8).next_power_of_two().min(8);
     let mut block_rows = (params.m as usize).div_ceil(8);
     let mut constants = vec![
         ("A_VEC", a_reads(&params, batch) as f64),
         ("B_VEC", b_reads_quads(&params, perturbed) as u32 as f64),
-        ("WG_X", wg_x as f64),
     ];
     match epilogue {
         Epilogue::Plain => {}
@@ -227,11 +234,12 @@ pub fn matmul(
             constants.push(("SUM_ROW", 1.0));
         }
     }
-    let groups = [
-        kernel::groups(params.n as usize, 8 * wg_x),
-        kernel::groups(block_rows, 64 / wg_x),
-        batch as u32,
-    ];
+    let blocks = block_rows * (params.n as usize).div_ceil(8);
+    let wg_size = workgroup_size(blocks * batch);
+    constants.push(("WG_SIZE", wg_size as f64));
+    let folded = blocks.div_ceil(wg_size);
+    let x = folded.min(65_535);
+    let groups = [x as u32, folded.div_ceil(x) as u32, batch as u32];
     let flops = 2 * u64::from(params.m) * u64::from(params.n) * u64::from(params.k) * batch as u64;
     gpu.kernels
         .dispatch_specialised(gpu.ctx, entry, &constants, &params, bindings, groups)
