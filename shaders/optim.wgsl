@@ -54,7 +54,10 @@ const SCHEDULE: u32 = 9u;
 @group(0) @binding(4) var<storage, read_write> s1: array<quad>;
 @group(0) @binding(5) var<storage, read_write> s2: array<quad>;
 @group(0) @binding(6) var<storage, read_write> s3: array<quad>;
-// [0] β1^t  [1] β2^t, advanced by `prepare` (f64 has no pow in Vulkan, and this is exact).
+// [β1^t, β2^t] for the t steps completed, in slot t mod 2 (words 2s and 2s + 1): a running
+// product, since f64 has no pow in Vulkan and a resumed run must be the same run. An Adam update
+// reads its slot and its first invocation writes β^(t+1) into the other, so no dispatch of its
+// own advances them and no invocation reads what another writes.
 @group(0) @binding(7) var<storage, read_write> powers: array<real>;
 @group(0) @binding(8) var<storage, read> state: array<u32>;
 // L2: λ_i / 2 per parameter (λ on weights, 0 on the rest).
@@ -96,11 +99,16 @@ struct Step {
     lr_decay: real,
     bias_correction1: real,
     bias_correction2: real,
+    // [β1^(t+1), β2^(t+1)]: this update's.
+    beta_powers: vec2<real>,
 }
 
 fn this_step() -> Step {
+    let t = state[STATE_STEP] - 1u;
+    let slot = 2u * (t % 2u);
+    let beta_powers = vec2<real>(powers[slot] * hyper[4], powers[slot + 1u] * hyper[5]);
     var h = Step(
-        state[STATE_STEP] - 1u,
+        t,
         hyper[0],
         hyper[1],
         hyper[4],
@@ -110,8 +118,9 @@ fn this_step() -> Step {
         hyper[6],
         hyper[7],
         hyper[8],
-        real(1.0) - powers[0],
-        real(1.0) - powers[1],
+        real(1.0) - beta_powers.x,
+        real(1.0) - beta_powers.y,
+        beta_powers,
     );
     if (has(SCHEDULED)) {
         // This step's row: its lr, its momentum (or β1), and with a β1 that moves, Adam's bias
@@ -123,12 +132,6 @@ fn this_step() -> Step {
         h.bias_correction1 = hyper[row + 2u];
     }
     return h;
-}
-
-@compute @workgroup_size(1)
-fn prepare() {
-    powers[0] = powers[0] * hyper[4];
-    powers[1] = powers[1] * hyper[5];
 }
 
 // SGD, with momentum, dampening and Nesterov. The book's Momentum keeps v = −lr·buf instead of
@@ -234,6 +237,11 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let h = this_step();
+    if (q == 0u) {
+        let next = 2u * ((h.t + 1u) % 2u);
+        powers[next] = h.beta_powers.x;
+        powers[next + 1u] = h.beta_powers.y;
+    }
     let lr = h.lr;
     let th0 = theta[q];
     var th = th0;

@@ -307,14 +307,16 @@ impl Optimizer {
 }
 
 /// An optimizer's state on the GPU (up to three arena-sized slots, the bias-correction powers)
-/// and its update dispatches over a model's arena.
+/// and its update dispatch over a model's arena.
 pub struct GpuOptimizer {
     pub optimizer: Optimizer,
     /// The update, recorded once over the buffers below.
-    dispatches: Vec<crate::gpu::Dispatch>,
+    update: crate::gpu::Dispatch,
     slots: [GpuBuffer; 3],
-    /// [β1ᵗ, β2ᵗ], advanced by repeated products on the GPU.
+    /// [β1ᵗ, β2ᵗ], advanced by repeated products on the GPU, in slot t mod 2 of two.
     powers: GpuBuffer,
+    /// The GPU step counter, whose t picks the slot of the powers.
+    state: GpuBuffer,
     precision: crate::gpu::Precision,
 }
 
@@ -567,7 +569,7 @@ impl GpuOptimizer {
             )
         };
         let slots = [slot(0, initial), slot(1, 0.0), slot(2, 0.0)];
-        let powers = GpuBuffer::from_real(ctx, "powers", &[1.0, 1.0], precision);
+        let powers = GpuBuffer::from_real(ctx, "powers", &[1.0; 4], precision);
         let bindings = OptimBindings {
             hyper: &GpuBuffer::from_real(ctx, "hyper", &hyper, precision),
             theta: &model.params,
@@ -588,29 +590,27 @@ impl GpuOptimizer {
         // The options are override constants: a branch on a uniform would make lavapipe read
         // every slot lane by lane (optim.wgsl's header).
         let options = [("FLAGS", f64::from(flags))];
-        let dispatch = |entry, groups| {
-            let entry = Entry::new(shaders::OPTIM, entry);
-            gpu.kernels
-                .dispatch_specialised(ctx, &entry, &options, &params, &bindings, groups)
-        };
-        let mut dispatches = Vec::new();
-        if entry == "adam" {
-            // β1ᵗ and β2ᵗ advance before each update.
-            dispatches.push(dispatch("prepare", [1, 1, 1]));
-        }
-        dispatches.push(dispatch(entry, groups));
+        let update = gpu.kernels.dispatch_specialised(
+            ctx,
+            &Entry::new(shaders::OPTIM, entry),
+            &options,
+            &params,
+            &bindings,
+            groups,
+        );
         Ok(GpuOptimizer {
             optimizer: optimizer.clone(),
-            dispatches,
+            update,
             slots,
             powers,
+            state: state.clone(),
             precision,
         })
     }
 
     /// The update, to record after the backward pass of each step.
     pub fn dispatches(&self) -> &[crate::gpu::Dispatch] {
-        &self.dispatches
+        std::slice::from_ref(&self.update)
     }
 
     /// The used slots and the β powers, as they stand after the last submit.
@@ -622,9 +622,10 @@ impl GpuOptimizer {
             }
         }
         let powers = self.powers.read_real(ctx, self.precision)?;
+        let slot = 2 * (self.state.read_u32(ctx)?[0] as usize % 2);
         Ok(OptimizerState {
             slots,
-            beta_powers: [powers[0], powers[1]],
+            beta_powers: [powers[slot], powers[slot + 1]],
         })
     }
 
@@ -644,8 +645,10 @@ impl GpuOptimizer {
             };
             self.slots[i].write_real(ctx, 0, values, self.precision);
         }
+        // Into both slots, so that the next update finds them whatever the step counter says.
+        let [b1, b2] = state.beta_powers;
         self.powers
-            .write_real(ctx, 0, &state.beta_powers, self.precision);
+            .write_real(ctx, 0, &[b1, b2, b1, b2], self.precision);
         Ok(())
     }
 }
