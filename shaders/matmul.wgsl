@@ -24,7 +24,7 @@
 // 4-aligned, the host sets A_VEC / B_VEC and the kernel reads it 4 elements at a time through
 // the vec4 views A4 and B4 of the same buffers.
 //
-// The batch index p (grid z) serves the full-forward numerical gradient, where every p is one
+// The copy index p serves the full-forward numerical gradient, where every p is one
 // perturbed copy of the parameters: B and bias are read as the shared base plus that copy's own
 // one-element change, so no copy ever writes what another reads.
 
@@ -35,7 +35,7 @@ struct Params {
     a_off: u32, a_rs: u32, a_cs: u32, a_bs: u32,
     b_off: u32, b_rs: u32, b_cs: u32, bias_off: u32,
     c_off: u32, c_rs: u32, c_bs: u32, act_kind: u32,
-    sum_off: u32, b_bs: u32, c_cs: u32, _pad2: u32,
+    sum_off: u32, b_bs: u32, c_cs: u32, copies: u32,
 }
 
 const ADD_BIAS: u32 = 1u;
@@ -52,9 +52,10 @@ override A_VEC: u32 = 0u;
 // B read four columns at a time (b_cs = 1; offset, b_rs and b_bs multiples of 4; b_rs at least N
 // rounded up to 4, so that a quad starting below N lies in its row).
 override B_VEC: bool = false;
-// Invocations a workgroup. The blocks of C are numbered row by row and dealt out in that order
-// (as many more block rows as SUM_ROW asks for at the end), so that no lane idles past a ragged
-// edge: on lavapipe an idle lane costs what a busy one does.
+// Invocations a workgroup. The blocks of C are numbered row by row, copy after copy (as many
+// more block rows as SUM_ROW asks for at the end of each), and dealt out in that order, so that
+// no lane idles past a ragged edge or a small copy: on lavapipe an idle lane costs what a busy
+// one does.
 override WG_SIZE: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -69,25 +70,24 @@ override WG_SIZE: u32 = 64u;
 @group(0) @binding(9) var<storage, read> aux: array<real>;        // ACT_BACKWARD: f′'s saved tensor, laid out as C
 @group(0) @binding(10) var<storage, read_write> D: array<real>;   // ACT_FORWARD: f(C)
 
-// Row r of a block of 8 as one of two vec4 halves.
-fn pick(lo: vec4<real>, hi: vec4<real>, r: u32) -> real {
-    return select(hi[r & 3u], lo[r & 3u], r < 4u);
-}
-
 @compute @workgroup_size(WG_SIZE)
 fn matmul(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) lane: u32,
 ) {
-    // Past 65,535 workgroups the grid folds into rows (grid y; only a GPU whose bindings hold
-    // more than 268M outputs gets there); grid z is the copy.
-    let block = (wid.y * groups.x + wid.x) * WG_SIZE + lane;
+    // Past 65,535 workgroups the grid folds into rows (grid y).
+    let linear = (wid.y * groups.x + wid.x) * WG_SIZE + lane;
     let col_blocks = (P.n + 7u) / 8u;
+    let copy_blocks = col_blocks * ((P.m + 7u) / 8u + select(0u, 8u, SUM_ROW));
+    let p = linear / copy_blocks;
+    if (p >= P.copies) {
+        return;
+    }
+    let block = linear % copy_blocks;
     let block_row = block / col_blocks;
     let row0 = block_row * 8u;
     let col0 = (block % col_blocks) * 8u;
-    let p = wid.z;
     if (SUM_ROW && row0 >= P.m) {
         // The eight block rows past the last: block row j sums column col0 + j of B.
         let j = block_row - (P.m + 7u) / 8u;
@@ -256,21 +256,17 @@ fn matmul(
     store_row(c_base, row0 + 7u, cols, l7 + bias_l, h7 + bias_h);
 }
 
-// Row `row` of the block (nothing past M), its first `cols` columns (8 but at the right edge).
+// Row `row` of the block (nothing past M), its first `cols` columns (8 but at the right edge). A
+// loop over the columns compiles to a fraction of eight named stores (each store inlines the
+// epilogue) and ran as fast.
 fn store_row(c_base: u32, row: u32, cols: u32, lo: vec4<real>, hi: vec4<real>) {
     if (row >= P.m) {
         return;
     }
     let at = c_base + row * P.c_rs;
     let cs = P.c_cs;
-    if (cols == 8u) {
-        store(at, lo.x); store(at + cs, lo.y); store(at + 2u * cs, lo.z); store(at + 3u * cs, lo.w);
-        store(at + 4u * cs, hi.x); store(at + 5u * cs, hi.y);
-        store(at + 6u * cs, hi.z); store(at + 7u * cs, hi.w);
-        return;
-    }
     for (var c = 0u; c < cols; c++) {
-        store(at + c * cs, pick(lo, hi, c));
+        store(at + c * cs, select(hi[c & 3u], lo[c & 3u], c < 4u));
     }
 }
 

@@ -78,7 +78,8 @@ pub struct MatmulParams {
     pub b_bs: u32,
     /// Elements between two columns of C.
     pub c_cs: u32,
-    pub _pad: u32,
+    /// Copies (set by [`matmul`]).
+    pub copies: u32,
 }
 
 impl Default for MatmulParams {
@@ -198,8 +199,8 @@ fn b_reads_quads(p: &MatmulParams, perturbed: bool) -> bool {
         && p.b_rs >= p.n.next_multiple_of(4)
 }
 
-/// A matmul over `batch` copies (grid z), 8×8 outputs an invocation, the blocks numbered row by
-/// row over a one-dimensional grid.
+/// A matmul over `batch` copies, 8×8 outputs an invocation, the blocks numbered row by row and
+/// copy by copy over a one-dimensional grid.
 pub fn matmul(
     gpu: &Gpu,
     mut params: MatmulParams,
@@ -234,12 +235,13 @@ pub fn matmul(
             constants.push(("SUM_ROW", 1.0));
         }
     }
-    let blocks = block_rows * (params.n as usize).div_ceil(8);
-    let wg_size = workgroup_size(blocks * batch);
+    params.copies = batch as u32;
+    let blocks = block_rows * (params.n as usize).div_ceil(8) * batch;
+    let wg_size = workgroup_size(blocks);
     constants.push(("WG_SIZE", wg_size as f64));
     let folded = blocks.div_ceil(wg_size);
     let x = folded.min(65_535);
-    let groups = [x as u32, folded.div_ceil(x) as u32, batch as u32];
+    let groups = [x as u32, folded.div_ceil(x) as u32, 1];
     let flops = 2 * u64::from(params.m) * u64::from(params.n) * u64::from(params.k) * batch as u64;
     gpu.kernels
         .dispatch_specialised(gpu.ctx, entry, &constants, &params, bindings, groups)
