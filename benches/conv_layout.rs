@@ -1,9 +1,9 @@
 //! The two forward paths of a convolution layer, for the book's SimpleConvNet layer (batch 100,
 //! 1×28×28 input, 30 filters of 5×5), both as src/nn/layers/conv.rs records them: the direct
 //! kernel of shaders/conv.wgsl, which the perturbed copies of a gradient check run (each copy
-//! reads its own change of W as it goes), and im2col + matmul + NHWC→NCHW, which training and
-//! evaluation run (a single copy keeps the unfolded input). This measurement is why a single
-//! copy unfolds.
+//! reads its own change of W as it goes), and im2col + the filters packed + one matmul per
+//! sample into NCHW, which training and evaluation run (a single copy keeps the unfolded input).
+//! This measurement is why a single copy unfolds.
 //!
 //! ```text
 //! cargo bench --bench conv_layout

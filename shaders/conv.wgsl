@@ -3,15 +3,15 @@
 //   y[p, n, f, oy, ox] = b[f] + Σ_{c, ky, kx} x[p, n, c, oy·s − pad + ky, ox·s − pad + kx] · W[f, c, ky, kx]
 //
 // Training and evaluation unfold the input instead (`im2col` below, then matmul.wgsl), which
-// measured twice as fast on lavapipe (benches/conv_layout.rs). The direct forward serves the
-// perturbed-loss engine, which runs one forward per parameter copy: an im2col matrix is KH·KW
-// times the input, and would be that much larger again per copy.
+// measured much faster on lavapipe (benches/conv_layout.rs), and take the weight gradient from
+// the unfolded input too. The direct forward serves the perturbed-loss engine, which runs one
+// forward per parameter copy: an im2col matrix is KH·KW times the input, and would be that much
+// larger again per copy.
 //
 // W: [F, C, KH, KW] and b: [F] are read from the flat parameter arena theta at w_off and b_off,
 // so that, as in matmul.wgsl, copy p can read them as the shared base plus its own one-element
-// change and no copy ever writes what another reads. Every entry point runs one invocation per
-// element it writes and gathers its sum in a fixed order: no atomics, so results are
-// deterministic.
+// change and no copy ever writes what another reads. No element is written by two invocations
+// and every sum is gathered in a fixed order: no atomics, so results are deterministic.
 
 #include "moved_channel.wgsl"
 
@@ -26,7 +26,8 @@ struct Params {
     // dispatches wrote when n_begin > 0: lavapipe stops an invocation after 65,535 loop
     // iterations, so a large N·OH·OW is split over several dispatches.
     n_begin: u32, n_end: u32,
-    _pad0: u32, _pad1: u32,
+    ld: u32,            // row stride of the unfolded input (im2col, conv_weight_sums)
+    _pad1: u32,
 }
 
 // Set when built for the perturbed-loss engine: pert[2p] is copy p's flat parameter index,
@@ -46,6 +47,7 @@ override FROM_BASE: bool = false;
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> x: array<real>;          // conv_forward
 @group(0) @binding(1) var<storage, read> dy: array<real>;         // backward
+@group(0) @binding(1) var<storage, read> partial: array<real>;    // conv_weight_sums
 @group(0) @binding(2) var<storage, read> theta: array<real>;      // conv_forward, conv_backward_input
 @group(0) @binding(2) var<storage, read> x_saved: array<real>;    // conv_backward_params
 @group(0) @binding(3) var<storage, read_write> y: array<real>;    // conv_forward
@@ -180,6 +182,8 @@ fn conv_backward_input(@builtin(global_invocation_id) gid: vec3<u32>) {
 //   dy: [N, F, OH, OW], x: [N, C, H, W] -> grads[w_off..]: [F, C, KH, KW], grads[b_off..]: [F]
 // Invocations 0 .. F·C·KH·KW own one weight each, the F after them one bias each. The dispatch
 // with n_begin = 0 writes with =, so the arena needs no clearing first; later ones add.
+// Training takes its weight gradient from the unfolded input instead (a matmul per sample, then
+// conv_weight_sums below); this serves a forward that did not unfold.
 @compute @workgroup_size(64)
 fn conv_backward_params(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = index(gid);
@@ -232,47 +236,94 @@ fn conv_backward_params(@builtin(global_invocation_id) gid: vec3<u32>) {
     grads[P.w_off + i] = acc;
 }
 
-// The training and evaluation forward pass runs as im2col + matmul (+ transpose): on lavapipe
-// that measured 2.1× faster than conv_forward for SimpleConvNet's layer (benches/conv_layout.rs).
+// The training and evaluation forward pass runs as im2col + pack_filters + matmul, much faster
+// than conv_forward for SimpleConvNet's layer on lavapipe (benches/conv_layout.rs).
 // conv_forward stays for the perturbed copies, which read their own change of W as they go.
 //
-// col[(n·OH + oy)·OW + ox, (c·KH + ky)·KW + kx] = x[n, c, oy·s − pad + ky, ox·s − pad + kx]
-//   x (at binding 1): [N, C, H, W] -> col (at binding 3): [N·OH·OW, C·KH·KW]; grid(N·OH·OW·C·KH·KW)
+// col[(n·OH + oy)·OW + ox, (c·KH + ky)·KW + kx] = x[n, c, oy·s − pad + ky, ox·s − pad + kx],
+// then in each row a 1 at column C·KH·KW (the weight gradient's matmul multiplies dy by it into
+// the bias gradient) and zeros up to the row stride ld, a multiple of 4 (vec4 reads of rows).
+//   x (at binding 1): [N, C, H, W] -> col (at binding 3): [N·OH·OW, ld]; grid(N·OH·OW·C)
+// One invocation per row and channel, its KH·KW taps in a loop: no division per element, and a
+// workgroup for 64 of them, not for 64 elements.
 @compute @workgroup_size(64)
 fn im2col(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = index(gid);
-    let ckk = P.c * P.kh * P.kw;
-    if (i >= P.n * P.oh * P.ow * ckk) {
+    if (i >= P.n * P.oh * P.ow * P.c) {
         return;
     }
-    let col = i % ckk;
-    let row = i / ckk;
-    let kx = col % P.kw;
-    let ky = (col / P.kw) % P.kh;
-    let c = col / (P.kw * P.kh);
+    let c = i % P.c;
+    let row = i / P.c;
     let ox = row % P.ow;
     let oy = (row / P.ow) % P.oh;
     let n = row / (P.ow * P.oh);
-    let iy = oy * P.stride + ky - P.pad; // wraps below zero: out of range either way
-    let ix = ox * P.stride + kx - P.pad;
-    var v = real(0.0);
-    if (iy < P.h && ix < P.w) {
-        v = x[((n * P.c + c) * P.h + iy) * P.w + ix];
+    let x_base = (n * P.c + c) * P.h * P.w;
+    var at = row * P.ld + c * P.kh * P.kw;
+    for (var ky = 0u; ky < P.kh; ky++) {
+        let iy = oy * P.stride + ky - P.pad; // wraps below zero: out of range either way
+        for (var kx = 0u; kx < P.kw; kx++) {
+            let ix = ox * P.stride + kx - P.pad;
+            var v = real(0.0);
+            if (iy < P.h && ix < P.w) {
+                v = x[x_base + iy * P.w + ix];
+            }
+            y[at] = v;
+            at++;
+        }
     }
-    y[i] = v;
+    if (c + 1u == P.c) {
+        y[at] = real(1.0);
+        for (at++; at < (row + 1u) * P.ld; at++) {
+            y[at] = real(0.0);
+        }
+    }
 }
 
-// The matmul's [N·OH·OW, F] result (NHWC) back to NCHW.
-//   nhwc (at binding 1): [N·OH·OW, F] -> y (at binding 3): [N, F, OH, OW]; grid(N·F·OH·OW)
+// The weight gradient's matmul leaves one product per sample, partial[n] = dy[n] · col[n]
+// ([F, OH·OW] · [OH·OW, ld]): its columns below C·KH·KW are sample n's dW, the one at C·KH·KW
+// (col's ones) its db. Summed here over the samples in order, so every run adds alike.
+//   partial (at binding 1): [N, F, ld] -> grads[w_off..]: [F, C, KH, KW], grads[b_off..]: [F]
+//   (binding 3); grid(F·(C·KH·KW + 1))
 @compute @workgroup_size(64)
-fn nhwc_to_nchw(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn conv_weight_sums(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = index(gid);
-    let plane = P.oh * P.ow;
-    if (i >= P.n * P.f * plane) {
+    let ckk = P.c * P.kh * P.kw;
+    if (i >= P.f * (ckk + 1u)) {
         return;
     }
-    let o = i % plane;
-    let f = (i / plane) % P.f;
-    let n = i / (plane * P.f);
-    y[i] = x[(n * plane + o) * P.f + f];
+    let f = i / (ckk + 1u);
+    let j = i % (ckk + 1u);
+    var s = real(0.0);
+    for (var n = 0u; n < P.n; n++) {
+        s += partial[(n * P.f + f) * P.ld + j];
+    }
+    if (j == ckk) {
+        grads[P.b_off + f] = s;
+    } else {
+        grads[P.w_off + f * ckk + j] = s;
+    }
+}
+
+// The filters as the unfolded forward's matmul reads them, col[n] [OH·OW, ld] · packed [ld, F4]:
+// packed[k, f] = W[f, k] for k < C·KH·KW, b[f] at k = C·KH·KW (against col's ones), 0 in the
+// rows after it and in the columns from F up to F4, F rounded up to 4: whole rows of quads (vec4
+// reads), and the bias added with no epilogue.
+//   theta (at binding 2) -> packed (at binding 3): [ld, F4]; grid(ld·F4)
+@compute @workgroup_size(64)
+fn pack_filters(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    let f4 = (P.f + 3u) / 4u * 4u;
+    if (i >= P.ld * f4) {
+        return;
+    }
+    let f = i % f4;
+    let k = i / f4;
+    let ckk = P.c * P.kh * P.kw;
+    var v = real(0.0);
+    if (f < P.f && k < ckk) {
+        v = theta[P.w_off + f * ckk + k];
+    } else if (f < P.f && k == ckk) {
+        v = theta[P.b_off + f];
+    }
+    y[i] = v;
 }

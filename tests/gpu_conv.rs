@@ -442,6 +442,126 @@ fn conv_backward_params_matches_reference() {
     }
 }
 
+/// Training and evaluation run a convolution unfolded: im2col, the filters packed, one matmul
+/// per sample into NCHW (with the activation above fused in), and for the weight gradient one
+/// matmul per sample and conv_weight_sums. The layer as the model records it, against the
+/// reference: at planes and C·K·K + 1 on and off multiples of 4 (the matmul's vec4 reads),
+/// filter counts off its 8×8 blocks, strides and padding, batch 1 to 3, and behind another
+/// layer's parameters so that W and b start at unaligned offsets.
+#[test]
+fn unfolded_conv_layer_matches_reference() {
+    use wgrad::gpu::Gpu;
+    use wgrad::nn::layers::{parse_layers, Backward, Forward, LayerOps, LayerState, Mode};
+    use wgrad::nn::{Activation, Layer, NetSpec};
+    let ctx = ctx();
+    // (N, C, H, W, F, K, stride, pad)
+    let cases = [
+        (1, 1, 7, 5, 1, 3, 1, 1),    // plane 35, ld 12
+        (3, 3, 9, 9, 4, 3, 2, 1),    // plane 25, C·K·K + 1 = 28 = ld
+        (2, 1, 28, 28, 30, 5, 1, 0), // SimpleConvNet: plane 576, ld 28
+        (3, 2, 8, 6, 9, 2, 1, 2),    // plane 99, 9 filters
+        (2, 3, 7, 7, 2, 2, 3, 0),    // plane 4
+        (1, 2, 6, 6, 17, 1, 1, 0),   // 1×1 kernel, ld 4, 17 filters
+    ];
+    for precision in precisions() {
+        let kernels = common::kernels(precision);
+        let gpu = Gpu { ctx, kernels };
+        let mut rng = Rng(7);
+        for (n, c, h, w, f, k, stride, pad) in cases {
+            let layers = format!("conv{c}x1,conv{f}x{k}s{stride}p{pad},affine3");
+            let spec = NetSpec::sequential([2, h, w], parse_layers(&layers).unwrap()).unwrap();
+            let (layers, layout) = spec.resolve().unwrap();
+            let Layer::Conv(layer) = &layers[1] else {
+                unreachable!("the second layer is the convolution under test")
+            };
+            let conv = Conv::new(n, c, h, w, f, k, k, stride, pad);
+            let theta = rng.vec(layout.total);
+            let (wt, b) = (&layout.tensors[layer.weight], &layout.tensors[layer.bias]);
+            let (w_range, b_range) = (
+                wt.offset..wt.offset + wt.numel,
+                b.offset..b.offset + b.numel,
+            );
+            let x = rng.vec(conv.x_len());
+            let dy = rng.vec(conv.y_len());
+            let case = format!("{conv:?} ({precision})");
+
+            let theta_b = GpuBuffer::from_real(ctx, "theta", &theta, precision);
+            let xb = GpuBuffer::from_real(ctx, "x", &x, precision);
+            let y = GpuBuffer::real(ctx, "y", conv.y_len(), precision);
+            let act = GpuBuffer::real(ctx, "sigmoid(y)", conv.y_len(), precision);
+            let saved = layer.saved(ctx, precision, n, 1);
+            let step = GpuBuffer::zeroed(ctx, "step", 1, 4);
+            let forward = layer.forward(&Forward {
+                gpu,
+                theta: &theta_b,
+                layout: &layout,
+                rows: n,
+                copies: 1,
+                input: &xb,
+                input_shared: true,
+                output: &y,
+                saved: &saved,
+                state: &LayerState::None,
+                mode: Mode::Train,
+                step: &step,
+                dropout_seed: 0,
+                perturbation: None,
+                activated: Some((Activation::Sigmoid, &act)),
+            });
+            kernel::run(ctx, &forward).unwrap();
+            let want = conv.forward(&x, &theta[w_range.clone()], &theta[b_range.clone()]);
+            let got = y.read_real(ctx, precision).unwrap();
+            assert_close(&format!("unfolded y {case}"), &got, &want, precision);
+            let sigmoid: Vec<f64> = want.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+            let got = act.read_real(ctx, precision).unwrap();
+            assert_close(&format!("unfolded σ(y) {case}"), &got, &sigmoid, precision);
+
+            // The gradient arena starts as NaN: the layer's slots must all be written, the
+            // rest left alone.
+            let grads =
+                GpuBuffer::from_real(ctx, "grads", &vec![f64::NAN; layout.total], precision);
+            let dyb = GpuBuffer::from_real(ctx, "dy", &dy, precision);
+            let backward = layer.backward(&Backward {
+                gpu,
+                theta: &theta_b,
+                grads: &grads,
+                layout: &layout,
+                rows: n,
+                input: &xb,
+                output: &y,
+                dy: &dyb,
+                dx: None,
+                dx_through: None,
+                saved: &saved,
+                state: &LayerState::None,
+            });
+            kernel::run(ctx, &backward).unwrap();
+            let got = grads.read_real(ctx, precision).unwrap();
+            let (_, dw, db) = conv.backward(&x, &theta[w_range.clone()], &dy);
+            assert_close(
+                &format!("unfolded dw {case}"),
+                &got[w_range.clone()],
+                &dw,
+                precision,
+            );
+            assert_close(
+                &format!("unfolded db {case}"),
+                &got[b_range.clone()],
+                &db,
+                precision,
+            );
+            let outside =
+                (0..layout.total).filter(|i| !w_range.contains(i) && !b_range.contains(i));
+            for i in outside {
+                assert!(
+                    got[i].is_nan(),
+                    "grads[{i}] outside the layer was written, {case}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn perturbed_conv_forward_moves_one_weight_per_copy() {
     for precision in precisions() {

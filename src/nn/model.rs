@@ -369,11 +369,17 @@ pub enum Copies<'a> {
     },
 }
 
-/// The activation that follows affine layer `i` and runs inside its matmul's epilogue in the
-/// forward pass (None where layer `i` is not affine or no activation follows it).
-fn fused_activation(layers: &[Layer], i: usize) -> Option<Activation> {
+/// The activation that follows affine layer `i`, or convolution `i` where it runs unfolded, and
+/// runs inside its matmul's epilogue in the forward pass (None where layer `i` is neither or no
+/// activation follows it).
+fn fused_activation(layers: &[Layer], saved: &[Saved], i: usize) -> Option<Activation> {
     match (layers.get(i), layers.get(i + 1)) {
         (Some(Layer::Affine(_)), Some(Layer::Activation(f))) => Some(f.kind),
+        (Some(Layer::Conv(_)), Some(Layer::Activation(f)))
+            if matches!(saved.get(i), Some(Saved::Unfolded { .. })) =>
+        {
+            Some(f.kind)
+        }
         _ => None,
     }
 }
@@ -490,7 +496,9 @@ impl Recorder<'_> {
             };
             // Perturbed copies keep their activations apart: those count kink crossings.
             let activated = match copies {
-                Copies::Single => fused_activation(&m.layers, i).map(|f| (f, &ws.out[i + 1])),
+                Copies::Single => {
+                    fused_activation(&m.layers, &ws.saved, i).map(|f| (f, &ws.out[i + 1]))
+                }
                 Copies::Perturbed { .. } => None,
             };
             fused_above = activated.is_some();

@@ -8,7 +8,7 @@ use std::fmt;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::affine::{matmul, Epilogue, MatmulBindings, MatmulParams, ADD_BIAS};
+use super::affine::{matmul, Epilogue, MatmulBindings, MatmulParams};
 use super::{Backward, Forward, Layer, LayerOps, LayerSpec, Saved, TensorPlacer};
 use crate::gpu::kernel::{grid, Binding, Entry, KernelBindings, Placeholders, Shader};
 use crate::gpu::{Dispatch, GpuBuffer, GpuContext, Precision};
@@ -131,16 +131,20 @@ pub struct ConvParams {
     /// The samples conv_backward_params sums.
     pub n_begin: u32,
     pub n_end: u32,
-    pub _pad: [u32; 2],
+    /// Row stride of the unfolded input ([`Conv::ld`]).
+    pub ld: u32,
+    pub _pad: u32,
 }
 
 /// conv.wgsl's buffers; its entry points give bindings 1–3 different roles.
 pub struct ConvBindings<'a> {
-    /// x, or dy in backward, or the NHWC matmul output in nhwc_to_nchw.
+    /// x, or dy in backward, or the per-sample weight gradients in conv_weight_sums.
     pub x: &'a GpuBuffer,
-    /// θ, or the saved input in conv_backward_params.
+    /// θ (conv_forward, pack_filters, conv_backward_input), or the saved input in
+    /// conv_backward_params.
     pub theta: Option<&'a GpuBuffer>,
-    /// y, dx, the unfolded input (im2col) or the gradient arena (conv_backward_params).
+    /// y, dx, the unfolded input (im2col), the packed filters (pack_filters) or the gradient
+    /// arena (conv_backward_params, conv_weight_sums).
     pub y: &'a GpuBuffer,
     /// CONV_FORWARD_PERTURBED: (flat index, sign) per copy, and \[h].
     pub pert: Option<&'a GpuBuffer>,
@@ -186,11 +190,19 @@ const CONV_FORWARD_FROM_BASE: Entry = CONV_FORWARD.with(&[("PERTURBED", 1.0), ("
 const CONV_FORWARD_ONE_CHANNEL_FROM_BASE: Entry =
     CONV_FORWARD.with(&[("PERTURBED", 1.0), ("ONE_CHANNEL", 1.0), ("FROM_BASE", 1.0)]);
 const IM2COL: Entry = Entry::new(SHADER, "im2col");
-const NHWC_TO_NCHW: Entry = Entry::new(SHADER, "nhwc_to_nchw");
+const PACK_FILTERS: Entry = Entry::new(SHADER, "pack_filters");
 const BACKWARD_INPUT: Entry = Entry::new(SHADER, "conv_backward_input");
 const BACKWARD_PARAMS: Entry = Entry::new(SHADER, "conv_backward_params");
+const WEIGHT_SUMS: Entry = Entry::new(SHADER, "conv_weight_sums");
 
 impl Conv {
+    /// Row stride of the unfolded input: C·K·K taps, a column of ones (the weight gradient's
+    /// matmul sums dy into the bias gradient through it), then zeros up to a multiple of 4, so
+    /// that the matmul reads rows four elements at a time.
+    pub fn ld(&self) -> usize {
+        (self.c * self.k * self.k + 1).next_multiple_of(4)
+    }
+
     /// Params for `copies` outputs from inputs `x_copy_stride` apart, over an elementwise grid
     /// of `count` invocations, summing weight gradients over `samples`.
     fn params(
@@ -222,16 +234,27 @@ impl Conv {
             row_width: grid(count).1,
             n_begin: u(samples.start),
             n_end: u(samples.end),
-            _pad: [0; 2],
+            ld: u(self.ld()),
+            _pad: 0,
         }
     }
 
-    /// One copy: im2col, then [N·OH·OW, C·K·K] · Wᵀ [C·K·K, F] + b with the matmul kernel, then
-    /// back to NCHW (2.1× faster than the direct kernel on lavapipe, benches/conv_layout.rs).
-    fn forward_unfolded(&self, io: &Forward, col: &GpuBuffer, nhwc: &GpuBuffer) -> Vec<Dispatch> {
+    /// One copy: im2col, pack_filters, then per sample n col[n] [OH·OW, ld] · packed [ld, F]
+    /// with the matmul kernel (one copy of its batch per sample, N ≤ MAX_ROWS of them), stored
+    /// transposed, straight into the sample's NCHW output, and through the activation above
+    /// where it is fused in (benches/conv_layout.rs measures it against the direct kernel). One
+    /// matmul into NHWC and a pass back to NCHW measured no faster on lavapipe, and writes the
+    /// output twice.
+    fn forward_unfolded(
+        &self,
+        io: &Forward,
+        col: &GpuBuffer,
+        filters: &GpuBuffer,
+    ) -> Vec<Dispatch> {
         let (gpu, n) = (&io.gpu, io.rows);
-        let rows = n * self.oh * self.ow;
-        let ckk = self.c * self.k * self.k;
+        let (plane, ld, f4) = (self.oh * self.ow, self.ld(), self.f.next_multiple_of(4));
+        // im2col runs an invocation per row and channel.
+        let (unfolds, packs) = (n * plane * self.c, ld * f4);
         let params = |count| self.params(io.layout, n, 1, 0, count, 0..n);
         let unfold = ConvBindings {
             x: io.input,
@@ -242,51 +265,107 @@ impl Conv {
             moved: None,
             base_y: None,
         };
-        let mm = MatmulParams {
-            m: rows as u32,
-            n: self.f as u32,
-            k: ckk as u32,
-            flags: ADD_BIAS,
-            a_rs: ckk as u32,
-            a_cs: 1,
-            b_off: io.layout.tensors[self.weight].offset as u32,
-            b_rs: 1,
-            b_cs: ckk as u32,
-            bias_off: io.layout.tensors[self.bias].offset as u32,
-            c_rs: self.f as u32,
-            ..Default::default()
-        };
-        let mm_bindings = MatmulBindings {
-            a: col,
-            b: Some(io.theta),
-            bias: Some(io.theta),
-            c: nhwc,
-            pert: None,
-            h: None,
-            saved: None,
-            activated: None,
-        };
-        let fold = ConvBindings {
-            x: nhwc,
-            theta: None,
-            y: io.output,
+        let pack = ConvBindings {
+            x: io.input,
+            theta: Some(io.theta),
+            y: filters,
             pert: None,
             h: None,
             moved: None,
             base_y: None,
         };
-        let count = io.count(self.output_size());
+        let u = |v: usize| v as u32;
+        let mm = MatmulParams {
+            m: u(plane),
+            n: u(self.f),
+            k: u(ld),
+            a_rs: u(ld),
+            a_cs: 1,
+            a_bs: u(plane * ld),
+            b_rs: u(f4),
+            b_cs: 1,
+            c_rs: 1,
+            c_cs: u(plane),
+            c_bs: u(self.f * plane),
+            ..Default::default()
+        };
+        let (epilogue, activated) = match io.activated {
+            Some((f, out)) => (Epilogue::Activate(f), Some(out)),
+            None => (Epilogue::Plain, None),
+        };
+        let mm_bindings = MatmulBindings {
+            a: col,
+            b: Some(filters),
+            bias: None,
+            c: io.output,
+            pert: None,
+            h: None,
+            saved: None,
+            activated,
+        };
         vec![
-            gpu.kernels.dispatch(
-                gpu.ctx,
-                &IM2COL,
-                &params(rows * ckk),
-                &unfold,
-                grid(rows * ckk).0,
-            ),
-            matmul(gpu, mm, 1, &mm_bindings, Epilogue::Plain),
             gpu.kernels
-                .dispatch(gpu.ctx, &NHWC_TO_NCHW, &params(count), &fold, grid(count).0),
+                .dispatch(gpu.ctx, &IM2COL, &params(unfolds), &unfold, grid(unfolds).0),
+            gpu.kernels
+                .dispatch(gpu.ctx, &PACK_FILTERS, &params(packs), &pack, grid(packs).0),
+            matmul(gpu, mm, n, &mm_bindings, epilogue),
+        ]
+    }
+
+    /// dW and db from the unfolded input the forward kept: per sample n, dy[n] [F, OH·OW] ·
+    /// col[n] [OH·OW, ld] with the matmul kernel (one copy of its batch per sample, all in one
+    /// dispatch), into `partial` [N, F, ld]; then conv_weight_sums adds the samples up in order,
+    /// so every run sums alike. col's column of ones makes column C·K·K of each product that
+    /// sample's db. (One invocation per weight looping over all N·OH·OW products, as
+    /// conv_backward_params does, leaves most of a GPU idle: SimpleConvNet has 780 weights.)
+    fn weight_gradient_unfolded(
+        &self,
+        io: &Backward,
+        col: &GpuBuffer,
+        partial: &GpuBuffer,
+    ) -> Vec<Dispatch> {
+        let (gpu, n) = (&io.gpu, io.rows);
+        let (plane, ld) = (self.oh * self.ow, self.ld());
+        let u = |v: usize| v as u32;
+        let per_sample = MatmulParams {
+            m: u(self.f),
+            n: u(ld),
+            k: u(plane),
+            a_rs: u(plane),
+            a_cs: 1,
+            a_bs: u(self.f * plane),
+            b_rs: u(ld),
+            b_cs: 1,
+            b_bs: u(plane * ld),
+            c_rs: u(ld),
+            c_bs: u(self.f * ld),
+            ..Default::default()
+        };
+        let mm_bindings = MatmulBindings {
+            a: io.dy,
+            b: Some(col),
+            bias: None,
+            c: partial,
+            pert: None,
+            h: None,
+            saved: None,
+            activated: None,
+        };
+        let sums = ConvBindings {
+            x: partial,
+            theta: None,
+            y: io.grads,
+            pert: None,
+            h: None,
+            moved: None,
+            base_y: None,
+        };
+        let count = self.f * (self.c * self.k * self.k + 1);
+        let params = self.params(io.layout, n, 1, 0, count, 0..n);
+        vec![
+            matmul(gpu, per_sample, n, &mm_bindings, Epilogue::Plain),
+            gpu.kernels
+                .dispatch(gpu.ctx, &WEIGHT_SUMS, &params, &sums, grid(count).0),
         ]
     }
 }
@@ -316,10 +395,13 @@ impl LayerOps for Conv {
         }
     }
 
-    // The unfolded input holds C·K·K values per output position.
+    // The unfolded input holds ld values per output position; the weight gradient's per-sample
+    // products F·ld per sample.
     fn largest_buffer(&self) -> usize {
         let positions = self.oh * self.ow;
-        (positions * self.c * self.k * self.k).max(self.output_size())
+        (positions * self.ld())
+            .max(self.output_size())
+            .max(self.f * self.ld())
     }
 
     fn saved(&self, ctx: &GpuContext, p: Precision, rows: usize, copies: usize) -> Saved {
@@ -327,17 +409,22 @@ impl LayerOps for Conv {
         if copies != 1 {
             return Saved::Nothing;
         }
-        let positions = rows * self.oh * self.ow;
+        let (positions, ld) = (rows * self.oh * self.ow, self.ld());
         Saved::Unfolded {
-            col: GpuBuffer::real(ctx, "im2col", positions * self.c * self.k * self.k, p),
-            nhwc: GpuBuffer::real(ctx, "conv_nhwc", positions * self.f, p),
+            col: GpuBuffer::real(ctx, "im2col", positions * ld, p),
+            filters: GpuBuffer::real(ctx, "conv_filters", ld * self.f.next_multiple_of(4), p),
+            partial: GpuBuffer::real(ctx, "conv_partial", rows * self.f * ld, p),
         }
     }
 
     fn forward(&self, io: &Forward) -> Vec<Dispatch> {
-        if let Saved::Unfolded { col, nhwc } = io.saved {
-            return self.forward_unfolded(io, col, nhwc);
+        if let Saved::Unfolded { col, filters, .. } = io.saved {
+            return self.forward_unfolded(io, col, filters);
         }
+        debug_assert!(
+            io.activated.is_none(),
+            "only the unfolded forward fuses an activation"
+        );
         let n = io.rows;
         let in_size = self.c * self.h * self.w;
         let x_stride = if io.input_shared { 0 } else { n * in_size };
@@ -369,28 +456,34 @@ impl LayerOps for Conv {
     fn backward(&self, io: &Backward) -> Vec<Dispatch> {
         let (gpu, n) = (&io.gpu, io.rows);
         let params = |count, samples| self.params(io.layout, n, 1, 0, count, samples);
-        // Each weight's invocation loops over N·OH·OW products: split the batch so no
-        // invocation passes lavapipe's 65,535-iteration limit.
-        let count = self.f * self.c * self.k * self.k + self.f;
-        let per_sample = self.oh * self.ow + self.oh + 1;
-        let slice = (30_000 / per_sample).max(1);
-        let grads = ConvBindings {
-            x: io.dy,
-            theta: Some(io.input),
-            y: io.grads,
-            pert: None,
-            h: None,
-            moved: None,
-            base_y: None,
+        let mut out = match io.saved {
+            Saved::Unfolded { col, partial, .. } => self.weight_gradient_unfolded(io, col, partial),
+            // A forward that did not unfold (training workspaces hold one copy, which does).
+            _ => {
+                // Each weight's invocation loops over N·OH·OW products: split the batch so no
+                // invocation passes lavapipe's 65,535-iteration limit.
+                let count = self.f * self.c * self.k * self.k + self.f;
+                let per_sample = self.oh * self.ow + self.oh + 1;
+                let slice = (30_000 / per_sample).max(1);
+                let grads = ConvBindings {
+                    x: io.dy,
+                    theta: Some(io.input),
+                    y: io.grads,
+                    pert: None,
+                    h: None,
+                    moved: None,
+                    base_y: None,
+                };
+                (0..n)
+                    .step_by(slice)
+                    .map(|begin| {
+                        let p = params(count, begin..(begin + slice).min(n));
+                        gpu.kernels
+                            .dispatch(gpu.ctx, &BACKWARD_PARAMS, &p, &grads, grid(count).0)
+                    })
+                    .collect()
+            }
         };
-        let mut out: Vec<Dispatch> = (0..n)
-            .step_by(slice)
-            .map(|begin| {
-                let p = params(count, begin..(begin + slice).min(n));
-                gpu.kernels
-                    .dispatch(gpu.ctx, &BACKWARD_PARAMS, &p, &grads, grid(count).0)
-            })
-            .collect();
         if let Some(dx) = io.dx {
             let count = n * self.c * self.h * self.w;
             let bindings = ConvBindings {

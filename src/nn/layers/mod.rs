@@ -492,11 +492,13 @@ pub enum Saved {
     },
     /// Dropout: the mask of one copy, 0 or 1/(1 − p).
     Mask(GpuBuffer),
-    /// Convolution of a single copy: the unfolded input [N·OH·OW, C·K·K] and the matmul's
-    /// NHWC output [N·OH·OW, F].
+    /// Convolution of a single copy: the unfolded input [N·OH·OW, ld], the filters packed for
+    /// the forward's matmul [ld, F rounded up to 4], and the backward's per-sample weight
+    /// gradients [N, F, ld] (ld: [`conv::Conv::ld`]).
     Unfolded {
         col: GpuBuffer,
-        nhwc: GpuBuffer,
+        filters: GpuBuffer,
+        partial: GpuBuffer,
     },
 }
 
