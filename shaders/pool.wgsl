@@ -7,6 +7,7 @@
 // overlapping windows (size > stride) need no atomics and the order of the sum is fixed. Rows
 // and columns past the last window get a zero gradient.
 
+#include "activations.wgsl"
 #include "moved_channel.wgsl"
 
 struct Params {
@@ -26,6 +27,11 @@ struct Params {
 // a central difference whose two sides pick different elements straddles a kink.
 override COUNT_KINKS: bool = false;
 
+// max_backward_rows built to go on through the activation layer below (fused into this one):
+// dx = f′ applied to the gradient, f′ of kind ACT_KIND reading the tensor its forward saved.
+override THROUGH: bool = false;
+override ACT_KIND: u32 = 0u;
+
 // Forward and backward bind different types at 2 and 3; no entry point uses both of a pair.
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> x: array<real>;                // forward
@@ -35,6 +41,7 @@ override COUNT_KINKS: bool = false;
 @group(0) @binding(3) var<storage, read_write> argmax: array<u32>;      // max_forward
 @group(0) @binding(3) var<storage, read_write> dx: array<real>;         // backward
 @group(0) @binding(4) var<storage, read> base_argmax: array<u32>;       // [N, C, OH, OW]
+@group(0) @binding(4) var<storage, read> act_saved: array<real>;        // THROUGH: laid out as dx
 @group(0) @binding(5) var<storage, read_write> flips: array<atomic<u32>>; // [copies]
 @group(0) @binding(6) var<storage, read> moved: array<u32>;             // [copies]: moved channels
 
@@ -99,6 +106,39 @@ fn max_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
+// max_forward without kink counting, a row of windows an invocation: the same y and argmax, with a
+// workgroup per 64 window rows instead of per 64 windows.
+//   x: [copies, N, C, H, W] -> y, argmax: [copies, N, C, OH, OW]; count = copies·N·C·OH
+@compute @workgroup_size(64)
+fn max_forward_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i >= P.count) {
+        return;
+    }
+    let oy = i % P.oh;
+    let plane = i / P.oh; // over all copies
+    let x_base = (plane / P.nc) * P.nc * P.h * P.w;
+    let row_start = ((plane % P.nc) * P.h + oy * P.stride) * P.w;
+    for (var ox = 0u; ox < P.ow; ox++) {
+        let start = row_start + ox * P.stride;
+        var best = start;
+        var m = x[x_base + start];
+        for (var ky = 0u; ky < P.size; ky++) {
+            for (var kx = 0u; kx < P.size; kx++) {
+                let at = start + ky * P.w + kx;
+                let v = x[x_base + at];
+                if (v > m) {
+                    m = v;
+                    best = at;
+                }
+            }
+        }
+        let o = i * P.ow + ox;
+        y[o] = m;
+        argmax[o] = best;
+    }
+}
+
 // dx[e] = Σ dy[o] over the windows o covering e whose argmax is e
 //   dy, argmax: [copies, N, C, OH, OW] -> dx: [copies, N, C, H, W]
 @compute @workgroup_size(64)
@@ -129,7 +169,8 @@ fn max_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // window to gather from, so each invocation writes the inputs of one row of windows instead,
 // stride rows of W (the last row of windows also the rows below it that no window covers, the
 // last window in a row the columns right of it): dy at each window's arg-max, 0 elsewhere. The
-// same dx as max_backward, with a workgroup per 64 window rows, not per 64 inputs.
+// same dx as max_backward, with a workgroup per 64 window rows, not per 64 inputs. With THROUGH,
+// the arg-max's gradient goes on through f′ (a zero stays zero through every f′).
 //   dy, argmax: [copies, N, C, OH, OW] -> dx: [copies, N, C, H, W]; count = copies·N·C·OH
 @compute @workgroup_size(64)
 fn max_backward_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -149,7 +190,10 @@ fn max_backward_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var ox = 0u; ox < P.ow; ox++) {
         let o = i * P.ow + ox;
         let best = argmax_in[o];
-        let g = dy[o];
+        var g = dy[o];
+        if (THROUGH) {
+            g = backpropagate(ACT_KIND, g, act_saved[dx_base + best]);
+        }
         let x0 = ox * P.stride;
         let x1 = select(x0 + P.stride, P.w, ox + 1u == P.ow);
         for (var iy = y0; iy < y1; iy++) {

@@ -19,7 +19,8 @@ use Binding::{Read, ReadWrite, Uniform};
 const CONV_BINDINGS: [Binding; 8] = [Uniform, Read, Read, ReadWrite, Read, Read, Read, Read];
 const CONV_BACKWARD_BINDINGS: [Binding; 4] = [Uniform, Read, Read, ReadWrite];
 const POOL_BINDINGS: [Binding; 7] = [Uniform, Read, ReadWrite, ReadWrite, Read, ReadWrite, Read];
-const POOL_BACKWARD_BINDINGS: [Binding; 4] = [Uniform, Read, Read, ReadWrite];
+// The backward table ends in what max_backward_rows reads through the activation below.
+const POOL_BACKWARD_BINDINGS: [Binding; 5] = [Uniform, Read, Read, ReadWrite, Read];
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -727,13 +728,28 @@ fn gpu_pool_forward(
     base_argmax: &[u32],
     narrow: bool,
 ) -> PoolRun {
-    let ctx = ctx();
     let count = pool.copies * pool.y_len();
+    gpu_pool_forward_over(kernel, precision, pool, x, base_argmax, count, narrow)
+}
+
+/// [`gpu_pool_forward`] over `count` invocations (for max_forward_rows, a row of windows each),
+/// into outputs filled with NaN and arg-maxes with u32::MAX, so that any left unwritten show.
+fn gpu_pool_forward_over(
+    kernel: &Kernel,
+    precision: Precision,
+    pool: &Pool,
+    x: &[f64],
+    base_argmax: &[u32],
+    count: usize,
+    narrow: bool,
+) -> PoolRun {
+    let ctx = ctx();
+    let outputs = pool.copies * pool.y_len();
     let (groups, row_width) = grid_for(count, narrow);
     let params = uniform(ctx, "pool params", &pool.params(count, row_width));
     let xb = GpuBuffer::from_real(ctx, "x", x, precision);
-    let y = GpuBuffer::real(ctx, "y", count, precision);
-    let argmax = GpuBuffer::zeroed(ctx, "argmax", count, 4);
+    let y = GpuBuffer::from_real(ctx, "y", &vec![f64::NAN; outputs], precision);
+    let argmax = GpuBuffer::from_u32(ctx, "argmax", &vec![u32::MAX; outputs]);
     let base = GpuBuffer::from_u32(ctx, "base argmax", base_argmax);
     let flips = GpuBuffer::zeroed(ctx, "flips", pool.copies, 4);
     let d = kernel.dispatch(
@@ -777,13 +793,14 @@ fn gpu_pool_backward(
     // Filled with NaN, so an element the kernel leaves unwritten shows.
     let nans = vec![f64::NAN; pool.copies * pool.x_len()];
     let dx = GpuBuffer::from_real(ctx, "dx", &nans, precision);
-    let d = kernel.dispatch(ctx, &[&params, &dyb.buffer, &am.buffer, &dx.buffer], groups);
+    let buffers = [&params, &dyb.buffer, &am.buffer, &dx.buffer, &dyb.buffer];
+    let d = kernel.dispatch(ctx, &buffers, groups);
     kernel::run(ctx, &[d]).unwrap();
     dx.read_real(ctx, precision).unwrap()
 }
 
 fn pool_kernel(precision: Precision, entry: &str, count_kinks: bool) -> Kernel {
-    let bindings: &[Binding] = if entry.ends_with("forward") {
+    let bindings: &[Binding] = if entry.contains("forward") {
         &POOL_BINDINGS
     } else {
         &POOL_BACKWARD_BINDINGS
@@ -802,6 +819,7 @@ fn max_pool_matches_reference() {
         let forward = pool_kernel(precision, "max_forward", false);
         let backward = pool_kernel(precision, "max_backward", false);
         let by_rows = pool_kernel(precision, "max_backward_rows", false);
+        let forward_rows = pool_kernel(precision, "max_forward_rows", false);
         let mut rng = Rng(5);
         for (k, pool) in POOL_CASES.iter().enumerate() {
             let (p, per_in, per_out) = (pool, pool.x_len(), pool.y_len());
@@ -828,6 +846,20 @@ fn max_pool_matches_reference() {
                 run.flips.iter().all(|&f| f == 0),
                 "flips counted without COUNT_KINKS"
             );
+            // The unperturbed forward as layers run it: a row of windows an invocation.
+            let rows = pool.copies * pool.n * pool.c * pool.oh();
+            let rowwise =
+                gpu_pool_forward_over(&forward_rows, precision, pool, &x, &[0], rows, k % 2 == 0);
+            assert_close(
+                &format!("max y by rows {pool:?}"),
+                &rowwise.y,
+                &want_y,
+                precision,
+            );
+            assert_eq!(
+                rowwise.argmax, want_arg,
+                "max argmax by rows {pool:?} ({precision})"
+            );
             let inputs = pool.copies * per_in;
             let dx = gpu_pool_backward(
                 &backward,
@@ -850,6 +882,62 @@ fn max_pool_matches_reference() {
                     &want_dx,
                     precision,
                 );
+            }
+        }
+    }
+}
+
+/// A max-pool over windows that do not overlap takes the activation layer below into its
+/// backward (max_backward_rows built THROUGH): dx = f′ applied to the pooled gradient, for every
+/// kind, against the reference's pool and activation backward one after the other.
+#[test]
+fn max_pool_backward_goes_on_through_the_activation_below() {
+    use wgrad::nn::Activation;
+    let ctx = ctx();
+    for precision in precisions() {
+        let mut rng = Rng(8);
+        for kind in [Activation::Relu, Activation::Sigmoid, Activation::Tanh] {
+            let constants = [("THROUGH", 1.0), ("ACT_KIND", kind.code() as f64)];
+            let kernel = Kernel::new(
+                ctx,
+                pool::SHADER,
+                "max_backward_rows",
+                precision,
+                &POOL_BACKWARD_BINDINGS,
+                &constants,
+            );
+            for (k, pool) in POOL_CASES.iter().enumerate() {
+                if pool.size > pool.stride {
+                    continue;
+                }
+                let (p, per_in, per_out) = (pool, pool.x_len(), pool.y_len());
+                let x = rng.vec(pool.copies * per_in);
+                let dy = rng.vec(pool.copies * per_out);
+                // What f′ reads: ReLU's input, the others' output (in (0, 1) for σ).
+                let saved: Vec<f64> = rng.vec(pool.copies * per_in);
+                let (mut argmax, mut want) = (vec![], vec![]);
+                for ((xc, dyc), sc) in x
+                    .chunks(per_in)
+                    .zip(dy.chunks(per_out))
+                    .zip(saved.chunks(per_in))
+                {
+                    let (_, arg) = r::max_pool_forward(xc, p.n, p.c, p.h, p.w, p.size, p.stride);
+                    let pooled = r::max_pool_backward(dyc, &arg, per_in);
+                    want.extend(wgrad::reference::activation_backward(kind, sc, sc, &pooled));
+                    argmax.extend(arg.iter().map(|&a| a as u32));
+                }
+                let count = pool.copies * pool.n * pool.c * pool.oh();
+                let (groups, row_width) = grid_for(count, k % 2 == 0);
+                let params = uniform(ctx, "pool params", &pool.params(count, row_width));
+                let dyb = GpuBuffer::from_real(ctx, "dy", &dy, precision);
+                let am = GpuBuffer::from_u32(ctx, "argmax", &argmax);
+                let dx = GpuBuffer::from_real(ctx, "dx", &vec![f64::NAN; x.len()], precision);
+                let sb = GpuBuffer::from_real(ctx, "saved", &saved, precision);
+                let buffers = [&params, &dyb.buffer, &am.buffer, &dx.buffer, &sb.buffer];
+                let d = kernel.dispatch(ctx, &buffers, groups);
+                kernel::run(ctx, &[d]).unwrap();
+                let got = dx.read_real(ctx, precision).unwrap();
+                assert_close(&format!("{kind:?} dx {pool:?}"), &got, &want, precision);
             }
         }
     }

@@ -565,12 +565,17 @@ impl Recorder<'_> {
             if std::mem::take(&mut fused_below) {
                 continue;
             }
-            // An affine layer's input gradient goes on through the activation below it in the
-            // same dispatch (unless that activation is the first layer, whose input gradient
-            // nothing needs).
+            // An affine layer's input gradient, or a max-pool's over windows that do not
+            // overlap, goes on through the activation below it in the same dispatch (unless
+            // that activation is the first layer, whose input gradient nothing needs).
             let below = i.checked_sub(1).filter(|&b| b > 0);
-            let dx_through = match (layer, below.map(|b| (b, &m.layers[b]))) {
-                (Layer::Affine(_), Some((b, Layer::Activation(f)))) => {
+            let goes_through = match layer {
+                Layer::Affine(_) => true,
+                Layer::Pool(p) => p.backward_through_activation(),
+                _ => false,
+            };
+            let dx_through = match below.map(|b| (b, &m.layers[b])) {
+                Some((b, Layer::Activation(f))) if goes_through => {
                     let saved = match f.kind.backward_reads_output() {
                         true => &ws.out[b],
                         false => ws.input(b),

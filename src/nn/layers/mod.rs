@@ -472,8 +472,9 @@ pub struct Backward<'a> {
     pub dy: &'a GpuBuffer,
     /// The input gradient, None for the first layer (never needed).
     pub dx: Option<&'a GpuBuffer>,
-    /// The activation layer below, fused into this one's backward (an affine layer's): its
-    /// kind and the tensor its f′ reads. `dx` is then the gradient of that layer's input.
+    /// The activation layer below, fused into this one's backward (an affine layer's, or a
+    /// max-pool's over windows that do not overlap): its kind and the tensor its f′ reads. `dx`
+    /// is then the gradient of that layer's input.
     pub dx_through: Option<(Activation, &'a GpuBuffer)>,
     pub saved: &'a Saved,
     pub state: &'a LayerState,

@@ -162,13 +162,25 @@ pub struct PoolBackwardBindings<'a> {
     /// Max pooling: the forward's arg-max.
     pub argmax: Option<&'a GpuBuffer>,
     pub dx: &'a GpuBuffer,
+    /// Through the activation below: what its f′ reads.
+    pub act_saved: Option<&'a GpuBuffer>,
 }
 
 impl KernelBindings for PoolBackwardBindings<'_> {
     type Params = PoolParams;
-    const ACCESS: &'static [Binding] = &[Binding::Read, Binding::Read, Binding::ReadWrite];
+    const ACCESS: &'static [Binding] = &[
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::Read,
+    ];
     fn buffers<'a>(&'a self, unused: &'a Placeholders) -> Vec<&'a wgpu::Buffer> {
-        vec![&self.dy.buffer, unused.word(self.argmax), &self.dx.buffer]
+        vec![
+            &self.dy.buffer,
+            unused.word(self.argmax),
+            &self.dx.buffer,
+            unused.real(self.act_saved),
+        ]
     }
 }
 
@@ -177,8 +189,10 @@ pub const SHADER: Shader = crate::shader!("pool.wgsl");
 
 const MAX_FORWARD: Entry = Entry::new(SHADER, "max_forward");
 const MAX_FORWARD_KINKS: Entry = MAX_FORWARD.with(&[("COUNT_KINKS", 1.0)]);
+const MAX_FORWARD_ROWS: Entry = Entry::new(SHADER, "max_forward_rows");
 const MAX_BACKWARD: Entry = Entry::new(SHADER, "max_backward");
 const MAX_BACKWARD_ROWS: Entry = Entry::new(SHADER, "max_backward_rows");
+const MAX_BACKWARD_ROWS_THROUGH: Entry = MAX_BACKWARD_ROWS.with(&[("THROUGH", 1.0)]);
 const AVG_FORWARD: Entry = Entry::new(SHADER, "avg_forward");
 const MAX_FORWARD_ONE_CHANNEL: Entry =
     MAX_FORWARD.with(&[("COUNT_KINKS", 1.0), ("ONE_CHANNEL", 1.0)]);
@@ -203,6 +217,12 @@ impl Pool {
             row_width: grid(count).1,
             channels: u(self.c),
         }
+    }
+
+    /// Whether the backward can go on through the activation layer below in the same dispatch
+    /// (max pooling over windows that do not overlap: see max_backward_rows).
+    pub fn backward_through_activation(&self) -> bool {
+        self.kind == PoolKind::Max && self.size <= self.stride
     }
 
     fn argmax(saved: &Saved) -> Option<&GpuBuffer> {
@@ -239,16 +259,20 @@ impl LayerOps for Pool {
     }
 
     fn forward(&self, io: &Forward) -> Vec<Dispatch> {
-        let count = io.elementwise_count(self.output_size());
-        let params = self.params(io.rows, io.copies, count);
+        let mut count = io.elementwise_count(self.output_size());
         let counting = io.perturbation.filter(|_| self.counts_kinks());
         let entry = match (self.kind, counting, io.moved_channel()) {
             (PoolKind::Max, Some(_), Some(_)) => &MAX_FORWARD_ONE_CHANNEL,
             (PoolKind::Max, Some(_), None) => &MAX_FORWARD_KINKS,
-            (PoolKind::Max, None, _) => &MAX_FORWARD,
+            // Unperturbed: a row of windows an invocation.
+            (PoolKind::Max, None, _) => {
+                count = io.count(self.c * self.oh);
+                &MAX_FORWARD_ROWS
+            }
             (PoolKind::Avg, _, Some(_)) => &AVG_FORWARD_ONE_CHANNEL,
             (PoolKind::Avg, _, None) => &AVG_FORWARD,
         };
+        let params = self.params(io.rows, io.copies, count);
         let bindings = PoolForwardBindings {
             x: io.input,
             y: io.output,
@@ -281,10 +305,24 @@ impl LayerOps for Pool {
             dy: io.dy,
             argmax: Pool::argmax(io.saved),
             dx,
+            act_saved: io.dx_through.map(|(_, saved)| saved),
         };
-        vec![io
-            .gpu
+        let (entry, act) = match io.dx_through {
+            Some((f, _)) => {
+                assert!(
+                    self.backward_through_activation(),
+                    "only max pooling over windows that do not overlap goes on through f′"
+                );
+                (
+                    &MAX_BACKWARD_ROWS_THROUGH,
+                    vec![("ACT_KIND", f.code() as f64)],
+                )
+            }
+            None => (entry, Vec::new()),
+        };
+        let (gpu, groups) = (&io.gpu, grid(count).0);
+        vec![gpu
             .kernels
-            .dispatch(io.gpu.ctx, entry, &params, &bindings, grid(count).0)]
+            .dispatch_specialised(gpu.ctx, entry, &act, &params, &bindings, groups)]
     }
 }
