@@ -87,21 +87,10 @@ fn max_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let x_base = copy * P.nc * P.h * P.w;
     let start = (plane * P.h + oy * P.stride) * P.w + ox * P.stride;
 
-    var best = start;
-    var m = x[x_base + start];
-    for (var ky = 0u; ky < P.size; ky++) {
-        for (var kx = 0u; kx < P.size; kx++) {
-            let at = start + ky * P.w + kx;
-            let v = x[x_base + at];
-            if (v > m) {
-                m = v;
-                best = at;
-            }
-        }
-    }
-    y[i] = m;
-    argmax[i] = best;
-    if (COUNT_KINKS && best != base_argmax[j]) {
+    let best = window_max(x_base, start);
+    y[i] = best.value;
+    argmax[i] = best.at;
+    if (COUNT_KINKS && best.at != base_argmax[j]) {
         atomicAdd(&flips[copy], 1u);
     }
 }
@@ -120,23 +109,32 @@ fn max_forward_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     let x_base = (plane / P.nc) * P.nc * P.h * P.w;
     let row_start = ((plane % P.nc) * P.h + oy * P.stride) * P.w;
     for (var ox = 0u; ox < P.ow; ox++) {
-        let start = row_start + ox * P.stride;
-        var best = start;
-        var m = x[x_base + start];
-        for (var ky = 0u; ky < P.size; ky++) {
-            for (var kx = 0u; kx < P.size; kx++) {
-                let at = start + ky * P.w + kx;
-                let v = x[x_base + at];
-                if (v > m) {
-                    m = v;
-                    best = at;
-                }
+        let best = window_max(x_base, row_start + ox * P.stride);
+        let o = i * P.ow + ox;
+        y[o] = best.value;
+        argmax[o] = best.at;
+    }
+}
+
+struct WindowMax {
+    value: real,
+    // Its index within the copy (the first of equal maxima).
+    at: u32,
+}
+
+// The largest x in the window whose top-left element is `start` within the copy at `x_base`.
+fn window_max(x_base: u32, start: u32) -> WindowMax {
+    var best = WindowMax(x[x_base + start], start);
+    for (var ky = 0u; ky < P.size; ky++) {
+        for (var kx = 0u; kx < P.size; kx++) {
+            let at = start + ky * P.w + kx;
+            let v = x[x_base + at];
+            if (v > best.value) {
+                best = WindowMax(v, at);
             }
         }
-        let o = i * P.ow + ox;
-        y[o] = m;
-        argmax[o] = best;
     }
+    return best;
 }
 
 // dx[e] = Σ dy[o] over the windows o covering e whose argmax is e
