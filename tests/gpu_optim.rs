@@ -567,7 +567,7 @@ fn optimizer_update_folds_its_grid_past_65535_workgroups() {
     let model = Model::new(ctx, &spec, &theta0, precision).unwrap();
     let state = GpuBuffer::zeroed(ctx, "state", STATE_WORDS, 4);
     let optimizer = GpuOptimizer::new(&gpu(precision), &model, &opt, None, &state).unwrap();
-    let step = optimizer.dispatches().to_vec();
+    let step = [optimizer.update().clone()];
 
     let mut theta = theta0.clone();
     let mut ropt = RefOptimizer::new(&opt, numel);

@@ -609,8 +609,8 @@ impl GpuOptimizer {
     }
 
     /// The update, to record after the backward pass of each step.
-    pub fn dispatches(&self) -> &[crate::gpu::Dispatch] {
-        std::slice::from_ref(&self.update)
+    pub fn update(&self) -> &crate::gpu::Dispatch {
+        &self.update
     }
 
     /// The used slots and the β powers, as they stand after the last submit.

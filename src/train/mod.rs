@@ -481,7 +481,7 @@ pub fn batch_step(
     ));
     // The update adds the L2 term's gradient.
     step.extend(rec.layer_gradients(ws));
-    step.extend(optimizer.dispatches().iter().cloned());
+    step.push(optimizer.update().clone());
     step
 }
 
